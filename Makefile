@@ -1,0 +1,63 @@
+# medsight: `make demo` runs the main job end to end; `make test` installs what the tests need and runs them.
+SHELL := /bin/bash
+PYTHON ?= python3
+VENV := .venv
+PY := $(VENV)/bin/python
+STAMP := $(VENV)/.installed
+
+# The one data setting: point it at the shared data beside this checkout when that exists.
+ifneq ($(wildcard ../shared/data),)
+export MEDSIGHT_DATA ?= $(abspath ../shared/data)
+endif
+export MEDSIGHT_CACHE ?= $(abspath .medsight_cache)
+export PYTHONUNBUFFERED := 1
+
+DEMO_OUT ?= demo_out
+
+.PHONY: demo test venv lint typecheck unit tools clean benchmarks
+
+venv: $(STAMP)
+
+$(STAMP): requirements.txt pyproject.toml
+	test -x $(PY) || $(PYTHON) -m venv $(VENV)
+	$(PY) -m pip install --quiet --upgrade pip
+	$(PY) -m pip install --quiet -r requirements.txt
+	$(PY) -m pip install --quiet --no-deps --no-build-isolation -e .
+	touch $(STAMP)
+
+# Debian tools the tests use: dciodvfy (dicom3tools) validates every DICOM object we write.
+tools:
+	@if ! command -v dciodvfy >/dev/null; then \
+	  if [ "$$(id -u)" = 0 ]; then \
+	    (apt-get update -qq && DEBIAN_FRONTEND=noninteractive apt-get install -y -qq dicom3tools >/dev/null) \
+	      || echo "WARNING: could not install dicom3tools; tests that need dciodvfy will FAIL"; \
+	  else echo "WARNING: dciodvfy missing and not root: run 'apt-get install dicom3tools'; tests that need it will FAIL"; fi; \
+	fi
+
+lint: $(STAMP)
+	$(VENV)/bin/ruff check src tests benchmarks
+
+typecheck: $(STAMP)
+	$(VENV)/bin/mypy
+
+unit: $(STAMP) tools
+	$(VENV)/bin/pytest -q -n 2 --dist loadfile
+
+test: lint typecheck unit
+
+demo: $(STAMP)
+	@test -n "$$MEDSIGHT_DATA" || { echo "MEDSIGHT_DATA is not set and ../shared/data is missing"; exit 2; }
+	$(VENV)/bin/medsight train medmnist:pneumoniamnist --out $(DEMO_OUT)/pneumonia_bundle --seed 0 --time-budget 300
+	$(VENV)/bin/medsight evaluate $(DEMO_OUT)/pneumonia_bundle medmnist:pneumoniamnist --split test --out $(DEMO_OUT)/evaluation
+	$(VENV)/bin/medsight predict $(DEMO_OUT)/pneumonia_bundle "$$MEDSIGHT_DATA/dicom_samples/pydicom_data/RG3_J2KR.dcm" --explain --out $(DEMO_OUT)/prediction
+	@echo ""
+	@echo "Bundle (weights, ONNX, bundle.json): $(DEMO_OUT)/pneumonia_bundle"
+	@echo "Model card:                         $(DEMO_OUT)/evaluation/card.html"
+	@echo "Metrics with 95% CIs:               $(DEMO_OUT)/evaluation/metrics.json"
+	@echo "Prediction + Grad-CAM on real DICOM: $(DEMO_OUT)/prediction"
+
+benchmarks: $(STAMP)
+	$(PY) benchmarks/medmnist.py
+
+clean:
+	rm -rf $(DEMO_OUT) .pytest_cache .mypy_cache .ruff_cache

@@ -1,0 +1,59 @@
+"""The ``medsight`` command. Thin: parses arguments, calls the library, prints where results went."""
+
+from __future__ import annotations
+
+import argparse
+import importlib
+import logging
+import sys
+from collections.abc import Sequence
+
+from medsight import __version__
+from medsight.errors import MedsightError
+
+#: Subcommand modules under ``medsight.commands``, in the order ``--help`` lists them.
+COMMANDS = ("train", "evaluate", "predict", "info", "deid")
+
+log = logging.getLogger("medsight")
+
+
+def build_parser() -> argparse.ArgumentParser:
+    """The full parser, with every subcommand registered by its own module."""
+    parser = argparse.ArgumentParser(
+        prog="medsight",
+        description="Train, audit, explain and deploy medical imaging models.",
+    )
+    parser.add_argument("--version", action="version", version=f"medsight {__version__}")
+    parser.add_argument("--debug", action="store_true", help="show full tracebacks on errors")
+    parser.add_argument("-q", "--quiet", action="store_true", help="only print errors and results")
+    sub = parser.add_subparsers(dest="command", metavar="COMMAND", required=True)
+    for name in COMMANDS:
+        module = importlib.import_module(f"medsight.commands.{name}")
+        module.register(sub)
+    return parser
+
+
+def main(argv: Sequence[str] | None = None) -> int:
+    """Entry point; returns the exit status (0 ok, 1 partial failure, 2 bad input)."""
+    parser = build_parser()
+    args = parser.parse_args(argv)
+    logging.basicConfig(
+        level=logging.WARNING if args.quiet else logging.INFO,
+        format="%(message)s",
+        stream=sys.stderr,
+    )
+    try:
+        status = args.func(args)
+    except MedsightError as exc:
+        if args.debug:
+            raise
+        print(f"medsight {args.command}: error: {exc}", file=sys.stderr)
+        return 2
+    except KeyboardInterrupt:
+        print("medsight: interrupted", file=sys.stderr)
+        return 130
+    return int(status or 0)
+
+
+if __name__ == "__main__":  # pragma: no cover
+    sys.exit(main())

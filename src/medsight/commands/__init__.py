@@ -1,0 +1,1 @@
+"""Subcommands of the `medsight` CLI; each module exposes ``register(subparsers)``."""

@@ -1,0 +1,1 @@
+"""Data sets: specs and adapters, patient-level splits, fingerprints, downloads."""

@@ -1,0 +1,1 @@
+"""Metrics with bootstrap CIs, operating points, calibration, subgroup audit, plots, the model card."""

@@ -1,0 +1,1 @@
+"""Attributions and their sanity checks."""

@@ -1,0 +1,1 @@
+"""Reading and writing images and files: DICOM, NIfTI, PNG/JPEG, npz; atomic writes."""

@@ -1,0 +1,1 @@
+"""Result objects for hospital systems (DICOM SEG, SR, Secondary Capture) and serving."""

@@ -1,0 +1,1 @@
+"""One module per task; each supplies network, loss, metrics and post-processing."""

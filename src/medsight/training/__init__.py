@@ -1,0 +1,1 @@
+"""The trainer, checkpoints, early stopping, seeding and bundle writing."""
