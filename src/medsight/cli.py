@@ -5,16 +5,25 @@ from __future__ import annotations
 import argparse
 import importlib
 import logging
+import pkgutil
 import sys
 from collections.abc import Sequence
 
 from medsight import __version__
 from medsight.errors import MedsightError
 
-#: Subcommand modules under ``medsight.commands``, in the order ``--help`` lists them.
-COMMANDS = ("train", "evaluate", "predict", "info", "deid")
+#: Subcommands listed first in ``--help``; any other module of ``medsight.commands`` follows.
+FIRST = ("train", "evaluate", "predict")
 
 log = logging.getLogger("medsight")
+
+
+def command_names() -> list[str]:
+    """Every subcommand module in ``medsight.commands`` (each exposes ``register``)."""
+    import medsight.commands as package
+
+    found = sorted(m.name for m in pkgutil.iter_modules(package.__path__) if not m.name.startswith("_"))
+    return [n for n in FIRST if n in found] + [n for n in found if n not in FIRST]
 
 
 def build_parser() -> argparse.ArgumentParser:
@@ -27,7 +36,7 @@ def build_parser() -> argparse.ArgumentParser:
     parser.add_argument("--debug", action="store_true", help="show full tracebacks on errors")
     parser.add_argument("-q", "--quiet", action="store_true", help="only print errors and results")
     sub = parser.add_subparsers(dest="command", metavar="COMMAND", required=True)
-    for name in COMMANDS:
+    for name in command_names():
         module = importlib.import_module(f"medsight.commands.{name}")
         module.register(sub)
     return parser
