@@ -1,0 +1,52 @@
+"""``medsight train DATA --out BUNDLE``: train a model and write its bundle."""
+
+from __future__ import annotations
+
+import argparse
+from pathlib import Path
+
+from medsight.pipelines import TASKS, detect_task, pipeline
+
+
+def register(sub: argparse._SubParsersAction) -> None:
+    p = sub.add_parser(
+        "train",
+        help="train a model and write a bundle",
+        description="Train on DATA's train split, select and calibrate on its validation split, and write a bundle "
+        "(weights, ONNX, bundle.json). DATA is medmnist:<name>[_<size>], a MedMNIST-layout .npz, a manifest CSV "
+        "(path,label[,patient_id,split,attributes...]) or its folder, or a task-specific folder.",
+    )
+    p.add_argument("data", help="data source, e.g. medmnist:breastmnist or path/to/manifest.csv")
+    p.add_argument("--out", required=True, type=Path, help="bundle folder to write (replaced atomically)")
+    p.add_argument("--task", choices=TASKS, help="task (default: detected from DATA)")
+    p.add_argument("--seed", type=int, default=0, help="random seed; the same seed repeats the run (default 0)")
+    p.add_argument("--epochs", type=int, default=40, help="maximum epochs (default 40)")
+    p.add_argument("--time-budget", type=float, metavar="SECONDS", help="stop training after about this long")
+    p.add_argument("--batch-size", type=int, default=128)
+    p.add_argument("--lr", type=float, default=2e-3, help="peak learning rate (default 2e-3)")
+    p.add_argument(
+        "--target-sensitivity",
+        type=float,
+        metavar="S",
+        help="choose the operating point reaching this validation sensitivity (default: Youden)",
+    )
+    p.set_defaults(func=run)
+
+
+def run(args: argparse.Namespace) -> int:
+    task = args.task or detect_task(args.data)
+    meta = pipeline(task).train(
+        args.data,
+        args.out,
+        seed=args.seed,
+        epochs=args.epochs,
+        time_budget_s=args.time_budget,
+        batch_size=args.batch_size,
+        lr=args.lr,
+        target_sensitivity=args.target_sensitivity,
+    )
+    print(f"bundle: {args.out}")
+    val = meta.get("metrics", {}).get("val", {})
+    if val:
+        print("validation: " + ", ".join(f"{k} {v:.4f}" for k, v in val.items() if isinstance(v, float)))
+    return 0

@@ -1,0 +1,160 @@
+"""Image folder + CSV manifest: ``path,label`` plus optional ``patient_id``, ``split`` and attribute columns.
+
+Paths are relative to the CSV's folder and may name PNG/JPEG/TIFF, DICOM files, DICOM series folders,
+NIfTI or npy/npz images, 2D or 3D. Multi-label rows separate labels with ``|``. Every other column
+(``sex``, ``age``, ``site``...) is kept as a patient attribute for the subgroup audit.
+"""
+
+from __future__ import annotations
+
+from pathlib import Path
+
+import numpy as np
+import pandas as pd
+from tqdm import tqdm
+
+from medsight.data.checksums import md5sum
+from medsight.data.dataset import SPLITS, ClassificationData, SplitData
+from medsight.data.splits import patient_split
+from medsight.errors import MedsightError
+from medsight.io.images import read_image
+from medsight.transforms import prepare
+
+RESERVED = {"path", "label", "patient_id", "split"}
+MAX_2D, MAX_3D = 128, 64
+
+
+def load_manifest(
+    csv_path: str | Path,
+    spatial_size: list[int] | None = None,
+    seed: int = 0,
+    modality: str | None = None,
+    label_names: list[str] | None = None,
+    n_channels: int | None = None,
+    task_type: str | None = None,
+) -> ClassificationData:
+    """Read the manifest and every image it names; split by patient when no ``split`` column is given.
+
+    ``label_names``/``spatial_size``/``n_channels`` come from a bundle when evaluating: a label the
+    bundle does not know is then an error, and images are prepared exactly as in training.
+    """
+    csv_path = Path(csv_path)
+    if csv_path.is_dir():
+        csv_path = csv_path / "manifest.csv"
+    if not csv_path.is_file():
+        raise MedsightError("manifest not found", csv_path)
+    try:
+        table = pd.read_csv(csv_path, dtype={"patient_id": str, "label": str, "split": str})
+    except (pd.errors.ParserError, UnicodeDecodeError, pd.errors.EmptyDataError) as exc:
+        raise MedsightError(f"not a readable CSV ({exc})", csv_path) from exc
+    for col in ("path", "label"):
+        if col not in table.columns:
+            raise MedsightError(f"manifest has no '{col}' column (columns: {', '.join(table.columns)})", csv_path)
+    if table.empty:
+        raise MedsightError("manifest lists no images", csv_path)
+    missing_label = table["label"].isna()
+    if missing_label.any():
+        row = int(np.flatnonzero(missing_label.to_numpy())[0]) + 2
+        raise MedsightError(f"row {row} has no label", csv_path)
+
+    root = csv_path.parent
+    paths = [root / str(p) for p in table["path"]]
+    for i, p in enumerate(paths):
+        if not p.exists():
+            raise MedsightError(f"row {i + 2} names a file that does not exist: {table['path'].iloc[i]}", csv_path)
+
+    multilabel = task_type == "multilabel" if task_type else bool(table["label"].str.contains("|", regex=False).any())
+    found = (
+        {x for v in table["label"] for x in str(v).split("|") if x} if multilabel else set(table["label"].astype(str))
+    )
+    if label_names is not None:
+        unknown_labels = sorted(found - set(label_names))
+        if unknown_labels:
+            raise MedsightError(
+                f"unknown label(s) {', '.join(unknown_labels)}; the model knows {', '.join(label_names)}", csv_path
+            )
+    else:
+        label_names = sorted(found, key=_natural)
+    if len(label_names) < 2:
+        raise MedsightError(f"only one label ({label_names[0]}): nothing to classify", csv_path)
+    task = task_type or ("multilabel" if multilabel else ("binary" if len(label_names) == 2 else "multiclass"))
+
+    raw = [read_image(p) for p in tqdm(paths, desc=f"read {csv_path.name}", unit="img")]
+    dims = {r.ndim - 1 for r in raw}
+    if len(dims) != 1:
+        raise MedsightError("manifest mixes 2D and 3D images", csv_path)
+    spatial_dims = dims.pop()
+    channels = n_channels or (3 if any(r.shape[0] == 3 for r in raw) else 1)
+    size = spatial_size or _default_size(raw, spatial_dims)
+    images = np.stack([prepare(r, size, channels) for r in raw])
+
+    if task == "multilabel":
+        labels: np.ndarray = np.zeros((len(table), len(label_names)), np.float32)
+        for i, v in enumerate(table["label"]):
+            for x in str(v).split("|"):
+                if x:
+                    labels[i, label_names.index(x)] = 1.0
+    else:
+        labels = np.asarray([label_names.index(str(v)) for v in table["label"]], np.int64)
+
+    patients = (
+        table["patient_id"].astype(str).tolist() if "patient_id" in table.columns else [str(p) for p in table["path"]]
+    )
+    attributes = table[[c for c in table.columns if c not in RESERVED]].reset_index(drop=True)
+    if "split" in table.columns:
+        unknown = set(table["split"].dropna()) - set(SPLITS)
+        if unknown:
+            raise MedsightError(f"unknown split name(s) {sorted(unknown)}; use train/val/test", csv_path)
+        index = {s: np.flatnonzero(table["split"].to_numpy() == s) for s in SPLITS}
+        method = "manifest"
+    else:
+        strata = table["label"].astype(str).tolist()
+        index = patient_split(strata, patients, seed=seed)
+        method = f"patient-level stratified 70/10/20, seed {seed}"
+    splits = {
+        s: SplitData(
+            images=images[ix],
+            labels=labels[ix],
+            patient_ids=[patients[i] for i in ix],
+            attributes=attributes.iloc[ix].reset_index(drop=True),
+            sources=[str(table["path"].iloc[i]) for i in ix],
+        )
+        for s, ix in index.items()
+        if len(ix)
+    }
+    if "train" not in splits:
+        raise MedsightError("no rows in the train split", csv_path)
+    if task != "multilabel":
+        seen = set(splits["train"].labels.tolist())
+        for s, part in splits.items():
+            unseen = set(part.labels.tolist()) - seen
+            if unseen:
+                names = ", ".join(label_names[i] for i in sorted(unseen))
+                raise MedsightError(f"label(s) {names} in the {s} split never occur in train", csv_path)
+    return ClassificationData(
+        name=csv_path.parent.name,
+        task_type=task,  # type: ignore[arg-type]
+        label_names=label_names,
+        spatial_dims=spatial_dims,
+        splits=splits,
+        modality=modality or "unknown",
+        fingerprint={
+            "files": {
+                csv_path.name: md5sum(csv_path),
+                **{str(rel): md5sum(p) for rel, p in zip(table["path"], paths, strict=True) if p.is_file()},
+            },
+            "n_images": len(paths),
+        },
+        split_method=method,
+    )
+
+
+def _natural(s: str) -> tuple[int, object]:
+    return (0, int(s)) if s.lstrip("-").isdigit() else (1, s)
+
+
+def _default_size(raw: list[np.ndarray], spatial_dims: int) -> list[int]:
+    """The median image size, capped so that CPU training stays quick."""
+    cap = MAX_2D if spatial_dims == 2 else MAX_3D
+    med = np.median(np.asarray([r.shape[1:] for r in raw]), axis=0)
+    return [int(min(cap, max(8, round(m)))) for m in med]

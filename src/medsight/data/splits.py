@@ -1,0 +1,54 @@
+"""Patient-level stratified splits: no patient's images ever land in two splits."""
+
+from __future__ import annotations
+
+from collections.abc import Sequence
+
+import numpy as np
+from sklearn.model_selection import StratifiedGroupKFold
+
+
+def patient_split(
+    strata: Sequence[object],
+    patient_ids: Sequence[str],
+    fractions: tuple[float, float, float] = (0.7, 0.1, 0.2),
+    seed: int = 0,
+) -> dict[str, np.ndarray]:
+    """Assign each sample to train/val/test by patient, keeping the class balance (StratifiedGroupKFold).
+
+    Returns indices per split. Test takes ``round(1 / fractions[2])``-fold's share, val likewise from the rest.
+    """
+    strata_arr = np.asarray([str(s) for s in strata])
+    groups = np.asarray(patient_ids)
+    idx = np.arange(len(strata_arr))
+    test_idx = _one_fold(idx, strata_arr, groups, fractions[2], seed)
+    rest = np.setdiff1d(idx, test_idx)
+    val_share = fractions[1] / (fractions[0] + fractions[1])
+    val_rel = _one_fold(np.arange(len(rest)), strata_arr[rest], groups[rest], val_share, seed + 1)
+    val_idx = rest[val_rel]
+    train_idx = np.setdiff1d(rest, val_idx)
+    return {"train": train_idx, "val": np.sort(val_idx), "test": np.sort(test_idx)}
+
+
+def _one_fold(idx: np.ndarray, strata: np.ndarray, groups: np.ndarray, share: float, seed: int) -> np.ndarray:
+    n_groups = len(np.unique(groups))
+    n_splits = max(2, min(round(1 / share), n_groups))
+    min_class = min(np.unique(strata, return_counts=True)[1])
+    if min_class < n_splits:  # StratifiedGroupKFold needs each class in each fold; fall back to group-only
+        from sklearn.model_selection import GroupKFold
+
+        folds = GroupKFold(n_splits=n_splits, shuffle=True, random_state=seed).split(idx, strata, groups)
+    else:
+        folds = StratifiedGroupKFold(n_splits=n_splits, shuffle=True, random_state=seed).split(idx, strata, groups)
+    _, held = next(iter(folds))
+    return idx[held]
+
+
+def assert_disjoint_patients(splits: dict[str, Sequence[str]]) -> None:
+    """Raise ValueError if any patient id appears in two splits."""
+    seen: dict[str, str] = {}
+    for name, ids in splits.items():
+        for pid in set(ids):
+            if pid in seen and seen[pid] != name:
+                raise ValueError(f"a patient appears in both '{seen[pid]}' and '{name}'")
+            seen[pid] = name

@@ -1,0 +1,92 @@
+"""The model card: one self-contained HTML file (inline CSS, figures as data URIs) plus card.json."""
+
+from __future__ import annotations
+
+import base64
+import html
+from dataclasses import dataclass, field
+from pathlib import Path
+from typing import Any
+
+from medsight.io.atomic import write_json, write_text
+
+CSS = """
+body{font-family:system-ui,-apple-system,Segoe UI,Roboto,sans-serif;max-width:1100px;margin:2em auto;color:#222;
+line-height:1.45;padding:0 1em}
+h1{font-size:1.6em;margin-bottom:.2em}h2{border-bottom:2px solid #ddd;padding-bottom:.2em;margin-top:1.6em}
+table{border-collapse:collapse;margin:.6em 0;font-size:.92em}th,td{border:1px solid #ccc;padding:.25em .6em;
+text-align:left}th{background:#f3f3f3}.figs{display:flex;flex-wrap:wrap;gap:1em}figure{margin:0}
+figcaption{font-size:.85em;color:#555;max-width:460px}.flag{color:#b00;font-weight:bold}.muted{color:#666}
+.note{background:#fff8e1;border-left:4px solid #f0b400;padding:.5em 1em}
+"""
+
+
+@dataclass
+class Figure:
+    title: str
+    png: bytes
+    caption: str = ""
+
+
+@dataclass
+class Section:
+    title: str
+    text: str = ""
+    table: list[list[Any]] | None = None
+    figures: list[Figure] = field(default_factory=list)
+    raw_html: str = ""
+
+
+def fmt(metric: dict[str, Any] | float | None, digits: int = 3) -> str:
+    """'0.934 (0.912–0.955)' from ``{"value", "ci95"}``; '—' when undefined."""
+    if metric is None:
+        return "—"
+    if isinstance(metric, dict):
+        v, ci = metric.get("value"), metric.get("ci95") or [None, None]
+        if v is None:
+            return "—"
+        if ci[0] is None:
+            return f"{v:.{digits}f}"
+        return f"{v:.{digits}f} ({ci[0]:.{digits}f}–{ci[1]:.{digits}f})"
+    return f"{metric:.{digits}f}"
+
+
+def render_html(title: str, intro: str, sections: list[Section]) -> str:
+    parts = [
+        "<!DOCTYPE html><html lang='en'><head><meta charset='utf-8'>",
+        f"<title>{html.escape(title)}</title><style>{CSS}</style></head><body>",
+        f"<h1>{html.escape(title)}</h1><p class='muted'>{intro}</p>",
+    ]
+    for s in sections:
+        parts.append(f"<h2>{html.escape(s.title)}</h2>")
+        if s.text:
+            parts.append(f"<p>{s.text}</p>")
+        if s.table:
+            head, *rows = s.table
+            parts.append("<table><tr>" + "".join(f"<th>{html.escape(str(h))}</th>" for h in head) + "</tr>")
+            for row in rows:
+                parts.append(
+                    "<tr>"
+                    + "".join(f"<td>{c if str(c).startswith('<') else html.escape(str(c))}</td>" for c in row)
+                    + "</tr>"
+                )
+            parts.append("</table>")
+        if s.raw_html:
+            parts.append(s.raw_html)
+        if s.figures:
+            parts.append("<div class='figs'>")
+            for f in s.figures:
+                data = base64.b64encode(f.png).decode("ascii")
+                parts.append(
+                    f"<figure><img alt='{html.escape(f.title)}' src='data:image/png;base64,{data}'>"
+                    f"<figcaption><b>{html.escape(f.title)}</b> {html.escape(f.caption)}</figcaption></figure>"
+                )
+            parts.append("</div>")
+    parts.append("</body></html>")
+    return "\n".join(parts)
+
+
+def write_card(out_dir: Path, title: str, intro: str, sections: list[Section], card: dict[str, Any]) -> Path:
+    """Write ``card.html`` and ``card.json`` (the same numbers) atomically; return the HTML path."""
+    write_json(out_dir / "card.json", card)
+    return write_text(out_dir / "card.html", render_html(title, intro, sections))

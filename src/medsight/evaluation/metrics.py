@@ -1,0 +1,108 @@
+"""Classification metrics, each with a 95% bootstrap confidence interval.
+
+Binary metrics act on p(positive) at a threshold; multi-class and multi-label follow MedMNIST's
+definitions (macro one-vs-rest AUC; accuracy by arg-max, or the mean per-label accuracy at 0.5).
+"""
+
+from __future__ import annotations
+
+from collections.abc import Callable
+
+import numpy as np
+from sklearn.metrics import roc_auc_score
+
+from medsight.evaluation.calibration import brier_score, expected_calibration_error
+
+N_BOOTSTRAP = 1000
+
+
+def binary_metrics(y: np.ndarray, score: np.ndarray, threshold: float) -> dict[str, float]:
+    """Threshold-free (AUC, Brier, ECE) and thresholded metrics for one binary problem."""
+    y = np.asarray(y).astype(int)
+    pred = (score >= threshold).astype(int)
+    tp = float(np.sum((pred == 1) & (y == 1)))
+    tn = float(np.sum((pred == 0) & (y == 0)))
+    fp = float(np.sum((pred == 1) & (y == 0)))
+    fn = float(np.sum((pred == 0) & (y == 1)))
+    sens = _div(tp, tp + fn)
+    ppv = _div(tp, tp + fp)
+    return {
+        "auc": _auc(y, score),
+        "accuracy": _div(tp + tn, len(y)),
+        "sensitivity": sens,
+        "specificity": _div(tn, tn + fp),
+        "ppv": ppv,
+        "npv": _div(tn, tn + fn),
+        "f1": _div(2 * ppv * sens, ppv + sens) if not (np.isnan(ppv) or np.isnan(sens)) else float("nan"),
+        "brier": brier_score(y, score),
+        "ece": expected_calibration_error(y, score),
+    }
+
+
+def multiclass_metrics(y: np.ndarray, probs: np.ndarray) -> dict[str, float]:
+    """Macro one-vs-rest AUC and arg-max accuracy (MedMNIST's definitions), plus multi-class Brier."""
+    y = np.asarray(y).astype(int)
+    k = probs.shape[1]
+    onehot = np.eye(k)[y]
+    aucs = [_auc(onehot[:, c], probs[:, c]) for c in range(k)]
+    return {
+        "auc": float(np.nanmean(aucs)) if not np.all(np.isnan(aucs)) else float("nan"),
+        "accuracy": float(np.mean(probs.argmax(1) == y)),
+        "brier": float(np.mean(np.sum((probs - onehot) ** 2, axis=1))),
+        "ece": expected_calibration_error(probs.argmax(1) == y, probs.max(1)),
+    }
+
+
+def multilabel_metrics(y: np.ndarray, probs: np.ndarray, thresholds: np.ndarray | None = None) -> dict[str, float]:
+    """Macro AUC over labels and MedMNIST's multi-label accuracy (mean per-label accuracy at 0.5)."""
+    t = 0.5 if thresholds is None else thresholds
+    aucs = [_auc(y[:, c], probs[:, c]) for c in range(y.shape[1])]
+    return {
+        "auc": float(np.nanmean(aucs)) if not np.all(np.isnan(aucs)) else float("nan"),
+        "accuracy": float(np.mean((probs >= t) == (y >= 0.5))),
+        "brier": float(np.mean((probs - y) ** 2)),
+        "ece": expected_calibration_error(y.ravel(), probs.ravel()),
+    }
+
+
+def bootstrap(
+    fn: Callable[[np.ndarray], dict[str, float]],
+    n: int,
+    strata: np.ndarray | None = None,
+    n_boot: int = N_BOOTSTRAP,
+    seed: int = 0,
+) -> dict[str, dict[str, object]]:
+    """Point estimate plus percentile 95% CI for every metric ``fn(indices)`` returns.
+
+    Resampling is stratified by ``strata`` (the label) so every replicate holds both classes.
+    """
+    rng = np.random.default_rng(seed)
+    point = fn(np.arange(n))
+    samples: dict[str, list[float]] = {k: [] for k in point}
+    groups = [np.flatnonzero(strata == s) for s in np.unique(strata)] if strata is not None else [np.arange(n)]
+    for _ in range(n_boot):
+        idx = np.concatenate([rng.choice(g, size=len(g), replace=True) for g in groups])
+        for k, v in fn(idx).items():
+            samples[k].append(v)
+    out: dict[str, dict[str, object]] = {}
+    for k, v in point.items():
+        arr = np.asarray(samples[k], dtype=float)
+        arr = arr[~np.isnan(arr)]
+        ci = [float(np.percentile(arr, 2.5)), float(np.percentile(arr, 97.5))] if arr.size else [None, None]
+        out[k] = {"value": _clean(v), "ci95": ci}
+    return out
+
+
+def _auc(y: np.ndarray, score: np.ndarray) -> float:
+    y = np.asarray(y)
+    if len(np.unique(y)) < 2:
+        return float("nan")
+    return float(roc_auc_score(y, score))
+
+
+def _div(a: float, b: float) -> float:
+    return float(a / b) if b else float("nan")
+
+
+def _clean(v: float) -> float | None:
+    return None if v is None or (isinstance(v, float) and np.isnan(v)) else float(v)

@@ -1,0 +1,133 @@
+"""Read one image of any supported format into a channels-first float32 array.
+
+PNG/JPEG/TIFF/BMP/GIF (Pillow), NIfTI (nibabel), npy/npz (numpy) and DICOM files or series folders
+(``medsight.io.dicom``). Anything else is rejected with a clear error naming the file.
+"""
+
+from __future__ import annotations
+
+import zipfile
+from pathlib import Path
+
+import numpy as np
+
+from medsight.errors import MedsightError
+
+RASTER_SUFFIXES = {".png", ".jpg", ".jpeg", ".tif", ".tiff", ".bmp", ".gif"}
+NIFTI_SUFFIXES = (".nii", ".nii.gz")
+
+
+def is_dicom_file(path: Path) -> bool:
+    """DICOM Part 10 files carry 'DICM' after a 128-byte preamble; ``.dcm`` files without it are tried too."""
+    try:
+        with open(path, "rb") as f:
+            head = f.read(132)
+    except OSError:
+        return False
+    return head[128:132] == b"DICM" or path.suffix.lower() == ".dcm"
+
+
+def read_image(path: str | Path) -> np.ndarray:
+    """Return ``(C, *spatial)`` float32 in the file's own intensity units (HU for CT, etc.)."""
+    path = Path(path)
+    if not path.exists():
+        raise MedsightError("file not found", path)
+    name = path.name.lower()
+    try:
+        if path.is_dir():
+            return _read_dicom_series(path)
+        if path.suffix.lower() in RASTER_SUFFIXES:
+            return _read_raster(path)
+        if name.endswith(NIFTI_SUFFIXES):
+            return _read_nifti(path)
+        if path.suffix.lower() in (".npy", ".npz"):
+            return _read_numpy(path)
+        if is_dicom_file(path):
+            return _read_dicom_file(path)
+    except MedsightError:
+        raise
+    except Exception as exc:  # a library's own error for a damaged file
+        raise MedsightError(f"cannot read image ({type(exc).__name__}: {exc})", path) from exc
+    raise MedsightError("not an image medsight can read (expected PNG/JPEG/TIFF, DICOM, NIfTI, npy or npz)", path)
+
+
+def _read_raster(path: Path) -> np.ndarray:
+    from PIL import Image, UnidentifiedImageError
+
+    try:
+        with Image.open(path) as img:
+            img.load()
+            if img.mode in ("I;16", "I;16B", "I", "F"):
+                arr = np.asarray(img, dtype=np.float32)[None]
+            elif img.mode in ("L", "1", "P") and (img.mode != "P" or _palette_is_grey(img)):
+                arr = np.asarray(img.convert("L"), dtype=np.float32)[None]
+            else:
+                arr = np.moveaxis(np.asarray(img.convert("RGB"), dtype=np.float32), -1, 0)
+    except (UnidentifiedImageError, OSError, SyntaxError) as exc:
+        raise MedsightError(f"not a readable image ({exc})", path) from exc
+    return np.ascontiguousarray(arr)
+
+
+def _palette_is_grey(img: object) -> bool:
+    from PIL import Image
+
+    assert isinstance(img, Image.Image)
+    rgb = np.asarray(img.convert("RGB"))
+    return bool(np.all(rgb[..., 0] == rgb[..., 1]) and np.all(rgb[..., 1] == rgb[..., 2]))
+
+
+def _read_nifti(path: Path) -> np.ndarray:
+    import nibabel as nib
+
+    try:
+        img = nib.load(str(path))
+        data = np.asarray(img.dataobj, dtype=np.float32)  # type: ignore[attr-defined]
+    except Exception as exc:
+        raise MedsightError(f"not a readable NIfTI file ({exc})", path) from exc
+    data = np.squeeze(data)
+    if data.ndim == 4:  # x, y, z, channel
+        return np.ascontiguousarray(np.moveaxis(data, -1, 0))
+    if data.ndim in (2, 3):
+        return np.ascontiguousarray(data[None])
+    raise MedsightError(f"NIfTI of shape {data.shape}: expected a 2D or 3D image", path)
+
+
+def _read_numpy(path: Path) -> np.ndarray:
+    try:
+        if path.suffix.lower() == ".npy":
+            data = np.load(path, allow_pickle=False)
+        else:
+            with np.load(path, allow_pickle=False) as npz:
+                keys = [k for k in ("image", "images", "arr_0") if k in npz.files] or list(npz.files)
+                if not keys:
+                    raise MedsightError("empty .npz file", path)
+                data = npz[keys[0]]
+    except (zipfile.BadZipFile, ValueError, OSError, EOFError) as exc:
+        raise MedsightError(f"not a readable numpy file (truncated or corrupt: {exc})", path) from exc
+    data = np.asarray(data, dtype=np.float32)
+    if data.ndim == 2:
+        return data[None]
+    if data.ndim == 3 and data.shape[-1] in (3, 4) and data.shape[0] > 4:
+        return np.ascontiguousarray(np.moveaxis(data[..., :3], -1, 0))
+    if data.ndim in (3, 4):
+        return data if data.ndim == 4 else data[None]
+    raise MedsightError(f"array of shape {data.shape}: expected a 2D or 3D image", path)
+
+
+def _read_dicom_file(path: Path) -> np.ndarray:
+    from medsight.io.dicom import read_dicom_image
+
+    arr = np.asarray(read_dicom_image(path), dtype=np.float32)
+    if arr.ndim == 2:
+        return arr[None]
+    if arr.ndim == 3 and arr.shape[-1] == 3:
+        return np.ascontiguousarray(np.moveaxis(arr, -1, 0))
+    return arr[None]
+
+
+def _read_dicom_series(path: Path) -> np.ndarray:
+    from medsight.io.dicom import read_series
+
+    volume = read_series(path)
+    arr = np.asarray(volume.array, dtype=np.float32)
+    return np.ascontiguousarray(np.moveaxis(arr, -1, 0)) if arr.ndim == 4 else arr[None]

@@ -1,0 +1,79 @@
+"""ONNX export checked against PyTorch with ONNX Runtime, and a small ONNX Runtime predictor."""
+
+from __future__ import annotations
+
+import logging
+import os
+import warnings
+from pathlib import Path
+from typing import Any
+
+import numpy as np
+import torch
+from torch import nn
+
+log = logging.getLogger("medsight.onnx")
+
+
+def export_onnx(model: nn.Module, example: torch.Tensor, path: Path, tolerance: float = 1e-3) -> dict[str, Any]:
+    """Export with a dynamic batch axis, then run both engines on ``example`` and record the largest gap.
+
+    torch's default (dynamo) exporter writes ``model.onnx`` plus ``model.onnx.data``.
+    """
+    model = model.eval().cpu()
+    example = example.cpu()
+    batch = torch.export.Dim("batch", min=1, max=4096)
+    with warnings.catch_warnings(), _quiet_onnx_logs():
+        warnings.simplefilter("ignore")
+        program = torch.onnx.export(
+            model,
+            (example,),
+            dynamic_shapes=({0: batch},),
+            input_names=["image"],
+            output_names=["logits"],
+            verbose=False,
+        )
+        assert program is not None
+        program.save(str(path), external_data=True)
+    with torch.no_grad():
+        expected = model(example).numpy()
+    got = OnnxPredictor(path).run(example.numpy())
+    gap = float(np.max(np.abs(expected - got)))
+    if gap > tolerance:
+        raise RuntimeError(f"ONNX output differs from PyTorch by {gap:.2e} (> {tolerance:g})")
+    files = sorted(p.name for p in path.parent.glob(path.name + "*"))
+    return {"file": path.name, "files": files, "max_abs_diff_vs_torch": gap, "checked_batch": int(example.shape[0])}
+
+
+class _quiet_onnx_logs:
+    """The exporter logs progress lines at INFO; keep the console to our own progress."""
+
+    def __enter__(self) -> None:
+        self._levels = {n: logging.getLogger(n).level for n in ("torch.onnx", "onnxscript", "torch.export", "onnx_ir")}
+        for n in self._levels:
+            logging.getLogger(n).setLevel(logging.ERROR)
+
+    def __exit__(self, *exc: object) -> None:
+        for n, lvl in self._levels.items():
+            logging.getLogger(n).setLevel(lvl)
+
+
+class OnnxPredictor:
+    """ONNX Runtime session with the thread count set for this machine."""
+
+    def __init__(self, path: str | Path, threads: int | None = None) -> None:
+        import onnxruntime as ort
+
+        options = ort.SessionOptions()
+        options.intra_op_num_threads = threads or int(os.environ.get("MEDSIGHT_THREADS", os.cpu_count() or 1))
+        options.log_severity_level = 3
+        providers = (
+            ["CUDAExecutionProvider", "CPUExecutionProvider"]
+            if "CUDAExecutionProvider" in ort.get_available_providers()
+            else ["CPUExecutionProvider"]
+        )
+        self.session = ort.InferenceSession(str(path), options, providers=providers)
+        self.input_name = self.session.get_inputs()[0].name
+
+    def run(self, images: np.ndarray) -> np.ndarray:
+        return np.asarray(self.session.run(None, {self.input_name: np.ascontiguousarray(images, np.float32)})[0])

@@ -1,0 +1,66 @@
+"""Classification: network chosen from the input size, loss and output activation per label type."""
+
+from __future__ import annotations
+
+from typing import Any
+
+import numpy as np
+import torch
+from monai.networks.nets import ResNet
+from torch import nn
+
+NETWORK = "monai.networks.nets.ResNet"
+
+
+def plan_network(spatial_dims: int, spatial_size: list[int], n_channels: int, n_outputs: int) -> dict[str, Any]:
+    """ResNet keyword arguments sized for CPU training.
+
+    Small inputs (MedMNIST's 28 px) keep full resolution in the stem (3x3, stride 1, no max-pool), as
+    CIFAR-style ResNets do; larger inputs use the standard 7x7/2 stem with max-pool. 3D uses one block
+    per stage to stay within CPU budgets.
+    """
+    small = min(spatial_size) < 64
+    return {
+        "block": "basic",
+        "layers": [2, 2, 2, 2] if spatial_dims == 2 else [1, 1, 1, 1],
+        "block_inplanes": [16, 32, 64, 128],
+        "spatial_dims": spatial_dims,
+        "n_input_channels": n_channels,
+        "conv1_t_size": 3 if small else 7,
+        "conv1_t_stride": 1 if small else 2,
+        "no_max_pool": small,
+        "num_classes": n_outputs,
+    }
+
+
+def build_network(kwargs: dict[str, Any]) -> nn.Module:
+    """Instantiate the planned MONAI ResNet."""
+    return ResNet(**kwargs)
+
+
+def gradcam_layer(model: nn.Module) -> nn.Module:
+    """The last convolutional stage: where Grad-CAM looks."""
+    layer = model.get_submodule("layer4")
+    return layer
+
+
+def n_outputs(task_type: str, n_labels: int) -> int:
+    """Binary problems use two softmax outputs, so binary and multi-class share one code path."""
+    return n_labels
+
+
+def loss_fn(task_type: str) -> nn.Module:
+    return nn.BCEWithLogitsLoss() if task_type == "multilabel" else nn.CrossEntropyLoss()
+
+
+def probabilities(logits: np.ndarray | torch.Tensor, task_type: str, temperature: float = 1.0) -> np.ndarray:
+    """Logits → probabilities (sigmoid per label for multi-label, softmax otherwise), temperature-scaled."""
+    t = torch.as_tensor(np.asarray(logits) if not isinstance(logits, torch.Tensor) else logits).float()
+    t = t / float(temperature)
+    out = torch.sigmoid(t) if task_type == "multilabel" else torch.softmax(t, dim=-1)
+    return out.detach().cpu().numpy()
+
+
+def scores(probs: np.ndarray, task_type: str) -> np.ndarray:
+    """The score a threshold acts on: p(positive) for binary, the full matrix otherwise."""
+    return probs[:, 1] if task_type == "binary" else probs

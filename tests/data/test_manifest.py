@@ -1,0 +1,103 @@
+"""Image folder + CSV manifest: PNG, DICOM and NIfTI inputs, patient-level splits, clear errors."""
+
+from __future__ import annotations
+
+from pathlib import Path
+
+import nibabel as nib
+import numpy as np
+import pandas as pd
+import pytest
+from PIL import Image
+
+from medsight.data.manifest import load_manifest
+from medsight.data.splits import assert_disjoint_patients
+from medsight.errors import MedsightError
+
+
+def make_png_manifest(root: Path, n_patients: int = 30, per_patient: int = 2, seed: int = 0) -> Path:
+    """Bright-square (label 'lesion') vs plain ('clear') images with patient ids, sex and age columns."""
+    rng = np.random.default_rng(seed)
+    rows = []
+    (root / "img").mkdir(parents=True, exist_ok=True)
+    for p in range(n_patients):
+        label = "lesion" if p % 2 else "clear"
+        for k in range(per_patient):
+            img = rng.normal(60, 10, size=(40 + 4 * (p % 3), 40)).clip(0, 255)
+            if label == "lesion":
+                img[10:22, 12:24] += 120
+            name = f"img/p{p:03d}_{k}.png"
+            Image.fromarray(img.clip(0, 255).astype(np.uint8)).save(root / name)
+            rows.append(
+                {
+                    "path": name,
+                    "label": label,
+                    "patient_id": f"P{p:03d}",
+                    "sex": "F" if p % 4 < 2 else "M",
+                    "age": 20 + 2 * p,
+                }
+            )
+    pd.DataFrame(rows).to_csv(root / "manifest.csv", index=False)
+    return root / "manifest.csv"
+
+
+def test_png_manifest_splits_by_patient_and_keeps_attributes(tmp_path: Path) -> None:
+    data = load_manifest(make_png_manifest(tmp_path))
+    assert data.task_type == "binary" and data.label_names == ["clear", "lesion"]
+    assert data.spatial_dims == 2 and data.n_channels == 1
+    assert set(data.splits) == {"train", "val", "test"}
+    assert_disjoint_patients({k: v.patient_ids or [] for k, v in data.splits.items()})
+    assert sum(len(v) for v in data.splits.values()) == 60
+    test = data.split("test")
+    assert test.attributes is not None and list(test.attributes.columns) == ["sex", "age"]
+    assert all(v.images.shape[1:] == (1, *data.spatial_size) for v in data.splits.values())
+    assert len(data.fingerprint["files"]) == 61  # the CSV and every image
+
+
+def test_dicom_and_nifti_inputs(shared_data: Path, tmp_path: Path) -> None:
+    samples = shared_data / "dicom_samples" / "pydicom_test_files"
+    rows = [{"path": str(samples / "CT_small.dcm"), "label": "ct", "split": s} for s in ("train", "val", "test")]
+    rows += [{"path": str(samples / "MR_small.dcm"), "label": "mr", "split": s} for s in ("train", "val", "test")]
+    pd.DataFrame(rows).to_csv(tmp_path / "manifest.csv", index=False)
+    data = load_manifest(tmp_path / "manifest.csv")
+    assert data.split_method == "manifest" and data.label_names == ["ct", "mr"]
+    assert data.split("train").images.shape == (2, 1, *data.spatial_size)
+
+    vols = []
+    for i in range(6):
+        vol = np.random.default_rng(i).random((12, 10, 8)).astype(np.float32)
+        nib.save(nib.Nifti1Image(vol, np.eye(4)), tmp_path / f"v{i}.nii.gz")
+        vols.append(
+            {"path": f"v{i}.nii.gz", "label": str(i % 2), "split": ["train", "train", "val", "val", "test", "test"][i]}
+        )
+    pd.DataFrame(vols).to_csv(tmp_path / "vol.csv", index=False)
+    vdata = load_manifest(tmp_path / "vol.csv")
+    assert vdata.spatial_dims == 3 and vdata.split("val").images.shape == (2, 1, 12, 10, 8)
+
+
+def test_missing_file_is_named(tmp_path: Path) -> None:
+    csv = make_png_manifest(tmp_path, n_patients=6)
+    table = pd.read_csv(csv)
+    table.loc[3, "path"] = "img/not_there.png"
+    table.to_csv(csv, index=False)
+    with pytest.raises(MedsightError) as err:
+        load_manifest(csv)
+    assert "row 5" in str(err.value) and "not_there.png" in str(err.value) and str(csv) in str(err.value)
+
+
+def test_unknown_label_against_a_model(tmp_path: Path) -> None:
+    csv = make_png_manifest(tmp_path, n_patients=6)
+    with pytest.raises(MedsightError, match="unknown label"):
+        load_manifest(csv, label_names=["clear", "nodule"])
+
+
+def test_missing_label_and_columns(tmp_path: Path) -> None:
+    csv = make_png_manifest(tmp_path, n_patients=6)
+    table = pd.read_csv(csv)
+    table.loc[2, "label"] = None
+    table.to_csv(csv, index=False)
+    with pytest.raises(MedsightError, match="row 4 has no label"):
+        load_manifest(csv)
+    table.drop(columns=["label"]).to_csv(csv, index=False)
+    with pytest.raises(MedsightError, match="no 'label' column"):
+        load_manifest(csv)

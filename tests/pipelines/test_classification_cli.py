@@ -1,0 +1,209 @@
+"""Classification end to end through the CLI: train → evaluate → predict, in 2D and 3D, and failure modes."""
+
+from __future__ import annotations
+
+import json
+from pathlib import Path
+
+import numpy as np
+import pytest
+import torch
+
+from medsight.cli import main
+from medsight.training.bundle import load_bundle
+
+METRIC_KEYS = {"auc", "accuracy", "sensitivity", "specificity", "ppv", "npv", "f1", "brier", "ece"}
+
+
+@pytest.fixture(scope="module")
+def breast_bundle(tmp_path_factory: pytest.TempPathFactory, shared_data: Path) -> Path:
+    out = tmp_path_factory.mktemp("breast") / "bundle"
+    assert main(["train", "medmnist:breastmnist", "--out", str(out), "--seed", "0", "--epochs", "3"]) == 0
+    return out
+
+
+def test_bundle_is_complete_and_onnx_matches_torch(breast_bundle: Path) -> None:
+    bundle = load_bundle(breast_bundle)
+    meta = bundle.meta
+    assert meta["task"] == "classification" and meta["label_names"] == ["malignant", "normal, benign"]
+    assert meta["input"] == {
+        "spatial_dims": 2,
+        "spatial_size": [28, 28],
+        "n_channels": 1,
+        "layout": "N,C,H,W",
+        "dtype": "float32",
+    }
+    assert meta["data"]["fingerprint"]["files"]["breastmnist.npz"] == "750601b1f35ba3300ea97c75c52ff8f6"
+    assert meta["training"]["seed"] == 0 and meta["training"]["epochs_run"] == 3
+    assert {"torch", "monai", "onnxruntime"} <= set(meta["versions"])
+    assert 0.05 < meta["calibration"]["temperature"] < 20 and 0 <= meta["operating_point"]["threshold"] <= 1
+    assert {"model.pt", "model.onnx", "model.onnx.data", "bundle.json"} <= {p.name for p in breast_bundle.iterdir()}
+    assert meta["onnx"]["max_abs_diff_vs_torch"] < 1e-3
+    # The ONNX graph takes any batch size and agrees with PyTorch on fresh inputs.
+    from medsight.runtime.onnx_export import OnnxPredictor
+
+    x = np.random.default_rng(0).random((5, 1, 28, 28)).astype(np.float32)
+    with torch.no_grad():
+        expected = bundle.network()(torch.as_tensor(x)).numpy()
+    assert np.abs(OnnxPredictor(bundle.onnx_path).run(x) - expected).max() < 1e-3
+
+
+def test_evaluate_writes_metrics_and_card(breast_bundle: Path, tmp_path: Path) -> None:
+    out = tmp_path / "eval"
+    assert (
+        main(
+            [
+                "evaluate",
+                str(breast_bundle),
+                "medmnist:breastmnist",
+                "--split",
+                "test",
+                "--out",
+                str(out),
+                "--bootstrap",
+                "200",
+            ]
+        )
+        == 0
+    )
+    metrics = json.loads((out / "metrics.json").read_text())
+    assert metrics["split"] == "test" and metrics["n"] == 156
+    assert set(metrics["metrics"]) == METRIC_KEYS
+    for name, m in metrics["metrics"].items():
+        lo, hi = m["ci95"]
+        assert lo <= m["value"] <= hi, name
+    op = metrics["operating_point"]
+    assert op["chosen_on"] == "val" and set(op["at_0.5"]) == METRIC_KEYS
+    assert {"before", "after", "temperature"} <= set(metrics["calibration"])
+    sanity = metrics["explanations"]["sanity_check"]
+    assert sanity["n_images"] == 16 and 0 <= sanity["mean_abs_spearman"] <= 1
+    assert metrics["subgroups"] == {}  # MedMNIST carries no attributes
+    html = (out / "card.html").read_text()
+    assert html.count("data:image/png;base64,") >= 5 and "http://" not in html and "https://" not in html
+    card = json.loads((out / "card.json").read_text())
+    assert card["evaluation"]["metrics"] == metrics["metrics"]
+
+
+def test_predict_on_real_dicom_and_png_with_explanations(
+    breast_bundle: Path, shared_data: Path, tmp_path: Path
+) -> None:
+    from PIL import Image
+
+    png = tmp_path / "us.png"
+    Image.fromarray((np.random.default_rng(0).random((80, 100)) * 255).astype(np.uint8)).save(png)
+    dcm = shared_data / "dicom_samples" / "pydicom_data" / "RG3_J2KR.dcm"
+    out = tmp_path / "pred"
+    assert main(["predict", str(breast_bundle), str(dcm), str(png), "--explain", "--out", str(out)]) == 0
+    preds = json.loads((out / "predictions.json").read_text())["predictions"]
+    assert [p["input"] for p in preds] == ["RG3_J2KR.dcm", "us.png"]
+    for p in preds:
+        assert sum(p["probabilities"].values()) == pytest.approx(1.0, abs=1e-5)
+        assert p["decision"] in p["probabilities"]
+        heat = np.load(out / p["heatmap"]["array"])
+        assert heat.shape == (28, 28) and heat.min() >= 0 and heat.max() <= 1
+        assert (out / p["heatmap"]["image"]).stat().st_size > 0
+
+
+def _small_3d_npz(path: Path) -> Path:
+    """A MedMNIST-format 3D file: a bright blob (label 1) or not (label 0) in 16^3 noise."""
+    rng = np.random.default_rng(0)
+    arrays = {}
+    for split, n in (("train", 24), ("val", 8), ("test", 8)):
+        labels = np.arange(n) % 2
+        images = (rng.random((n, 16, 16, 16)) * 80).astype(np.uint8)
+        images[labels == 1, 5:11, 5:11, 5:11] += 150
+        arrays[f"{split}_images"], arrays[f"{split}_labels"] = images, labels[:, None].astype(np.uint8)
+    np.savez_compressed(path, **arrays)
+    return path
+
+
+def test_3d_medmnist_format_trains_evaluates_predicts(tmp_path: Path) -> None:
+    npz = _small_3d_npz(tmp_path / "blobs3d.npz")
+    bundle, out, pred = tmp_path / "b3", tmp_path / "e3", tmp_path / "p3"
+    assert main(["train", str(npz), "--out", str(bundle), "--epochs", "2", "--batch-size", "8"]) == 0
+    assert load_bundle(bundle).input["spatial_size"] == [16, 16, 16]
+    assert main(["evaluate", str(bundle), str(npz), "--out", str(out), "--bootstrap", "50"]) == 0
+    assert json.loads((out / "metrics.json").read_text())["n"] == 8
+    volume = tmp_path / "one.npy"
+    np.save(volume, np.random.default_rng(1).random((20, 20, 20)).astype(np.float32))
+    assert main(["predict", str(bundle), str(volume), "--explain", "--out", str(pred)]) == 0
+    p = json.loads((pred / "predictions.json").read_text())["predictions"][0]
+    assert np.load(pred / p["heatmap"]["array"]).shape == (16, 16, 16)
+
+
+def test_same_seed_same_weights(tmp_path: Path) -> None:
+    npz = _small_3d_npz(tmp_path / "blobs3d.npz")
+    for name in ("a", "b"):
+        assert (
+            main(
+                ["train", str(npz), "--out", str(tmp_path / name), "--epochs", "1", "--seed", "7", "--batch-size", "8"]
+            )
+            == 0
+        )
+    a = torch.load(tmp_path / "a" / "model.pt", weights_only=True)
+    b = torch.load(tmp_path / "b" / "model.pt", weights_only=True)
+    assert all(torch.equal(a[k], b[k]) for k in a)
+
+
+# ------------------------------------------------------------------------------------------- failure modes
+
+
+def _assert_clean_failure(capsys: pytest.CaptureFixture[str], argv: list[str], needle: str, out: Path) -> None:
+    capsys.readouterr()
+    assert main(argv) == 2
+    err = capsys.readouterr().err
+    errors = [line for line in err.splitlines() if line.startswith("medsight ")]
+    assert len(errors) == 1 and needle in errors[0] and "Traceback" not in err, err
+    leftovers = [p for p in out.parent.iterdir() if p.name.startswith(f".{out.name}.")]
+    assert not leftovers, leftovers
+
+
+def test_truncated_npz_fails_cleanly(shared_data: Path, tmp_path: Path, capsys: pytest.CaptureFixture[str]) -> None:
+    data = (shared_data / "medmnist" / "breastmnist.npz").read_bytes()
+    broken = tmp_path / "cut.npz"
+    broken.write_bytes(data[:100_000])
+    out = tmp_path / "bundle"
+    _assert_clean_failure(capsys, ["train", str(broken), "--out", str(out)], "cut.npz", out)
+    assert not out.exists()
+
+
+def test_manifest_missing_file_and_unknown_label(tmp_path: Path, capsys: pytest.CaptureFixture[str]) -> None:
+    import pandas as pd
+
+    from data.test_manifest import make_png_manifest
+
+    csv = make_png_manifest(tmp_path / "set", n_patients=12)
+    bundle = tmp_path / "bundle"
+    assert main(["train", str(csv), "--out", str(bundle), "--epochs", "1"]) == 0
+    evaluation = tmp_path / "eval"
+    assert main(["evaluate", str(bundle), str(csv), "--out", str(evaluation), "--bootstrap", "50"]) == 0
+    before = (evaluation / "metrics.json").read_bytes()
+    table = pd.read_csv(csv)
+    table.loc[0, "label"] = "tumour"
+    table.to_csv(csv, index=False)
+    _assert_clean_failure(
+        capsys, ["evaluate", str(bundle), str(csv), "--out", str(evaluation)], "unknown label", evaluation
+    )
+    assert (evaluation / "metrics.json").read_bytes() == before  # the earlier result is intact
+    table.loc[0, "label"] = "clear"
+    table.loc[1, "path"] = "img/gone.png"
+    table.to_csv(csv, index=False)
+    _assert_clean_failure(capsys, ["train", str(csv), "--out", str(tmp_path / "b2")], "gone.png", tmp_path / "b2")
+
+
+def test_predict_rejects_non_image(breast_bundle: Path, tmp_path: Path, capsys: pytest.CaptureFixture[str]) -> None:
+    text = tmp_path / "notes.txt"
+    text.write_text("not an image")
+    out = tmp_path / "pred"
+    _assert_clean_failure(capsys, ["predict", str(breast_bundle), str(text), "--out", str(out)], "notes.txt", out)
+    assert not out.exists()
+
+
+def test_every_subcommand_has_help(capsys: pytest.CaptureFixture[str]) -> None:
+    from medsight.cli import command_names
+
+    for name in command_names():
+        with pytest.raises(SystemExit) as done:
+            main([name, "--help"])
+        assert done.value.code == 0
+        assert "usage: medsight" in capsys.readouterr().out
