@@ -20,10 +20,10 @@ def register(sub: argparse._SubParsersAction) -> None:
     p.add_argument("--out", required=True, type=Path, help="bundle folder to write (replaced atomically)")
     p.add_argument("--task", choices=TASKS, help="task (default: detected from DATA)")
     p.add_argument("--seed", type=int, default=0, help="random seed; the same seed repeats the run (default 0)")
-    p.add_argument("--epochs", type=int, default=40, help="maximum epochs (default 40)")
+    p.add_argument("--epochs", type=int, help="maximum epochs (default: the task's own, 40 for classification)")
     p.add_argument("--time-budget", type=float, metavar="SECONDS", help="stop training after about this long")
-    p.add_argument("--batch-size", type=int, default=128)
-    p.add_argument("--lr", type=float, default=2e-3, help="peak learning rate (default 2e-3)")
+    p.add_argument("--batch-size", type=int, help="batch size (default: planned from the data)")
+    p.add_argument("--lr", type=float, help="peak learning rate (default: the task's own, 2e-3 for classification)")
     p.add_argument(
         "--target-sensitivity",
         type=float,
