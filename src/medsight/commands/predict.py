@@ -28,10 +28,11 @@ def run(args: argparse.Namespace) -> int:
     bundle = load_bundle(args.bundle)
     results = pipeline(bundle.task).predict(args.bundle, args.inputs, args.out, explain=args.explain)
     for r in results:
-        probs = ", ".join(f"{k} {v:.3f}" for k, v in r.get("probabilities", {}).items())
-        print(
-            f"{r['input']}: {r.get('decision')} ({probs})"
-            + (f"; heatmap {args.out / r['heatmap']['image']}" if r.get("heatmap") else "")
+        # A pipeline may give its own one-line summary (segmentation: volumes; detection: findings).
+        summary = r.get("summary") or (
+            f"{r.get('decision')} (" + ", ".join(f"{k} {v:.3f}" for k, v in r.get("probabilities", {}).items()) + ")"
         )
-    print(f"predictions: {args.out / 'predictions.json'}")
+        heatmap = f"; heatmap {args.out / r['heatmap']['image']}" if r.get("heatmap") else ""
+        print(f"{r['input']}: {summary}{heatmap}")
+    print(f"results: {args.out}")
     return 0
