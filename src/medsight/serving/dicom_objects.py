@@ -1,0 +1,486 @@
+"""Results as DICOM objects a PACS accepts: SEG (masks), SR (findings), Secondary Capture (overlays).
+
+Every object is built by highdicom, so it is valid by construction and references its source images (same
+patient, study and frame of reference); every file is written atomically through :mod:`medsight.io.atomic`.
+Readers mirror the writers (``read_seg``, ``read_sr``), so a round trip can be checked.
+
+Masks are in *volume order*: ``mask[k]`` is slice ``k`` of ``medsight.io.dicom.read_series`` on the same
+source, i.e. sorted along the slice normal. The writer sorts the source datasets the same way, so the caller
+never has to track file order.
+"""
+
+from __future__ import annotations
+
+import re
+from collections.abc import Sequence
+from dataclasses import dataclass, field
+from pathlib import Path
+
+import highdicom as hd
+import numpy as np
+from pydicom.dataset import Dataset
+from pydicom.sr.codedict import codes
+from pydicom.sr.coding import Code
+
+from medsight import __version__
+from medsight.errors import MedsightError
+from medsight.io import geometry as geo
+from medsight.io.atomic import atomic_path
+from medsight.io.dicom import Instance, Series, series_layout
+from medsight.io.geometry import Geometry
+
+#: Coding scheme for model-specific labels that have no standard code (DICOM PS3.16 8.2: "99" prefix = local).
+LOCAL_SCHEME = "99MEDSIGHT"
+MANUFACTURER = "medsight"
+
+PathLike = str | Path
+
+
+@dataclass(frozen=True)
+class Label:
+    """A segment or finding class: its name, and optionally standard codes (SNOMED CT, ...) for it.
+
+    Without codes the label gets a local code (scheme ``99MEDSIGHT``) whose meaning is the name, and the SEG
+    category "Tissue": valid DICOM that says honestly that the concept is the model's own.
+    """
+
+    name: str
+    code: Code | None = None
+    category: Code | None = None
+
+    def concept(self) -> hd.sr.CodedConcept:
+        """The coded concept for this label."""
+        if self.code is not None:
+            return hd.sr.CodedConcept(self.code.value, self.code.scheme_designator, self.code.meaning)
+        value = re.sub(r"[^A-Za-z0-9_.-]+", "-", self.name.strip()).strip("-")[:16] or "label"
+        return hd.sr.CodedConcept(value, LOCAL_SCHEME, self.name[:64])
+
+
+def _label(value: str | Label) -> Label:
+    return value if isinstance(value, Label) else Label(str(value))
+
+
+# --------------------------------------------------------------------------------------------------------
+# Ordering source datasets like read_series does
+# --------------------------------------------------------------------------------------------------------
+
+
+def volume_order(source_datasets: Sequence[Dataset]) -> list[tuple[int, int]]:
+    """``(dataset index, frame index)`` of each volume slice, in the order ``read_series`` gives.
+
+    Uses the same layout code as the reader, so a mask predicted on ``read_series(...).array`` lines up with
+    the sources whatever order the files were listed in.
+    """
+    from medsight.io.dicom import _instance  # the reader's own header parsing, so both sides agree
+
+    if not source_datasets:
+        raise MedsightError("no source datasets given")
+    instances: list[Instance] = []
+    for i, ds in enumerate(source_datasets):
+        try:
+            instances.append(_instance(ds, Path(f"#{i}")))
+        except (ValueError, TypeError, AttributeError) as exc:
+            raise MedsightError(f"source dataset {i} has an unreadable header ({exc})") from exc
+    first = source_datasets[0]
+    series = Series(
+        series_instance_uid=str(first.get("SeriesInstanceUID", "")),
+        series_number=None,
+        modality=str(first.get("Modality", "")),
+        description="",
+        frame_of_reference_uid=str(first.get("FrameOfReferenceUID", "")),
+        instances=instances,
+    )
+    layout = series_layout(series)
+    if layout.geometry is None:
+        raise MedsightError("source images have no patient geometry; a SEG needs it")
+    return [(int(str(f.path)[1:]), f.index) for f in layout.frames]
+
+
+# --------------------------------------------------------------------------------------------------------
+# SEG
+# --------------------------------------------------------------------------------------------------------
+
+
+def write_seg(
+    mask: np.ndarray,
+    source_datasets: Sequence[Dataset],
+    labels: Sequence[str | Label],
+    out_path: PathLike,
+    *,
+    model_name: str = "medsight",
+    model_version: str = __version__,
+    series_number: int = 9001,
+    series_description: str = "medsight segmentation",
+    omit_empty_frames: bool = False,
+) -> Path:
+    """Write a binary DICOM SEG of ``mask`` over its source series; returns the path.
+
+    ``mask`` is ``[slice, row, column]`` in volume order (as ``read_series`` returns the source): bool for
+    one label, or integers ``0..len(labels)`` where ``k`` means ``labels[k-1]``. Each label becomes a
+    segment identified by the model's name and version. By default every source frame is encoded (also
+    empty ones) so that the SEG alone carries the source geometry.
+    """
+    arr = np.asarray(mask)
+    names = [_label(v) for v in labels]
+    if not names:
+        raise MedsightError("at least one label is needed")
+    if arr.ndim == 2:
+        arr = arr[np.newaxis]
+    if arr.ndim != 3:
+        raise MedsightError(f"mask must be [slice, row, column], got shape {arr.shape}")
+    if arr.dtype == bool:
+        arr = arr.astype(np.uint8)
+    if not np.issubdtype(arr.dtype, np.integer):
+        raise MedsightError(f"mask must hold integer labels or booleans, got {arr.dtype}")
+    if arr.min(initial=0) < 0 or arr.max(initial=0) > len(names):
+        raise MedsightError(f"mask values must lie in 0..{len(names)} (one per label)")
+    order = volume_order(source_datasets)
+    sources, pixels = _source_aligned(arr, source_datasets, order)
+    algorithm = hd.AlgorithmIdentificationSequence(
+        name=model_name, family=codes.DCM.ArtificialIntelligence, version=model_version
+    )
+    descriptions = [
+        hd.seg.SegmentDescription(
+            segment_number=n,
+            segment_label=label.name[:64],
+            segmented_property_category=label.category or codes.SCT.Tissue,
+            segmented_property_type=label.concept(),
+            algorithm_type=hd.seg.SegmentAlgorithmTypeValues.AUTOMATIC,
+            algorithm_identification=algorithm,
+        )
+        for n, label in enumerate(names, start=1)
+    ]
+    try:
+        seg = hd.seg.Segmentation(
+            source_images=sources,
+            pixel_array=pixels.astype(np.uint8 if len(names) < 256 else np.uint16),
+            segmentation_type=hd.seg.SegmentationTypeValues.BINARY,
+            segment_descriptions=descriptions,
+            series_instance_uid=hd.UID(),
+            series_number=series_number,
+            sop_instance_uid=hd.UID(),
+            instance_number=1,
+            manufacturer=MANUFACTURER,
+            manufacturer_model_name=model_name[:64],
+            software_versions=f"medsight {__version__}",
+            device_serial_number="0",
+            series_description=series_description[:64],
+            content_label="SEGMENTATION",
+            omit_empty_frames=omit_empty_frames,
+        )
+    except (ValueError, TypeError, AttributeError) as exc:
+        raise MedsightError(f"cannot build DICOM SEG: {exc}", out_path) from exc
+    return _save(seg, out_path)
+
+
+def _source_aligned(
+    mask: np.ndarray, source_datasets: Sequence[Dataset], order: list[tuple[int, int]]
+) -> tuple[list[Dataset], np.ndarray]:
+    """Sources and mask in the order highdicom pairs them (its frames follow the source frame order)."""
+    if mask.shape[0] != len(order):
+        raise MedsightError(f"mask has {mask.shape[0]} slices but the source series has {len(order)}")
+    first = source_datasets[0]
+    if mask.shape[1:] != (int(first.Rows), int(first.Columns)):
+        raise MedsightError(
+            f"mask slices are {mask.shape[1:]} but source images are {(int(first.Rows), int(first.Columns))}"
+        )
+    if len(source_datasets) == 1 and len(order) > 1:  # one multi-frame source: put slices back in frame order
+        pixels = np.empty_like(mask)
+        for k, (_, frame) in enumerate(order):
+            pixels[frame] = mask[k]
+        return [source_datasets[0]], pixels
+    if len({d for d, _ in order}) != len(order):
+        raise MedsightError("several multi-frame sources are not supported for SEG; convert to one object")
+    return [source_datasets[d] for d, _ in order], mask
+
+
+@dataclass
+class SegmentationResult:
+    """A SEG read back: an integer mask ``[slice, row, column]`` (0 = background, k = ``labels[k-1]``)."""
+
+    mask: np.ndarray
+    geometry: Geometry
+    labels: list[str]
+    model: list[str] = field(default_factory=list)
+
+
+def read_seg(path: PathLike, reference: Geometry | None = None) -> SegmentationResult:
+    """Read a DICOM SEG as a label mask with geometry in medsight's convention (sorted along the normal).
+
+    With ``reference`` (e.g. ``read_series(source).geometry``) the mask is placed on that grid, slice for
+    slice, so it lines up with the source volume even when the SEG omits empty frames.
+    """
+    path = Path(path)
+    try:
+        seg = hd.seg.segread(path)
+        volume = seg.get_volume(combine_segments=True, relabel=False, dtype=np.uint16)
+    except Exception as exc:  # highdicom raises many types for objects it cannot interpret
+        raise MedsightError(f"cannot read DICOM SEG ({type(exc).__name__}: {exc})", path) from exc
+    if volume is None or volume.array.ndim != 3:
+        raise MedsightError("DICOM SEG has no single volume", path)
+    mask, geometry = _canonical(np.asarray(volume.array), np.asarray(volume.affine))
+    labels = [str(item.SegmentLabel) for item in seg.SegmentSequence]
+    models = [
+        f"{a.AlgorithmName} {a.AlgorithmVersion}"
+        for item in seg.SegmentSequence
+        for a in item.get("SegmentationAlgorithmIdentificationSequence", [])
+    ]
+    if reference is not None:
+        mask = _place(mask, geometry, reference, path)
+        geometry = reference
+    return SegmentationResult(mask=mask, geometry=geometry, labels=labels, model=list(dict.fromkeys(models)))
+
+
+def _canonical(array: np.ndarray, hd_affine: np.ndarray) -> tuple[np.ndarray, Geometry]:
+    """highdicom volume (index ``slice, row, column``) to medsight's: slices increasing along the normal."""
+    affine = np.eye(4)
+    affine[:3, :3] = hd_affine[:3, [2, 1, 0]]
+    affine[:3, 3] = hd_affine[:3, 3]
+    normal = np.cross(affine[:3, 0], affine[:3, 1])
+    if float(affine[:3, 2] @ normal) < 0:
+        array = array[::-1]
+        affine[:3, 3] = affine[:3, 3] + (array.shape[0] - 1) * affine[:3, 2]
+        affine[:3, 2] = -affine[:3, 2]
+    return np.ascontiguousarray(array), geo.geometry_from_affine(affine, array.shape)
+
+
+def _place(mask: np.ndarray, geometry: Geometry, reference: Geometry, path: Path) -> np.ndarray:
+    """Put ``mask`` on the ``reference`` grid; both must share orientation and in-plane grid."""
+    same_plane = np.allclose(geometry.direction_matrix[:, :2], reference.direction_matrix[:, :2], atol=1e-4)
+    same_pixels = np.allclose(geometry.spacing[:2], reference.spacing[:2], rtol=1e-4)
+    if not (same_plane and same_pixels and mask.shape[1:] == tuple(reference.shape[1:])):
+        raise MedsightError("SEG grid does not match the reference series (orientation or pixels)", path)
+    inverse = np.linalg.inv(reference.affine_lps)
+    out = np.zeros(reference.shape, dtype=mask.dtype)
+    for k in range(mask.shape[0]):
+        world = geometry.index_to_lps([0.0, 0.0, float(k)])
+        index = inverse[:3, :3] @ world + inverse[:3, 3]
+        slot = round(float(index[2]))
+        if not np.allclose(index, [0.0, 0.0, slot], atol=1e-2) or not 0 <= slot < reference.shape[0]:
+            if mask[k].any():
+                raise MedsightError(f"SEG slice {k} does not lie on a slice of the reference series", path)
+            continue
+        out[slot] = mask[k]
+    return out
+
+
+# --------------------------------------------------------------------------------------------------------
+# SR
+# --------------------------------------------------------------------------------------------------------
+
+
+@dataclass(frozen=True)
+class Finding:
+    """One model finding: a class and its probability, about the given source images (default: all)."""
+
+    label: str | Label
+    probability: float
+    image_indices: tuple[int, ...] | None = None
+
+
+def write_sr(
+    findings: Sequence[Finding],
+    source_datasets: Sequence[Dataset],
+    out_path: PathLike,
+    model_name: str,
+    model_version: str,
+    *,
+    series_number: int = 9002,
+    series_description: str = "medsight findings",
+) -> Path:
+    """Write a Comprehensive 3D SR holding a TID 1500 Measurement Report of ``findings``; returns the path.
+
+    Each finding is a measurement group (TID 1501) with the class as its Finding (finding type), the
+    probability as a NUM "Probability" (DCM 122157, unit 1), the model as Algorithm Name and
+    Version, and references to its source images. The device observer is the model.
+    """
+    if not source_datasets:
+        raise MedsightError("an SR needs at least one source image to reference", out_path)
+    groups = []
+    algorithm = hd.sr.AlgorithmIdentification(name=model_name[:64], version=model_version[:64])
+    for n, finding in enumerate(findings, start=1):
+        p = float(finding.probability)
+        if not 0.0 <= p <= 1.0:
+            raise MedsightError(f"finding {n}: probability {p} is outside [0, 1]", out_path)
+        concept = _label(finding.label).concept()
+        indices = finding.image_indices if finding.image_indices is not None else range(len(source_datasets))
+        try:
+            images = [hd.sr.SourceImageForMeasurementGroup.from_source_image(source_datasets[i]) for i in indices]
+        except IndexError as exc:
+            raise MedsightError(f"finding {n}: image index out of range", out_path) from exc
+        groups.append(
+            hd.sr.MeasurementsAndQualitativeEvaluations(
+                tracking_identifier=hd.sr.TrackingIdentifier(uid=hd.UID(), identifier=f"finding {n}"),
+                finding_type=concept,
+                algorithm_id=algorithm,
+                source_images=images,
+                measurements=[
+                    hd.sr.Measurement(
+                        name=codes.DCM.Probability,
+                        value=p,
+                        unit=codes.UCUM.NoUnits,
+                        algorithm_id=algorithm,
+                    )
+                ],
+            )
+        )
+    observer = hd.sr.ObserverContext(
+        observer_type=codes.DCM.Device,
+        observer_identifying_attributes=hd.sr.DeviceObserverIdentifyingAttributes(
+            uid=hd.UID(), name=model_name[:64], manufacturer_name=MANUFACTURER, model_name=model_version[:64]
+        ),
+    )
+    report = hd.sr.MeasurementReport(
+        observation_context=hd.sr.ObservationContext(observer_device_context=observer),
+        procedure_reported=codes.SCT.ImagingProcedure,
+        imaging_measurements=groups,
+        referenced_images=list(source_datasets),
+    )
+    try:
+        sr = hd.sr.Comprehensive3DSR(
+            evidence=list(source_datasets),
+            content=report,
+            series_instance_uid=hd.UID(),
+            series_number=series_number,
+            sop_instance_uid=hd.UID(),
+            instance_number=1,
+            manufacturer=MANUFACTURER,
+            is_complete=True,
+            series_description=series_description[:64],
+        )
+    except (ValueError, TypeError, AttributeError) as exc:
+        raise MedsightError(f"cannot build DICOM SR: {exc}", out_path) from exc
+    return _save(sr, out_path)
+
+
+@dataclass(frozen=True)
+class ReportedFinding:
+    """A finding read back from an SR written by :func:`write_sr`."""
+
+    label: str
+    probability: float
+    model_name: str
+    model_version: str
+    referenced_sop_instance_uids: tuple[str, ...] = field(repr=False)
+
+
+def read_sr(path: PathLike) -> list[ReportedFinding]:
+    """The findings of a TID 1500 SR (as :func:`write_sr` writes them)."""
+    path = Path(path)
+    try:
+        sr = hd.sr.srread(path)
+        report = hd.sr.MeasurementReport.from_sequence([sr])  # the document root is the report container
+        groups = report.get_image_measurement_groups()
+    except Exception as exc:  # highdicom raises many types for reports it cannot interpret
+        raise MedsightError(f"cannot read DICOM SR measurement report ({type(exc).__name__}: {exc})", path) from exc
+    found = []
+    for group in groups:
+        finding_type = group.finding_type
+        probability = float("nan")
+        for m in group.get_measurements(name=codes.DCM.Probability):
+            probability = float(m.value)
+        uids = tuple(str(img.ReferencedSOPSequence[0].ReferencedSOPInstanceUID) for img in group.source_images)
+        found.append(
+            ReportedFinding(
+                label=str(finding_type.meaning) if finding_type is not None else "",
+                probability=probability,
+                model_name=_text_item(group, codes.DCM.AlgorithmName),
+                model_version=_text_item(group, codes.DCM.AlgorithmVersion),
+                referenced_sop_instance_uids=uids,
+            )
+        )
+    return found
+
+
+def _text_item(group: Sequence[Dataset], name: Code) -> str:
+    """Value of the first TEXT content item called ``name`` directly under the group's container."""
+    children = group[0].get("ContentSequence", []) if len(group) else []
+    for item in children:
+        concept = item.get("ConceptNameCodeSequence")
+        if (
+            concept
+            and concept[0].CodeValue == name.value
+            and concept[0].CodingSchemeDesignator == name.scheme_designator
+        ):
+            return str(item.get("TextValue", ""))
+    return ""
+
+
+# --------------------------------------------------------------------------------------------------------
+# Secondary Capture
+# --------------------------------------------------------------------------------------------------------
+
+
+def write_secondary_capture(
+    rgb_image: np.ndarray,
+    source_dataset: Dataset,
+    out_path: PathLike,
+    *,
+    series_number: int = 9003,
+    series_description: str = "medsight heatmap overlay",
+    instance_number: int = 1,
+    series_instance_uid: str | None = None,
+) -> Path:
+    """Write an RGB image (e.g. a heatmap over its source slice) as a Secondary Capture; returns the path.
+
+    ``rgb_image`` is ``rows x columns x 3``, uint8 or float in [0, 1]. It joins the source's patient and
+    study; when it has the source's size it also keeps its pixel spacing and patient orientation. Pass the
+    same ``series_instance_uid`` to put several overlays in one series.
+    """
+    image = np.asarray(rgb_image)
+    if image.ndim != 3 or image.shape[2] != 3:
+        raise MedsightError(f"expected rows x columns x 3 RGB, got shape {image.shape}", out_path)
+    if image.dtype != np.uint8:
+        if not np.issubdtype(image.dtype, np.floating) or image.min() < 0 or image.max() > 1:
+            raise MedsightError("RGB image must be uint8, or float in [0, 1]", out_path)
+        image = np.round(image * 255).astype(np.uint8)
+    same_size = image.shape[:2] == (int(source_dataset.get("Rows", 0)), int(source_dataset.get("Columns", 0)))
+    spacing = source_dataset.get("PixelSpacing") if same_size else None
+    orientation = _patient_orientation(source_dataset) if same_size else None
+    try:
+        sc = hd.sc.SCImage.from_ref_dataset(
+            ref_dataset=source_dataset,
+            pixel_array=np.ascontiguousarray(image),
+            photometric_interpretation=hd.PhotometricInterpretationValues.RGB,
+            bits_allocated=8,
+            coordinate_system=hd.CoordinateSystemNames.PATIENT,
+            series_instance_uid=series_instance_uid or hd.UID(),
+            series_number=series_number,
+            sop_instance_uid=hd.UID(),
+            instance_number=instance_number,
+            manufacturer=MANUFACTURER,
+            pixel_spacing=tuple(float(v) for v in spacing) if spacing else None,  # type: ignore[arg-type]
+            patient_orientation=orientation or ("L", "P"),
+            series_description=series_description[:64],
+            transfer_syntax_uid="1.2.840.10008.1.2.1",
+        )
+    except (ValueError, TypeError, AttributeError) as exc:
+        raise MedsightError(f"cannot build Secondary Capture: {exc}", out_path) from exc
+    if orientation is None and "PatientOrientation" in sc:
+        sc.PatientOrientation = ["", ""]  # unknown: empty rather than a guess
+    if "Laterality" not in sc:  # General Series, type 2C: copy the source's, else present and empty
+        sc.Laterality = source_dataset.get("Laterality", "")
+    return _save(sc, out_path)
+
+
+def _patient_orientation(ds: Dataset) -> tuple[str, str] | None:
+    """Patient Orientation of rows and columns from the source (or derived from its orientation cosines)."""
+    value = ds.get("PatientOrientation")
+    if value and len(value) == 2 and all(value):
+        return str(value[0]), str(value[1])
+    iop = ds.get("ImageOrientationPatient")
+    if not iop:
+        return None
+    try:
+        row, col = geo.cosines(iop)
+    except ValueError:
+        return None
+    code = geo.orientation_code(np.column_stack([row, col]))
+    return code[0].replace("S", "H").replace("I", "F"), code[1].replace("S", "H").replace("I", "F")
+
+
+def _save(obj: Dataset, out_path: PathLike) -> Path:
+    target = Path(out_path)
+    with atomic_path(target) as tmp:
+        obj.save_as(tmp, enforce_file_format=True)
+    return target

@@ -1,0 +1,80 @@
+"""``medsight info``: summary of a real study, no identifiers unless asked."""
+
+from __future__ import annotations
+
+import json
+from pathlib import Path
+
+import pydicom
+import pytest
+
+from medsight.cli import main
+
+PHI = ["Albus", "Dumbledore", "PGBM-003", "3083564386975476", "1.3.6.1.4.1.14519.5.2.1"]
+
+
+@pytest.fixture(scope="module")
+def study(shared_data: Path) -> Path:
+    return shared_data / "udacity_brain_mr_dicom"
+
+
+def test_info_summarises_without_identifiers(study: Path, capsys: pytest.CaptureFixture[str]) -> None:
+    assert main(["info", str(study)]) == 0
+    captured = capsys.readouterr()
+    out = captured.out
+    assert "88 DICOM files in 1 study, 2 other files skipped" in out
+    for description in ["T1post", "T1pre_reg", "FLAIR_reg", "T2_reg"]:
+        assert description in out
+    assert out.count("[MR]") == 4
+    assert out.count("size: 280 x 320 x 22") == 4
+    assert "spacing: 0.6875 x 0.6875 x 6.5 mm" in out
+    assert "oblique axial" in out
+    for value in PHI:
+        assert value not in out + captured.err
+
+
+def test_info_shows_identifiers_when_asked(study: Path, capsys: pytest.CaptureFixture[str]) -> None:
+    assert main(["info", str(study), "--show-phi"]) == 0
+    out = capsys.readouterr().out
+    assert "patient_name: Albus^Dumbledore" in out
+    assert "patient_id: PGBM-003" in out
+    assert "1.3.6.1.4.1.14519.5.2.1" in out
+
+
+def test_info_json(study: Path, capsys: pytest.CaptureFixture[str]) -> None:
+    assert main(["info", str(study / "Study3" / "11-T1post-18670"), "--json"]) == 0
+    out = capsys.readouterr().out
+    summary = json.loads(out)
+    series = summary["studies"][0]["series"][0]
+    assert series["modality"] == "MR" and series["size"] == [280, 320, 22]
+    assert series["geometry"]["spacing_mm"] == pytest.approx([0.6875, 0.6875, 6.5], abs=1e-4)
+    assert all(value not in out for value in PHI)
+
+
+def test_info_on_mixed_samples_explains_what_has_no_geometry(
+    shared_data: Path, capsys: pytest.CaptureFixture[str]
+) -> None:
+    assert main(["info", str(shared_data / "dicom_samples" / "pydicom_data")]) == 0
+    out = capsys.readouterr().out
+    assert "geometry: none" in out  # ultrasound, radiograph, emri_small
+    assert "duplicate files ignored: 1" in out  # 693_J2KR and 693_UNCR are one SOP instance
+    assert "Citizen" not in out and "CQ500" not in out
+
+
+def test_info_bad_input_is_one_line_and_exit_2(
+    shared_data: Path, tmp_path: Path, capsys: pytest.CaptureFixture[str]
+) -> None:
+    assert main(["info", str(tmp_path / "missing")]) == 2
+    err = capsys.readouterr().err.strip()
+    assert err.count("\n") == 0 and "no such file" in err
+    (tmp_path / "notes.txt").write_text("hello")
+    assert main(["info", str(tmp_path)]) == 2
+    assert "no DICOM objects found" in capsys.readouterr().err
+    ds = pydicom.dcmread(shared_data / "udacity_brain_mr_dicom" / "Study3" / "11-T1post-18670" / "000000.dcm")
+    broken = tmp_path / "broken.dcm"
+    ds.save_as(broken)
+    broken.write_bytes(broken.read_bytes()[:-1000])
+    assert main(["info", str(tmp_path)]) == 2
+    err = capsys.readouterr().err
+    assert "broken.dcm" in err and "truncated" in err
+    assert all(value not in err for value in PHI)

@@ -1,0 +1,331 @@
+"""DICOM reading on real data: geometry against SimpleITK, LUTs, photometric handling, codecs, bad files."""
+
+from __future__ import annotations
+
+import random
+import shutil
+from pathlib import Path
+
+import highdicom as hd
+import numpy as np
+import pydicom
+import pytest
+import SimpleITK as sitk
+from pydicom.dataset import Dataset
+from pydicom.pixels import apply_color_lut, apply_voi_lut
+from pydicom.sequence import Sequence as DicomSequence
+from pydicom.uid import RLELossless, generate_uid
+
+from medsight.errors import MedsightError
+from medsight.io.dicom import read_dicom_image, read_series, scan, to_metatensor
+
+BRAIN_SERIES = ["11-T1post-18670", "26401-T1prereg-52906", "36468-FLAIRreg-58706", "37830-T2reg-78532"]
+
+
+@pytest.fixture(scope="module")
+def study(shared_data: Path) -> Path:
+    return shared_data / "udacity_brain_mr_dicom" / "Study3"
+
+
+@pytest.fixture(scope="module")
+def samples(shared_data: Path) -> Path:
+    return shared_data / "dicom_samples"
+
+
+# ---------------------------------------------------------------------------------------------------------
+# Geometry on the real brain MR study, against SimpleITK's series reader
+# ---------------------------------------------------------------------------------------------------------
+
+
+@pytest.mark.parametrize("folder", BRAIN_SERIES)
+def test_series_matches_simpleitk(study: Path, folder: str) -> None:
+    volume = read_series(study / folder)
+    reader = sitk.ImageSeriesReader()
+    reader.SetFileNames(reader.GetGDCMSeriesFileNames(str(study / folder)))
+    image = reader.Execute()
+    expected = sitk.GetArrayFromImage(image).astype(np.float32)
+
+    assert volume.array.dtype == np.float32
+    assert volume.array.shape == expected.shape == (22, 320, 280)
+    np.testing.assert_allclose(volume.array, expected, atol=1e-4)
+    g = volume.geometry
+    assert g is not None
+    np.testing.assert_allclose(g.spacing, image.GetSpacing(), atol=1e-4)
+    np.testing.assert_allclose(g.origin, image.GetOrigin(), atol=1e-4)
+    np.testing.assert_allclose(g.direction, image.GetDirection(), atol=1e-4)
+    # the slice spacing comes from positions (6.5 mm), not Slice Thickness (5 mm)
+    assert g.spacing[2] == pytest.approx(6.5, abs=1e-4)
+    # every voxel's world position agrees, not just the header numbers
+    for index in [(0, 0, 0), (279, 319, 21), (17, 201, 9)]:
+        np.testing.assert_allclose(g.index_to_lps(index), image.TransformIndexToPhysicalPoint(index), atol=1e-4)
+
+
+def test_file_order_does_not_matter(study: Path) -> None:
+    files = sorted((study / BRAIN_SERIES[1]).glob("*.dcm"))
+    random.Random(3).shuffle(files)
+    shuffled = read_series(files)
+    reference = read_series(study / BRAIN_SERIES[1])
+    np.testing.assert_array_equal(shuffled.array, reference.array)
+    assert shuffled.geometry == reference.geometry
+
+
+def test_scan_groups_studies_and_series_and_counts_other_files(study: Path) -> None:
+    found = scan(study.parent)
+    assert len(found.studies) == 1
+    assert sorted(s.description for s in found.series) == ["FLAIR_reg", "T1post", "T1pre_reg", "T2_reg"]
+    assert all(len(s.instances) == 22 and s.modality == "MR" for s in found.series)
+    assert sorted(p.name for p in found.skipped) == ["MD5SUMS", "SOURCE.md"]
+    # identifiers are stored, but never shown by repr (so they stay out of logs)
+    assert found.studies[0].patient_name == "Albus^Dumbledore"
+    assert "Albus" not in repr(found) and "PGBM" not in repr(found)
+
+
+def test_a_study_with_several_series_needs_a_choice(study: Path) -> None:
+    with pytest.raises(MedsightError, match="4 image series"):
+        read_series(study)
+    uid = scan(study / BRAIN_SERIES[3]).series[0].series_instance_uid
+    chosen = read_series(study, series_uid=uid)
+    assert chosen.array.shape == (22, 320, 280)
+    assert "Albus" not in repr(chosen)
+
+
+def test_missing_slice_and_duplicate_position_are_refused(study: Path, tmp_path: Path) -> None:
+    files = sorted((study / BRAIN_SERIES[0]).glob("*.dcm"))
+    volume = read_series(files)
+    middle = volume.files[10]
+    with pytest.raises(MedsightError, match="uneven gaps"):
+        read_series([f for f in files if f != middle])
+    gappy = read_series([f for f in files if f != middle], allow_irregular=True)
+    assert gappy.array.shape[0] == 21
+    copy = pydicom.dcmread(middle)
+    copy.SOPInstanceUID = generate_uid()
+    copy.save_as(tmp_path / "echo2.dcm")
+    with pytest.raises(MedsightError, match="share a position"):
+        read_series([*files, tmp_path / "echo2.dcm"])
+
+
+def test_metatensor_carries_the_affine_monai_expects(study: Path) -> None:
+    folder = study / BRAIN_SERIES[0]
+    volume = read_series(folder)
+    reader = sitk.ImageSeriesReader()
+    reader.SetFileNames(reader.GetGDCMSeriesFileNames(str(folder)))
+    image = reader.Execute()
+    ras = to_metatensor(volume)
+    lps = to_metatensor(volume, space="LPS")
+    assert tuple(ras.shape) == (1, 280, 320, 22)  # (channel, column, row, slice)
+    assert ras.meta["space"] == "RAS" and lps.meta["space"] == "LPS"
+    for i, j, k in [(0, 0, 0), (250, 30, 20), (140, 160, 11)]:
+        # the same voxel value as SimpleITK at index (i, j, k) ...
+        assert float(ras[0, i, j, k]) == pytest.approx(float(image[i, j, k]))
+        # ... and the affine maps that index to SimpleITK's point (flipped to RAS for the default)
+        x, y, z = image.TransformIndexToPhysicalPoint((i, j, k))
+        np.testing.assert_allclose((ras.affine.numpy() @ [i, j, k, 1])[:3], [-x, -y, z], atol=1e-4)
+        np.testing.assert_allclose((lps.affine.numpy() @ [i, j, k, 1])[:3], [x, y, z], atol=1e-4)
+    # MONAI's own orientation transform accepts it and keeps voxels at their world positions
+    from monai.data import MetaTensor
+    from monai.transforms import Orientation
+
+    reoriented = Orientation(axcodes="RAS")(ras)
+    assert isinstance(reoriented, MetaTensor)
+    value = float(ras[0, 140, 160, 11])
+    world = ras.affine.numpy() @ [140, 160, 11, 1]
+    index = np.rint(np.linalg.inv(reoriented.affine.numpy()) @ world).astype(int)[:3]
+    assert float(reoriented[0, index[0], index[1], index[2]]) == pytest.approx(value)
+
+
+# ---------------------------------------------------------------------------------------------------------
+# Modality LUT, enhanced multi-frame, photometric interpretation
+# ---------------------------------------------------------------------------------------------------------
+
+
+def test_ct_rescaled_to_hounsfield_units(samples: Path) -> None:
+    path = samples / "pydicom_test_files" / "CT_small.dcm"
+    ds = pydicom.dcmread(path)
+    raw = ds.pixel_array.astype(np.float64)
+    expected = raw * float(ds.RescaleSlope) + float(ds.RescaleIntercept)
+    image = read_dicom_image(path)
+    volume = read_series(path)
+    np.testing.assert_allclose(image, expected)
+    np.testing.assert_allclose(volume.array[0], expected)
+    assert float(ds.RescaleIntercept) == -1024 and raw.min() > 0 > image.min()  # HU, not stored values
+    assert volume.geometry is not None and volume.geometry.spacing[2] == 5.0  # single slice: header spacing
+
+
+def test_enhanced_mr_without_functional_groups_has_no_geometry(samples: Path) -> None:
+    path = samples / "pydicom_data" / "emri_small.dcm"
+    volume = read_series(path)
+    assert volume.array.shape == (10, 64, 64)
+    np.testing.assert_array_equal(volume.array, pydicom.dcmread(path).pixel_array)
+    assert volume.geometry is None  # emri_small carries no plane positions: say so, never invent one
+
+
+def test_enhanced_mr_geometry_from_functional_groups(samples: Path, tmp_path: Path) -> None:
+    """emri_small given per-frame positions (stored in reverse, oblique plane) and a rescale."""
+    ds = pydicom.dcmread(samples / "pydicom_data" / "emri_small.dcm")
+    raw = ds.pixel_array.astype(np.float64)
+    iop = [1.0, 0.0, 0.0, 0.0, float(np.cos(0.3)), float(-np.sin(0.3))]
+    normal = np.cross(iop[:3], iop[3:])
+    origin = np.array([-30.0, -20.0, 10.0])
+    shared = Dataset()
+    shared.PlaneOrientationSequence = DicomSequence([Dataset()])
+    shared.PlaneOrientationSequence[0].ImageOrientationPatient = iop
+    shared.PixelMeasuresSequence = DicomSequence([Dataset()])
+    shared.PixelMeasuresSequence[0].PixelSpacing = [0.9, 0.8]
+    shared.PixelMeasuresSequence[0].SliceThickness = 1.0
+    shared.PixelValueTransformationSequence = DicomSequence([Dataset()])
+    pvt = shared.PixelValueTransformationSequence[0]
+    pvt.RescaleSlope, pvt.RescaleIntercept, pvt.RescaleType = 2, -100, "US"
+    per_frame = []
+    for i in range(10):
+        item = Dataset()
+        item.PlanePositionSequence = DicomSequence([Dataset()])
+        item.PlanePositionSequence[0].ImagePositionPatient = [float(v) for v in origin + (9 - i) * 1.2 * normal]
+        per_frame.append(item)
+    ds.SharedFunctionalGroupsSequence = DicomSequence([shared])
+    ds.PerFrameFunctionalGroupsSequence = DicomSequence(per_frame)
+    ds.save_as(tmp_path / "emri_geometry.dcm")
+
+    volume = read_series(tmp_path / "emri_geometry.dcm")
+    g = volume.geometry
+    assert g is not None
+    np.testing.assert_allclose(volume.array, raw[::-1] * 2 - 100)  # sorted along the normal, rescaled
+    np.testing.assert_allclose(g.origin, origin, atol=1e-6)
+    np.testing.assert_allclose(g.spacing, (0.8, 0.9, 1.2), atol=1e-6)
+    np.testing.assert_allclose(g.direction_matrix[:, 2], normal, atol=1e-6)
+
+
+def test_enhanced_multiframe_equals_its_single_frame_series(study: Path, tmp_path: Path) -> None:
+    """A real series converted to one Legacy Converted Enhanced MR object (highdicom) reads identically."""
+    files = sorted((study / BRAIN_SERIES[0]).glob("*.dcm"))
+    datasets = [pydicom.dcmread(f) for f in files]
+    random.Random(1).shuffle(datasets)
+    enhanced = hd.legacy.LegacyConvertedEnhancedMRImage(
+        datasets, series_instance_uid=hd.UID(), series_number=99, sop_instance_uid=hd.UID(), instance_number=1
+    )
+    enhanced.save_as(tmp_path / "enhanced.dcm")
+    multi = read_series(tmp_path / "enhanced.dcm")
+    single = read_series(files)
+    assert multi.geometry is not None and single.geometry is not None
+    np.testing.assert_array_equal(multi.array, single.array)
+    np.testing.assert_allclose(multi.geometry.affine_lps, single.geometry.affine_lps, atol=1e-6)
+
+
+def test_monochrome1_radiograph_is_inverted_so_high_is_bright(samples: Path) -> None:
+    path = samples / "pydicom_data" / "RG3_J2KR.dcm"  # CR chest, MONOCHROME1, JPEG 2000
+    ds = pydicom.dcmread(path)
+    assert ds.PhotometricInterpretation == "MONOCHROME1"
+    raw = ds.pixel_array.astype(np.float64)
+    image = read_dicom_image(path)
+    assert image.shape == (1760, 1760) and image.dtype == np.float32
+    np.testing.assert_allclose(image, (2**ds.BitsStored - 1) - raw)  # inverted within the stored range
+    shown = read_dicom_image(path, voi=True)
+    windowed = apply_voi_lut(raw, ds)
+    np.testing.assert_allclose(shown, 1.0 - windowed / (2**ds.BitsStored - 1), atol=1e-6)
+    assert shown.min() >= 0.0 and shown.max() <= 1.0
+    custom = read_dicom_image(path, voi=(500.0, 200.0))
+    assert custom.min() == 0.0 and custom.max() == 1.0
+
+
+def test_monochrome1_and_monochrome2_encodings_read_the_same(samples: Path, tmp_path: Path) -> None:
+    """A MONOCHROME1 twin of CT_small (stored values inverted) must give the same HU image."""
+    ds = pydicom.dcmread(samples / "pydicom_test_files" / "CT_small.dcm")
+    twin = pydicom.dcmread(samples / "pydicom_test_files" / "CT_small.dcm")
+    lo, hi = -(2 ** (ds.BitsStored - 1)), 2 ** (ds.BitsStored - 1) - 1
+    twin.PixelData = ((lo + hi) - ds.pixel_array.astype(np.int32)).astype(np.int16).tobytes()
+    twin.PhotometricInterpretation = "MONOCHROME1"
+    twin.save_as(tmp_path / "mono1.dcm")
+    np.testing.assert_allclose(
+        read_dicom_image(tmp_path / "mono1.dcm"),
+        read_dicom_image(samples / "pydicom_test_files" / "CT_small.dcm"),
+    )
+
+
+# ---------------------------------------------------------------------------------------------------------
+# Compressed transfer syntaxes (pydicom's pixel-data plugins)
+# ---------------------------------------------------------------------------------------------------------
+
+
+def test_jpeg2000_lossless_equals_uncompressed(samples: Path) -> None:
+    j2k = read_dicom_image(samples / "pydicom_data" / "693_J2KR.dcm")
+    raw = read_dicom_image(samples / "pydicom_data" / "693_UNCR.dcm")
+    assert j2k.shape == (512, 512)
+    np.testing.assert_array_equal(j2k, raw)
+    # both files hold the same SOP instance: a scan keeps one and reports the other as a duplicate
+    series = [s for s in scan(samples / "pydicom_data").series if s.duplicates]
+    assert len(series) == 1 and len(series[0].instances) == 1
+
+
+def test_rle_palette_ultrasound(samples: Path, tmp_path: Path) -> None:
+    path = samples / "pydicom_data" / "OBXXXX1A_rle.dcm"
+    ds = pydicom.dcmread(path)
+    assert ds.file_meta.TransferSyntaxUID == RLELossless
+    rgb = read_dicom_image(path)
+    assert rgb.shape == (600, 800, 3)
+    np.testing.assert_allclose(rgb, apply_color_lut(ds.pixel_array, ds) / 257.0, atol=1e-3)
+    # RLE is lossless: compressing an uncompressed palette image and reading it back changes nothing
+    plain = pydicom.dcmread(samples / "pydicom_test_files" / "examples_palette.dcm")
+    plain.compress(RLELossless)
+    plain.save_as(tmp_path / "rle.dcm")
+    np.testing.assert_array_equal(
+        read_dicom_image(tmp_path / "rle.dcm"),
+        read_dicom_image(samples / "pydicom_test_files" / "examples_palette.dcm"),
+    )
+
+
+def test_jpeg_lossless_decodes(samples: Path) -> None:
+    image = read_dicom_image(samples / "pydicom_data" / "JPGLosslessP14SV1_1s_1f_8b.dcm")
+    assert image.shape == (768, 1024)
+    assert image.min() >= 0 and image.max() <= 255 and image.std() > 1
+
+
+def test_jpeg_baseline_colour_cine(samples: Path) -> None:
+    path = samples / "pydicom_test_files" / "examples_ybr_color.dcm"
+    volume = read_series(path)
+    assert volume.array.shape == (30, 240, 320, 3)
+    assert volume.geometry is None  # ultrasound: no patient geometry
+    frame = read_dicom_image(path, frame=3)
+    np.testing.assert_array_equal(frame, volume.array[3])
+    assert np.abs(frame[..., 0] - frame[..., 2]).max() > 10  # YCbCr became real colour, not grey
+    with pytest.raises(MedsightError, match="multi-frame"):
+        read_dicom_image(path)
+
+
+# ---------------------------------------------------------------------------------------------------------
+# Broken and non-DICOM input
+# ---------------------------------------------------------------------------------------------------------
+
+
+def test_truncated_pixel_data_names_the_file(samples: Path, tmp_path: Path) -> None:
+    data = (samples / "pydicom_test_files" / "CT_small.dcm").read_bytes()
+    broken = tmp_path / "cut.dcm"
+    broken.write_bytes(data[:20000])
+    for call in (scan, read_series, read_dicom_image):
+        with pytest.raises(MedsightError, match="truncated") as info:
+            call(broken)
+        assert info.value.path == str(broken)
+
+
+def test_truncated_header_and_garbage_after_preamble_name_the_file(samples: Path, tmp_path: Path) -> None:
+    data = (samples / "pydicom_test_files" / "CT_small.dcm").read_bytes()
+    (tmp_path / "head.dcm").write_bytes(data[:1000])
+    with pytest.raises(MedsightError) as info:
+        scan(tmp_path / "head.dcm")
+    assert "head.dcm" in str(info.value)
+    (tmp_path / "garbage.dcm").write_bytes(b"\0" * 128 + b"DICM" + bytes(range(256)) * 4)
+    with pytest.raises(MedsightError) as info:
+        scan(tmp_path / "garbage.dcm")
+    assert "garbage.dcm" in str(info.value)
+
+
+def test_non_dicom_files_are_skipped_quietly_and_counted(study: Path, tmp_path: Path) -> None:
+    folder = tmp_path / "export"
+    shutil.copytree(study / BRAIN_SERIES[0], folder / "a" / "b")
+    (folder / "README.txt").write_text("not DICOM")
+    (folder / "a" / "thumbs.db").write_bytes(b"\x89PNG\r\n\x1a\n" + b"\0" * 300)
+    found = scan(folder)
+    assert found.n_instances == 22 and len(found.skipped) == 2
+    (folder / "a" / "bad.dcm").write_bytes((study / BRAIN_SERIES[0] / "000000.dcm").read_bytes()[:5000])
+    with pytest.raises(MedsightError, match=r"bad\.dcm"):
+        scan(folder)
+    lenient = scan(folder, strict=False)
+    assert lenient.n_instances == 22 and len(lenient.skipped) == 3

@@ -1,0 +1,166 @@
+"""SEG, SR and Secondary Capture written from a real MR series: dciodvfy-clean, and they read back."""
+
+from __future__ import annotations
+
+import random
+import shutil
+import subprocess
+from pathlib import Path
+
+import highdicom as hd
+import numpy as np
+import pydicom
+import pytest
+from pydicom.dataset import Dataset
+
+from medsight.errors import MedsightError
+from medsight.io.dicom import Volume, read_datasets, read_series
+from medsight.serving.dicom_objects import (
+    Finding,
+    Label,
+    read_seg,
+    read_sr,
+    volume_order,
+    write_secondary_capture,
+    write_seg,
+    write_sr,
+)
+
+
+def dciodvfy_errors(path: Path) -> list[str]:
+    """Lines dciodvfy reports as errors (warnings are allowed); fails loudly when the tool is missing."""
+    tool = shutil.which("dciodvfy")
+    if tool is None:
+        pytest.fail("dciodvfy not found: apt-get install dicom3tools")
+    run = subprocess.run([tool, str(path)], capture_output=True, text=True, timeout=60)
+    lines = (run.stdout + run.stderr).splitlines()
+    return [line for line in lines if line.startswith("Error")]
+
+
+@pytest.fixture(scope="module")
+def series(shared_data: Path) -> tuple[Volume, list[Dataset]]:
+    volume = read_series(shared_data / "udacity_brain_mr_dicom" / "Study3" / "11-T1post-18670")
+    datasets = read_datasets(volume.files)
+    random.Random(7).shuffle(datasets)  # the writer must not depend on file order
+    return volume, datasets
+
+
+@pytest.fixture(scope="module")
+def mask(series: tuple[Volume, list[Dataset]]) -> np.ndarray:
+    volume, _ = series
+    out = np.zeros(volume.array.shape, dtype=np.uint8)
+    out[5:10, 100:150, 80:120] = 1  # "tumour" over five slices
+    out[12, 10:20, 10:20] = 2  # "oedema" on one slice, off-centre so a flip would show
+    return out
+
+
+def test_seg_is_valid_and_reads_back_to_the_same_mask_and_geometry(
+    series: tuple[Volume, list[Dataset]], mask: np.ndarray, tmp_path: Path
+) -> None:
+    volume, datasets = series
+    out = write_seg(mask, datasets, ["tumour", Label("oedema")], tmp_path / "seg.dcm", model_name="brainnet")
+    assert dciodvfy_errors(out) == []
+    seg = pydicom.dcmread(out)
+    assert seg.Modality == "SEG" and seg.SegmentationType == "BINARY"
+    assert seg.StudyInstanceUID == datasets[0].StudyInstanceUID
+    assert seg.FrameOfReferenceUID == datasets[0].FrameOfReferenceUID
+    back = read_seg(out)
+    assert back.labels == ["tumour", "oedema"]
+    assert back.model == ["brainnet 0.1.0"]
+    np.testing.assert_array_equal(back.mask, mask)
+    assert volume.geometry is not None
+    assert back.geometry.shape == volume.geometry.shape
+    np.testing.assert_allclose(back.geometry.affine_lps, volume.geometry.affine_lps, atol=1e-4)
+    # each tumour frame references the source image of the same slice
+    tumour_slices = {
+        str(f.DerivationImageSequence[0].SourceImageSequence[0].ReferencedSOPInstanceUID)
+        for f in seg.PerFrameFunctionalGroupsSequence
+        if f.SegmentIdentificationSequence[0].ReferencedSegmentNumber == 1
+    }
+    uid_of = {Path(d.filename): str(d.SOPInstanceUID) for d in datasets}
+    assert {uid_of[volume.files[k]] for k in range(5, 10)} <= tumour_slices
+
+
+def test_seg_without_empty_frames_is_placed_on_the_source_grid(
+    series: tuple[Volume, list[Dataset]], mask: np.ndarray, tmp_path: Path
+) -> None:
+    volume, datasets = series
+    out = write_seg(mask, datasets, ["tumour", "oedema"], tmp_path / "small.dcm", omit_empty_frames=True)
+    assert dciodvfy_errors(out) == []
+    assert int(pydicom.dcmread(out).NumberOfFrames) == 6
+    back = read_seg(out, reference=volume.geometry)
+    np.testing.assert_array_equal(back.mask, mask)
+
+
+def test_seg_over_a_multiframe_source(series: tuple[Volume, list[Dataset]], mask: np.ndarray, tmp_path: Path) -> None:
+    volume, datasets = series
+    full = [pydicom.dcmread(d.filename) for d in datasets]
+    enhanced = hd.legacy.LegacyConvertedEnhancedMRImage(
+        full, series_instance_uid=hd.UID(), series_number=98, sop_instance_uid=hd.UID(), instance_number=1
+    )
+    assert len(volume_order([enhanced])) == 22
+    out = write_seg(mask, [enhanced], ["tumour", "oedema"], tmp_path / "mf.dcm")
+    assert dciodvfy_errors(out) == []
+    back = read_seg(out)
+    np.testing.assert_array_equal(back.mask, mask)
+    assert volume.geometry is not None
+    np.testing.assert_allclose(back.geometry.affine_lps, volume.geometry.affine_lps, atol=1e-4)
+
+
+def test_bad_masks_are_refused_and_leave_no_file(series: tuple[Volume, list[Dataset]], tmp_path: Path) -> None:
+    _, datasets = series
+    target = tmp_path / "bad.dcm"
+    with pytest.raises(MedsightError, match="slices"):
+        write_seg(np.zeros((21, 320, 280), np.uint8), datasets, ["a"], target)
+    with pytest.raises(MedsightError, match=r"0\.\.1"):
+        write_seg(np.full((22, 320, 280), 2, np.uint8), datasets, ["a"], target)
+    with pytest.raises(MedsightError, match="integer"):
+        write_seg(np.zeros((22, 320, 280), np.float32), datasets, ["a"], target)
+    assert list(tmp_path.iterdir()) == []
+
+
+def test_sr_carries_findings_model_and_references(series: tuple[Volume, list[Dataset]], tmp_path: Path) -> None:
+    _, datasets = series
+    findings = [Finding("glioblastoma", 0.87), Finding(Label("normal"), 0.13, image_indices=(0, 1))]
+    out = write_sr(findings, datasets, tmp_path / "sr.dcm", model_name="brainnet", model_version="2.1.0")
+    assert dciodvfy_errors(out) == []
+    sr = pydicom.dcmread(out)
+    assert sr.Modality == "SR" and sr.PatientID == datasets[0].PatientID
+    assert sr.ContentTemplateSequence[0].TemplateIdentifier == "1500"
+    back = read_sr(out)
+    assert [(f.label, f.probability) for f in back] == [("glioblastoma", 0.87), ("normal", 0.13)]
+    assert {(f.model_name, f.model_version) for f in back} == {("brainnet", "2.1.0")}
+    assert set(back[0].referenced_sop_instance_uids) == {str(d.SOPInstanceUID) for d in datasets}
+    assert back[1].referenced_sop_instance_uids == (
+        str(datasets[0].SOPInstanceUID),
+        str(datasets[1].SOPInstanceUID),
+    )
+    with pytest.raises(MedsightError, match="outside"):
+        write_sr([Finding("x", 1.5)], datasets, tmp_path / "bad.dcm", "m", "1")
+
+
+def test_secondary_capture_heatmap_overlay(series: tuple[Volume, list[Dataset]], tmp_path: Path) -> None:
+    volume, datasets = series
+    source = next(d for d in datasets if Path(d.filename) == volume.files[7])
+    grey = volume.array[7] / volume.array[7].max()
+    heat = np.zeros_like(grey)
+    heat[100:150, 80:120] = 1.0
+    rgb = np.stack([np.maximum(grey, heat), grey, grey * (1 - heat)], axis=-1)
+    out = write_secondary_capture(rgb, source, tmp_path / "sc.dcm")
+    assert dciodvfy_errors(out) == []
+    sc = pydicom.dcmread(out)
+    assert sc.SOPClassUID == "1.2.840.10008.5.1.4.1.1.7"
+    assert (sc.StudyInstanceUID, sc.PatientID) == (source.StudyInstanceUID, source.PatientID)
+    np.testing.assert_array_equal(sc.pixel_array, np.round(rgb * 255).astype(np.uint8))
+    assert [float(v) for v in sc.PixelSpacing] == [float(v) for v in source.PixelSpacing]
+
+
+def test_secondary_capture_of_another_size_from_a_radiograph(shared_data: Path, tmp_path: Path) -> None:
+    source = pydicom.dcmread(shared_data / "dicom_samples" / "pydicom_data" / "RG3_J2KR.dcm", stop_before_pixels=True)
+    rgb = np.zeros((64, 48, 3), dtype=np.uint8)
+    rgb[..., 0] = 200
+    out = write_secondary_capture(rgb, source, tmp_path / "thumb.dcm")
+    assert dciodvfy_errors(out) == []
+    assert pydicom.dcmread(out).pixel_array.shape == (64, 48, 3)
+    with pytest.raises(MedsightError, match="RGB"):
+        write_secondary_capture(np.zeros((4, 4)), source, tmp_path / "grey.dcm")
