@@ -102,6 +102,20 @@ def test_predict_on_real_dicom_and_png_with_explanations(
         heat = np.load(out / p["heatmap"]["array"])
         assert heat.shape == (28, 28) and heat.min() >= 0 and heat.max() <= 1
         assert (out / p["heatmap"]["image"]).stat().st_size > 0
+    # The DICOM input also gets a structured report and a Secondary Capture overlay a PACS accepts.
+    from medsight.serving.dicom_objects import read_sr
+
+    sr = read_sr(out / preds[0]["dicom"]["sr"])
+    assert {f.label for f in sr} == set(preds[0]["probabilities"])
+    import pydicom
+
+    sc = pydicom.dcmread(out / preds[0]["dicom"]["secondary_capture"])
+    assert sc.Rows == 1760 and sc.SamplesPerPixel == 3
+    from serving.test_dicom_objects import dciodvfy_errors
+
+    for written in preds[0]["dicom"].values():
+        assert dciodvfy_errors(out / written) == [], written
+    assert "dicom" not in preds[1]
 
 
 def _small_3d_npz(path: Path) -> Path:

@@ -35,16 +35,16 @@ def register(sub: argparse._SubParsersAction) -> None:
 
 def run(args: argparse.Namespace) -> int:
     task = args.task or detect_task(args.data)
-    meta = pipeline(task).train(
-        args.data,
-        args.out,
-        seed=args.seed,
-        epochs=args.epochs,
-        time_budget_s=args.time_budget,
-        batch_size=args.batch_size,
-        lr=args.lr,
-        target_sensitivity=args.target_sensitivity,
-    )
+    options = {
+        "epochs": args.epochs,
+        "time_budget_s": args.time_budget,
+        "batch_size": args.batch_size,
+        "lr": args.lr,
+        "target_sensitivity": args.target_sensitivity,
+    }
+    # Unset options are left out, so each task's pipeline applies its own defaults.
+    given = {k: v for k, v in options.items() if v is not None}
+    meta = pipeline(task).train(args.data, args.out, seed=args.seed, **given)
     print(f"bundle: {args.out}")
     val = meta.get("metrics", {}).get("val", {})
     if val:

@@ -38,7 +38,7 @@ from medsight.evaluation.plots import (
 from medsight.evaluation.subgroups import audit
 from medsight.explain.gradcam import gradcam, overlay, sanity_check
 from medsight.io.atomic import atomic_dir, write_json
-from medsight.io.images import read_image
+from medsight.io.images import is_dicom_file, read_image
 from medsight.runtime.onnx_export import OnnxPredictor, export_onnx
 from medsight.tasks import classification as task
 from medsight.training.bundle import (
@@ -612,12 +612,38 @@ def predict(bundle_path: Path, inputs: list[Path], out: Path, explain: bool = Fa
                     "target": names[target],
                     "method": "Grad-CAM",
                 }
+            if path.is_file() and is_dicom_file(path):
+                entry["dicom"] = _dicom_results(bundle, path, tmp, f"{k:03d}_{_safe_stem(path)}", entry)
             results.append(entry)
         write_json(
             tmp / "predictions.json",
             {"bundle": str(bundle_path), "model": bundle.meta["data"]["source"], "predictions": results},
         )
     return results
+
+
+def _dicom_results(bundle: Bundle, path: Path, folder: Path, stem: str, entry: dict[str, Any]) -> dict[str, str]:
+    """For a DICOM input: a TID 1500 SR of the class probabilities and, with a heatmap, a Secondary Capture
+    of the heatmap over the full-resolution image, so a PACS viewer shows both beside the study."""
+    from medsight.io.dicom import read_datasets, read_dicom_image
+    from medsight.serving.dicom_objects import Finding, write_secondary_capture, write_sr
+
+    source = read_datasets([path])[0]
+    model_name = f"medsight {bundle.meta['data']['source']} classifier"
+    findings = [Finding(label=name, probability=float(p)) for name, p in entry["probabilities"].items()]
+    written = {"sr": f"{stem}_findings_sr.dcm"}
+    write_sr(findings, [source], folder / written["sr"], model_name, str(bundle.meta["versions"]["medsight"]))
+    if "heatmap" in entry:
+        picture = read_dicom_image(path, voi=True)
+        if picture.ndim == 2:
+            heat = np.load(folder / entry["heatmap"]["array"])
+            full = torch.nn.functional.interpolate(
+                torch.as_tensor(heat)[None, None], size=picture.shape, mode="bilinear", align_corners=False
+            )[0, 0].numpy()
+            rgb = overlay(picture[None].astype(np.float32), np.clip(full, 0, 1))
+            written["secondary_capture"] = f"{stem}_gradcam_sc.dcm"
+            write_secondary_capture(rgb, source, folder / written["secondary_capture"])
+    return written
 
 
 def _safe_stem(path: Path) -> str:

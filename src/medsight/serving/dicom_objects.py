@@ -330,12 +330,20 @@ def write_sr(
             uid=hd.UID(), name=model_name[:64], manufacturer_name=MANUFACTURER, model_name=model_version[:64]
         ),
     )
-    report = hd.sr.MeasurementReport(
-        observation_context=hd.sr.ObservationContext(observer_device_context=observer),
-        procedure_reported=codes.SCT.ImagingProcedure,
-        imaging_measurements=groups,
-        referenced_images=list(source_datasets),
-    )
+    def measurement_report(library: list[Dataset] | None) -> hd.sr.MeasurementReport:
+        return hd.sr.MeasurementReport(
+            observation_context=hd.sr.ObservationContext(observer_device_context=observer),
+            procedure_reported=codes.SCT.ImagingProcedure,
+            imaging_measurements=groups,
+            referenced_images=library,
+        )
+
+    try:
+        report = measurement_report(list(source_datasets))
+    except AttributeError:
+        # The optional Image Library (TID 1600) needs descriptors some real files lack (e.g. a CR without
+        # Imager Pixel Spacing); each finding still references its source images.
+        report = measurement_report(None)
     try:
         sr = hd.sr.Comprehensive3DSR(
             evidence=list(source_datasets),
