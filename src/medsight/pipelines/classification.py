@@ -67,6 +67,7 @@ def train(
     batch_size: int = 128,
     lr: float = 2e-3,
     target_sensitivity: float | None = None,
+    balanced: bool = False,
     **_: Any,
 ) -> dict[str, Any]:
     """Train on ``spec``'s train split, select on val, calibrate and pick the operating point on val."""
@@ -95,7 +96,7 @@ def train(
         model,
         AugmentedArrays(train_split.images, train_split.labels, augmentation(data.modality, data.spatial_dims, seed)),
         val_split.images,
-        task.loss_fn(data.task_type),
+        task.loss_fn(data.task_type, train_split.labels, balanced),
         lambda logits: _validation_score(data, val_split.labels, logits),
         cfg,
     )
@@ -148,6 +149,7 @@ def train(
             "time_budget_s": time_budget_s,
             "optimizer": f"AdamW(lr={lr}, weight_decay={cfg.weight_decay}), warm-up + cosine",
             "batch_size": batch_size,
+            "loss": ("class-balanced " if balanced else "") + ("BCE per label" if data.task_type == "multilabel" else "cross-entropy"),
             "device": cfg.device,
             "selection": "best validation " + ("AUC" if data.task_type != "multiclass" else "macro AUC"),
             "history": result.history,

@@ -49,8 +49,18 @@ def n_outputs(task_type: str, n_labels: int) -> int:
     return n_labels
 
 
-def loss_fn(task_type: str) -> nn.Module:
-    return nn.BCEWithLogitsLoss() if task_type == "multilabel" else nn.CrossEntropyLoss()
+def loss_fn(task_type: str, labels: np.ndarray | None = None, balanced: bool = False) -> nn.Module:
+    """Cross-entropy (softmax) or per-label BCE; ``balanced`` weights classes by inverse training frequency."""
+    if task_type == "multilabel":
+        if balanced and labels is not None:
+            pos = labels.mean(axis=0).clip(1e-3, 1 - 1e-3)
+            return nn.BCEWithLogitsLoss(pos_weight=torch.as_tensor((1 - pos) / pos, dtype=torch.float32))
+        return nn.BCEWithLogitsLoss()
+    if balanced and labels is not None:
+        counts = np.bincount(labels.astype(int), minlength=int(labels.max()) + 1).astype(np.float64)
+        weights = counts.sum() / (len(counts) * np.maximum(counts, 1))
+        return nn.CrossEntropyLoss(weight=torch.as_tensor(weights, dtype=torch.float32))
+    return nn.CrossEntropyLoss()
 
 
 def probabilities(logits: np.ndarray | torch.Tensor, task_type: str, temperature: float = 1.0) -> np.ndarray:
