@@ -30,6 +30,12 @@ def register(sub: argparse._SubParsersAction) -> None:
         metavar="S",
         help="choose the operating point reaching this validation sensitivity (default: Youden)",
     )
+    p.add_argument(
+        "--class-balance",
+        choices=("auto", "on", "off"),
+        default="auto",
+        help="classification: weight the loss by inverse class frequency (auto: when classes are imbalanced)",
+    )
     p.set_defaults(func=run)
 
 
@@ -41,6 +47,7 @@ def run(args: argparse.Namespace) -> int:
         "batch_size": args.batch_size,
         "lr": args.lr,
         "target_sensitivity": args.target_sensitivity,
+        "balanced": {"auto": None, "on": True, "off": False}[args.class_balance],
     }
     # Unset options are left out, so each task's pipeline applies its own defaults.
     given = {k: v for k, v in options.items() if v is not None}

@@ -67,7 +67,8 @@ def train(
     batch_size: int = 128,
     lr: float = 2e-3,
     target_sensitivity: float | None = None,
-    balanced: bool = False,
+    balanced: bool | None = None,
+    width: int | None = None,
     **_: Any,
 ) -> dict[str, Any]:
     """Train on ``spec``'s train split, select on val, calibrate and pick the operating point on val."""
@@ -75,7 +76,10 @@ def train(
     torch.set_num_threads(config.num_threads())
     data = load_classification(spec, seed=seed)
     train_split, val_split = data.split("train"), _val_split(data)
-    kwargs = task.plan_network(data.spatial_dims, data.spatial_size, data.n_channels, data.n_outputs)
+    width = width or task.plan_width(len(train_split), data.spatial_size)
+    if balanced is None:
+        balanced = task.is_imbalanced(data.task_type, train_split.labels)
+    kwargs = task.plan_network(data.spatial_dims, data.spatial_size, data.n_channels, data.n_outputs, width)
     model = task.build_network(kwargs)
     cfg = TrainConfig(
         epochs=epochs, batch_size=batch_size, lr=lr, time_budget_s=time_budget_s, seed=seed, device=config.device()
@@ -149,7 +153,8 @@ def train(
             "time_budget_s": time_budget_s,
             "optimizer": f"AdamW(lr={lr}, weight_decay={cfg.weight_decay}), warm-up + cosine",
             "batch_size": batch_size,
-            "loss": ("class-balanced " if balanced else "") + ("BCE per label" if data.task_type == "multilabel" else "cross-entropy"),
+            "loss": ("class-balanced " if balanced else "")
+            + ("BCE per label" if data.task_type == "multilabel" else "cross-entropy"),
             "device": cfg.device,
             "selection": "best validation " + ("AUC" if data.task_type != "multiclass" else "macro AUC"),
             "history": result.history,
