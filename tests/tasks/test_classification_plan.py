@@ -10,8 +10,6 @@ from medsight.tasks import classification as task
 
 
 def test_width_and_stem_follow_the_data() -> None:
-    assert task.plan_width(546, [28, 28]) == 32  # BreastMNIST: small, so wider
-    assert task.plan_width(4708, [28, 28]) == 16  # PneumoniaMNIST
     small = task.plan_network(2, [28, 28], 1, 2, 16)
     assert small["conv1_t_stride"] == 1 and small["no_max_pool"] and small["block_inplanes"] == [16, 32, 64, 128]
     large = task.plan_network(2, [128, 128], 3, 5, 16)

@@ -68,7 +68,7 @@ def train(
     lr: float = 2e-3,
     target_sensitivity: float | None = None,
     balanced: bool | None = None,
-    width: int | None = None,
+    width: int = 16,
     **_: Any,
 ) -> dict[str, Any]:
     """Train on ``spec``'s train split, select on val, calibrate and pick the operating point on val."""
@@ -76,7 +76,6 @@ def train(
     torch.set_num_threads(config.num_threads())
     data = load_classification(spec, seed=seed)
     train_split, val_split = data.split("train"), _val_split(data)
-    width = width or task.plan_width(len(train_split), data.spatial_size)
     if balanced is None:
         balanced = task.is_imbalanced(data.task_type, train_split.labels)
     kwargs = task.plan_network(data.spatial_dims, data.spatial_size, data.n_channels, data.n_outputs, width)

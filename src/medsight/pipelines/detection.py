@@ -701,7 +701,7 @@ def predict(bundle_path: Path, inputs: list[Path], out: Path, explain: bool = Fa
                 ),
             }
             if path.is_file() and is_dicom_file(path):
-                entry["dicom"] = _dicom_results(bundle, path, tmp, stem, found)
+                entry["dicom"] = _dicom_results(bundle, path, tmp, stem, found, (int(w), int(h)))
             results.append(entry)
         write_json(
             tmp / "predictions.json",
@@ -710,16 +710,31 @@ def predict(bundle_path: Path, inputs: list[Path], out: Path, explain: bool = Fa
     return results
 
 
-def _dicom_results(bundle: Bundle, path: Path, folder: Path, stem: str, found: list[dict[str, Any]]) -> dict[str, str]:
-    """A TID 1500 SR with one measurement group per finding (label + score). The box coordinates are in the
-    predictions JSON; the SR carries them as well once ``write_sr`` accepts image regions (see docs/detection.md)."""
+def _dicom_results(
+    bundle: Bundle, path: Path, folder: Path, stem: str, found: list[dict[str, Any]], image_size: tuple[int, int]
+) -> dict[str, str]:
+    """A TID 1500 SR with one planar-ROI measurement group per finding: label, score and its box as a closed
+    polyline on the source image. ``found`` boxes are ``[x1, y1, x2, y2]`` in the pixels of the image read
+    (``image_size = (width, height)``); for a single-frame DICOM that is the stored pixel matrix, so they are
+    DICOM 2D image coordinates (column, row; (0, 0) = top-left corner of the top-left pixel) as they are.
+    The per-axis factor below maps them onto Columns x Rows should the image read ever differ in size."""
     from medsight.io.dicom import read_datasets
     from medsight.serving.dicom_objects import Finding, write_sr
 
     source = read_datasets([path])[0]
-    findings = [Finding(label=f["label"], probability=min(1.0, max(0.0, f["score"]))) for f in found]
-    if not findings:
+    if not found:
         return {"sr": "", "note": "no finding above the operating point; no SR written"}
+    w, h = image_size
+    fx, fy = int(source.Columns) / w, int(source.Rows) / h
+    findings = [
+        Finding(
+            label=f["label"],
+            probability=min(1.0, max(0.0, f["score"])),
+            image_indices=(0,),
+            box=(f["box"][0] * fx, f["box"][1] * fy, f["box"][2] * fx, f["box"][3] * fy),
+        )
+        for f in found
+    ]
     name = f"sr_{stem}.dcm"
     write_sr(
         findings,
@@ -728,7 +743,10 @@ def _dicom_results(bundle: Bundle, path: Path, folder: Path, stem: str, found: l
         f"medsight {bundle.meta['data']['source']} detector",
         str(bundle.meta["versions"]["medsight"]),
     )
-    return {"sr": name, "coordinates": "in predictions.json (SR spatial coordinates pending write_sr support)"}
+    return {
+        "sr": name,
+        "coordinates": "each finding's box as a closed POLYLINE (SCOORD, column/row pixels) on the source image",
+    }
 
 
 def _safe_stem(path: Path) -> str:

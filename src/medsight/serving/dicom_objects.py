@@ -271,11 +271,22 @@ def _place(mask: np.ndarray, geometry: Geometry, reference: Geometry, path: Path
 
 @dataclass(frozen=True)
 class Finding:
-    """One model finding: a class and its probability, about the given source images (default: all)."""
+    """One model finding: a class and its probability, about the given source images (default: all).
+
+    A finding may carry a region on one source image: ``box = (x1, y1, x2, y2)`` (its top-left and
+    bottom-right corners) or ``point = (x, y)`` (e.g. a lesion centre). Coordinates are continuous pixel
+    coordinates of that image as DICOM 2D image coordinates define them (PS3.3 C.18.6.1.2): ``x`` is the
+    column, ``y`` the row, ``(0, 0)`` is the top-left corner of the top-left pixel, so pixel ``(row r,
+    column c)`` covers ``[c, c+1) x [r, r+1)`` and ``(Columns, Rows)`` is the bottom-right corner of the
+    image. This is medsight's box convention (e.g. detection's ``predictions.json``). A region finding must
+    name exactly one image in ``image_indices`` (``None`` is accepted when there is only one source image).
+    """
 
     label: str | Label
     probability: float
     image_indices: tuple[int, ...] | None = None
+    box: tuple[float, float, float, float] | None = None
+    point: tuple[float, float] | None = None
 
 
 def write_sr(
@@ -296,6 +307,7 @@ def write_sr(
     """
     if not source_datasets:
         raise MedsightError("an SR needs at least one source image to reference", out_path)
+    groups: list[hd.sr.MeasurementsAndQualitativeEvaluations | hd.sr.PlanarROIMeasurementsAndQualitativeEvaluations]
     groups = []
     algorithm = hd.sr.AlgorithmIdentification(name=model_name[:64], version=model_version[:64])
     for n, finding in enumerate(findings, start=1):
@@ -303,6 +315,21 @@ def write_sr(
         if not 0.0 <= p <= 1.0:
             raise MedsightError(f"finding {n}: probability {p} is outside [0, 1]", out_path)
         concept = _label(finding.label).concept()
+        tracking = hd.sr.TrackingIdentifier(uid=hd.UID(), identifier=f"finding {n}")
+        probability = hd.sr.Measurement(
+            name=codes.DCM.Probability, value=p, unit=codes.UCUM.NoUnits, algorithm_id=algorithm
+        )
+        if finding.box is not None or finding.point is not None:
+            groups.append(
+                hd.sr.PlanarROIMeasurementsAndQualitativeEvaluations(
+                    tracking_identifier=tracking,
+                    referenced_region=_image_region(finding, n, source_datasets, out_path),
+                    finding_type=concept,
+                    algorithm_id=algorithm,
+                    measurements=[probability],
+                )
+            )
+            continue
         indices = finding.image_indices if finding.image_indices is not None else range(len(source_datasets))
         try:
             images = [hd.sr.SourceImageForMeasurementGroup.from_source_image(source_datasets[i]) for i in indices]
@@ -310,18 +337,11 @@ def write_sr(
             raise MedsightError(f"finding {n}: image index out of range", out_path) from exc
         groups.append(
             hd.sr.MeasurementsAndQualitativeEvaluations(
-                tracking_identifier=hd.sr.TrackingIdentifier(uid=hd.UID(), identifier=f"finding {n}"),
+                tracking_identifier=tracking,
                 finding_type=concept,
                 algorithm_id=algorithm,
                 source_images=images,
-                measurements=[
-                    hd.sr.Measurement(
-                        name=codes.DCM.Probability,
-                        value=p,
-                        unit=codes.UCUM.NoUnits,
-                        algorithm_id=algorithm,
-                    )
-                ],
+                measurements=[probability],
             )
         )
     observer = hd.sr.ObserverContext(
@@ -330,6 +350,7 @@ def write_sr(
             uid=hd.UID(), name=model_name[:64], manufacturer_name=MANUFACTURER, model_name=model_version[:64]
         ),
     )
+
     def measurement_report(library: list[Dataset] | None) -> hd.sr.MeasurementReport:
         return hd.sr.MeasurementReport(
             observation_context=hd.sr.ObservationContext(observer_device_context=observer),
@@ -361,33 +382,96 @@ def write_sr(
     return _save(sr, out_path)
 
 
+def _image_region(
+    finding: Finding, n: int, source_datasets: Sequence[Dataset], out_path: PathLike
+) -> hd.sr.ImageRegion:
+    """The finding's box (closed POLYLINE through its four corners) or point (POINT) on its one source image."""
+    if finding.box is not None and finding.point is not None:
+        raise MedsightError(f"finding {n}: give a box or a point, not both", out_path)
+    indices = tuple(finding.image_indices) if finding.image_indices is not None else tuple(range(len(source_datasets)))
+    if len(indices) != 1:
+        raise MedsightError(
+            f"finding {n}: a finding with a box or point must name exactly one source image "
+            f"(image_indices), got {len(indices)}",
+            out_path,
+        )
+    index = indices[0]
+    if not 0 <= index < len(source_datasets):
+        raise MedsightError(f"finding {n}: image index {index} out of range", out_path)
+    ds = source_datasets[index]
+    if int(ds.get("NumberOfFrames", 1) or 1) > 1:
+        raise MedsightError(f"finding {n}: regions on multi-frame images are not supported", out_path)
+    columns, rows = float(ds.get("Columns", 0) or 0), float(ds.get("Rows", 0) or 0)
+    if finding.box is not None:
+        x1, y1, x2, y2 = (float(v) for v in finding.box)
+        if not (0.0 <= x1 <= x2 <= columns and 0.0 <= y1 <= y2 <= rows):
+            raise MedsightError(
+                f"finding {n}: box {finding.box} is not (x1, y1, x2, y2) with 0 <= x1 <= x2 <= {columns:g} "
+                f"(columns) and 0 <= y1 <= y2 <= {rows:g} (rows)",
+                out_path,
+            )
+        graphic_type = hd.sr.GraphicTypeValues.POLYLINE
+        data = np.array([[x1, y1], [x2, y1], [x2, y2], [x1, y2], [x1, y1]], dtype=np.float64)
+    else:
+        x, y = (float(v) for v in finding.point or (0.0, 0.0))
+        if not (0.0 <= x <= columns and 0.0 <= y <= rows):
+            raise MedsightError(
+                f"finding {n}: point {finding.point} lies outside the image ({columns:g} x {rows:g})", out_path
+            )
+        graphic_type = hd.sr.GraphicTypeValues.POINT
+        data = np.array([[x, y]], dtype=np.float64)
+    try:
+        return hd.sr.ImageRegion(
+            graphic_type=graphic_type,
+            graphic_data=data,
+            source_image=hd.sr.SourceImageForRegion.from_source_image(ds),
+        )
+    except (ValueError, TypeError, AttributeError) as exc:
+        raise MedsightError(f"finding {n}: cannot build the image region ({exc})", out_path) from exc
+
+
 @dataclass(frozen=True)
 class ReportedFinding:
-    """A finding read back from an SR written by :func:`write_sr`."""
+    """A finding read back from an SR written by :func:`write_sr`.
+
+    ``box`` / ``point`` are the finding's region in the convention of :class:`Finding` (None when it has none).
+    """
 
     label: str
     probability: float
     model_name: str
     model_version: str
     referenced_sop_instance_uids: tuple[str, ...] = field(repr=False)
+    box: tuple[float, float, float, float] | None = None
+    point: tuple[float, float] | None = None
 
 
 def read_sr(path: PathLike) -> list[ReportedFinding]:
-    """The findings of a TID 1500 SR (as :func:`write_sr` writes them)."""
+    """The findings of a TID 1500 SR (as :func:`write_sr` writes them), in document order."""
     path = Path(path)
     try:
         sr = hd.sr.srread(path)
         report = hd.sr.MeasurementReport.from_sequence([sr])  # the document root is the report container
-        groups = report.get_image_measurement_groups()
+        image_groups = report.get_image_measurement_groups()
+        roi_groups = report.get_planar_roi_measurement_groups()
     except Exception as exc:  # highdicom raises many types for reports it cannot interpret
         raise MedsightError(f"cannot read DICOM SR measurement report ({type(exc).__name__}: {exc})", path) from exc
+    order = {uid: k for k, uid in enumerate(_tracking_uids(sr))}
+    groups: list[hd.sr.MeasurementsAndQualitativeEvaluations | hd.sr.PlanarROIMeasurementsAndQualitativeEvaluations]
+    groups = [*image_groups, *roi_groups]
+    groups.sort(key=lambda g: order.get(str(g.tracking_uid), len(order)))
     found = []
     for group in groups:
         finding_type = group.finding_type
         probability = float("nan")
         for m in group.get_measurements(name=codes.DCM.Probability):
             probability = float(m.value)
-        uids = tuple(str(img.ReferencedSOPSequence[0].ReferencedSOPInstanceUID) for img in group.source_images)
+        box: tuple[float, float, float, float] | None = None
+        point: tuple[float, float] | None = None
+        if isinstance(group, hd.sr.PlanarROIMeasurementsAndQualitativeEvaluations):
+            box, point, uids = _region_of(group, path)
+        else:
+            uids = tuple(str(img.ReferencedSOPSequence[0].ReferencedSOPInstanceUID) for img in group.source_images)
         found.append(
             ReportedFinding(
                 label=str(finding_type.meaning) if finding_type is not None else "",
@@ -395,9 +479,43 @@ def read_sr(path: PathLike) -> list[ReportedFinding]:
                 model_name=_text_item(group, codes.DCM.AlgorithmName),
                 model_version=_text_item(group, codes.DCM.AlgorithmVersion),
                 referenced_sop_instance_uids=uids,
+                box=box,
+                point=point,
             )
         )
     return found
+
+
+def _tracking_uids(dataset: Dataset) -> list[str]:
+    """Tracking Unique Identifiers (DCM 112040) of the content tree, depth first (document order)."""
+    out: list[str] = []
+    for item in dataset.get("ContentSequence", []):
+        concept = item.get("ConceptNameCodeSequence")
+        if concept and concept[0].CodeValue == "112040" and concept[0].CodingSchemeDesignator == "DCM":
+            out.append(str(item.get("UID", "")))
+        out.extend(_tracking_uids(item))
+    return out
+
+
+def _region_of(
+    group: hd.sr.PlanarROIMeasurementsAndQualitativeEvaluations, path: Path
+) -> tuple[tuple[float, float, float, float] | None, tuple[float, float] | None, tuple[str, ...]]:
+    """(box, point, referenced SOP Instance UIDs) of a planar ROI group with a 2D image region."""
+    roi = group.roi
+    if not isinstance(roi, hd.sr.ImageRegion):
+        raise MedsightError("SR finding has a region that is not a 2D image region (SCOORD)", path)
+    data = np.asarray(roi.value, dtype=np.float64).reshape(-1, 2)
+    uids = tuple(
+        str(item.ReferencedSOPSequence[0].ReferencedSOPInstanceUID)
+        for item in roi.get("ContentSequence", [])
+        if "ReferencedSOPSequence" in item
+    )
+    if roi.graphic_type == hd.sr.GraphicTypeValues.POINT:
+        return None, (float(data[0, 0]), float(data[0, 1])), uids
+    if roi.graphic_type == hd.sr.GraphicTypeValues.POLYLINE:  # write_sr's box: the outline's bounding corners
+        lo, hi = data.min(axis=0), data.max(axis=0)
+        return (float(lo[0]), float(lo[1]), float(hi[0]), float(hi[1])), None, uids
+    return None, None, uids  # CIRCLE / ELLIPSE / ... from other writers: not a box or point
 
 
 def _text_item(group: Sequence[Dataset], name: Code) -> str:
