@@ -31,6 +31,13 @@ def register(sub: argparse._SubParsersAction) -> None:
         help="choose the operating point reaching this validation sensitivity (default: Youden)",
     )
     p.add_argument(
+        "--plan",
+        type=Path,
+        metavar="JSON",
+        help="segmentation: a JSON file of plan overrides (e.g. patch size, batch size, spacing); see "
+        "docs/segmentation.md",
+    )
+    p.add_argument(
         "--class-balance",
         choices=("auto", "on", "off"),
         default="auto",
@@ -48,6 +55,7 @@ def run(args: argparse.Namespace) -> int:
         "lr": args.lr,
         "target_sensitivity": args.target_sensitivity,
         "balanced": {"auto": None, "on": True, "off": False}[args.class_balance],
+        "plan_overrides": args.plan,
     }
     # Unset options are left out, so each task's pipeline applies its own defaults.
     given = {k: v for k, v in options.items() if v is not None}

@@ -1,0 +1,83 @@
+"""Dice, HD95 and NSD against values computed by hand on small arrays; pixel AUC; the post-processing rule."""
+
+from __future__ import annotations
+
+import numpy as np
+import pytest
+from sklearn.metrics import roc_auc_score
+
+from medsight.tasks.segmentation import decide_postprocessing, keep_largest
+from medsight.tasks.segmentation_metrics import PixelCounts, auc_from_histograms, case_metrics, summarise
+
+
+def test_dice_by_hand() -> None:
+    ref = np.zeros((10, 10), np.int64)
+    ref[2:6, 2:6] = 1  # 16 pixels
+    pred = np.zeros_like(ref)
+    pred[2:6, 3:7] = 1  # 16 pixels, 12 overlap
+    m = case_metrics(pred, ref, 2, (1.0, 1.0), 1.0)
+    assert m["dice"][0] == pytest.approx(2 * 12 / 32)
+
+
+def test_hd95_by_hand_with_spacing() -> None:
+    ref = np.zeros((12, 12), np.int64)
+    pred = np.zeros_like(ref)
+    ref[3, 2] = 1
+    pred[3, 8] = 1  # one pixel each, 6 pixels apart along the second axis
+    m = case_metrics(pred, ref, 2, (1.0, 1.0), 1.0)
+    assert m["dice"][0] == 0.0 and m["hd95"][0] == pytest.approx(6.0) and m["nsd"][0] == 0.0
+    m = case_metrics(pred, ref, 2, (2.0, 0.5), 1.0)
+    assert m["hd95"][0] == pytest.approx(3.0)  # 6 pixels x 0.5 mm
+
+    ref3 = np.zeros((6, 6, 6), np.int64)
+    pred3 = np.zeros_like(ref3)
+    ref3[1, 1, 1] = 2
+    pred3[1, 1, 4] = 2
+    m = case_metrics(pred3, ref3, 3, (1.0, 1.0, 2.0), 1.0)
+    assert np.isnan(m["dice"][0]) and np.isnan(m["hd95"][0])  # class 1 absent from both: undefined
+    assert m["hd95"][1] == pytest.approx(6.0)  # 3 voxels x 2 mm
+
+
+def test_identical_masks_are_perfect_and_summary_has_cis() -> None:
+    ref = np.zeros((16, 16), np.int64)
+    ref[4:10, 5:12] = 1
+    cases = [case_metrics(ref, ref, 2, (1.0, 1.0), 1.0) for _ in range(3)]
+    assert cases[0]["dice"][0] == 1.0 and cases[0]["hd95"][0] == 0.0 and cases[0]["nsd"][0] == 1.0
+    overall, per_class = summarise(cases, ["lesion"], n_boot=20)
+    assert overall["dice"]["value"] == 1.0 and per_class["lesion"]["hd95"]["value"] == 0.0
+    assert overall["dice"]["ci95"] == [1.0, 1.0]
+
+
+def test_pixel_auc_from_histograms_matches_sklearn() -> None:
+    rng = np.random.default_rng(0)
+    truth = rng.random((3, 50, 50)) < 0.2
+    score = np.clip(truth * 0.3 + rng.random(truth.shape) * 0.7, 0, 1)
+    roi = np.ones((50, 50), bool)
+    roi[:5] = False
+    counts = PixelCounts()
+    for s, t in zip(score, truth, strict=True):
+        counts.add(s, t.astype(int), roi)
+    inside = np.broadcast_to(roi, truth.shape)
+    exact = roc_auc_score(truth[inside], score[inside])
+    m = counts.metrics(np.arange(3))
+    assert m["auc"] == pytest.approx(exact, abs=1e-3)
+    assert counts.metrics(np.arange(3), exact_auc=True)["auc"] == pytest.approx(exact)
+    pred = score[inside] >= 0.5
+    t = truth[inside]
+    assert m["sensitivity"] == pytest.approx((pred & t).sum() / t.sum())
+    assert m["accuracy"] == pytest.approx((pred == t).mean())
+    assert auc_from_histograms(np.array([0, 1]), np.array([1, 0])) == 1.0
+
+
+def test_postprocessing_is_decided_per_class() -> None:
+    ref = np.zeros((20, 20), np.int64)
+    ref[2:8, 2:8] = 1
+    ref[12:18, 12:18] = 2
+    pred = ref.copy()
+    pred[0, 19] = 1  # a speck of class 1 far away: removing it helps
+    ref2 = ref.copy()
+    ref2[15:17, 2:4] = 2  # class 2 truly has two components: keeping only the largest hurts
+    pred2 = ref2.copy()
+    decision = decide_postprocessing([pred, pred2], [ref, ref2], 3)
+    assert decision["keep_largest_component"] == [1]
+    assert keep_largest(pred, [1])[0, 19] == 0 and pred[0, 19] == 1  # the input is left untouched
