@@ -137,15 +137,16 @@ def fit(
             stopped_by = "early stopping"
             break
         if config.time_budget_s is not None:
-            per_epoch = time.monotonic() - epoch_start
-            if elapsed + per_epoch > config.time_budget_s:
+            last_epoch = time.monotonic() - epoch_start
+            if elapsed + last_epoch > config.time_budget_s:
                 stopped_by = "time budget"
                 break
-            # Shrink the schedule so the learning rate still anneals within the budget.
+            # Fit the schedule to the budget so the learning rate still anneals: from the mean epoch time so
+            # far, so that a burst of load on a shared machine neither over-shrinks nor over-stretches it.
+            per_epoch = elapsed / (epoch + 1)
             fits = epoch + 1 + int((config.time_budget_s - elapsed) // max(per_epoch, 1e-6))
-            if fits < planned:
-                planned = max(epoch + 2, fits)
-                bar.total = planned
+            planned = min(config.epochs, max(epoch + 2, fits))
+            bar.total = planned
     bar.close()
     model.load_state_dict(best_state)
     return TrainResult(best_epoch, float(best_score), len(history), time.monotonic() - start, stopped_by, history)
