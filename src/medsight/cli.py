@@ -17,6 +17,10 @@ FIRST = ("train", "evaluate", "predict")
 
 log = logging.getLogger("medsight")
 
+#: Libraries whose INFO lines can carry identifiers (highdicom logs the UIDs of the datasets it copies from)
+#: or drown our progress; only their warnings reach the console.
+QUIET_LOGGERS = ("highdicom", "pydicom", "onnx_ir", "onnxscript", "torch", "monai", "PIL", "matplotlib")
+
 
 def command_names() -> list[str]:
     """Every subcommand module in ``medsight.commands`` (each exposes ``register``)."""
@@ -51,6 +55,8 @@ def main(argv: Sequence[str] | None = None) -> int:
         format="%(message)s",
         stream=sys.stderr,
     )
+    for name in QUIET_LOGGERS:
+        logging.getLogger(name).setLevel(logging.WARNING)
     try:
         status = args.func(args)
     except MedsightError as exc:

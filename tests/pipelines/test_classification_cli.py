@@ -3,9 +3,11 @@
 from __future__ import annotations
 
 import json
+import logging
 from pathlib import Path
 
 import numpy as np
+import pydicom
 import pytest
 import torch
 
@@ -85,7 +87,7 @@ def test_evaluate_writes_metrics_and_card(breast_bundle: Path, tmp_path: Path) -
 
 
 def test_predict_on_real_dicom_and_png_with_explanations(
-    breast_bundle: Path, shared_data: Path, tmp_path: Path
+    breast_bundle: Path, shared_data: Path, tmp_path: Path, caplog: pytest.LogCaptureFixture
 ) -> None:
     from PIL import Image
 
@@ -93,7 +95,11 @@ def test_predict_on_real_dicom_and_png_with_explanations(
     Image.fromarray((np.random.default_rng(0).random((80, 100)) * 255).astype(np.uint8)).save(png)
     dcm = shared_data / "dicom_samples" / "pydicom_data" / "RG3_J2KR.dcm"
     out = tmp_path / "pred"
+    caplog.set_level(logging.INFO)  # root: what the console would show
     assert main(["predict", str(breast_bundle), str(dcm), str(png), "--explain", "--out", str(out)]) == 0
+    source = pydicom.dcmread(dcm, stop_before_pixels=True)
+    for identifier in (source.StudyInstanceUID, source.SOPInstanceUID, str(source.PatientName)):
+        assert identifier not in caplog.text  # no identifier reaches the logs
     preds = json.loads((out / "predictions.json").read_text())["predictions"]
     assert [p["input"] for p in preds] == ["RG3_J2KR.dcm", "us.png"]
     for p in preds:
@@ -107,8 +113,6 @@ def test_predict_on_real_dicom_and_png_with_explanations(
 
     sr = read_sr(out / preds[0]["dicom"]["sr"])
     assert {f.label for f in sr} == set(preds[0]["probabilities"])
-    import pydicom
-
     sc = pydicom.dcmread(out / preds[0]["dicom"]["secondary_capture"])
     assert sc.Rows == 1760 and sc.SamplesPerPixel == 3
     from serving.test_dicom_objects import dciodvfy_errors
