@@ -196,6 +196,11 @@ def test_manifest_missing_file_and_unknown_label(tmp_path: Path, capsys: pytest.
     evaluation = tmp_path / "eval"
     assert main(["evaluate", str(bundle), str(csv), "--out", str(evaluation), "--bootstrap", "50"]) == 0
     before = (evaluation / "metrics.json").read_bytes()
+    subgroups = json.loads(before)["subgroups"]  # the manifest's sex and age columns are audited
+    assert set(subgroups) == {"sex", "age"}
+    for report in subgroups.values():
+        assert sum(g["n"] for g in report["groups"].values()) == json.loads(before)["n"]
+    assert "Subgroups" in (evaluation / "card.html").read_text()
     table = pd.read_csv(csv)
     table.loc[0, "label"] = "tumour"
     table.to_csv(csv, index=False)
@@ -225,3 +230,48 @@ def test_every_subcommand_has_help(capsys: pytest.CaptureFixture[str]) -> None:
             main([name, "--help"])
         assert done.value.code == 0
         assert "usage: medsight" in capsys.readouterr().out
+
+
+def _shapes_manifest(root: Path, multilabel: bool) -> Path:
+    """Three kinds of image: a bright square, a bright bar, both (multi-label) or a plain field."""
+    import pandas as pd
+    from PIL import Image
+
+    rng = np.random.default_rng(0)
+    (root / "img").mkdir(parents=True)
+    rows = []
+    kinds = ["square", "bar", "square|bar"] if multilabel else ["square", "bar", "plain"]
+    for i in range(60):
+        kind = kinds[i % 3]
+        img = rng.normal(50, 8, (32, 32))
+        if "square" in kind:
+            img[4:14, 4:14] += 150
+        if "bar" in kind:
+            img[20:24, :] += 150
+        Image.fromarray(img.clip(0, 255).astype(np.uint8)).save(root / "img" / f"{i}.png")
+        rows.append({"path": f"img/{i}.png", "label": kind, "patient_id": f"P{i // 2}", "site": "AB"[i % 2]})
+    pd.DataFrame(rows).to_csv(root / "manifest.csv", index=False)
+    return root / "manifest.csv"
+
+
+@pytest.mark.parametrize("multilabel", [False, True], ids=["multiclass", "multilabel"])
+def test_multiclass_and_multilabel_train_evaluate_predict(tmp_path: Path, multilabel: bool) -> None:
+    csv = _shapes_manifest(tmp_path / "set", multilabel)
+    bundle, out, pred = tmp_path / "b", tmp_path / "e", tmp_path / "p"
+    assert main(["train", str(csv), "--out", str(bundle), "--epochs", "2", "--batch-size", "16"]) == 0
+    meta = load_bundle(bundle).meta
+    assert meta["task_type"] == ("multilabel" if multilabel else "multiclass")
+    expected = ["bar", "square"] if multilabel else ["bar", "plain", "square"]
+    assert meta["label_names"] == expected
+    assert main(["evaluate", str(bundle), str(csv), "--out", str(out), "--bootstrap", "50"]) == 0
+    metrics = json.loads((out / "metrics.json").read_text())
+    assert {"auc", "accuracy"} <= set(metrics["metrics"]) and set(metrics["per_class"]) == set(expected)
+    for m in metrics["metrics"].values():
+        assert m["ci95"][0] is None or m["ci95"][0] <= m["value"] <= m["ci95"][1]
+    assert main(["predict", str(bundle), str(tmp_path / "set" / "img" / "0.png"), "--out", str(pred)]) == 0
+    p = json.loads((pred / "predictions.json").read_text())["predictions"][0]
+    assert set(p["probabilities"]) == set(expected)
+    if multilabel:
+        assert isinstance(p["decision"], list) and set(p["decision"]) <= set(expected)
+    else:
+        assert sum(p["probabilities"].values()) == pytest.approx(1.0, abs=1e-5) and p["decision"] in expected
