@@ -62,15 +62,7 @@ def render_html(title: str, intro: str, sections: list[Section]) -> str:
         if s.text:
             parts.append(f"<p>{s.text}</p>")
         if s.table:
-            head, *rows = s.table
-            parts.append("<table><tr>" + "".join(f"<th>{html.escape(str(h))}</th>" for h in head) + "</tr>")
-            for row in rows:
-                parts.append(
-                    "<tr>"
-                    + "".join(f"<td>{c if str(c).startswith('<') else html.escape(str(c))}</td>" for c in row)
-                    + "</tr>"
-                )
-            parts.append("</table>")
+            parts.append(html_table(s.table))
         if s.raw_html:
             parts.append(s.raw_html)
         if s.figures:
@@ -90,3 +82,46 @@ def write_card(out_dir: Path, title: str, intro: str, sections: list[Section], c
     """Write ``card.html`` and ``card.json`` (the same numbers) atomically; return the HTML path."""
     write_json(out_dir / "card.json", card)
     return write_text(out_dir / "card.html", render_html(title, intro, sections))
+
+
+def subgroup_section(sub: dict[str, Any]) -> Section:
+    """The card section for ``evaluation.subgroups.audit`` output (or why there is none)."""
+    if not sub:
+        return Section(
+            "Subgroups",
+            "The data carry no attribute columns (sex, age, site...), so no subgroup audit "
+            "could be run. Add them to the manifest to audit performance by group.",
+        )
+    rows: list[list[Any]] = [["attribute", "group", "n", "AUC", "sensitivity", "specificity"]]
+    gaps: list[list[Any]] = [["attribute", "metric", "gap (high − low)", "95% CI", "groups", "flagged"]]
+    for attr, rep in sub.items():
+        for g, v in rep["groups"].items():
+            rows.append([attr, g, v["n"], fmt(v["auc"]), fmt(v["sensitivity"]), fmt(v["specificity"])])
+        for metric, gap in rep["gaps"].items():
+            flag = "<span class='flag'>yes</span>" if gap["flagged"] else "no"
+            gaps.append(
+                [
+                    attr,
+                    metric,
+                    fmt(gap["gap"]),
+                    fmt({"value": 0, "ci95": gap["ci95"]}).split(" ", 1)[-1],
+                    f"{gap['highest']} vs {gap['lowest']}",
+                    flag,
+                ]
+            )
+    return Section(
+        "Subgroups",
+        "Per-group metrics (fairlearn MetricFrame) with bootstrap CIs. A gap is flagged when its 95% CI excludes zero.",
+        rows,
+        raw_html=html_table(gaps),
+    )
+
+
+def html_table(rows: list[list[Any]]) -> str:
+    """A table from rows (the first is the header); cells that start with '<' are trusted HTML."""
+    head, *body = rows
+    out = "<table><tr>" + "".join(f"<th>{html.escape(str(h))}</th>" for h in head) + "</tr>"
+    for row in body:
+        out += "<tr>" + "".join(f"<td>{c if str(c).startswith('<') else html.escape(str(c))}</td>" for c in row)
+        out += "</tr>"
+    return out + "</table>"

@@ -18,7 +18,7 @@ from medsight.data.dataset import ClassificationData
 from medsight.data.sources import load_classification
 from medsight.errors import MedsightError
 from medsight.evaluation.calibration import TemperatureScaler, brier_score, expected_calibration_error
-from medsight.evaluation.card import Figure, Section, fmt, write_card
+from medsight.evaluation.card import Figure, Section, fmt, subgroup_section, write_card
 from medsight.evaluation.metrics import (
     N_BOOTSTRAP,
     binary_metrics,
@@ -489,7 +489,7 @@ def _card_sections(bundle: Bundle, r: dict[str, Any], figures: list[Figure]) -> 
             [f for f in figures if "Reliability" in f.title],
         )
     )
-    sections.append(_subgroup_section(r.get("subgroups") or {}))
+    sections.append(subgroup_section(r.get("subgroups") or {}))
     ex = r.get("explanations") or {}
     sanity = ex.get("sanity_check") or {}
     text = (
@@ -524,47 +524,6 @@ def _card_sections(bundle: Bundle, r: dict[str, Any], figures: list[Figure]) -> 
         )
     )
     return sections
-
-
-def _subgroup_section(sub: dict[str, Any]) -> Section:
-    if not sub:
-        return Section(
-            "Subgroups",
-            "The data carry no attribute columns (sex, age, site...), so no subgroup audit "
-            "could be run. Add them to the manifest to audit performance by group.",
-        )
-    rows: list[list[Any]] = [["attribute", "group", "n", "AUC", "sensitivity", "specificity"]]
-    gaps: list[list[Any]] = [["attribute", "metric", "gap (high − low)", "95% CI", "groups", "flagged"]]
-    for attr, rep in sub.items():
-        for g, v in rep["groups"].items():
-            rows.append([attr, g, v["n"], fmt(v["auc"]), fmt(v["sensitivity"]), fmt(v["specificity"])])
-        for metric, gap in rep["gaps"].items():
-            flag = "<span class='flag'>yes</span>" if gap["flagged"] else "no"
-            gaps.append(
-                [
-                    attr,
-                    metric,
-                    fmt(gap["gap"]),
-                    fmt({"value": 0, "ci95": gap["ci95"]}).split(" ", 1)[-1],
-                    f"{gap['highest']} vs {gap['lowest']}",
-                    flag,
-                ]
-            )
-    return Section(
-        "Subgroups",
-        "Per-group metrics (fairlearn MetricFrame) with bootstrap CIs. A gap is flagged when its 95% CI excludes zero.",
-        rows,
-        raw_html=render_html_table(gaps),
-    )
-
-
-def render_html_table(rows: list[list[Any]]) -> str:
-    head, *body = rows
-    out = "<table><tr>" + "".join(f"<th>{html.escape(str(h))}</th>" for h in head) + "</tr>"
-    for row in body:
-        out += "<tr>" + "".join(f"<td>{c if str(c).startswith('<') else html.escape(str(c))}</td>" for c in row)
-        out += "</tr>"
-    return out + "</table>"
 
 
 # ----------------------------------------------------------------------------------------------- prediction

@@ -375,11 +375,11 @@ class _Heads(torch.nn.Module):
 
 def _export_onnx(network: torch.nn.Module, example: torch.Tensor, path: Path) -> dict[str, Any]:
     """ONNX of the network's head maps (anchors, decoding and NMS stay in MONAI), checked with ONNX Runtime."""
-    from medsight.runtime.onnx_export import OnnxPredictor, _quiet_onnx_logs
+    from medsight.runtime.onnx_export import OnnxPredictor, quiet_onnx_logs
 
     heads = _Heads(network).eval()
     try:
-        with warnings.catch_warnings(), _quiet_onnx_logs():
+        with warnings.catch_warnings(), quiet_onnx_logs():
             warnings.simplefilter("ignore")
             program = torch.onnx.export(heads, (example,), verbose=False)
             assert program is not None
@@ -589,7 +589,7 @@ def _intro(bundle: Bundle, data_name: str, split: str) -> str:
 
 
 def _card_sections(bundle: Bundle, r: dict[str, Any], figures: list[Figure]) -> list[Section]:
-    from medsight.pipelines.classification import _subgroup_section
+    from medsight.evaluation.card import subgroup_section
 
     m = r["metrics"]
     rows: list[list[Any]] = [["metric", "value (95% CI)"]]
@@ -623,7 +623,7 @@ def _card_sections(bundle: Bundle, r: dict[str, Any], figures: list[Figure]) -> 
         )
     )
     if r["task_type"] == "lesions":
-        sections.append(_subgroup_section(r.get("subgroups") or {}))
+        sections.append(subgroup_section(r.get("subgroups") or {}))
     d, tr = bundle.meta["data"], bundle.meta["training"]
     onnx = bundle.meta.get("onnx") or {}
     sections.append(

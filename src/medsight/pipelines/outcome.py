@@ -464,7 +464,7 @@ def _intro(bundle: Bundle, data_name: str, split: str) -> str:
 
 
 def _card_sections(bundle: Bundle, r: dict[str, Any], figures: list[Figure]) -> list[Section]:
-    from medsight.pipelines.classification import _subgroup_section
+    from medsight.evaluation.card import subgroup_section
 
     m, sel = r["metrics"], r["selection"]
     models: list[list[Any]] = [["model", "validation AUC", f"{r['split']} AUC (95% CI)", "deployed"]]
@@ -507,7 +507,7 @@ def _card_sections(bundle: Bundle, r: dict[str, Any], figures: list[Figure]) -> 
             ),
             sel_rows,
         ),
-        _subgroup_section(r.get("subgroups") or {}),
+        subgroup_section(r.get("subgroups") or {}),
         Section(
             "Explanations",
             html.escape(
@@ -540,9 +540,9 @@ def _card_sections(bundle: Bundle, r: dict[str, Any], figures: list[Figure]) -> 
 
 
 def _table(rows: list[list[Any]]) -> str:
-    from medsight.pipelines.classification import render_html_table
+    from medsight.evaluation.card import html_table
 
-    return render_html_table(rows)
+    return html_table(rows)
 
 
 # ------------------------------------------------------------------------------------------------- prediction

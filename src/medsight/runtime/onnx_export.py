@@ -23,7 +23,7 @@ def export_onnx(model: nn.Module, example: torch.Tensor, path: Path, tolerance: 
     model = model.eval().cpu()
     example = example.cpu()
     batch = torch.export.Dim("batch", min=1, max=4096)
-    with warnings.catch_warnings(), _quiet_onnx_logs():
+    with warnings.catch_warnings(), quiet_onnx_logs():
         warnings.simplefilter("ignore")
         program = torch.onnx.export(
             model,
@@ -45,7 +45,7 @@ def export_onnx(model: nn.Module, example: torch.Tensor, path: Path, tolerance: 
     return {"file": path.name, "files": files, "max_abs_diff_vs_torch": gap, "checked_batch": int(example.shape[0])}
 
 
-class _quiet_onnx_logs:
+class quiet_onnx_logs:
     """The exporter logs progress lines at INFO; keep the console to our own progress."""
 
     def __enter__(self) -> None:
