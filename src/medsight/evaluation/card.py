@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import base64
 import html
+import re
 from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
@@ -76,6 +77,20 @@ def render_html(title: str, intro: str, sections: list[Section]) -> str:
             parts.append("</div>")
     parts.append("</body></html>")
     return "\n".join(parts)
+
+
+def write_figures(folder: Path, figures: list[Figure]) -> None:
+    """Each figure also as ``figures/<title>.png`` beside the card, for people who want the picture alone."""
+    (folder / "figures").mkdir(exist_ok=True)
+    for f in figures:
+        slug = re.sub(r"[^a-z0-9]+", "_", f.title.lower()).strip("_")
+        (folder / "figures" / f"{slug}.png").write_bytes(f.png)
+
+
+def card_record(bundle_meta: dict[str, Any], evaluation: dict[str, Any]) -> dict[str, Any]:
+    """What ``card.json`` holds: the bundle's description (without the per-epoch history) and the evaluation."""
+    training = {k: v for k, v in bundle_meta.get("training", {}).items() if k != "history"}
+    return {"bundle": bundle_meta | {"training": training}, "evaluation": evaluation}
 
 
 def write_card(out_dir: Path, title: str, intro: str, sections: list[Section], card: dict[str, Any]) -> Path:

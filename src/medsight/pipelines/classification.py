@@ -18,7 +18,7 @@ from medsight.data.dataset import ClassificationData
 from medsight.data.sources import load_classification
 from medsight.errors import MedsightError
 from medsight.evaluation.calibration import TemperatureScaler, brier_score, expected_calibration_error
-from medsight.evaluation.card import Figure, Section, fmt, subgroup_section, write_card
+from medsight.evaluation.card import Figure, Section, card_record, fmt, subgroup_section, write_card, write_figures
 from medsight.evaluation.metrics import (
     N_BOOTSTRAP,
     binary_metrics,
@@ -328,21 +328,13 @@ def evaluate(
         )
     with atomic_dir(out) as tmp:
         write_json(tmp / "metrics.json", result)
-        for f in figures:
-            (tmp / "figures").mkdir(exist_ok=True)
-            (
-                tmp / "figures" / (f.title.lower().replace(" ", "_").replace("(", "").replace(")", "") + ".png")
-            ).write_bytes(f.png)
+        write_figures(tmp, figures)
         write_card(
             tmp,
             f"Model card: {bundle.meta['data']['source']} ({task_type} classification)",
             _intro(bundle, data.name, split),
             _card_sections(bundle, result, figures),
-            {
-                "bundle": bundle.meta
-                | {"training": {k: v for k, v in bundle.meta["training"].items() if k != "history"}},
-                "evaluation": result,
-            },
+            card_record(bundle.meta, result),
         )
     return result
 

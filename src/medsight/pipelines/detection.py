@@ -24,7 +24,7 @@ from tqdm import tqdm
 from medsight import config
 from medsight.data.detection import DetectionData, DetectionItem, is_coco, is_mias, load_detection
 from medsight.errors import MedsightError
-from medsight.evaluation.card import Figure, Section, fmt, write_card
+from medsight.evaluation.card import Figure, Section, card_record, fmt, write_card, write_figures
 from medsight.evaluation.froc import FP_RATES, ImageMatch, detection_metrics, froc_curve, froc_plot, match_image
 from medsight.evaluation.metrics import N_BOOTSTRAP, bootstrap
 from medsight.evaluation.plots import overlay_grid, png_image
@@ -504,19 +504,13 @@ def evaluate(
                 for it, d in zip(items, dets, strict=True)
             ],
         )
-        (tmp / "figures").mkdir()
-        for f in figures:
-            (tmp / "figures" / f"{f.title.lower()}.png").write_bytes(f.png)
+        write_figures(tmp, figures)
         write_card(
             tmp,
             f"Model card: {bundle.meta['data']['source']} (detection)",
             _intro(bundle, data.name, split),
             _card_sections(bundle, result, figures),
-            {
-                "bundle": bundle.meta
-                | {"training": {k: v for k, v in bundle.meta["training"].items() if k != "history"}},
-                "evaluation": result,
-            },
+            card_record(bundle.meta, result),
         )
     return result
 

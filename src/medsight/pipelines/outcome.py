@@ -25,7 +25,7 @@ from medsight import config
 from medsight.data.clinical import ClinicalEncoder, is_outcome_spec, load_outcome
 from medsight.errors import MedsightError
 from medsight.evaluation.calibration import TemperatureScaler
-from medsight.evaluation.card import Figure, Section, fmt, write_card
+from medsight.evaluation.card import Figure, Section, card_record, fmt, write_card, write_figures
 from medsight.evaluation.metrics import N_BOOTSTRAP, binary_metrics, bootstrap
 from medsight.evaluation.operating_point import choose_threshold
 from medsight.evaluation.plots import overlay_grid, png_image, roc_plot
@@ -333,19 +333,13 @@ def evaluate(
         figures.append(Figure("Grad-CAM examples", cam_png, "Image branch: where the CNN looked."))
     with atomic_dir(out) as tmp:
         write_json(tmp / "metrics.json", result)
-        (tmp / "figures").mkdir()
-        for f in figures:
-            (tmp / "figures" / (f.title.lower().replace(" ", "_") + ".png")).write_bytes(f.png)
+        write_figures(tmp, figures)
         write_card(
             tmp,
             f"Model card: {data.name} outcome ({bundle.meta['target']['name']})",
             _intro(bundle, data.name, split),
             _card_sections(bundle, result, figures),
-            {
-                "bundle": bundle.meta
-                | {"training": {k: v for k, v in bundle.meta["training"].items() if k != "history"}},
-                "evaluation": result,
-            },
+            card_record(bundle.meta, result),
         )
     return result
 

@@ -22,7 +22,7 @@ from medsight.data import segmentation as segdata
 from medsight.data.folds import Folds, stored_folds
 from medsight.data.segmentation import Loaded, SegmentationDataset, fingerprint, load_case, open_dataset
 from medsight.errors import MedsightError
-from medsight.evaluation.card import Figure, Section, fmt, write_card
+from medsight.evaluation.card import Figure, Section, card_record, fmt, write_card, write_figures
 from medsight.evaluation.metrics import N_BOOTSTRAP
 from medsight.evaluation.plots import overlay_grid, png_image
 from medsight.io.atomic import atomic_dir, write_json, write_text
@@ -481,19 +481,13 @@ def evaluate(
     assert out is not None
     with atomic_dir(out) as tmp:
         write_json(tmp / "metrics.json", result)
-        (tmp / "figures").mkdir()
-        for f in figures:
-            (tmp / "figures" / (f.title.lower().replace(" ", "_").replace(",", "") + ".png")).write_bytes(f.png)
+        write_figures(tmp, figures)
         write_card(
             tmp,
             f"Model card: {bundle.meta['data']['source']} ({ds.spatial_dims}D segmentation)",
             _intro(bundle, ds.name, split, len(ids), engine),
             _card_sections(bundle, result, figures),
-            {
-                "bundle": bundle.meta
-                | {"training": {k: v for k, v in bundle.meta["training"].items() if k != "history"}},
-                "evaluation": {k: v for k, v in result.items() if k != "per_case"},
-            },
+            card_record(bundle.meta, {k: v for k, v in result.items() if k != "per_case"}),
         )
     return result
 

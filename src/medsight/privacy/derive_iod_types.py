@@ -29,9 +29,7 @@ def derive() -> dict[str, Any]:
     """Build the table from highdicom's copy of the standard's module tables."""
     from pydicom.datadict import keyword_for_tag
 
-    compound = {
-        keyword_for_tag(int(r["id"], 16)) for r in load_rows() if r["basicProfile"] in COMPOUND_CODES
-    }
+    compound = {keyword_for_tag(int(r["id"], 16)) for r in load_rows() if r["basicProfile"] in COMPOUND_CODES}
     modules = _load("module_attribute_map.json")
     iod_modules = _load("iod_module_map.json")
     iods: dict[str, dict[str, str]] = {}
@@ -47,8 +45,9 @@ def derive() -> dict[str, Any]:
                     table[path] = kind
         iods[iod] = dict(sorted(table.items()))
     pixel_iods = sorted(
-        iod for iod, entries in iod_modules.items() if any(e["key"] == "image-pixel" and e["usage"] == "M"
-                                                          for e in entries)
+        iod
+        for iod, entries in iod_modules.items()
+        if any(e["key"] == "image-pixel" and e["usage"] == "M" for e in entries)
     )
     import highdicom
 

@@ -109,8 +109,12 @@ class Deidentifier:
         self._codes: dict[int, str] = {t: r.action(self.options) for t, r in self.profile.by_tag.items()}
         self._special = {
             r.id: r.action(self.options)
-            for r in (self.profile.curve, self.profile.overlay_data, self.profile.overlay_comments,
-                      self.profile.private)
+            for r in (
+                self.profile.curve,
+                self.profile.overlay_data,
+                self.profile.overlay_comments,
+                self.profile.private,
+            )
         }
         self._shift_dates = "retain_modified_dates" in self.options
         # C (clean) only arises from options; the scrubber is built only when one is selected.
@@ -254,8 +258,11 @@ class Deidentifier:
                 elem.value = DUMMY[vr]
         elif vr == "AE":
             values = [elem.value] if isinstance(elem.value, str) else list(elem.value)
-            elem.value = [self.pseudo.ae_title(str(v)) for v in values] if len(values) > 1 \
+            elem.value = (
+                [self.pseudo.ae_title(str(v)) for v in values]
+                if len(values) > 1
                 else self.pseudo.ae_title(str(values[0]))
+            )
         elif vr == "PN":
             elem.value = DUMMY["PN"]
         elif vr in ("UR", "AS"):
@@ -319,8 +326,12 @@ class Deidentifier:
 
         def collect(_: Dataset, elem: Any) -> None:
             rule = self.profile.by_tag.get(int(elem.tag))
-            if (rule is None or rule.vr not in TEXT_VRS or self._codes[int(elem.tag)] in ("K", "C")
-                    or "cleanDescOpt" in rule.options):
+            if (
+                rule is None
+                or rule.vr not in TEXT_VRS
+                or self._codes[int(elem.tag)] in ("K", "C")
+                or "cleanDescOpt" in rule.options
+            ):
                 return  # descriptors are what gets cleaned, not what is looked for
             value = elem.value
             for v in value if isinstance(value, (list, MultiValue)) else [value]:
@@ -337,9 +348,7 @@ class Deidentifier:
 
     def _mark(self, ds: Dataset) -> None:
         """Patient Identity Removed, De-identification Method and its code sequence (CID 7050)."""
-        codes = [BASIC_PROFILE_CODE] + [
-            (o.code, o.meaning) for name, o in OPTIONS.items() if name in self.options
-        ]
+        codes = [BASIC_PROFILE_CODE] + [(o.code, o.meaning) for name, o in OPTIONS.items() if name in self.options]
         ds.PatientIdentityRemoved = "YES"
         ds.DeidentificationMethod = [f"medsight {__version__} PS3.15 E.1 Basic Profile"[:64]] + [
             meaning[:64] for _, meaning in codes[1:]
@@ -376,10 +385,16 @@ class Deidentifier:
         # we wrote this file: name our implementation, not the one that made the original
         meta.ImplementationClassUID = IMPLEMENTATION_UID
         meta.ImplementationVersionName = f"MEDSIGHT_{__version__}"[:16]
-        for name in ("SourceApplicationEntityTitle", "SendingApplicationEntityTitle",
-                     "ReceivingApplicationEntityTitle", "SourcePresentationAddress",
-                     "SendingPresentationAddress", "ReceivingPresentationAddress", "PrivateInformation",
-                     "PrivateInformationCreatorUID"):
+        for name in (
+            "SourceApplicationEntityTitle",
+            "SendingApplicationEntityTitle",
+            "ReceivingApplicationEntityTitle",
+            "SourcePresentationAddress",
+            "SendingPresentationAddress",
+            "ReceivingPresentationAddress",
+            "PrivateInformation",
+            "PrivateInformationCreatorUID",
+        ):
             if name in meta:
                 delattr(meta, name)
 

@@ -15,8 +15,13 @@ from importlib import resources
 from pydicom.dataset import Dataset
 
 #: Modalities that often carry burned-in text whatever the header says.
-RISKY_MODALITIES = {"US": "ultrasound", "ES": "endoscopy", "XC": "external camera", "OT": "other",
-                    "SM": "slide microscopy (labels)"}
+RISKY_MODALITIES = {
+    "US": "ultrasound",
+    "ES": "endoscopy",
+    "XC": "external camera",
+    "OT": "other",
+    "SM": "slide microscopy (labels)",
+}
 #: Projection radiography: burned-in markers and names are common unless the header says NO.
 PROJECTION_MODALITIES = {"CR", "DX", "MG", "IO", "PX", "RF", "XA"}
 SECONDARY_CAPTURE_ROOT = "1.2.840.10008.5.1.4.1.1.7"
@@ -51,8 +56,12 @@ def load_rules() -> tuple[PixelRule, ...]:
     text = resources.files("medsight.privacy").joinpath("pixel_rules.json").read_text(encoding="utf-8")
     return tuple(
         PixelRule(
-            name=r["name"], modality=r["modality"], manufacturer=r["manufacturer"], model=r["model"],
-            rows=int(r["rows"]), columns=int(r["columns"]),
+            name=r["name"],
+            modality=r["modality"],
+            manufacturer=r["manufacturer"],
+            model=r["model"],
+            rows=int(r["rows"]),
+            columns=int(r["columns"]),
             regions=tuple((int(a), int(b), int(c), int(d)) for a, b, c, d in r["regions"]),
         )
         for r in json.loads(text)["rules"]

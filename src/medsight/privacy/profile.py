@@ -50,15 +50,11 @@ OPTIONS: dict[str, Option] = {
             "113107",
             "Retain Longitudinal Temporal Information Modified Dates Option",
         ),
-        Option(
-            "retain_patient_characteristics", "rtnPatCharsOpt", "113108", "Retain Patient Characteristics Option"
-        ),
+        Option("retain_patient_characteristics", "rtnPatCharsOpt", "113108", "Retain Patient Characteristics Option"),
         Option("retain_device_identity", "rtnDevIdOpt", "113109", "Retain Device Identity Option"),
         Option("retain_uids", "rtnUIDsOpt", "113110", "Retain UIDs Option"),
         Option("retain_safe_private", "rtnSafePrivOpt", "113111", "Retain Safe Private Option"),
-        Option(
-            "retain_institution_identity", "rtnInstIdOpt", "113112", "Retain Institution Identity Option"
-        ),
+        Option("retain_institution_identity", "rtnInstIdOpt", "113112", "Retain Institution Identity Option"),
     )
 }
 BASIC_PROFILE_CODE = ("113100", "Basic Application Confidentiality Profile")
@@ -90,8 +86,7 @@ class Rule:
         The most retaining option wins (K over C over the basic code), except that a date or time is
         shifted (C) rather than kept whenever Modified Dates is selected, so that no true date survives.
         """
-        codes = {name: self.options[OPTIONS[name].column] for name in selected
-                 if OPTIONS[name].column in self.options}
+        codes = {name: self.options[OPTIONS[name].column] for name in selected if OPTIONS[name].column in self.options}
         if not codes:
             return self.basic
         if self.vr in DATE_VRS and codes.get("retain_modified_dates") == "C":

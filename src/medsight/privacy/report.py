@@ -69,20 +69,28 @@ class RunReport:
             seen_outputs.add(str(r.output))
             counts.update(r.actions)
             if r.flags or r.review:
-                needs_review = bool(r.review) or r.cleaned_by is None or any(
-                    "Recognizable" in f for f in r.flags)
-                self.flagged.append({
-                    "output": r.output, "modality": r.modality, "reasons": r.flags + r.review,
-                    "cleaned_by_rule": r.cleaned_by, "needs_review": needs_review,
-                })
+                needs_review = bool(r.review) or r.cleaned_by is None or any("Recognizable" in f for f in r.flags)
+                self.flagged.append(
+                    {
+                        "output": r.output,
+                        "modality": r.modality,
+                        "reasons": r.flags + r.review,
+                        "cleaned_by_rule": r.cleaned_by,
+                        "needs_review": needs_review,
+                    }
+                )
         rules = {rule.id: rule for rule in Profile.load().rules}
         per_row: dict[str, dict[str, int]] = {}
         for key, n in counts.items():
             row, code = key.split("|", 1)
             per_row.setdefault(row, {})[code] = per_row.get(row, {}).get(code, 0) + n
         self.attributes = [
-            {"tag": rules[row].tag, "name": rules[row].name, "basic_profile": rules[row].basic,
-             "applied": dict(sorted(acts.items()))}
+            {
+                "tag": rules[row].tag,
+                "name": rules[row].name,
+                "basic_profile": rules[row].basic,
+                "applied": dict(sorted(acts.items())),
+            }
             for row, acts in sorted(per_row.items())
         ]
 
@@ -90,9 +98,13 @@ class RunReport:
     def counts(self) -> dict[str, int]:
         """Headline numbers (also the audit line's)."""
         return {
-            "files_seen": self.files_seen, "written": self.written, "rejected": len(self.rejected),
-            "flagged": len(self.flagged), "pixels_cleaned": sum(1 for f in self.flagged if f["cleaned_by_rule"]),
-            "needs_review": sum(1 for f in self.flagged if f["needs_review"]), "duplicates": self.duplicates,
+            "files_seen": self.files_seen,
+            "written": self.written,
+            "rejected": len(self.rejected),
+            "flagged": len(self.flagged),
+            "pixels_cleaned": sum(1 for f in self.flagged if f["cleaned_by_rule"]),
+            "needs_review": sum(1 for f in self.flagged if f["needs_review"]),
+            "duplicates": self.duplicates,
         }
 
     def as_dict(self) -> dict[str, Any]:
@@ -111,9 +123,7 @@ def write_reports(report: RunReport, folder: Path) -> tuple[Path, Path]:
 
 def _table(headers: list[str], rows: list[list[Any]]) -> str:
     head = "".join(f"<th>{html.escape(h)}</th>" for h in headers)
-    body = "".join(
-        "<tr>" + "".join(f"<td>{html.escape(str(c))}</td>" for c in row) + "</tr>" for row in rows
-    )
+    body = "".join("<tr>" + "".join(f"<td>{html.escape(str(c))}</td>" for c in row) + "</tr>" for row in rows)
     return f"<table><thead><tr>{head}</tr></thead><tbody>{body}</tbody></table>"
 
 
@@ -127,22 +137,42 @@ def render_html(data: dict[str, Any]) -> str:
         "th{background:#eee}.warn{color:#a40}</style></head><body>",
         "<h1>De-identification report</h1>",
         f"<p>{html.escape(data['tool'])}; {html.escape(data['profile'])}.</p>",
-        _table(["item", "value"], [
-            ["started", data["started"]], ["seconds", data["seconds"]],
-            ["options", ", ".join(data["options"]) or "none (Basic Profile only)"],
-            ["clean pixels", data["clean_pixels"]], ["key id", data["key_id"]], ["workers", data["workers"]],
-            *[[k.replace("_", " "), v] for k, v in counts.items()],
-        ]),
+        _table(
+            ["item", "value"],
+            [
+                ["started", data["started"]],
+                ["seconds", data["seconds"]],
+                ["options", ", ".join(data["options"]) or "none (Basic Profile only)"],
+                ["clean pixels", data["clean_pixels"]],
+                ["key id", data["key_id"]],
+                ["workers", data["workers"]],
+                *[[k.replace("_", " "), v] for k, v in counts.items()],
+            ],
+        ),
         "<h2>Files flagged for burned-in text</h2>",
-        _table(["output", "modality", "reasons", "cleaned by rule", "needs a person's review"],
-               [[f["output"], f["modality"], "; ".join(f["reasons"]), f["cleaned_by_rule"] or "",
-                 "YES" if f["needs_review"] else "no"] for f in data["flagged"]]),
+        _table(
+            ["output", "modality", "reasons", "cleaned by rule", "needs a person's review"],
+            [
+                [
+                    f["output"],
+                    f["modality"],
+                    "; ".join(f["reasons"]),
+                    f["cleaned_by_rule"] or "",
+                    "YES" if f["needs_review"] else "no",
+                ]
+                for f in data["flagged"]
+            ],
+        ),
         "<h2 class='warn'>Files rejected (not written)</h2>",
         _table(["input", "reason"], [[r["input"], r["reason"]] for r in data["rejected"]]),
         "<h2>Actions per attribute (Table E.1-1 rows met in the data)</h2>",
-        _table(["tag", "name", "basic profile", "applied (code: count)"],
-               [[a["tag"], a["name"], a["basic_profile"],
-                 ", ".join(f"{k}: {v}" for k, v in a["applied"].items())] for a in data["attributes"]]),
+        _table(
+            ["tag", "name", "basic profile", "applied (code: count)"],
+            [
+                [a["tag"], a["name"], a["basic_profile"], ", ".join(f"{k}: {v}" for k, v in a["applied"].items())]
+                for a in data["attributes"]
+            ],
+        ),
         "</body></html>\n",
     ]
     return "".join(parts)
@@ -153,11 +183,19 @@ def append_audit(path: Path, report: RunReport) -> None:
 
     An append of one short line with O_APPEND is atomic on POSIX, so concurrent runs never interleave.
     """
-    line = json.dumps({
-        "time": report.started, "tool": f"medsight {__version__} deid", "options": report.options,
-        "clean_pixels": report.clean_pixels, "key_id": report.key_id, "workers": report.workers,
-        "seconds": report.seconds, **report.counts,
-    }, sort_keys=True)
+    line = json.dumps(
+        {
+            "time": report.started,
+            "tool": f"medsight {__version__} deid",
+            "options": report.options,
+            "clean_pixels": report.clean_pixels,
+            "key_id": report.key_id,
+            "workers": report.workers,
+            "seconds": report.seconds,
+            **report.counts,
+        },
+        sort_keys=True,
+    )
     path.parent.mkdir(parents=True, exist_ok=True)
     fd = os.open(path, os.O_WRONLY | os.O_APPEND | os.O_CREAT, 0o600)
     try:

@@ -66,8 +66,7 @@ def _inside(child: Path, parent: Path) -> bool:
     return child == parent or parent in child.parents
 
 
-def check_paths(in_path: Path, out_dir: Path, reid_table: Path | None = None,
-                key_file: Path | None = None) -> None:
+def check_paths(in_path: Path, out_dir: Path, reid_table: Path | None = None, key_file: Path | None = None) -> None:
     """Refuse layouts that could write into the input or put secrets beside the output."""
     if not in_path.exists():
         raise MedsightError("input not found", in_path)
@@ -149,8 +148,9 @@ def problem(ds: Dataset) -> str | None:
         return None if _encapsulated_complete(value) else "pixel data truncated"
     try:
         bits = int(ds.BitsAllocated)
-        count = int(ds.Rows) * int(ds.Columns) * int(ds.get("SamplesPerPixel", 1)) * int(
-            ds.get("NumberOfFrames", 1) or 1)
+        count = (
+            int(ds.Rows) * int(ds.Columns) * int(ds.get("SamplesPerPixel", 1)) * int(ds.get("NumberOfFrames", 1) or 1)
+        )
     except (AttributeError, TypeError, ValueError):
         return "pixel description incomplete"
     expected = (count + 7) // 8 if bits == 1 else count * ((bits + 7) // 8)
@@ -162,7 +162,7 @@ def _ensure_file_meta(ds: Dataset) -> None:
     if meta is None:
         meta = ds.file_meta = FileMetaDataset()
     if "TransferSyntaxUID" not in meta:
-        implicit = (ds.original_encoding[0] if ds.original_encoding[0] is not None else True)
+        implicit = ds.original_encoding[0] if ds.original_encoding[0] is not None else True
         meta.TransferSyntaxUID = ImplicitVRLittleEndian if implicit else ExplicitVRLittleEndian
     meta.MediaStorageSOPClassUID = ds.SOPClassUID
     meta.MediaStorageSOPInstanceUID = ds.SOPInstanceUID
@@ -196,8 +196,11 @@ def process_file(path: Path, rel: str, job: Job, deid: Deidentifier) -> FileResu
         result.review = sorted(set(outcome.review))
         result.reid = outcome.reid
         _ensure_file_meta(ds)
-        parts = [str(ds.get("StudyInstanceUID", "") or "unknown-study"),
-                 str(ds.get("SeriesInstanceUID", "") or "unknown-series"), f"{ds.SOPInstanceUID}.dcm"]
+        parts = [
+            str(ds.get("StudyInstanceUID", "") or "unknown-study"),
+            str(ds.get("SeriesInstanceUID", "") or "unknown-series"),
+            f"{ds.SOPInstanceUID}.dcm",
+        ]
         target = job.out_dir.joinpath(*parts)
         with atomic_path(target) as tmp:
             ds.save_as(tmp, enforce_file_format=True)
@@ -215,10 +218,11 @@ def _chunk_worker(items: list[tuple[Path, str]]) -> list[FileResult]:
 
 def _chunks(items: list[tuple[Path, str]], size: int) -> Iterable[list[tuple[Path, str]]]:
     for i in range(0, len(items), size):
-        yield items[i:i + size]
+        yield items[i : i + size]
 
 
 # --- the run ---------------------------------------------------------------------------------------
+
 
 def deidentify(
     in_path: str | Path,
@@ -243,8 +247,13 @@ def deidentify(
     job = Job(key=key, options=opts, out_dir=out_dir, clean_pixels=clean_pixels)
     files = list(iter_files(in_path))
     workers = max(1, min(workers, len(files) // CHUNK + 1))
-    report = RunReport(options=sorted(opts), clean_pixels=clean_pixels, key_id=key_id(key), workers=workers,
-                       started=dt.datetime.now(dt.timezone.utc).isoformat(timespec="seconds"))
+    report = RunReport(
+        options=sorted(opts),
+        clean_pixels=clean_pixels,
+        key_id=key_id(key),
+        workers=workers,
+        started=dt.datetime.now(dt.timezone.utc).isoformat(timespec="seconds"),
+    )
     start = time.perf_counter()
     results: list[FileResult] = []
     bar = tqdm(total=len(files), unit="file", desc="deid", disable=not progress, file=sys.stderr)
@@ -255,8 +264,7 @@ def deidentify(
             results.append(process_file(path, rel, job, _DEID))
             bar.update(1)
     else:
-        ctx = multiprocessing.get_context("fork" if "fork" in multiprocessing.get_all_start_methods()
-                                          else None)
+        ctx = multiprocessing.get_context("fork" if "fork" in multiprocessing.get_all_start_methods() else None)
         with ProcessPoolExecutor(workers, mp_context=ctx, initializer=_init, initargs=(job,)) as pool:
             futures = [pool.submit(_chunk_worker, c) for c in _chunks(files, CHUNK)]
             for fut in as_completed(futures):
