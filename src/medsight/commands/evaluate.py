@@ -5,7 +5,8 @@ from __future__ import annotations
 import argparse
 from pathlib import Path
 
-from medsight.pipelines import pipeline
+from medsight import tasks
+from medsight.evaluation.metrics import N_BOOTSTRAP
 from medsight.training.bundle import load_bundle
 
 
@@ -14,20 +15,22 @@ def register(sub: argparse._SubParsersAction) -> None:
         "evaluate",
         help="evaluate a bundle: metrics.json and card.html",
         description="Evaluate BUNDLE on a split of DATA: every metric with a 95%% bootstrap CI, the operating "
-        "point chosen on validation, calibration, subgroup audit and Grad-CAM examples, written to "
+        "point chosen on validation, calibration, subgroup audit and explanation examples, written to "
         "DIR/metrics.json, DIR/card.json and a self-contained DIR/card.html.",
     )
     p.add_argument("bundle", type=Path, help="bundle folder written by 'medsight train'")
     p.add_argument("data", help="data source (as for 'medsight train')")
     p.add_argument("--split", default="test", help="split to evaluate (default test)")
     p.add_argument("--out", required=True, type=Path, help="output folder (replaced atomically)")
-    p.add_argument("--bootstrap", type=int, default=1000, help="bootstrap resamples for CIs (default 1000)")
+    p.add_argument(
+        "--bootstrap", type=int, default=N_BOOTSTRAP, help=f"bootstrap resamples for CIs (default {N_BOOTSTRAP})"
+    )
     p.set_defaults(func=run)
 
 
 def run(args: argparse.Namespace) -> int:
     bundle = load_bundle(args.bundle)
-    result = pipeline(bundle.task).evaluate(args.bundle, args.data, args.split, args.out, n_boot=args.bootstrap)
+    result = tasks.get(bundle.task).evaluate(args.bundle, args.data, args.split, args.out, args.bootstrap)
     metrics = result.get("metrics", {})
     shown = ", ".join(
         f"{k} {v['value']:.4f} [{v['ci95'][0]:.4f}, {v['ci95'][1]:.4f}]"

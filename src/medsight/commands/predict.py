@@ -1,12 +1,11 @@
-"""``medsight predict BUNDLE FILE... --out DIR``: predictions (and heatmaps with --explain) for new images."""
+"""``medsight predict BUNDLE FILE... --out DIR``: a thin layer over the runtime (load once, predict, write)."""
 
 from __future__ import annotations
 
 import argparse
 from pathlib import Path
 
-from medsight.pipelines import pipeline
-from medsight.training.bundle import load_bundle
+from medsight import runtime
 
 
 def register(sub: argparse._SubParsersAction) -> None:
@@ -14,25 +13,23 @@ def register(sub: argparse._SubParsersAction) -> None:
         "predict",
         help="predict on new images with a bundle",
         description="Run BUNDLE on PNG, JPEG, TIFF, DICOM (file or series folder), NIfTI or npz inputs and write "
-        "DIR/predictions.json (probabilities, the decision at the bundle's operating point) plus, with "
-        "--explain, a heatmap per input.",
+        "DIR/predictions.json (calibrated probabilities, the decision at the bundle's operating point, masks, "
+        "boxes or risks) plus, with --explain, a heatmap per input. DICOM inputs also get DICOM results "
+        "(TID 1500 SR, SEG, Secondary Capture).",
     )
     p.add_argument("bundle", type=Path, help="bundle folder written by 'medsight train'")
     p.add_argument("inputs", nargs="+", type=Path, metavar="FILE", help="images to predict on")
     p.add_argument("--out", required=True, type=Path, help="output folder (replaced atomically)")
-    p.add_argument("--explain", action="store_true", help="also write a Grad-CAM heatmap per input")
+    p.add_argument("--explain", action="store_true", help="also write a heatmap (e.g. Grad-CAM) per input")
     p.set_defaults(func=run)
 
 
 def run(args: argparse.Namespace) -> int:
-    bundle = load_bundle(args.bundle)
-    results = pipeline(bundle.task).predict(args.bundle, args.inputs, args.out, explain=args.explain)
+    model = runtime.load(args.bundle)
+    results = model.predict(args.inputs, explain=args.explain)
+    runtime.write_predictions(model, results, args.out)
     for r in results:
-        # A pipeline may give its own one-line summary (segmentation: volumes; detection: findings).
-        summary = r.get("summary") or (
-            f"{r.get('decision')} (" + ", ".join(f"{k} {v:.3f}" for k, v in r.get("probabilities", {}).items()) + ")"
-        )
-        heatmap = f"; heatmap {args.out / r['heatmap']['image']}" if r.get("heatmap") else ""
-        print(f"{r['input']}: {summary}{heatmap}")
+        heatmap = f"; heatmap {args.out / r.files['heatmap_image']}" if "heatmap_image" in r.files else ""
+        print(f"{r.input}: {r.summary()}{heatmap}")
     print(f"results: {args.out}")
     return 0

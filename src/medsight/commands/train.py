@@ -5,7 +5,21 @@ from __future__ import annotations
 import argparse
 from pathlib import Path
 
-from medsight.pipelines import TASKS, detect_task, pipeline
+from medsight import tasks
+
+#: Flags that become task options when given; a task that does not take one rejects it by name.
+OPTION_FLAGS = (
+    "seed",
+    "epochs",
+    "time_budget_s",
+    "batch_size",
+    "lr",
+    "target_sensitivity",
+    "plan",
+    "fold",
+    "class_balance",
+    "image_size",
+)
 
 
 def register(sub: argparse._SubParsersAction) -> None:
@@ -14,21 +28,29 @@ def register(sub: argparse._SubParsersAction) -> None:
         help="train a model and write a bundle",
         description="Train on DATA's train split, select and calibrate on its validation split, and write a bundle "
         "(weights, ONNX, bundle.json). DATA is medmnist:<name>[_<size>], a MedMNIST-layout .npz, a manifest CSV "
-        "(path,label[,patient_id,split,attributes...]) or its folder, or a task-specific folder.",
+        "(path,label[,patient_id,split,attributes...]) or its folder, or a task-specific folder. Options left unset "
+        "are planned from the data; the plan, with the expected training time, is printed before training starts.",
     )
     p.add_argument("data", help="data source, e.g. medmnist:breastmnist or path/to/manifest.csv")
     p.add_argument("--out", required=True, type=Path, help="bundle folder to write (replaced atomically)")
-    p.add_argument("--task", choices=TASKS, help="task (default: detected from DATA)")
+    p.add_argument("--task", choices=tasks.TASKS, help="task (default: detected from DATA)")
     p.add_argument("--seed", type=int, default=0, help="random seed; the same seed repeats the run (default 0)")
-    p.add_argument("--epochs", type=int, help="maximum epochs (default: the task's own, 40 for classification)")
-    p.add_argument("--time-budget", type=float, metavar="SECONDS", help="stop training after about this long")
+    p.add_argument("--epochs", type=int, help="maximum epochs (default: planned from the data)")
+    p.add_argument(
+        "--time-budget",
+        dest="time_budget_s",
+        type=float,
+        metavar="SECONDS",
+        help="stop training after about this long (default: planned from the measured speed)",
+    )
     p.add_argument("--batch-size", type=int, help="batch size (default: planned from the data)")
-    p.add_argument("--lr", type=float, help="peak learning rate (default: the task's own, 2e-3 for classification)")
+    p.add_argument("--lr", type=float, help="peak learning rate (default: the task's own)")
     p.add_argument(
         "--target-sensitivity",
         type=float,
         metavar="S",
-        help="choose the operating point reaching this validation sensitivity (default: Youden)",
+        help="classification, outcome: choose the operating point reaching this validation sensitivity "
+        "(default: Youden)",
     )
     p.add_argument(
         "--plan",
@@ -37,31 +59,26 @@ def register(sub: argparse._SubParsersAction) -> None:
         help="segmentation: a JSON file of plan overrides (e.g. patch size, batch size, spacing); see "
         "docs/segmentation.md",
     )
+    p.add_argument("--fold", type=int, help="segmentation: which cross-validation fold to train (default 0)")
     p.add_argument(
         "--class-balance",
         choices=("auto", "on", "off"),
-        default="auto",
-        help="classification: weight the loss by inverse class frequency (auto: when classes are imbalanced)",
+        help="classification: weight the loss by inverse class frequency (default auto: when classes are imbalanced)",
     )
+    p.add_argument("--image-size", type=int, help="detection, outcome: side of the square model input in pixels")
     p.set_defaults(func=run)
 
 
 def run(args: argparse.Namespace) -> int:
-    task = args.task or detect_task(args.data)
-    options = {
-        "epochs": args.epochs,
-        "time_budget_s": args.time_budget,
-        "batch_size": args.batch_size,
-        "lr": args.lr,
-        "target_sensitivity": args.target_sensitivity,
-        "balanced": {"auto": None, "on": True, "off": False}[args.class_balance],
-        "plan_overrides": args.plan,
-    }
-    # Unset options are left out, so each task's pipeline applies its own defaults.
-    given = {k: v for k, v in options.items() if v is not None}
-    meta = pipeline(task).train(args.data, args.out, seed=args.seed, **given)
+    name = args.task or tasks.detect(args.data)
+    task = tasks.get(name)
+    given = {k: getattr(args, k) for k in OPTION_FLAGS if getattr(args, k, None) is not None}
+    options = task.Options.from_mapping(given, name)
+    meta = task.train(args.data, args.out, options)
     print(f"bundle: {args.out}")
     val = meta.get("metrics", {}).get("val", {})
     if val:
         print("validation: " + ", ".join(f"{k} {v:.4f}" for k, v in val.items() if isinstance(v, float)))
+    for warning in meta.get("training", {}).get("warnings", []):
+        print(f"warning: {warning}")
     return 0

@@ -2,8 +2,12 @@
 
 model.pt            PyTorch state dict
 model.onnx(.data)   ONNX export, checked against PyTorch with ONNX Runtime
-bundle.json         task, labels, input spec, preprocessing, network, data fingerprint, seed,
-                    versions, calibration, operating point, validation metrics
+bundle.json         task, labels, input spec, typed plan, options given, preprocessing, network, data
+                    fingerprint, seed, versions, calibration, operating point, validation metrics
+
+``bundle.json`` follows the versioned JSON schema ``bundle_schema.json`` shipped beside this module; it is
+validated when written (:func:`write_bundle_json`) and when loaded (:func:`load_bundle`), so a bundle from a
+newer medsight, an older format or a hand edit gives one clear error instead of a failure deep inside a run.
 """
 
 from __future__ import annotations
@@ -11,17 +15,23 @@ from __future__ import annotations
 import datetime as _dt
 import json
 import platform
+import re
 from dataclasses import dataclass
+from functools import lru_cache
 from pathlib import Path
-from typing import Any
+from typing import Any, Protocol, TypeVar
 
 import torch
 from torch import nn
 
 from medsight import __version__
 from medsight.errors import MedsightError
+from medsight.io.atomic import write_json
 
-FORMAT = "medsight-bundle/1"
+FORMAT_NAME = "medsight-bundle"
+FORMAT_VERSION = 2
+FORMAT = f"{FORMAT_NAME}/{FORMAT_VERSION}"
+SCHEMA_FILE = Path(__file__).with_name("bundle_schema.json")
 BUNDLE_JSON = "bundle.json"
 WEIGHTS = "model.pt"
 ONNX = "model.onnx"
@@ -49,6 +59,14 @@ def now_iso() -> str:
     return _dt.datetime.now(_dt.timezone.utc).isoformat(timespec="seconds")
 
 
+class _PlanType(Protocol):
+    @classmethod
+    def from_json(cls: type[P], data: Any, where: str | Path | None = None) -> P: ...
+
+
+P = TypeVar("P", bound=_PlanType)
+
+
 @dataclass
 class Bundle:
     """A loaded bundle: its folder and its ``bundle.json``."""
@@ -72,6 +90,10 @@ class Bundle:
     def onnx_path(self) -> Path:
         return self.path / ONNX
 
+    def plan(self, cls: type[P]) -> P:
+        """The bundle's plan as the task's typed plan object (checked key by key)."""
+        return cls.from_json(self.meta["plan"], self.path / BUNDLE_JSON)
+
     def network(self, device: str = "cpu") -> nn.Module:
         """Rebuild the network from its recorded plan and load the weights."""
         from medsight.tasks.registry import build_network
@@ -85,8 +107,69 @@ class Bundle:
         return model.to(device).eval()
 
 
+@lru_cache(maxsize=1)
+def schema() -> dict[str, Any]:
+    """The JSON schema of the current bundle format."""
+    loaded: dict[str, Any] = json.loads(SCHEMA_FILE.read_text())
+    return loaded
+
+
+def validate_meta(meta: Any, where: str | Path | None = None) -> None:
+    """Raise a clear error unless ``meta`` is a ``bundle.json`` of the format this medsight writes."""
+    import jsonschema
+
+    if not isinstance(meta, dict):
+        raise MedsightError("bundle.json must hold a JSON object", where)
+    fmt = meta.get("format")
+    match = re.fullmatch(rf"{FORMAT_NAME}/(\d+)", str(fmt))
+    if match is None:
+        raise MedsightError(f"not a medsight bundle format ({fmt!r}; this medsight reads {FORMAT})", where)
+    version = int(match.group(1))
+    if version > FORMAT_VERSION:
+        raise MedsightError(
+            f"bundle format {version} was written by a newer medsight (this one reads format {FORMAT_VERSION}); "
+            "upgrade medsight to use it",
+            where,
+        )
+    if version < FORMAT_VERSION:
+        raise MedsightError(
+            f"bundle format {version} is from an older medsight (this one reads format {FORMAT_VERSION}); "
+            "retrain it with 'medsight train'",
+            where,
+        )
+    validator = jsonschema.Draft202012Validator(schema())
+    errors = sorted(validator.iter_errors(meta), key=lambda e: list(e.absolute_path))
+    if errors:
+        first = errors[0]
+        at = "/".join(str(p) for p in first.absolute_path) or "(top level)"
+        more = f" (and {len(errors) - 1} more problem(s))" if len(errors) > 1 else ""
+        raise MedsightError(f"bundle.json does not follow {FORMAT} at {at}: {first.message}{more}", where)
+
+
+def write_bundle_json(folder: Path, meta: dict[str, Any]) -> Path:
+    """Validate ``meta`` against the schema, then write ``folder/bundle.json`` atomically."""
+    plain = json.loads(json.dumps(meta, default=_plain_default))
+    validate_meta(plain, folder / BUNDLE_JSON)
+    return write_json(folder / BUNDLE_JSON, plain)
+
+
+def _plain_default(obj: Any) -> Any:
+    import numpy as np
+
+    if isinstance(obj, np.generic):
+        return obj.item()
+    if isinstance(obj, np.ndarray):
+        return obj.tolist()
+    if isinstance(obj, Path):
+        return str(obj)
+    to_json = getattr(obj, "to_json", None)
+    if callable(to_json):
+        return to_json()
+    raise TypeError(f"not JSON serialisable: {type(obj).__name__}")
+
+
 def load_bundle(path: str | Path) -> Bundle:
-    """Open a bundle folder, checking it is complete and of a format we read."""
+    """Open a bundle folder, checking it is complete and follows the bundle schema."""
     path = Path(path)
     meta_path = path / BUNDLE_JSON
     if not meta_path.is_file():
@@ -95,8 +178,7 @@ def load_bundle(path: str | Path) -> Bundle:
         meta = json.loads(meta_path.read_text())
     except json.JSONDecodeError as exc:
         raise MedsightError(f"bundle.json is not valid JSON ({exc})", meta_path) from exc
-    if meta.get("format") != FORMAT:
-        raise MedsightError(f"unsupported bundle format {meta.get('format')!r} (this medsight reads {FORMAT})", path)
+    validate_meta(meta, meta_path)
     for name in (WEIGHTS,):
         if not (path / name).is_file():
             raise MedsightError(f"bundle is missing {name}", path)
