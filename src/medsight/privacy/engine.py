@@ -12,6 +12,7 @@ import uuid
 from collections import Counter
 from collections.abc import Iterable
 from dataclasses import dataclass, field
+from functools import lru_cache
 from typing import Any
 
 from pydicom.datadict import dictionary_VR
@@ -23,6 +24,7 @@ from medsight import __version__
 from medsight.privacy.profile import (
     BASIC_PROFILE_CODE,
     COMPOUND_CODES,
+    DATE_VRS,
     OPTIONS,
     Profile,
     Rule,
@@ -65,9 +67,26 @@ DUMMY: dict[str, Any] = {
     "UT": "ANONYMIZED",
 }
 
-_GENERIC_PHI = re.compile(
-    r"\d{8}|\d{4}[-/.]\d{1,2}[-/.]\d{1,2}|\d{1,2}[-/.]\d{1,2}[-/.]\d{2,4}|\d{6,}",
+_MONTH = (
+    r"(?:jan(?:uary)?|feb(?:ruary)?|mar(?:ch)?|apr(?:il)?|may|june?|july?|aug(?:ust)?|sep(?:t(?:ember)?)?"
+    r"|oct(?:ober)?|nov(?:ember)?|dec(?:ember)?)"
 )
+_DAY = r"\d{1,2}(?:st|nd|rd|th)?"
+#: Dates and long numbers in any common form: 20200115, 2020-01-15, 15/01/2020, 15 Jan 2020, 15-Jan-20,
+#: March 3rd 1980, Jan. 4, 2019, Jan 2020, and runs of 6+ digits.
+_GENERIC_PHI = re.compile(
+    r"\d{8}|\d{4}[-/.]\d{1,2}[-/.]\d{1,2}|\d{1,2}[-/.]\d{1,2}[-/.]\d{2,4}|\d{6,}"
+    rf"|\b{_DAY}[\s\-/.]*(?:of\s+)?{_MONTH}\b\.?,?[\s\-/.]*\d{{2,4}}\b"
+    rf"|\b{_MONTH}\b\.?[\s\-/.]*{_DAY},?\s*\d{{2,4}}\b"
+    rf"|\b{_MONTH}\b\.?,?\s*\d{{4}}\b",
+)
+#: Identifier-like tokens: a short letter prefix and 4+ digits (MRN12345, ID:1234), or digit groups joined
+#: by - or / (P-12-345, AB-1234-56) holding 4 digits or more.
+_ID_LIKE = re.compile(r"\b[A-Za-z]{1,4}[-#:]?\d{4,}\b|\b(?:[A-Za-z]{1,4}[-#])?\d{1,8}(?:[-/]\d{1,8}){1,3}\b")
+#: UIDs that name no patient: every UID under the DICOM root, and attributes that hold class, scheme or
+#: organisation UIDs (coding schemes, templates, mapping resources).
+STANDARD_UID_ROOT = "1.2.840.10008."
+UID_KEEP_TAGS = frozenset({0x0008010C, 0x0008010D, 0x00080117, 0x00080118, 0x0040DB0C, 0x0040DB0D})
 
 
 @dataclass
@@ -96,7 +115,10 @@ class _Context:
 class Deidentifier:
     """The profile under one set of options and one key; reusable across many files."""
 
-    def __init__(self, key: bytes, options: Iterable[str] = ()) -> None:
+    def __init__(self, key: bytes, options: Iterable[str] = (), *, patient_key: str = "id+issuer") -> None:
+        if patient_key not in PATIENT_KEYS:
+            raise ValueError(f"patient_key must be one of {PATIENT_KEYS}")
+        self.patient_key_rule = patient_key
         self.options = frozenset(options)
         unknown = self.options - set(OPTIONS)
         if unknown:
@@ -117,6 +139,8 @@ class Deidentifier:
             )
         }
         self._shift_dates = "retain_modified_dates" in self.options
+        self._keep_dates = "retain_full_dates" in self.options
+        self._keep_uids = "retain_uids" in self.options
         # C (clean) only arises from options; the scrubber is built only when one is selected.
         self._needs_scrub = bool(self.options)
 
@@ -145,33 +169,58 @@ class Deidentifier:
         clean (inside a sequence cleaned by C): text scrubbed, dates shifted.
         """
         private: list[int] = []
-        drop_overlay_groups: set[int] = set()
+        overlay_groups: set[int] = set()
         for key in list(ds.keys()):
             tag = int(key)
             group = tag >> 16
             if group & 1:
                 private.append(tag)
                 continue
+            if in_repeating_overlay(tag):
+                overlay_groups.add(group)  # every element of an overlay group is decided with its group
+                continue
             rule = self.profile.match(tag)
             if rule is None:
-                if in_repeating_overlay(tag):
-                    continue  # decided with its Overlay Data below
                 self._unlisted(ds, tag, path, mode, ctx)
                 continue
             code = self._codes.get(tag) or self._special[rule.id]
             if code in COMPOUND_CODES:
                 code = resolve_compound(code, attribute_type(ctx.iod, ">".join((*path, keyword(tag)))))
             ctx.outcome.actions[(rule.id, code)] += 1
-            if rule is self.profile.overlay_data and code == "X":
-                drop_overlay_groups.add(group)
             self._act(ds, tag, rule, code, path, ctx)
-        for group in drop_overlay_groups:
-            for tag in [int(t) for t in ds.keys() if t.group == group]:  # noqa: SIM118 (Dataset: keys are tags)
-                del ds[tag]
+        if overlay_groups:
+            self._overlays(ds, overlay_groups, ctx)
         if private:
             self._private(ds, private, ctx)
 
+    def _overlays(self, ds: Dataset, groups: set[int], ctx: _Context) -> None:
+        """Overlay planes (60xx): removed whole under the Basic Profile, with or without Overlay Data.
+
+        Overlay Data (60xx,3000) and Overlay Comments (60xx,4000) are the table's rows; Overlay Description
+        (60xx,0022), Overlay Label (60xx,1500) and every other element of the group are free text or
+        geometry of the same overlay, so they share its fate. Under Clean Graphics the group is kept, every
+        text element in it is scrubbed, and the bitmap is listed for review.
+        """
+        code = self._special[self.profile.overlay_data.id]
+        for group in sorted(groups):
+            tags = [int(t) for t in ds.keys() if t.group == group]  # noqa: SIM118 (Dataset: keys are tags)
+            for tag in tags:
+                rule = self.profile.match(tag)
+                if rule is not None:
+                    ctx.outcome.actions[(rule.id, self._special[rule.id])] += 1
+            if code != "C":
+                for tag in tags:
+                    del ds[tag]
+                continue
+            for tag in tags:
+                elem = ds[tag]
+                if elem.VR in BYTES_VRS:
+                    ctx.outcome.review.append("Overlay Data kept under Clean Graphics: check it holds no text")
+                elif elem.VR in TEXT_VRS and not _is_empty(elem.value):
+                    elem.value = _scrub(elem.value, ctx.scrubber) or DUMMY.get(elem.VR, "")
+
     def _unlisted(self, ds: Dataset, tag: int, path: tuple[str, ...], mode: str, ctx: _Context) -> None:
+        """An attribute Table E.1-1 does not name: sequences walked, dates and UIDs treated by their VR."""
         raw = ds.get_item(tag)
         vr = raw.VR if raw is not None and raw.VR else _dict_vr(tag)
         if vr == "SQ":
@@ -180,6 +229,12 @@ class Deidentifier:
             inner = "normal" if name.endswith("CodeSequence") else mode
             for item in ds[tag].value or ():
                 self._walk(item, (*path, name), inner, ctx)
+        elif vr == "UI":
+            if not self._keep_uids and tag not in UID_KEEP_TAGS and not keyword(tag).endswith("ClassUID"):
+                self._map_uids(ds[tag], keep_standard=True)
+                ctx.outcome.actions[("outside:UI", "U")] += 1
+        elif mode == "normal" and vr in DATE_VRS:
+            self._unlisted_date(ds, tag, vr, path, ctx)
         elif mode != "normal" and vr in TEXT_VRS:
             elem = ds[tag]
             if elem.value in (None, "", b""):
@@ -226,16 +281,39 @@ class Deidentifier:
         else:  # pragma: no cover - the table has no other codes
             raise ValueError(f"unknown action {code!r} for {rule.tag}")
 
+    def _unlisted_date(self, ds: Dataset, tag: int, vr: str, path: tuple[str, ...], ctx: _Context) -> None:
+        """A DA, DT or TM the table does not list: treated like the table's dates (X/Z/D by type, shifted
+        with the patient's shift under Modified Dates, kept under Full Dates)."""
+        if self._keep_dates:
+            ctx.outcome.actions[(f"outside:{vr}", "K")] += 1
+            return
+        elem = ds[tag]
+        if self._shift_dates:
+            if vr != "TM" and not _is_empty(elem.value):  # whole-day shifts keep the time of day
+                elem.value = self._shift(elem.value, vr, ctx)
+            ctx.outcome.actions[(f"outside:{vr}", "C")] += 1
+            return
+        code = resolve_compound("X/Z/D", attribute_type(ctx.iod, ">".join((*path, keyword(tag)))))
+        ctx.outcome.actions[(f"outside:{vr}", code)] += 1
+        if code == "X":
+            del ds[tag]
+        elif code == "Z":
+            elem.value = ""
+        else:
+            elem.value = DUMMY[vr]
+
     # --- actions -------------------------------------------------------------------------------
 
-    def _map_uids(self, elem: Any) -> None:
+    def _map_uids(self, elem: Any, keep_standard: bool = False) -> None:
         value = elem.value
         if _is_empty(value):
             return
-        if isinstance(value, str):
-            elem.value = self.pseudo.uid(value)
-        else:
-            elem.value = [self.pseudo.uid(str(v)) for v in value]
+
+        def new(v: str) -> str:
+            v = str(v)
+            return v if keep_standard and v.startswith(STANDARD_UID_ROOT) else self.pseudo.uid(v)
+
+        elem.value = new(value) if isinstance(value, str) else [new(v) for v in value]
 
     def _clean(self, ds: Dataset, tag: int, rule: Rule, inner_path: tuple[str, ...], ctx: _Context) -> None:
         """C: replace with values of similar meaning known not to identify (PS3.15 E.1.1)."""
@@ -293,11 +371,12 @@ class Deidentifier:
 
     # --- patient identity ----------------------------------------------------------------------
 
-    @staticmethod
-    def _patient_key(ds: Dataset) -> str:
+    def _patient_key(self, ds: Dataset) -> str:
+        """Who the patient is, for pseudonyms and the date shift (see PATIENT_KEYS)."""
         pid = str(ds.get("PatientID", "") or "").strip()
         if pid:
-            return f"id:{pid}|{str(ds.get('IssuerOfPatientID', '') or '').strip()}"
+            issuer = str(ds.get("IssuerOfPatientID", "") or "").strip() if self.patient_key_rule == "id+issuer" else ""
+            return f"id:{pid}|{issuer}"
         name = str(ds.get("PatientName", "") or "").strip()
         if name:
             return f"name:{name}"
@@ -336,11 +415,16 @@ class Deidentifier:
             value = elem.value
             for v in value if isinstance(value, (list, MultiValue)) else [value]:
                 text = str(v or "").strip()
-                pieces = [text, *re.split(r"[\^=]+", text)] if rule.vr == "PN" else [text]
-                terms.update(p for p in pieces if len(p) >= 3)
+                if rule.vr == "PN":
+                    # every component group (alphabetic, ideographic, phonetic), every part however short
+                    for group in text.split("="):
+                        terms.add(group.replace("^", " ").strip())
+                        terms.update(p.strip() for p in re.split(r"[\^\s,.]+", group))
+                elif len(text) >= 3:
+                    terms.add(text)
 
         ds.walk(collect)
-        alternatives = [re.escape(t) for t in sorted(terms, key=len, reverse=True)]
+        alternatives = [_term_pattern(t) for t in sorted((t for t in terms if t), key=len, reverse=True)]
         alternatives.append(_GENERIC_PHI.pattern)
         return re.compile("|".join(alternatives), re.IGNORECASE)
 
@@ -399,6 +483,27 @@ class Deidentifier:
                 delattr(meta, name)
 
 
+#: How a patient is recognised across files: by Patient ID qualified by Issuer of Patient ID (the default:
+#: the same number from two issuers is two patients), or by Patient ID alone (one hospital's numbers,
+#: where some files lack the issuer). Without a Patient ID: the name, then the study.
+PATIENT_KEYS = ("id+issuer", "id")
+
+
+def _term_pattern(term: str) -> str:
+    """A regular expression for one identifying value in any spelling: separators between the characters
+    of an ID may vary ("P12345", "P-12-345"); short Latin name parts match whole words only ("Li" but
+    not "Liver"); ideographic and phonetic parts match anywhere (those scripts put no spaces)."""
+    if not term.isascii():
+        return re.escape(term)
+    chars = [c for c in term if c.isalnum()]
+    if len(chars) >= 4 and any(c.isdigit() for c in chars):
+        return r"(?<![A-Za-z0-9])" + r"[\s\-_./]?".join(re.escape(c) for c in chars) + r"(?![A-Za-z0-9])"
+    if len(term) < 3:
+        return r"(?<![A-Za-z0-9])" + re.escape(term) + r"(?![A-Za-z0-9])"
+    return re.escape(term)
+
+
+@lru_cache(maxsize=4096)
 def _dict_vr(tag: int) -> str:
     try:
         return str(dictionary_VR(tag))
@@ -432,6 +537,11 @@ def _scrub(value: Any, pattern: re.Pattern[str] | None, repl: str = "*") -> Any:
     """Blank the object's own identifiers and date- or number-like runs inside free text."""
     if pattern is None:
         return value
+
+    def one(text: str) -> str:
+        text = pattern.sub(repl, text)
+        return _ID_LIKE.sub(lambda m: repl if sum(c.isdigit() for c in m[0]) >= 4 else m[0], text).strip()
+
     if isinstance(value, str):
-        return pattern.sub(repl, value).strip()
-    return [pattern.sub(repl, str(v)).strip() for v in value]
+        return one(value)
+    return [one(str(v)) for v in value]

@@ -152,9 +152,9 @@ class Profile:
         group, elem = tag >> 16, tag & 0xFFFF
         if group & 1:
             return self.private
-        if 0x5000 <= group <= 0x501E and not group & 1:
+        if 0x5000 <= group <= 0x501E:
             return self.curve
-        if 0x6000 <= group <= 0x601E and not group & 1:
+        if 0x6000 <= group <= 0x601E:
             if elem == 0x3000:
                 return self.overlay_data
             if elem == 0x4000:
