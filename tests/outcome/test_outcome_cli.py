@@ -106,10 +106,8 @@ def test_runtime_results_equal_what_predict_writes(bundle: Path, clinical_csv: P
     assert isinstance(first, OutcomeResult)
     assert first.probability == first.probabilities[first.model]
     assert first.positive == (first.probability >= first.threshold)
-    assert first.missing_fields == ["offset", "temperature", "pO2_saturation", "leukocyte_count"] + [
-        "neutrophil_count",
-        "lymphocyte_count",
-    ]
+    missing = ["offset", "temperature", "pO2_saturation", "leukocyte_count", "neutrophil_count", "lymphocyte_count"]
+    assert first.missing_fields == missing
     assert not list(tmp_path.iterdir())  # predict writes nothing
     pred = tmp_path / "pred"
     assert main(["predict", str(bundle), str(clinical_csv), "--out", str(pred)]) == 0
