@@ -1,20 +1,36 @@
 """COVID-19 chest X-rays: survival (death) and ICU admission from image only, clinical only and fused models,
 AUC with patient-level bootstrap 95% CIs, on one fixed patient-level split per outcome.
 
-Run: ``MEDSIGHT_DATA=../shared/data .venv/bin/python benchmarks/covid_outcome.py --time-budget 300``
-Each outcome trains ``medsight train <data>/covid_cxr_lung_boxes#<outcome>`` (CNN on 128x128 downsized images) and
-evaluates on the test split.
+Run: ``MEDSIGHT_THREADS=1 MEDSIGHT_DATA=../shared/data .venv/bin/python benchmarks/covid_outcome.py --time-budget 240``
+Each outcome trains the outcome task on ``<data>/covid_cxr_lung_boxes#<outcome>`` (CNN on 128x128 downsized images,
+the same as ``medsight train``) and evaluates on the test split. Writes ``benchmarks/results/covid_outcome.json``
+(figures with CIs, the command, commit, date and seeds) and ``<out>/summary.json``.
 """
 
 from __future__ import annotations
 
 import argparse
-import json
+import datetime as dt
 import os
+import subprocess
+import sys
 import time
 from pathlib import Path
+from typing import Any
 
-from medsight.pipelines import outcome
+from medsight import tasks
+from medsight.io.atomic import write_json
+
+RESULTS = Path(__file__).resolve().parent / "results" / "covid_outcome.json"
+
+
+def _commit() -> str:
+    try:
+        return subprocess.run(
+            ["git", "rev-parse", "--short", "HEAD"], capture_output=True, text=True, check=True
+        ).stdout.strip()
+    except (OSError, subprocess.CalledProcessError):
+        return "unknown"
 
 
 def main() -> None:
@@ -28,18 +44,19 @@ def main() -> None:
     ap.add_argument("--epochs", type=int, default=30)
     ap.add_argument("--time-budget", type=float, default=300.0)
     ap.add_argument("--bootstrap", type=int, default=1000)
+    ap.add_argument("--results", type=Path, default=RESULTS, help="results JSON to write")
     args = ap.parse_args()
-    summary = {}
+    task = tasks.get("outcome")
+    summary: dict[str, Any] = {}
     for name in args.outcomes:
         spec = f"{args.data}#{name}"
         start = time.monotonic()
-        meta = outcome.train(
-            spec, args.out / f"{name}_bundle", seed=args.seed, epochs=args.epochs, time_budget_s=args.time_budget
+        options = task.Options.from_mapping(
+            {"seed": args.seed, "epochs": args.epochs, "time_budget_s": args.time_budget}, "outcome"
         )
+        meta = task.train(spec, args.out / f"{name}_bundle", options)
         trained = time.monotonic() - start
-        r = outcome.evaluate(
-            args.out / f"{name}_bundle", spec, "test", args.out / f"{name}_eval", n_boot=args.bootstrap
-        )
+        r = task.evaluate(args.out / f"{name}_bundle", spec, "test", args.out / f"{name}_eval", args.bootstrap)
         total = time.monotonic() - start
         sel = meta["selection"]
         print(
@@ -48,7 +65,7 @@ def main() -> None:
         )
         print(
             f"training {trained:.0f} s (CNN {meta['training']['epochs_run']} epochs, best "
-            f"{meta['training']['best_epoch']}); total wall {total:.0f} s"
+            f"{meta['training']['best_epoch']}, {meta['training']['seconds']} s); total wall {total:.0f} s"
         )
         print("val AUC: " + ", ".join(f"{k} {v:.3f}" for k, v in sel["val_auc"].items()))
         print(f"deployed: {sel['selected']} (fusion kept: {sel['fusion_kept']})")
@@ -58,8 +75,37 @@ def main() -> None:
             lo, hi = v["ci95"]
             val = "nan" if v["value"] is None else f"{v['value']:.3f}"
             print(f"  {k:40s} {val}" + ("" if lo is None else f" [{lo:.3f}, {hi:.3f}]"))
-        summary[name] = {"metrics": r["metrics"], "selection": sel, "train_s": trained}
-    (args.out / "summary.json").write_text(json.dumps(summary, indent=2))
+        summary[name] = {
+            "target": meta["target"]["name"],
+            "test": {"n_images": r["n"], "n_patients": r["n_patients"], "positives": r["positives"]},
+            "metrics": r["metrics"],
+            "selection": sel,
+            "operating_point": meta["operating_point"],
+            "cnn": {
+                "epochs_run": meta["training"]["epochs_run"],
+                "best_epoch": meta["training"]["best_epoch"],
+                "stopped_by": meta["training"]["stopped_by"],
+                "seconds": meta["training"]["seconds"],
+                "warnings": meta["training"]["warnings"],
+            },
+            "train_s": round(trained, 1),
+            "total_s": round(total, 1),
+        }
+    write_json(args.out / "summary.json", summary)
+    record = {
+        "benchmark": "covid_outcome",
+        "command": " ".join(
+            ["MEDSIGHT_THREADS=" + os.environ.get("MEDSIGHT_THREADS", ""), sys.executable, *sys.argv]
+        ).strip(),
+        "commit": _commit(),
+        "date": dt.datetime.now(dt.timezone.utc).isoformat(timespec="seconds"),
+        "seeds": [args.seed],
+        "settings": {"epochs": args.epochs, "time_budget_s": args.time_budget, "bootstrap": args.bootstrap},
+        "ci95": f"percentile bootstrap over patients ({args.bootstrap} resamples)",
+        "outcomes": summary,
+    }
+    write_json(args.results, record)
+    print(f"\nresults: {args.results}")
 
 
 if __name__ == "__main__":
