@@ -1,0 +1,167 @@
+"""The classification model card: figures (ROC, PR, reliability, confusion, Grad-CAM) and sections."""
+
+from __future__ import annotations
+
+import html
+from typing import Any
+
+import numpy as np
+
+from medsight.evaluation.card import Figure, Section, fmt, subgroup_section
+from medsight.evaluation.plots import confusion_plot, overlay_grid, pr_plot, reliability_plot, roc_plot
+from medsight.tasks.classification.plan import ClassificationPlan
+from medsight.training.bundle import Bundle
+
+
+def performance_figures(
+    task_type: str,
+    names: list[str],
+    labels: np.ndarray,
+    probs: np.ndarray,
+    probs_raw: np.ndarray,
+    decision: np.ndarray,
+    result: dict[str, Any],
+) -> list[Figure]:
+    """ROC, precision-recall, reliability and confusion figures for the evaluated split."""
+    if task_type == "binary":
+        score = probs[:, 1]
+        m = result["metrics"]
+        temperature = float(result["calibration"]["temperature"])
+        threshold = float(result["operating_point"]["threshold"])
+        return [
+            Figure(
+                "ROC",
+                roc_plot({names[1]: (labels, score)}, (m["sensitivity"]["value"], m["specificity"]["value"])),
+            ),
+            Figure("Precision-recall", pr_plot({names[1]: (labels, score)})),
+            Figure(
+                "Reliability",
+                reliability_plot(labels, {"uncalibrated": probs_raw[:, 1], f"temperature {temperature:.2f}": score}),
+                "Observed frequency of the positive class against predicted probability.",
+            ),
+            Figure("Confusion matrix", confusion_plot(labels, decision, names), f"threshold {threshold:.3f}"),
+        ]
+    if task_type == "multiclass":
+        onehot = np.eye(len(names))[labels]
+        return [
+            Figure("ROC (one-vs-rest)", roc_plot({n: (onehot[:, c], probs[:, c]) for c, n in enumerate(names)})),
+            Figure("Confusion matrix", confusion_plot(labels, decision, names)),
+        ]
+    return []
+
+
+def explanation_figures(panels: list[tuple[str, np.ndarray]]) -> list[Figure]:
+    if not panels:
+        return []
+    return [
+        Figure(
+            "Grad-CAM examples",
+            overlay_grid(panels),
+            "Where the model looked, for a sample of correct and incorrect decisions on the test images.",
+        )
+    ]
+
+
+def intro(bundle: Bundle, data_name: str, split: str) -> str:
+    tr = bundle.meta["training"]
+    return html.escape(
+        f"Evaluated on the {split} split of {data_name}. Trained {tr['epochs_run']} epochs (best {tr['best_epoch']},"
+        f" seed {tr['seed']}, {tr['seconds']} s on {tr['device']}). Every metric shows a 95% bootstrap confidence "
+        "interval."
+    )
+
+
+def sections(bundle: Bundle, r: dict[str, Any], figures: list[Figure]) -> list[Section]:
+    """Performance, per class, operating point, calibration, subgroups, explanations, model and data."""
+    m = r["metrics"]
+    keys = [k for k in ("auc", "accuracy", "sensitivity", "specificity", "ppv", "npv", "f1", "brier", "ece") if k in m]
+    table: list[list[Any]] = [["metric", "at the operating point" if r["task_type"] == "binary" else "value"]]
+    if r["task_type"] == "binary":
+        table[0].append("at threshold 0.5")
+        for k in keys:
+            table.append([k, fmt(m[k]), fmt(r["operating_point"]["at_0.5"][k])])
+    else:
+        table += [[k, fmt(m[k])] for k in keys]
+    out = [
+        Section(
+            "Performance",
+            f"n = {r['n']} images ({r['split']} split).",
+            table,
+            [f for f in figures if "Grad-CAM" not in f.title and "Reliability" not in f.title],
+        )
+    ]
+    if "per_class" in r:
+        pk = ["auc", "sensitivity", "specificity", "ppv", "f1"]
+        rows: list[list[Any]] = [["class", *pk]]
+        rows += [[name, *[fmt(v.get(k)) for k in pk]] for name, v in r["per_class"].items()]
+        out.append(Section("Per class", "", rows))
+    op = r["operating_point"]
+    if "threshold" in op:
+        out.append(
+            Section(
+                "Operating point",
+                html.escape(
+                    f"Method {op['method']}, chosen on the validation split: threshold {op['threshold']:.4f} "
+                    f"on p({op.get('applies_to')})"
+                    f" (validation sensitivity {op['val_sensitivity']:.3f}, specificity {op['val_specificity']:.3f})."
+                ),
+            )
+        )
+    cal = r["calibration"]
+    out.append(
+        Section(
+            "Calibration",
+            html.escape(f"Temperature scaling fitted on validation: T = {cal['temperature']:.3f}."),
+            [
+                ["", "ECE", "Brier"],
+                ["before", fmt(cal["before"]["ece"]), fmt(cal["before"]["brier"])],
+                ["after", fmt(cal["after"]["ece"]), fmt(cal["after"]["brier"])],
+            ],
+            [f for f in figures if "Reliability" in f.title],
+        )
+    )
+    out.append(subgroup_section(r.get("subgroups") or {}))
+    out.append(_explanations(r.get("explanations") or {}, figures))
+    out.append(_model_and_data(bundle))
+    return out
+
+
+def _explanations(ex: dict[str, Any], figures: list[Figure]) -> Section:
+    sanity = ex.get("sanity_check") or {}
+    text = (
+        html.escape(
+            f"{ex.get('method', '')}. Sanity check ({sanity.get('test')}): mean |Spearman rho| between maps of the "
+            f"trained and a weight-randomised model = {sanity.get('mean_abs_spearman', float('nan')):.3f} over "
+            f"{sanity.get('n_images')} images; passed: {sanity.get('passed')} (low correlation means the maps depend "
+            "on what the model learned)."
+        )
+        if sanity
+        else "No explanation examples."
+    )
+    return Section("Explanations", text, None, [f for f in figures if "Grad-CAM" in f.title])
+
+
+def _model_and_data(bundle: Bundle) -> Section:
+    meta = bundle.meta
+    plan = bundle.plan(ClassificationPlan)
+    d, tr = meta["data"], meta["training"]
+    return Section(
+        "Model and data",
+        "",
+        [
+            ["item", "value"],
+            ["network", f"{meta['network']['name']} ({meta['network'].get('parameters', '?')} parameters)"],
+            ["input", f"{bundle.input['n_channels']} x {bundle.input['spatial_size']}"],
+            ["training data", f"{d['source']} ({d['modality']}), split: {d['split_method']}, n = {d['n']}"],
+            ["optimiser", tr["optimizer"]],
+            [
+                "plan",
+                f"{plan.epochs} epochs planned ({plan.timing}), batch {plan.batch_size}, "
+                f"{'class-balanced' if plan.balanced_loss else 'plain'} loss; expected "
+                f"{plan.expected_seconds / 60:.1f} min, took {float(tr['seconds']) / 60:.1f} min",
+            ],
+            ["stopped by", tr["stopped_by"]],
+            ["versions", ", ".join(f"{k} {v}" for k, v in meta["versions"].items())],
+            ["ONNX vs PyTorch max |diff|", f"{meta['onnx']['max_abs_diff_vs_torch']:.2e}"],
+        ],
+    )

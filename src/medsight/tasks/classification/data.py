@@ -1,0 +1,56 @@
+"""Classification data: the sources a user names, the splits training needs, and new inputs read for prediction.
+
+Training and prediction prepare images the same way (:func:`medsight.transforms.prepare`), so a model sees
+at prediction time what it saw in training.
+"""
+
+from __future__ import annotations
+
+from collections.abc import Sequence
+from pathlib import Path
+from typing import Any
+
+import numpy as np
+from tqdm import tqdm
+
+from medsight.data.dataset import ClassificationData, SplitData
+from medsight.data.sources import load_classification
+from medsight.errors import MedsightError
+from medsight.io.images import read_image
+from medsight.training.bundle import Bundle
+from medsight.transforms import prepare
+
+__all__ = ["ClassificationData", "SplitData", "load", "load_like", "read_inputs", "val_split"]
+
+
+def load(spec: str, seed: int) -> ClassificationData:
+    """The data set ``spec`` names (MedMNIST, a MedMNIST-layout .npz or a manifest), split by ``seed`` if needed."""
+    return load_classification(spec, seed=seed)
+
+
+def load_like(bundle: Bundle, spec: str, seed: int) -> ClassificationData:
+    """``spec`` prepared as the bundle's model expects (same size, channels, labels), or a clear error."""
+    like: dict[str, Any] = {
+        **bundle.input,
+        "label_names": bundle.label_names,
+        "task_type": bundle.meta["task_type"],
+    }
+    return load_classification(spec, like=like, seed=seed)
+
+
+def val_split(data: ClassificationData) -> SplitData:
+    """The validation split: model selection, calibration and the operating point all need one."""
+    if "val" in data.splits:
+        return data.splits["val"]
+    raise MedsightError("no validation split: model selection and calibration need one", data.name)
+
+
+def read_inputs(inputs: Sequence[Path], spatial_dims: int, spatial_size: Sequence[int], n_channels: int) -> np.ndarray:
+    """Read and check every input before any is run: ``(N, C, *spatial)`` float32, prepared as in training."""
+    if not inputs:
+        raise MedsightError("no input files given")
+    raw = [read_image(p) for p in tqdm(inputs, desc="read", unit="file", disable=len(inputs) < 4)]
+    for path, image in zip(inputs, raw, strict=True):
+        if image.ndim - 1 != spatial_dims:
+            raise MedsightError(f"a {image.ndim - 1}D image, but the model takes {spatial_dims}D images", path)
+    return np.stack([prepare(image, list(spatial_size), n_channels) for image in raw])

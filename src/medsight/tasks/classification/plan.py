@@ -1,0 +1,283 @@
+"""What a classification run takes (options) and what it decides from the data and this machine (the plan).
+
+The planner works like nnU-Net's ``ExperimentPlanner``: one overridable ``determine_*`` step per decision, each
+reading the data and the options, so a variant overrides one step instead of copying the planning.
+
+Time: a default ``medsight train`` should finish in about ten minutes (:data:`DEFAULT_RUN_S`) on the 2-core CPU
+this project is developed on, and say so before it starts. Ten minutes is what the MedMNIST benchmarks were
+always given (540 s of training per run) and what ``make demo`` and a user waiting at a terminal accept; in it
+the previous defaults (40 epochs, batch 128, lr 2e-3) fit for PneumoniaMNIST and BreastMNIST at 28 px (about 13 s
+and 5 s per epoch), so their quality is unchanged. Larger sets (a MedMNIST 3D set of 1,188 volumes of 28³ took
+50-70 s per epoch, 45 minutes for 40 epochs) get fewer epochs: the planner times a few training iterations on
+the real data first, plans the epochs that fit, and the engine's :class:`TimeBudget` keeps the run inside the
+budget if the machine slows down. ``--epochs`` and ``--time-budget`` override the plan.
+"""
+
+from __future__ import annotations
+
+import dataclasses
+import logging
+import math
+import time
+from dataclasses import dataclass
+from typing import Any, Literal
+
+from medsight.data.dataset import ClassificationData
+from medsight.errors import MedsightError
+from medsight.tasks.classification import network
+from medsight.tasks.classification.steps import Speed, measure_speed
+from medsight.tasks.contract import Plan, TrainOptions
+from medsight.transforms import augmentation
+
+log = logging.getLogger("medsight.train")
+
+ClassBalance = Literal["auto", "on", "off"]
+
+#: A default run (data, planning, training, calibration, export) should take about this long: 10 minutes.
+DEFAULT_RUN_S = 600.0
+#: Seconds kept for what follows training (calibration, the operating point, ONNX export and its check).
+AFTER_TRAINING_S = 15.0
+
+
+@dataclass(kw_only=True)
+class ClassificationOptions(TrainOptions):
+    """The options classification takes beyond every task's (seed, epochs, time budget, batch size, lr)."""
+
+    #: Choose the operating point reaching this validation sensitivity (default: Youden's J).
+    target_sensitivity: float | None = None
+    #: Weight the loss by inverse class frequency: "auto" (default) when the classes are imbalanced.
+    class_balance: ClassBalance | None = None
+
+    def __post_init__(self) -> None:
+        if self.target_sensitivity is not None and not 0 < self.target_sensitivity < 1:
+            raise MedsightError(f"--target-sensitivity must lie between 0 and 1 (got {self.target_sensitivity})")
+        if self.class_balance is not None and self.class_balance not in ("auto", "on", "off"):
+            raise MedsightError(f"--class-balance must be auto, on or off (got {self.class_balance!r})")
+        for name in ("epochs", "batch_size"):
+            value = getattr(self, name)
+            if value is not None and value < 1:
+                raise MedsightError(f"--{name.replace('_', '-')} must be at least 1 (got {value})")
+        if self.time_budget_s is not None and self.time_budget_s <= 0:
+            raise MedsightError(f"--time-budget must be positive (got {self.time_budget_s})")
+        if self.lr is not None and self.lr <= 0:
+            raise MedsightError(f"--lr must be positive (got {self.lr})")
+
+
+@dataclass
+class NetworkPlan(Plan):
+    """The MONAI ResNet's keyword arguments, typed (see :func:`network.plan_network`)."""
+
+    block: str
+    layers: list[int]
+    block_inplanes: list[int]
+    spatial_dims: int
+    n_input_channels: int
+    conv1_t_size: int
+    conv1_t_stride: int
+    no_max_pool: bool
+    num_classes: int
+    name: str = network.NETWORK
+
+    def kwargs(self) -> dict[str, Any]:
+        """What the network's constructor takes (everything but ``name``)."""
+        return {k: v for k, v in self.to_json().items() if k != "name"}
+
+    def describe(self) -> str:
+        widths = "-".join(map(str, self.block_inplanes))
+        blocks = "-".join(map(str, self.layers))
+        return f"{self.spatial_dims}D ResNet {widths} ({blocks} blocks)"
+
+
+@dataclass
+class ClassificationPlan(Plan):
+    """Everything a classification run decided before training, stored in ``bundle.json`` as ``plan``."""
+
+    task_type: str
+    network: NetworkPlan
+    width: int
+    batch_size: int
+    lr: float
+    weight_decay: float
+    schedule: str
+    warmup_epochs: int
+    epochs: int
+    patience: int
+    time_budget_s: float | None
+    balanced_loss: bool
+    class_balance: str
+    augmentation: str
+    target_sensitivity: float | None
+    device: str
+    iterations_per_epoch: int
+    #: Measured before training on the real data: seconds per training iteration and per validation pass.
+    seconds_per_iteration: float
+    validation_seconds: float
+    #: What the planned epochs should take, and why the epochs and budget are what they are.
+    expected_seconds: float
+    timing: str
+    warnings: list[str] = dataclasses.field(default_factory=list)
+
+    @property
+    def seconds_per_epoch(self) -> float:
+        return self.iterations_per_epoch * self.seconds_per_iteration + self.validation_seconds
+
+    def summary(self) -> str:
+        """The plan in one paragraph, for the log before training starts."""
+        budget = f"time budget {self.time_budget_s / 60:.1f} min" if self.time_budget_s else "no time budget"
+        return (
+            f"plan: {self.network.describe()}, batch {self.batch_size}, lr {self.lr:g} (AdamW, {self.warmup_epochs} "
+            f"warm-up epoch + {self.schedule}), {'class-balanced ' if self.balanced_loss else ''}"
+            f"{'BCE' if self.task_type == 'multilabel' else 'cross-entropy'}, early stopping after {self.patience} "
+            f"epochs without improvement, {self.epochs} epochs on {self.device}. Measured "
+            f"{1 / max(self.seconds_per_iteration, 1e-9):.2f} iterations/s: {self.iterations_per_epoch} iterations "
+            f"+ {self.validation_seconds:.1f} s validation = {self.seconds_per_epoch:.1f} s per epoch; expected "
+            f"training time about {self.expected_seconds / 60:.1f} min ({budget}; {self.timing})"
+        )
+
+
+class ClassificationPlanner:
+    """Makes a :class:`ClassificationPlan` from the data, the options and a measurement of this machine.
+
+    Defaults (kept whenever the time allows, so quality does not drop): 40 epochs, batch 128, lr 2e-3, width 16,
+    patience 12, class-balanced loss for imbalanced single-label data.
+    """
+
+    default_epochs = 40
+    default_batch_size = 128
+    default_lr = 2e-3
+    default_width = 16
+    weight_decay = 1e-4
+    patience = 12
+    warmup_epochs = 1
+    schedule = "cosine"
+    default_run_s = DEFAULT_RUN_S
+
+    def __init__(
+        self, data: ClassificationData, options: ClassificationOptions, device: str, started: float | None = None
+    ) -> None:
+        self.data = data
+        self.options = options
+        self.device = device
+        #: When the run started (time.monotonic()), so the default budget counts loading and planning too.
+        self.started = time.monotonic() if started is None else started
+        self.train = data.split("train")
+
+    # --------------------------------------------------------------------------------------------- steps
+
+    def determine_network(self, width: int) -> NetworkPlan:
+        d = self.data
+        kwargs = network.plan_network(d.spatial_dims, d.spatial_size, d.n_channels, d.n_outputs, width)
+        return NetworkPlan(**kwargs)
+
+    def determine_width(self) -> int:
+        return self.default_width
+
+    def determine_batch_size(self) -> int:
+        """The user's, else 128 (never more than the training set, so every epoch has a full step)."""
+        if self.options.batch_size is not None:
+            return self.options.batch_size
+        return max(1, min(self.default_batch_size, len(self.train)))
+
+    def determine_lr(self) -> float:
+        return self.options.lr if self.options.lr is not None else self.default_lr
+
+    def determine_class_balance(self) -> tuple[bool, str]:
+        """(balanced loss?, why): on/off as asked, else balanced when the classes are imbalanced."""
+        choice = self.options.class_balance or "auto"
+        if choice == "auto":
+            balanced = network.is_imbalanced(self.data.task_type, self.train.labels)
+            return balanced, f"auto ({'imbalanced' if balanced else 'balanced'} classes)"
+        return choice == "on", choice
+
+    def determine_augmentation(self) -> str:
+        return repr(augmentation(self.data.modality, self.data.spatial_dims, self.options.seed).transforms)
+
+    def determine_speed(self, net: NetworkPlan, batch_size: int, lr: float, balanced: bool) -> Speed:
+        """Time a few training iterations of the planned network on the real training data."""
+        from medsight.training.seed import seed_everything
+
+        seed_everything(self.options.seed)
+        model = network.build_network(net.kwargs())
+        loss = network.loss_fn(self.data.task_type, self.train.labels, balanced)
+        augment = augmentation(self.data.modality, self.data.spatial_dims, self.options.seed + 1)
+        val = self.data.splits.get("val", self.train)
+        return measure_speed(
+            model, loss, self.train.images, self.train.labels, augment, val.images, batch_size, lr, self.device
+        )
+
+    def determine_epochs_and_budget(
+        self, seconds_per_epoch: float, elapsed: float
+    ) -> tuple[int, float | None, str, list[str]]:
+        """(epochs, training time budget, why, warnings) from the measured seconds per epoch.
+
+        - ``--epochs`` given: those epochs, and the budget only if ``--time-budget`` is given too.
+        - ``--time-budget`` given: the default epochs or as many as fit in it.
+        - neither: the default epochs when they fit in the default run (:data:`DEFAULT_RUN_S`, less what loading
+          and planning already took and what follows training), else as many as fit; that remainder is also the
+          engine's time budget, which stops training if the machine slows down.
+        """
+        given_epochs, given_budget = self.options.epochs, self.options.time_budget_s
+        per_epoch = max(seconds_per_epoch, 1e-6)
+        warnings: list[str] = []
+        if given_epochs is not None:
+            why = "epochs as given" + (", time budget as given" if given_budget else "")
+            if given_budget and given_epochs * per_epoch > given_budget:
+                fit = int(given_budget // per_epoch)
+                warnings.append(
+                    f"{given_epochs} epochs need about {given_epochs * per_epoch / 60:.1f} min but the time budget "
+                    f"is {given_budget / 60:.1f} min: expect about {fit} epochs"
+                )
+            return given_epochs, given_budget, why, warnings
+        if given_budget is not None:
+            budget, source = given_budget, "the given time budget"
+        else:
+            budget = max(60.0, self.default_run_s - elapsed - AFTER_TRAINING_S)
+            source = f"the default run of {self.default_run_s / 60:.0f} min"
+        fit = int(budget // per_epoch)
+        if fit >= self.default_epochs:
+            return self.default_epochs, budget, f"the default {self.default_epochs} epochs fit {source}", warnings
+        epochs = max(1, fit)
+        warnings.append(
+            f"only {epochs} of the default {self.default_epochs} epochs fit {source} (about {per_epoch:.0f} s per "
+            f"epoch here; {self.default_epochs} would take {self.default_epochs * per_epoch / 60:.0f} min): the model "
+            "may be under-trained; give --time-budget or --epochs to train longer"
+        )
+        return epochs, budget, f"{epochs} epochs fit {source}", warnings
+
+    # ------------------------------------------------------------------------------------------------ plan
+
+    def plan(self) -> ClassificationPlan:
+        width = self.determine_width()
+        net = self.determine_network(width)
+        batch_size = self.determine_batch_size()
+        lr = self.determine_lr()
+        balanced, balance_why = self.determine_class_balance()
+        speed = self.determine_speed(net, batch_size, lr, balanced)
+        iterations = math.ceil(len(self.train) / batch_size)
+        per_epoch = iterations * speed.seconds_per_iteration + speed.validation_seconds
+        epochs, budget, why, warnings = self.determine_epochs_and_budget(per_epoch, time.monotonic() - self.started)
+        expected = epochs * per_epoch if budget is None else min(epochs * per_epoch, budget)
+        return ClassificationPlan(
+            task_type=self.data.task_type,
+            network=net,
+            width=width,
+            batch_size=batch_size,
+            lr=lr,
+            weight_decay=self.weight_decay,
+            schedule=self.schedule,
+            warmup_epochs=self.warmup_epochs,
+            epochs=epochs,
+            patience=self.patience,
+            time_budget_s=None if budget is None else round(float(budget), 1),
+            balanced_loss=balanced,
+            class_balance=balance_why,
+            augmentation=self.determine_augmentation(),
+            target_sensitivity=self.options.target_sensitivity,
+            device=self.device,
+            iterations_per_epoch=iterations,
+            seconds_per_iteration=round(speed.seconds_per_iteration, 4),
+            validation_seconds=round(speed.validation_seconds, 2),
+            expected_seconds=round(expected, 1),
+            timing=why,
+            warnings=warnings,
+        )

@@ -1,0 +1,114 @@
+"""The training step and batches, shared by training and by the planner's speed measurement.
+
+The planner times a few iterations of exactly what training will run (same network, batch size, loss,
+augmentation and device), so the epochs it plans and the time it announces come from this machine as it is now.
+"""
+
+from __future__ import annotations
+
+import copy
+import time
+from collections.abc import Callable, Iterator
+from dataclasses import dataclass
+
+import numpy as np
+import torch
+from torch import nn
+from torch.utils.data import DataLoader
+
+from medsight.training.engine import prefetch
+from medsight.training.trainer import AugmentedArrays, predict_logits
+
+Batch = tuple[torch.Tensor, torch.Tensor]
+
+#: Batch size of validation and prediction passes (memory only; results do not depend on it).
+EVAL_BATCH = 256
+
+
+def make_step(
+    model: nn.Module, loss: nn.Module, device: str
+) -> Callable[[Batch], tuple[torch.Tensor, dict[str, float]]]:
+    """One optimisation step's forward pass: batch in, loss out (the engine does backward and the update)."""
+    loss = loss.to(device)
+
+    def step(batch: Batch) -> tuple[torch.Tensor, dict[str, float]]:
+        xb, yb = batch
+        return loss(model(xb.to(device, non_blocking=True)), yb.to(device, non_blocking=True)), {}
+
+    return step
+
+
+def loader(images: np.ndarray, labels: np.ndarray, augment: Callable | None, batch_size: int, seed: int) -> DataLoader:
+    """Shuffled, augmented batches; the generator is seeded so the same seed gives the same batches."""
+    generator = torch.Generator().manual_seed(seed)
+    return DataLoader(
+        AugmentedArrays(images, labels, augment), batch_size=batch_size, shuffle=True, generator=generator
+    )
+
+
+def epoch_batches(batches: DataLoader) -> Callable[[int], Iterator[Batch]]:
+    """Each epoch's batches, produced on a background thread so augmentation overlaps the optimisation step."""
+    return lambda epoch: prefetch(iter(batches))
+
+
+@dataclass
+class Speed:
+    """What the planner measured: seconds per training iteration and per validation pass."""
+
+    seconds_per_iteration: float
+    validation_seconds: float
+    iterations_timed: int
+
+
+def measure_speed(
+    model: nn.Module,
+    loss: nn.Module,
+    images: np.ndarray,
+    labels: np.ndarray,
+    augment: Callable | None,
+    val_images: np.ndarray,
+    batch_size: int,
+    lr: float,
+    device: str,
+    max_iterations: int = 3,
+    max_seconds: float = 20.0,
+) -> Speed:
+    """Time training iterations (after one untimed warm-up) on a throw-away copy of ``model``, and one
+    validation pass scaled from a sample. Stops timing after ``max_iterations`` or ``max_seconds``."""
+    model = copy.deepcopy(model).to(device).train()
+    optimizer = torch.optim.AdamW(model.parameters(), lr=lr)
+    step = make_step(model, loss, device)
+    amp = device.startswith("cuda")
+    scaler = torch.amp.GradScaler("cuda", enabled=amp)
+    n = min(len(images), batch_size * (max_iterations + 1))
+    batches = iter(loader(images[:n], labels[:n], augment, batch_size, seed=0))
+
+    def one() -> bool:
+        batch = next(batches, None)
+        if batch is None:
+            return False
+        optimizer.zero_grad(set_to_none=True)
+        with torch.autocast(device_type=torch.device(device).type, enabled=amp):
+            value, _ = step(batch)
+        scaler.scale(value).backward()
+        scaler.step(optimizer)
+        scaler.update()
+        if amp:
+            torch.cuda.synchronize()
+        return True
+
+    one()  # warm-up: one-off allocation and kernel selection costs
+    timed, started = 0, time.monotonic()
+    while timed < max_iterations and (timed == 0 or time.monotonic() - started < max_seconds) and one():
+        timed += 1
+    per_iteration = (time.monotonic() - started) / max(timed, 1)
+    if timed == 0:  # fewer than two batches of training data: the warm-up is the only measure
+        started = time.monotonic()
+        batches = iter(loader(images[:n], labels[:n], augment, batch_size, seed=0))
+        one()
+        per_iteration = time.monotonic() - started
+    sample = val_images[: min(len(val_images), 64)]
+    started = time.monotonic()
+    predict_logits(model, sample, device, EVAL_BATCH)
+    val_seconds = (time.monotonic() - started) * len(val_images) / max(len(sample), 1)
+    return Speed(per_iteration, val_seconds, max(timed, 1))

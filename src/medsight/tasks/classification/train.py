@@ -1,0 +1,224 @@
+"""Train a classification bundle: plan from the data and measured speed, run the engine, calibrate, export.
+
+Selection, calibration and the operating point all use the validation split; the test split is never read.
+"""
+
+from __future__ import annotations
+
+import logging
+import time
+from pathlib import Path
+from typing import Any
+
+import numpy as np
+import torch
+from torch import nn
+
+from medsight import config
+from medsight.data.dataset import ClassificationData, SplitData
+from medsight.evaluation.calibration import TemperatureScaler
+from medsight.evaluation.metrics import binary_metrics, multiclass_metrics, multilabel_metrics
+from medsight.evaluation.operating_point import choose_threshold
+from medsight.io.atomic import atomic_dir
+from medsight.runtime.onnx_export import export_onnx
+from medsight.tasks.classification.data import load, val_split
+from medsight.tasks.classification.network import build_network, loss_fn, probabilities
+from medsight.tasks.classification.plan import ClassificationOptions, ClassificationPlan, ClassificationPlanner
+from medsight.tasks.classification.steps import EVAL_BATCH, epoch_batches, loader, make_step
+from medsight.training.bundle import FORMAT, ONNX, WEIGHTS, library_versions, now_iso, write_bundle_json
+from medsight.training.engine import (
+    EarlyStopping,
+    Engine,
+    KeepBest,
+    LRSchedule,
+    Progress,
+    State,
+    TimeBudget,
+    Validate,
+)
+from medsight.training.seed import seed_everything
+from medsight.training.trainer import predict_logits
+from medsight.transforms import augmentation
+
+log = logging.getLogger("medsight.train")
+
+
+def train(spec: str, out: Path, options: ClassificationOptions) -> dict[str, Any]:
+    """Train on ``spec``'s train split, select on val, calibrate and pick the operating point on val."""
+    started = time.monotonic()
+    seed_everything(options.seed)
+    torch.set_num_threads(config.num_threads())
+    device = config.device()
+    data = load(spec, options.seed)
+    train_split, val = data.split("train"), val_split(data)
+    log.info(
+        "training %s: %s, %d labels, %d train / %d val images of %s",
+        data.name,
+        data.task_type,
+        data.n_outputs,
+        len(train_split),
+        len(val),
+        "x".join(map(str, [data.n_channels, *data.spatial_size])),
+    )
+    plan = ClassificationPlanner(data, options, device, started).plan()
+    log.info(plan.summary())
+    for warning in plan.warnings:
+        log.warning(warning)
+
+    seed_everything(options.seed)  # the measurement drew random numbers: start training from the seed again
+    model = build_network(plan.network.kwargs())
+    state = fit(model, data, plan, options.seed)
+    model.cpu().eval()
+    val_logits = predict_logits(model, val.images, "cpu", EVAL_BATCH)
+    scaler = TemperatureScaler(multilabel=data.task_type == "multilabel").fit(val_logits, val.labels)
+    val_probs = probabilities(val_logits, data.task_type, scaler.temperature_)
+    operating = operating_point(data, val.labels, val_probs, plan.target_sensitivity)
+    val_metrics = summary_metrics(data.task_type, val.labels, val_probs, operating)
+    meta = _meta(data, plan, options, model, state, time.monotonic() - started, scaler.temperature_)
+    meta |= {"operating_point": operating, "metrics": {"val": val_metrics}}
+    with atomic_dir(out) as tmp:
+        torch.save(model.state_dict(), tmp / WEIGHTS)
+        meta["onnx"] = export_onnx(model, torch.as_tensor(val.images[: min(4, len(val))]), tmp / ONNX)
+        write_bundle_json(tmp, meta)
+    log.info(
+        "bundle written to %s (best epoch %d, val AUC %.4f, %.0f s in all; %.0f s expected)",
+        out,
+        state.best_epoch,
+        val_metrics["auc"],
+        time.monotonic() - started,
+        plan.expected_seconds,
+    )
+    return meta
+
+
+def fit(model: nn.Module, data: ClassificationData, plan: ClassificationPlan, seed: int) -> State:
+    """Run the engine: warm-up + cosine, validation AUC every epoch, best weights kept, early stopping, budget."""
+    train_split, val = data.split("train"), val_split(data)
+    augment = augmentation(data.modality, data.spatial_dims, seed)
+    batches = loader(train_split.images, train_split.labels, augment, plan.batch_size, seed)
+    optimizer = torch.optim.AdamW(model.parameters(), lr=plan.lr, weight_decay=plan.weight_decay)
+    loss = loss_fn(data.task_type, train_split.labels, plan.balanced_loss)
+    device = plan.device
+    engine = Engine(
+        model,
+        optimizer,
+        make_step(model, loss, device),
+        epoch_batches(batches),
+        plan.epochs,
+        len(batches),
+        handlers=[
+            LRSchedule(plan.lr, plan.schedule, warmup_iterations=plan.warmup_epochs * len(batches)),
+            Validate(lambda: validation_score(data, val, predict_logits(model, val.images, device, EVAL_BATCH))),
+            KeepBest(),
+            EarlyStopping(plan.patience),
+            TimeBudget(plan.time_budget_s),
+            Progress("train"),
+        ],
+        device=device,
+    )
+    return engine.run()
+
+
+def validation_score(data: ClassificationData, val: SplitData, logits: np.ndarray) -> tuple[float, dict[str, float]]:
+    """What selects the best epoch: validation AUC (macro for multi-class/-label), accuracy when AUC is undefined."""
+    probs = probabilities(logits, data.task_type)
+    if data.task_type == "binary":
+        m = binary_metrics(val.labels, probs[:, 1], 0.5)
+    elif data.task_type == "multiclass":
+        m = multiclass_metrics(val.labels, probs)
+    else:
+        m = multilabel_metrics(val.labels, probs)
+    auc = m["auc"] if not np.isnan(m["auc"]) else m["accuracy"]
+    return float(auc), {"val_auc": m["auc"], "val_accuracy": m["accuracy"]}
+
+
+def operating_point(
+    data: ClassificationData, labels: np.ndarray, probs: np.ndarray, target_sensitivity: float | None
+) -> dict[str, Any]:
+    """The decision rule chosen on validation: a threshold (binary), one per label (multi-label), or arg-max."""
+    if data.task_type == "binary":
+        op = choose_threshold(labels, probs[:, 1], target_sensitivity)
+        return {**op, "chosen_on": "val", "applies_to": data.label_names[1]}
+    if data.task_type == "multilabel":
+        per = [choose_threshold(labels[:, k], probs[:, k], target_sensitivity) for k in range(labels.shape[1])]
+        return {"method": per[0]["method"], "thresholds": [p["threshold"] for p in per], "chosen_on": "val"}
+    return {"method": "argmax", "chosen_on": "none (multi-class decisions take the most probable class)"}
+
+
+def summary_metrics(
+    task_type: str, labels: np.ndarray, probs: np.ndarray, operating: dict[str, Any]
+) -> dict[str, float]:
+    """Point metrics at the operating point (no CIs): what bundle.json records for validation."""
+    if task_type == "binary":
+        return binary_metrics(labels, probs[:, 1], float(operating["threshold"]))
+    if task_type == "multiclass":
+        return multiclass_metrics(labels, probs)
+    return multilabel_metrics(labels, probs, np.asarray(operating["thresholds"]))
+
+
+def _meta(
+    data: ClassificationData,
+    plan: ClassificationPlan,
+    options: ClassificationOptions,
+    model: nn.Module,
+    state: State,
+    seconds: float,
+    temperature: float,
+) -> dict[str, Any]:
+    """bundle.json (less the operating point, metrics and ONNX record, added once known)."""
+    return {
+        "format": FORMAT,
+        "task": "classification",
+        "task_type": data.task_type,
+        "label_names": data.label_names,
+        "input": {
+            "spatial_dims": data.spatial_dims,
+            "spatial_size": data.spatial_size,
+            "n_channels": data.n_channels,
+            "layout": "N,C," + ("D,H,W" if data.spatial_dims == 3 else "H,W"),
+            "dtype": "float32",
+        },
+        "plan": plan.to_json(),
+        "options": options.given(),
+        "preprocessing": {
+            "steps": [
+                "channels: mean of colour channels for a 1-channel model, repeat grey for a 3-channel one",
+                "ScaleIntensity(minv=0, maxv=1) per image",
+                f"Resize(spatial_size={data.spatial_size}, mode=area when shrinking)",
+            ],
+            "augmentation": plan.augmentation,
+        },
+        "network": {
+            "name": plan.network.name,
+            "kwargs": plan.network.kwargs(),
+            "parameters": int(sum(p.numel() for p in model.parameters())),
+        },
+        "data": {
+            "source": data.name,
+            "modality": data.modality,
+            "split_method": data.split_method,
+            "n": {k: len(v) for k, v in data.splits.items()},
+            "fingerprint": data.fingerprint,
+        },
+        "training": {
+            "seed": options.seed,
+            "epochs_requested": plan.epochs,
+            "epochs_run": state.epoch,
+            "best_epoch": state.best_epoch,
+            "stopped_by": state.stopped_by,
+            "seconds": round(seconds, 1),
+            "expected_seconds": plan.expected_seconds,
+            "time_budget_s": plan.time_budget_s,
+            "optimizer": f"AdamW(lr={plan.lr}, weight_decay={plan.weight_decay}), warm-up + {plan.schedule}",
+            "batch_size": plan.batch_size,
+            "loss": ("class-balanced " if plan.balanced_loss else "")
+            + ("BCE per label" if data.task_type == "multilabel" else "cross-entropy"),
+            "device": plan.device,
+            "selection": "best validation " + ("AUC" if data.task_type != "multiclass" else "macro AUC"),
+            "history": state.history,
+            "warnings": [*plan.warnings, *state.warnings],
+        },
+        "calibration": {"method": "temperature scaling", "fitted_on": "val", "temperature": temperature},
+        "versions": library_versions(),
+        "created": now_iso(),
+    }
