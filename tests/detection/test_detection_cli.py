@@ -1,14 +1,20 @@
-"""Detection through the same CLI as every task: train → evaluate → predict, on a small real COCO subset."""
+"""Detection through the same CLI as every task: train → evaluate → predict, on a small real COCO subset; the
+contract around it (options, typed plan, warm runtime, schema-checked bundle.json)."""
 
 from __future__ import annotations
 
 import json
+import shutil
 from pathlib import Path
 
 import pytest
 
+from medsight import runtime, tasks
 from medsight.cli import main
-from medsight.pipelines import detect_task
+from medsight.errors import MedsightError
+from medsight.tasks.detection import DetectionOptions, DetectionPlan
+from medsight.tasks.detection.predict import BoxFinding, DetectionResult
+from medsight.training.bundle import load_bundle
 
 
 @pytest.fixture(scope="module")
@@ -36,20 +42,98 @@ def coco_subset(tmp_path_factory: pytest.TempPathFactory, shared_data: Path) -> 
     return folder
 
 
-def test_train_evaluate_predict(coco_subset: Path, tmp_path: Path) -> None:
-    assert detect_task(str(coco_subset)) == "detection"
-    bundle = tmp_path / "bundle"
-    assert main(["train", str(coco_subset), "--out", str(bundle), "--epochs", "1"]) == 0
+@pytest.fixture(scope="module")
+def bundle(coco_subset: Path, tmp_path_factory: pytest.TempPathFactory) -> Path:
+    """A one-epoch bundle trained through the CLI."""
+    out = tmp_path_factory.mktemp("det") / "bundle"
+    assert main(["train", str(coco_subset), "--task", "detection", "--out", str(out), "--epochs", "1"]) == 0
+    return out
+
+
+def _first_image(coco_subset: Path) -> Path:
+    return Path(json.loads((coco_subset / "annotations.json").read_text())["images"][0]["file_name"])
+
+
+def test_train_evaluate_predict(coco_subset: Path, bundle: Path, tmp_path: Path) -> None:
+    # The detection task claims COCO data (``tasks.detect`` asks it after segmentation, which does not).
+    assert tasks.get("detection").recognises(str(coco_subset))
+    assert not tasks.get("detection").recognises(str(coco_subset) + "#outcome")
     meta = json.loads((bundle / "bundle.json").read_text())
     assert meta["task"] == "detection" and meta["label_names"] == ["Right Lung", "Left Lung"]
-    assert meta["network"]["name"] == "medsight.tasks.detection.retinanet"
+    assert meta["network"]["name"] == "medsight.tasks.detection.network.retinanet"
+    assert meta["options"] == {"seed": 0, "epochs": 1} and meta["training"]["epochs_run"] == 1
     ev = tmp_path / "eval"
     assert main(["evaluate", str(bundle), str(coco_subset), "--out", str(ev), "--bootstrap", "20"]) == 0
     metrics = json.loads((ev / "metrics.json").read_text())
     assert {"ap50_right_lung", "ap50_left_lung", "map50", "image_auc"} <= set(metrics["metrics"])
     assert "ci95" in metrics["metrics"]["map50"] and (ev / "card.html").is_file()
-    image = Path(json.loads((coco_subset / "annotations.json").read_text())["images"][0]["file_name"])
+    assert metrics["inference_engine"] == "onnxruntime"
     pred = tmp_path / "pred"
-    assert main(["predict", str(bundle), str(image), "--out", str(pred)]) == 0
+    assert main(["predict", str(bundle), str(_first_image(coco_subset)), "--out", str(pred)]) == 0
     out = json.loads((pred / "predictions.json").read_text())["predictions"][0]
     assert out["summary"] and out["image_size"][1] == 384
+    assert (pred / out["files"]["overlay"]).is_file()
+
+
+def test_an_option_detection_does_not_take_is_rejected_by_name(
+    coco_subset: Path, tmp_path: Path, capsys: pytest.CaptureFixture[str]
+) -> None:
+    with pytest.raises(MedsightError, match="--fold"):
+        DetectionOptions.from_mapping({"fold": 1}, "detection")
+    args = ["train", str(coco_subset), "--task", "detection", "--out", str(tmp_path / "b"), "--class-balance", "on"]
+    code = main(args)
+    err = capsys.readouterr().err.strip().splitlines()
+    assert code == 2 and len(err) == 1 and "--class-balance" in err[0], err
+    assert not (tmp_path / "b").exists()
+
+
+def test_the_typed_plan_round_trips_through_bundle_json(bundle: Path) -> None:
+    meta = json.loads((bundle / "bundle.json").read_text())
+    plan = load_bundle(bundle).plan(DetectionPlan)
+    assert isinstance(plan, DetectionPlan) and plan.to_json() == meta["plan"]
+    assert DetectionPlan.from_json(plan.to_json()) == plan
+    assert plan.kind == "objects" and plan.selection == "map50" and not plan.flip
+    assert plan.epochs == 1 and plan.image_size == 256 and plan.network.num_classes == 2
+    assert plan.network.to_json() == meta["network"]["kwargs"] and len(plan.anchor_shapes) == 3
+
+
+def test_the_warm_runtime_returns_what_predict_writes(coco_subset: Path, bundle: Path, tmp_path: Path) -> None:
+    images = [_first_image(coco_subset), _first_image(coco_subset)]
+    model = runtime.load(bundle)
+    results = model.predict(images)
+    assert [type(r) for r in results] == [DetectionResult, DetectionResult]
+    assert all(isinstance(f, BoxFinding) for r in results for f in r.findings)  # type: ignore[attr-defined]
+    assert not list(tmp_path.iterdir())  # predict writes nothing
+    again = model.predict(images)  # the same warm model, run twice, gives the same results
+    assert [r.to_json() for r in again] == [r.to_json() for r in results]
+    pred = tmp_path / "pred"
+    assert main(["predict", str(bundle), *map(str, images), "--out", str(pred)]) == 0
+    written = json.loads((pred / "predictions.json").read_text())["predictions"]
+    runtime.write_predictions(model, results, tmp_path / "mine")  # fills the files names as the CLI does
+    assert [r.to_json() for r in results] == written
+    assert written[0]["files"]["overlay"] != written[1]["files"]["overlay"]
+
+
+@pytest.mark.parametrize(
+    ("edit", "expected"),
+    [
+        (lambda m: m["input"].update(spatial_size="256"), "at input/spatial_size"),
+        (lambda m: m.pop("operating_point"), "'operating_point' is a required property"),
+        (lambda m: m["plan"].update(anchors=[1]), "DetectionPlan: unknown key(s) ['anchors']"),
+        (lambda m: m.update(format="medsight-bundle/9"), "written by a newer medsight"),
+    ],
+)
+def test_a_hand_edited_bundle_fails_to_load_with_one_clear_line(
+    bundle: Path, tmp_path: Path, capsys: pytest.CaptureFixture[str], edit, expected: str
+) -> None:
+    broken = tmp_path / "broken"
+    shutil.copytree(bundle, broken)
+    meta = json.loads((broken / "bundle.json").read_text())
+    edit(meta)
+    (broken / "bundle.json").write_text(json.dumps(meta))
+    with pytest.raises(MedsightError) as info:
+        runtime.load(broken)
+    assert expected in str(info.value)
+    assert main(["predict", str(broken), str(bundle / "bundle.json"), "--out", str(tmp_path / "p")]) == 2
+    err = capsys.readouterr().err.strip().splitlines()
+    assert len(err) == 1 and expected in err[0], err
