@@ -36,16 +36,16 @@ def test_brain_mr_study(shared_data: Path, tmp_path: Path, key_file: Path) -> No
     out, audit, reid = tmp_path / "out", tmp_path / "logs" / "audit.log", tmp_path / "secrets" / "reid.csv"
     rc = main(["deid", str(src), str(out), "--key-file", str(key_file), "--audit-log", str(audit),
                "--reid-table", str(reid), "--workers", "2", "--no-progress"])
-    assert rc == 1  # MD5SUMS and SOURCE.md are not DICOM: reported, skipped, and the status says so
+    assert rc == 0  # MD5SUMS and SOURCE.md are not DICOM: reported as skipped; the status stays 0
     assert md5_tree(src) == before
     report = json.loads((out / "deid_report.json").read_text())
-    assert report["counts"]["written"] == 88 and report["counts"]["rejected"] == 2
-    assert {r["input"] for r in report["rejected"]} == {"MD5SUMS", "SOURCE.md"}
+    assert report["counts"]["written"] == 88 and report["counts"]["skipped"] == 2
+    assert [r["reason"] for r in report["skipped"]] == ["not DICOM", "not DICOM"]
     assert (out / "deid_report.html").read_text().startswith("<!doctype html>")
     assert stat.S_IMODE(key_file.stat().st_mode) == 0o600
     assert stat.S_IMODE(reid.stat().st_mode) == 0o600 and "PGBM-003" in reid.read_text()
     line = json.loads(audit.read_text().splitlines()[-1])
-    assert line["written"] == 88 and line["rejected"] == 2
+    assert line["written"] == 88 and line["skipped"] == 2
     for text in (audit.read_text(), (out / "deid_report.json").read_text()):
         assert "PGBM" not in text and "Dumbledore" not in text and "Albus" not in text
     # pixel data and geometry unchanged, one output per input, found by the keyed UID
@@ -97,9 +97,11 @@ def test_bad_files_are_reported_and_skipped(shared_data: Path, tmp_path: Path, k
     rc = main(["deid", str(src), str(out), "--key-file", str(key_file), "--audit-log",
                str(tmp_path / "a.log"), "--workers", "1", "--no-progress"])
     assert rc == 1
-    rejected = {r["input"]: r["reason"] for r in json.loads((out / "deid_report.json").read_text())["rejected"]}
-    assert rejected == {"truncated.dcm": "pixel data truncated", "notes.txt": "not a DICOM file",
-                        "nopixels.dcm": "no pixel data in an image object"}
+    report = json.loads((out / "deid_report.json").read_text())
+    names = sorted(p.name for p in src.iterdir())  # inputs are numbered in sorted order
+    rejected = {names[r["index"]]: r["reason"] for r in report["rejected"]}
+    assert rejected == {"truncated.dcm": "pixel data truncated", "nopixels.dcm": "no pixel data in an image object"}
+    assert {names[r["index"]]: r["reason"] for r in report["skipped"]} == {"notes.txt": "not DICOM"}
     assert len(list(out.rglob("*.dcm"))) == 1
 
 
@@ -137,8 +139,13 @@ def test_clean_pixels_blanks_ruled_regions_and_flags_the_rest(shared_data: Path,
     for name in ("pydicom_data/OBXXXX1A_rle.dcm", "pydicom_data/US1_J2KR.dcm", "pydicom_test_files/CT_small.dcm"):
         shutil.copy(shared_data / "dicom_samples" / name, src / Path(name).name)
     out = tmp_path / "out"
-    assert main(["deid", str(src), str(out), "--clean-pixels", "--key-file", str(key_file), "--audit-log",
-                 str(tmp_path / "a.log"), "--workers", "1", "--no-progress"]) == 0
+    common = ["--clean-pixels", "--key-file", str(key_file), "--audit-log", str(tmp_path / "a.log"), "--workers",
+              "1", "--no-progress"]
+    # by default the ultrasound no rule cleans is quarantined (status 3); the one the rule cleaned is written
+    assert main(["deid", str(src), str(tmp_path / "default"), *common]) == 3
+    default = json.loads((tmp_path / "default" / "deid_report.json").read_text())
+    assert default["counts"]["quarantined"] == 1 and default["counts"]["written"] == 2
+    assert main(["deid", str(src), str(out), "--accept-burned-in-risk", *common]) == 0
     report = json.loads((out / "deid_report.json").read_text())
     flagged = {f["modality"] + str(bool(f["cleaned_by_rule"])): f for f in report["flagged"]}
     assert set(flagged) == {"USTrue", "USFalse"}  # CT not flagged

@@ -99,7 +99,7 @@ def inputs(shared_data: Path, tmp_path: Path) -> Path:
 
 def test_no_identifier_left_in_output_bytes(inputs: Path, tmp_path: Path) -> None:
     out = tmp_path / "out"
-    result = deidentify(inputs, out, key=KEY, audit_log=None, progress=False)
+    result = deidentify(inputs, out, key=KEY, audit_log=None, progress=False, accept_burned_in=True)
     assert result.ok, result.report.rejected
     scan(sorted(inputs.iterdir()), out)
 
@@ -108,6 +108,7 @@ def test_no_identifier_left_with_cleaning_options(inputs: Path, tmp_path: Path) 
     out = tmp_path / "out"
     options = ("clean_descriptors", "clean_structured_content", "clean_graphics", "retain_modified_dates",
                "retain_patient_characteristics")
-    result = deidentify(inputs, out, key=KEY, options=options, audit_log=None, progress=False)
+    result = deidentify(inputs, out, key=KEY, options=options, audit_log=None, progress=False,
+                        accept_burned_in=True)
     assert result.ok
     scan(sorted(inputs.iterdir()), out, options)

@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import argparse
 import os
+import sys
 from pathlib import Path
 from typing import Any
 
@@ -37,8 +38,11 @@ def register(subparsers: Any) -> None:
         help="de-identify DICOM files (PS3.15 Basic Profile and options)",
         description=(
             "De-identify every DICOM file under IN into OUT (named by new UIDs) following DICOM PS3.15 "
-            "Annex E, Table E.1-1, and write deid_report.json/.html. Never writes into IN. Exit status 1 "
-            "when some files were rejected. See docs/privacy.md."
+            "Annex E, Table E.1-1, and write deid_report.json/.html. Never writes into IN. Files that may "
+            "carry burned-in text are quarantined (not written) unless a pixel rule cleaned them or "
+            "--accept-burned-in-risk is given. Exit status: 0 every DICOM file written (non-DICOM files "
+            "skipped), 1 some DICOM files rejected, 3 some quarantined, 2 bad input, 130 interrupted. "
+            "See docs/privacy.md."
         ),
     )
     parser.add_argument("input", type=Path, metavar="IN", help="DICOM file or folder (read only)")
@@ -50,6 +54,31 @@ def register(subparsers: Any) -> None:
         "--clean-pixels",
         action="store_true",
         help="blank burned-in text in regions given by the pixel rules (pixel_rules.json)",
+    )
+    parser.add_argument(
+        "--accept-burned-in-risk",
+        action="store_true",
+        help="write files that may carry burned-in text (listed for review) instead of quarantining them",
+    )
+    parser.add_argument(
+        "--detect-text",
+        choices=("off", "flag", "mask"),
+        default="off",
+        help="read the pixels with OCR (tesseract): 'flag' quarantines files where text is read, 'mask' also "
+        "blanks the words found (recall below 100%%: see docs/privacy.md)",
+    )
+    parser.add_argument(
+        "--on-duplicate",
+        choices=("keep", "first"),
+        default="keep",
+        help="inputs sharing a SOP Instance UID: keep all (<uid>.dupN.dcm) or only the first (default keep)",
+    )
+    parser.add_argument(
+        "--patient-key",
+        choices=("id+issuer", "id"),
+        default="id+issuer",
+        help="who is one patient: Patient ID with its Issuer (default; the same ID from two issuers is two "
+        "patients) or Patient ID alone (files lacking the issuer join the others)",
     )
     parser.add_argument(
         "--key-file",
@@ -69,7 +98,12 @@ def register(subparsers: Any) -> None:
         "--workers", type=int, default=os.cpu_count() or 1, metavar="N", help="worker processes (default: every core)"
     )
     parser.add_argument(
-        "--report", type=Path, default=None, metavar="DIR", help="folder for deid_report.json/.html (default: OUT)"
+        "--report",
+        type=Path,
+        default=None,
+        metavar="DIR",
+        help="folder for deid_report.json/.html (default: OUT, where inputs are named by index and keyed hash; "
+        "a folder outside OUT also lists input paths). Never inside IN",
     )
     parser.add_argument(
         "--audit-log",
@@ -83,7 +117,7 @@ def register(subparsers: Any) -> None:
 
 
 def run(args: argparse.Namespace) -> int:
-    """De-identify; 0 when every file was written, 1 when some were rejected."""
+    """De-identify; see the exit statuses in the description."""
     from medsight.privacy.pseudonyms import KEY_ENV, load_key
     from medsight.privacy.run import DEFAULT_AUDIT_LOG, check_paths, deidentify
 
@@ -93,7 +127,8 @@ def run(args: argparse.Namespace) -> int:
     if args.workers < 1:
         raise MedsightError("--workers must be 1 or more")
     key_file = None if os.environ.get(KEY_ENV) else args.key_file
-    check_paths(args.input, args.output, args.reid_table, key_file)
+    audit_log = args.audit_log or DEFAULT_AUDIT_LOG
+    check_paths(args.input, args.output, args.reid_table, key_file, args.report, audit_log)
     key = load_key(key_file)
     result = deidentify(
         args.input,
@@ -101,10 +136,14 @@ def run(args: argparse.Namespace) -> int:
         key=key,
         options=options,
         clean_pixels=args.clean_pixels,
+        accept_burned_in=args.accept_burned_in_risk,
+        ocr_mode=args.detect_text,
+        on_duplicate=args.on_duplicate,
+        patient_key=args.patient_key,
         workers=args.workers,
         reid_table=args.reid_table,
         report_dir=args.report,
-        audit_log=args.audit_log or DEFAULT_AUDIT_LOG,
+        audit_log=audit_log,
         progress=not (args.no_progress or args.quiet),
     )
     counts = result.report.counts
@@ -113,11 +152,25 @@ def run(args: argparse.Namespace) -> int:
         f"({result.report.seconds:.1f} s)"
     )
     print(f"report: {result.report_paths[0]} and {result.report_paths[1]}")
+    if counts["skipped"]:
+        print(f"{counts['skipped']} files skipped (not DICOM, DICOMDIR, duplicates): see the report")
+    if counts["duplicates"]:
+        print(f"{counts['duplicates']} SOP Instance UIDs shared by several inputs (--on-duplicate {args.on_duplicate})")
     if counts["flagged"]:
-        print(f"{counts['flagged']} files flagged for burned-in text; {counts['needs_review']} need review")
+        print(f"{counts['flagged']} written files flagged for burned-in text; {counts['needs_review']} need review")
     if result.reid_table is not None:
         print(f"re-identification table: {result.reid_table} (keep it secret)")
+    if result.report.interrupted:
+        print(f"interrupted: {counts['not_processed']} files not processed; the report covers what was done",
+              file=sys.stderr)
+        return 130
     if counts["rejected"]:
-        print(f"{counts['rejected']} files rejected: see the report")
+        print(f"{counts['rejected']} DICOM files rejected (could not be de-identified): see the report")
         return 1
+    if counts["quarantined"]:
+        print(
+            f"{counts['quarantined']} files quarantined (text may be burned into their pixels; not written): "
+            "see the report, add a pixel rule, or pass --accept-burned-in-risk"
+        )
+        return 3
     return 0

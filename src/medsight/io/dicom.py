@@ -235,13 +235,30 @@ def scan(path: PathLike, *, strict: bool = True) -> ScanResult:
 
 
 def is_dicom_file(path: PathLike) -> bool:
-    """Cheap test on the first bytes: the ``DICM`` preamble, or a bare (preamble-less) dataset start."""
+    """Cheap test on the first bytes: the ``DICM`` preamble, or a bare (preamble-less) dataset start.
+
+    The one notion of "is this a DICOM file" for every command (``medsight deid`` included): a file that
+    fails it is not DICOM, whatever its name; one that passes it is read with :func:`open_dicom`.
+    """
     try:
         with open(path, "rb") as fh:
             head = fh.read(132)
     except OSError:
         return False
     return _has_preamble(head) or _looks_like_bare_dataset(head)
+
+
+def open_dicom(path: PathLike, **kwargs: Any) -> Dataset:
+    """Read a file that :func:`is_dicom_file` accepts: forced only when it has no preamble."""
+    with open(path, "rb") as fh:
+        head = fh.read(132)
+    return pydicom.dcmread(path, force=not _has_preamble(head), **kwargs)
+
+
+def is_dicomdir(ds: Dataset) -> bool:
+    """True for a media directory (DICOMDIR): it indexes files and is not an image or document object."""
+    sop_class = str(ds.get("SOPClassUID", "") or getattr(ds.get("file_meta", {}), "MediaStorageSOPClassUID", ""))
+    return sop_class == DICOMDIR_SOP_CLASS or "DirectoryRecordSequence" in ds
 
 
 def read_header(path: PathLike) -> tuple[Instance, Dataset] | None:
@@ -263,8 +280,7 @@ def read_header(path: PathLike) -> tuple[Instance, Dataset] | None:
         ds = pydicom.dcmread(path, force=not preamble, defer_size="4 KB")
     except Exception as exc:  # pydicom raises many types on malformed input; all mean "corrupt"
         raise MedsightError(f"corrupt DICOM file ({type(exc).__name__}: {exc})", path) from exc
-    sop_class = str(ds.get("SOPClassUID", "") or getattr(ds.get("file_meta", {}), "MediaStorageSOPClassUID", ""))
-    if sop_class == DICOMDIR_SOP_CLASS or "DirectoryRecordSequence" in ds:
+    if is_dicomdir(ds):
         return None
     if "SOPInstanceUID" not in ds or "SOPClassUID" not in ds:
         raise MedsightError("corrupt or truncated DICOM file: no SOP Class/Instance UID", path)

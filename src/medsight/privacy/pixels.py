@@ -81,9 +81,18 @@ def burned_in_reasons(ds: Dataset) -> list[str]:
         reasons.append("secondary capture (screen grab) may carry burned-in text")
     if modality in PROJECTION_MODALITIES and burned not in ("YES", "NO"):
         reasons.append(f"{modality} without Burned In Annotation = NO may carry burned-in markers or names")
-    if str(ds.get("RecognizableVisualFeatures", "") or "").upper() == "YES":
+    if has_faces(ds):
         reasons.append("Recognizable Visual Features is YES (not cleaned by medsight)")
+    for group in range(0x6000, 0x6020, 2):
+        if (group << 16 | 0x0010) in ds and (group << 16 | 0x3000) not in ds:
+            reasons.append("an overlay is stored in unused bits of the pixel data (not removed)")
+            break
     return reasons
+
+
+def has_faces(ds: Dataset) -> bool:
+    """True when the header says the image shows a recognisable face (never cleaned by a pixel rule)."""
+    return str(ds.get("RecognizableVisualFeatures", "") or "").upper() == "YES"
 
 
 def find_rule(ds: Dataset) -> PixelRule | None:

@@ -1,8 +1,9 @@
 """The run's proof: a JSON and a self-contained HTML report, and one audit-log line per run.
 
-Neither holds PHI: attribute actions are counted per table row, files are named by their de-identified
-output path, and rejected inputs by their path relative to the input folder (name your folders without
-identifiers). The audit line holds options, counts, timing and the key's fingerprint only.
+Neither holds PHI: attribute actions are counted per table row, outputs are named by their de-identified
+path, and inputs by their index in the sorted input list and a keyed hash of their path (paths often hold
+a name, an ID or a birth date). Only a report written to a folder outside OUT that the user names also
+lists input paths. The audit line holds options, counts, timing and the key's fingerprint only.
 """
 
 from __future__ import annotations
@@ -11,6 +12,7 @@ import html
 import json
 import os
 from collections import Counter
+from collections.abc import Callable
 from dataclasses import asdict, dataclass, field
 from pathlib import Path
 from typing import Any
@@ -26,10 +28,14 @@ PROFILE_NAME = "DICOM PS3.15 Annex E Basic Application Level Confidentiality Pro
 class FileResult:
     """What happened to one input file (no PHI except ``reid``, which only feeds the reid table)."""
 
-    input: str
+    input: str  # path relative to IN: never written to a report inside OUT
+    index: int = 0
+    status: str = "rejected"  # written, skipped, rejected, quarantined, not processed
+    reason: str | None = None
     output: str | None = None
-    error: str | None = None
     modality: str = ""
+    masked_words: int = 0
+    needs_review: bool = False
     actions: dict[str, int] = field(default_factory=dict)  # "rowid|code" -> count
     flags: list[str] = field(default_factory=list)
     cleaned_by: str | None = None
@@ -46,39 +52,55 @@ class RunReport:
     key_id: str
     workers: int
     started: str
+    text_detection: str = "off"
+    burned_in_risk_accepted: bool = False
+    identity_rule: str = "id+issuer"  # how one person is recognised (--patient-key)
+    interrupted: bool = False
     seconds: float = 0.0
-    files_seen: int = 0
-    written: int = 0
-    rejected: list[dict[str, str]] = field(default_factory=list)
+    inputs: list[dict[str, Any]] = field(default_factory=list)
+    skipped: list[dict[str, Any]] = field(default_factory=list)
+    rejected: list[dict[str, Any]] = field(default_factory=list)
+    quarantined: list[dict[str, Any]] = field(default_factory=list)
     flagged: list[dict[str, Any]] = field(default_factory=list)
-    duplicates: int = 0
+    duplicate_groups: list[list[int]] = field(default_factory=list)  # input indexes; only the report's ids leave
+    duplicates: list[dict[str, Any]] = field(default_factory=list)
     attributes: list[dict[str, Any]] = field(default_factory=list)
+    outside_table: list[dict[str, Any]] = field(default_factory=list)
 
-    def add(self, results: list[FileResult]) -> None:
-        """Fold per-file results into the report."""
+    def add(self, results: list[FileResult], input_id: Callable[[str], str], with_paths: bool = False) -> None:
+        """Fold per-file results (sorted by index) into the report; inputs named by index and keyed hash."""
         counts: Counter[str] = Counter()
-        seen_outputs: set[str] = set()
+        ids: dict[int, str] = {}
         for r in results:
-            self.files_seen += 1
-            if r.error is not None:
-                self.rejected.append({"input": r.input, "reason": r.error})
+            ids[r.index] = input_id(r.input)
+            entry: dict[str, Any] = {"index": r.index, "id": ids[r.index], "status": r.status}
+            if r.reason:
+                entry["reason"] = r.reason
+            if r.output:
+                entry["output"] = r.output
+            if with_paths:
+                entry["path"] = r.input
+            self.inputs.append(entry)
+            brief = {k: v for k, v in entry.items() if k != "status"}
+            if r.status in ("skipped", "rejected", "quarantined"):
+                getattr(self, r.status).append(brief)
+            if r.status != "written":
                 continue
-            self.written += 1
-            if r.output in seen_outputs:
-                self.duplicates += 1
-            seen_outputs.add(str(r.output))
             counts.update(r.actions)
             if r.flags or r.review:
-                needs_review = bool(r.review) or r.cleaned_by is None or any("Recognizable" in f for f in r.flags)
                 self.flagged.append(
                     {
                         "output": r.output,
                         "modality": r.modality,
                         "reasons": r.flags + r.review,
                         "cleaned_by_rule": r.cleaned_by,
-                        "needs_review": needs_review,
+                        "ocr_masked_words": r.masked_words,
+                        "needs_review": r.needs_review,
                     }
                 )
+        self.duplicates = [
+            {"inputs": [{"index": i, "id": ids[i]} for i in group]} for group in self.duplicate_groups if group
+        ]
         rules = {rule.id: rule for rule in Profile.load().rules}
         per_row: dict[str, dict[str, int]] = {}
         for key, n in counts.items():
@@ -92,24 +114,35 @@ class RunReport:
                 "applied": dict(sorted(acts.items())),
             }
             for row, acts in sorted(per_row.items())
+            if row in rules
+        ]
+        self.outside_table = [
+            {"vr": row.split(":", 1)[1], "applied": dict(sorted(acts.items()))}
+            for row, acts in sorted(per_row.items())
+            if row.startswith("outside:")
         ]
 
     @property
     def counts(self) -> dict[str, int]:
         """Headline numbers (also the audit line's)."""
+        status = Counter(i["status"] for i in self.inputs)
         return {
-            "files_seen": self.files_seen,
-            "written": self.written,
-            "rejected": len(self.rejected),
+            "files_seen": len(self.inputs),
+            "written": status["written"],
+            "skipped": status["skipped"],
+            "rejected": status["rejected"],
+            "quarantined": status["quarantined"],
+            "not_processed": status["not processed"],
             "flagged": len(self.flagged),
-            "pixels_cleaned": sum(1 for f in self.flagged if f["cleaned_by_rule"]),
+            "pixels_cleaned": sum(1 for f in self.flagged if f["cleaned_by_rule"] or f["ocr_masked_words"]),
             "needs_review": sum(1 for f in self.flagged if f["needs_review"]),
-            "duplicates": self.duplicates,
+            "duplicates": len(self.duplicates),
         }
 
     def as_dict(self) -> dict[str, Any]:
         """The JSON document."""
         data = asdict(self)
+        data.pop("duplicate_groups")
         return {"tool": f"medsight {__version__} deid", "profile": PROFILE_NAME, "counts": self.counts, **data}
 
 
@@ -146,25 +179,49 @@ def render_html(data: dict[str, Any]) -> str:
                 ["clean pixels", data["clean_pixels"]],
                 ["key id", data["key_id"]],
                 ["workers", data["workers"]],
+                ["text detection (OCR)", data["text_detection"]],
+                ["burned-in risk accepted", data["burned_in_risk_accepted"]],
+                ["identity rule", data["identity_rule"]],
+                ["interrupted", "YES" if data["interrupted"] else "no"],
                 *[[k.replace("_", " "), v] for k, v in counts.items()],
             ],
         ),
         "<h2>Files flagged for burned-in text</h2>",
         _table(
-            ["output", "modality", "reasons", "cleaned by rule", "needs a person's review"],
+            ["output", "modality", "reasons", "cleaned by rule", "OCR words masked", "needs a person's review"],
             [
                 [
                     f["output"],
                     f["modality"],
                     "; ".join(f["reasons"]),
                     f["cleaned_by_rule"] or "",
+                    f["ocr_masked_words"],
                     "YES" if f["needs_review"] else "no",
                 ]
                 for f in data["flagged"]
             ],
         ),
-        "<h2 class='warn'>Files rejected (not written)</h2>",
-        _table(["input", "reason"], [[r["input"], r["reason"]] for r in data["rejected"]]),
+        *[
+            part
+            for title, key in (
+                ("Files quarantined (text may be burned into the pixels; not written)", "quarantined"),
+                ("Files rejected (DICOM that could not be de-identified; not written)", "rejected"),
+                ("Files skipped (not DICOM, DICOMDIR, duplicates, links met twice)", "skipped"),
+            )
+            for part in (
+                f"<h2 class='warn'>{html.escape(title)}</h2>",
+                _table(
+                    ["input #", "input id", *(["path"] if any("path" in r for r in data[key]) else []), "reason"],
+                    [
+                        [r["index"], r["id"], *([r["path"]] if "path" in r else []), r.get("reason", "")]
+                        for r in data[key]
+                    ],
+                ),
+            )
+        ],
+        "<h2>Inputs sharing one SOP Instance UID</h2>",
+        _table(["inputs (#: id)"], [[", ".join(f"#{i['index']}: {i['id']}" for i in d["inputs"])]
+                                    for d in data["duplicates"]]),
         "<h2>Actions per attribute (Table E.1-1 rows met in the data)</h2>",
         _table(
             ["tag", "name", "basic profile", "applied (code: count)"],
@@ -192,6 +249,7 @@ def append_audit(path: Path, report: RunReport) -> None:
             "key_id": report.key_id,
             "workers": report.workers,
             "seconds": report.seconds,
+            "interrupted": report.interrupted,
             **report.counts,
         },
         sort_keys=True,

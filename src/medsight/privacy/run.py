@@ -1,33 +1,39 @@
 """De-identify a folder: walk it, work in parallel over files, write atomically, report and audit.
 
 Outputs are named by their new UIDs (``OUT/<study>/<series>/<instance>.dcm``) because input paths often
-carry names or IDs. The input tree is only ever read.
+carry names or IDs. The input tree is only ever read. Every input is accounted for: written, skipped (not
+DICOM, a DICOMDIR, a link met twice), rejected (DICOM that cannot be de-identified), quarantined (text may
+be burned into its pixels) or, after Ctrl-C, not processed. Workers write into a hidden staging folder in
+OUT; the parent moves each file to its final name, so duplicates of one SOP Instance UID are named in
+input order whatever the workers' timing.
 """
 
 from __future__ import annotations
 
 import csv
 import datetime as dt
+import hashlib
+import hmac
 import io
 import multiprocessing
 import os
+import shutil
+import signal
 import struct
 import sys
 import time
-from collections.abc import Iterable, Iterator
-from concurrent.futures import ProcessPoolExecutor, as_completed
+from collections.abc import Iterable
 from dataclasses import dataclass, field
 from pathlib import Path
 
-from pydicom import dcmread
 from pydicom.dataset import Dataset, FileMetaDataset
-from pydicom.errors import InvalidDicomError
 from pydicom.uid import ExplicitVRLittleEndian, ImplicitVRLittleEndian
 from tqdm import tqdm
 
 from medsight.errors import MedsightError
 from medsight.io.atomic import atomic_path, write_text
-from medsight.privacy import pixels
+from medsight.io.dicom import is_dicom_file, is_dicomdir, open_dicom
+from medsight.privacy import ocr, pixels
 from medsight.privacy.engine import Deidentifier
 from medsight.privacy.profile import CLEAN_PIXEL_CODE, iod_types
 from medsight.privacy.pseudonyms import key_id
@@ -35,6 +41,9 @@ from medsight.privacy.report import FileResult, RunReport, append_audit, write_r
 
 DEFAULT_AUDIT_LOG = Path.home() / ".medsight" / "deid_audit.log"
 CHUNK = 24
+STAGING = ".medsight-staging"
+OCR_MODES = ("off", "flag", "mask")
+DUPLICATE_MODES = ("keep", "first")
 
 
 @dataclass(frozen=True)
@@ -45,6 +54,14 @@ class Job:
     options: frozenset[str]
     out_dir: Path
     clean_pixels: bool = False
+    accept_burned_in: bool = False
+    ocr: str = "off"
+    patient_key: str = "id+issuer"
+
+    @property
+    def staging(self) -> Path:
+        """Where workers write; the parent moves each file to its final name."""
+        return self.out_dir / STAGING
 
 
 @dataclass
@@ -58,18 +75,28 @@ class RunResult:
 
     @property
     def ok(self) -> bool:
-        """True when every input file was written."""
-        return not self.report.rejected
+        """True when every DICOM input was written (nothing rejected, quarantined or left undone)."""
+        c = self.report.counts
+        return not (c["rejected"] or c["quarantined"] or c["not_processed"])
 
 
 def _inside(child: Path, parent: Path) -> bool:
     return child == parent or parent in child.parents
 
 
-def check_paths(in_path: Path, out_dir: Path, reid_table: Path | None = None, key_file: Path | None = None) -> None:
-    """Refuse layouts that could write into the input or put secrets beside the output."""
+def check_paths(
+    in_path: Path,
+    out_dir: Path,
+    reid_table: Path | None = None,
+    key_file: Path | None = None,
+    report_dir: Path | None = None,
+    audit_log: Path | None = None,
+) -> None:
+    """Refuse layouts that could write into the input or put secrets or paths beside the output."""
     if not in_path.exists():
         raise MedsightError("input not found", in_path)
+    if out_dir.exists() and not out_dir.is_dir():
+        raise MedsightError("the output must be a folder, and this is a file (not a folder)", out_dir)
     src, dst = in_path.resolve(), out_dir.resolve()
     root = src if src.is_dir() else src.parent
     if _inside(dst, root):
@@ -82,40 +109,49 @@ def check_paths(in_path: Path, out_dir: Path, reid_table: Path | None = None, ke
         s = secret.resolve()
         if _inside(s, dst) or _inside(s, root):
             raise MedsightError(f"the {what} must be kept apart from the input and the output", secret)
+    for place, what in ((report_dir, "report folder"), (audit_log, "audit log")):
+        if place is not None and _inside(place.resolve(), root):
+            raise MedsightError(f"the {what} must be outside the input folder", place)
 
 
-def iter_files(in_path: Path) -> Iterator[tuple[Path, str]]:
-    """Every regular file under ``in_path`` (sorted, hidden files skipped), with its relative name."""
+def iter_inputs(in_path: Path) -> tuple[list[tuple[Path, str]], list[tuple[str, str]]]:
+    """Every file under ``in_path`` (hidden ones included, linked folders followed once), sorted.
+
+    Returns the files to read and the ones skipped before reading (broken links, a file reached twice
+    through links), each with its path relative to ``in_path``.
+    """
     if in_path.is_file():
-        yield in_path, in_path.name
-        return
-    for root, dirs, files in os.walk(in_path):
-        dirs[:] = sorted(d for d in dirs if not d.startswith("."))
-        for name in sorted(files):
-            if not name.startswith("."):
-                path = Path(root) / name
-                yield path, path.relative_to(in_path).as_posix()
+        return [(in_path, in_path.name)], []
+    files: list[tuple[Path, str]] = []
+    skipped: list[tuple[str, str]] = []
+    seen_dirs: set[str] = set()
+    seen_files: dict[str, str] = {}
+    for root, dirs, names in os.walk(in_path, followlinks=True):
+        real = os.path.realpath(root)
+        if real in seen_dirs:  # a link back to a folder already walked (a loop or a second link)
+            dirs[:] = []
+            continue
+        seen_dirs.add(real)
+        dirs.sort()
+        for name in sorted(names):
+            path = Path(root) / name
+            rel = path.relative_to(in_path).as_posix()
+            if not path.exists():
+                skipped.append((rel, "broken link"))
+                continue
+            target = os.path.realpath(path)
+            if target in seen_files:
+                skipped.append((rel, "the same file as another input (reached through a link)"))
+                continue
+            seen_files[target] = rel
+            files.append((path, rel))
+    return files, skipped
 
 
-# --- one file --------------------------------------------------------------------------------------
+# # --- one file --------------------------------------------------------------------------------------
 
 _DEID: Deidentifier | None = None
 _JOB: Job | None = None
-
-
-def _init(job: Job) -> None:
-    global _DEID, _JOB
-    _JOB, _DEID = job, Deidentifier(job.key, job.options)
-
-
-def _read(path: Path) -> Dataset:
-    try:
-        return dcmread(path)
-    except InvalidDicomError:
-        ds = dcmread(path, force=True)  # a dataset without the preamble and file meta is still DICOM
-        if "SOPClassUID" not in ds or "SOPInstanceUID" not in ds:
-            raise InvalidDicomError("not DICOM") from None
-        return ds
 
 
 def _encapsulated_complete(value: bytes) -> bool:
@@ -168,32 +204,51 @@ def _ensure_file_meta(ds: Dataset) -> None:
     meta.MediaStorageSOPInstanceUID = ds.SOPInstanceUID
 
 
-def process_file(path: Path, rel: str, job: Job, deid: Deidentifier) -> FileResult:
+def process_file(path: Path, rel: str, index: int, job: Job, deid: Deidentifier) -> FileResult:
     """Read, check, de-identify, clean pixels if asked, and write one file; never raises for bad input."""
-    result = FileResult(input=rel)
-    try:
-        ds = _read(path)
-    except InvalidDicomError:
-        result.error = "not a DICOM file"
+    result = FileResult(input=rel, index=index)
+    if not is_dicom_file(path):
+        result.status, result.reason = "skipped", "not DICOM"
         return result
+    try:
+        ds = open_dicom(path)
     except Exception as exc:  # pydicom raises many kinds for damaged files; the class name holds no PHI
-        result.error = f"unreadable DICOM ({type(exc).__name__})"
+        result.status, result.reason = "rejected", f"unreadable DICOM ({type(exc).__name__})"
         return result
     try:
+        if is_dicomdir(ds):
+            result.status = "skipped"
+            result.reason = "DICOMDIR (media directory): not copied, its records name original files and patients"
+            return result
         why = problem(ds)
         if why is not None:
-            result.error = why
+            result.status, result.reason = "rejected", why
             return result
         result.modality = str(ds.get("Modality", "") or "")
         result.flags = pixels.burned_in_reasons(ds)
         rule = pixels.find_rule(ds) if (job.clean_pixels and result.flags) else None
-        outcome = deid.apply(ds)
         if rule is not None:
             pixels.clean(ds, rule)
-            deid.add_method_code(ds, CLEAN_PIXEL_CODE)
             result.cleaned_by = rule.name
+        text_found = False
+        if job.ocr != "off" and "PixelData" in ds:
+            found = ocr.detect(ds)
+            if found.words:
+                text_found = True
+                result.flags.append(f"OCR read {found.words} words of text in the pixels")
+                if job.ocr == "mask":
+                    ocr.mask(ds, found.boxes)
+                    result.masked_words = found.words
+        at_risk = bool(result.flags) and (result.cleaned_by is None or text_found or pixels.has_faces(ds))
+        if at_risk and not job.accept_burned_in:
+            result.status, result.reason = "quarantined", "; ".join(result.flags)
+            return result
+        outcome = deid.apply(ds)
+        if result.cleaned_by is not None or result.masked_words:
+            deid.add_method_code(ds, CLEAN_PIXEL_CODE)
         result.actions = {f"{row}|{code}": n for (row, code), n in outcome.actions.items()}
         result.review = sorted(set(outcome.review))
+        result.needs_review = at_risk or bool(result.review)
         result.reid = outcome.reid
         _ensure_file_meta(ds)
         parts = [
@@ -201,22 +256,32 @@ def process_file(path: Path, rel: str, job: Job, deid: Deidentifier) -> FileResu
             str(ds.get("SeriesInstanceUID", "") or "unknown-series"),
             f"{ds.SOPInstanceUID}.dcm",
         ]
-        target = job.out_dir.joinpath(*parts)
-        with atomic_path(target) as tmp:
+        with atomic_path(job.staging / f"{index}.dcm") as tmp:
             ds.save_as(tmp, enforce_file_format=True)
         result.output = "/".join(parts)
+        result.status = "written"
     except Exception as exc:  # a damaged element found late: report the file, keep the run going
-        result.error = f"cannot de-identify ({type(exc).__name__})"
+        result.status, result.reason = "rejected", f"cannot de-identify ({type(exc).__name__})"
         result.output = None
     return result
 
 
-def _chunk_worker(items: list[tuple[Path, str]]) -> list[FileResult]:
+def _init(job: Job) -> None:
+    global _DEID, _JOB
+    _JOB, _DEID = job, Deidentifier(job.key, job.options, patient_key=job.patient_key)
+
+
+def _init_worker(job: Job) -> None:
+    signal.signal(signal.SIGINT, signal.SIG_IGN)  # Ctrl-C is the parent's to handle: it stops the pool
+    _init(job)
+
+
+def _chunk_worker(items: list[tuple[Path, str, int]]) -> list[FileResult]:
     assert _JOB is not None and _DEID is not None
-    return [process_file(p, r, _JOB, _DEID) for p, r in items]
+    return [process_file(p, r, i, _JOB, _DEID) for p, r, i in items]
 
 
-def _chunks(items: list[tuple[Path, str]], size: int) -> Iterable[list[tuple[Path, str]]]:
+def _chunks(items: list[tuple[Path, str, int]], size: int) -> Iterable[list[tuple[Path, str, int]]]:
     for i in range(0, len(items), size):
         yield items[i : i + size]
 
@@ -231,56 +296,135 @@ def deidentify(
     key: bytes,
     options: Iterable[str] = (),
     clean_pixels: bool = False,
+    accept_burned_in: bool = False,
+    ocr_mode: str = "off",
+    on_duplicate: str = "keep",
+    patient_key: str = "id+issuer",
     workers: int = 1,
     reid_table: str | Path | None = None,
     report_dir: str | Path | None = None,
     audit_log: str | Path | None = DEFAULT_AUDIT_LOG,
     progress: bool = True,
 ) -> RunResult:
-    """De-identify every file under ``in_path`` into ``out_dir``; returns the report and paths."""
+    """De-identify every file under ``in_path`` into ``out_dir``; returns the report and paths.
+
+    Ctrl-C stops the workers at once; what was done is moved into place and reported (``interrupted``).
+    """
     in_path, out_dir = Path(in_path), Path(out_dir)
     reid_path = Path(reid_table) if reid_table is not None else None
-    check_paths(in_path, out_dir, reid_path)
+    report_path = Path(report_dir) if report_dir is not None else None
+    audit_path = Path(audit_log) if audit_log is not None else None
+    check_paths(in_path, out_dir, reid_path, report_dir=report_path, audit_log=audit_path)
+    if ocr_mode not in OCR_MODES:
+        raise MedsightError(f"text detection must be one of {', '.join(OCR_MODES)}")
+    if on_duplicate not in DUPLICATE_MODES:
+        raise MedsightError(f"duplicates: choose one of {', '.join(DUPLICATE_MODES)}")
+    if ocr_mode != "off" and not ocr.available():
+        raise MedsightError("text detection needs tesseract (apt-get install tesseract-ocr, or make tools)")
     opts = frozenset(options)
-    Deidentifier(key, opts)  # validates the options before any work starts
+    Deidentifier(key, opts, patient_key=patient_key)  # validates the options before any work starts
     out_dir.mkdir(parents=True, exist_ok=True)
-    job = Job(key=key, options=opts, out_dir=out_dir, clean_pixels=clean_pixels)
-    files = list(iter_files(in_path))
-    workers = max(1, min(workers, len(files) // CHUNK + 1))
+    job = Job(key=key, options=opts, out_dir=out_dir, clean_pixels=clean_pixels,
+              accept_burned_in=accept_burned_in, ocr=ocr_mode, patient_key=patient_key)
+    found, pre_skipped = iter_inputs(in_path)
+    ordered = sorted([(rel, path) for path, rel in found] + [(rel, None) for rel, _ in pre_skipped])
+    index_of = {rel: i for i, (rel, _) in enumerate(ordered)}
+    items = [(path, rel, index_of[rel]) for path, rel in found]
+    results: list[FileResult] = [
+        FileResult(input=rel, index=index_of[rel], status="skipped", reason=why) for rel, why in pre_skipped
+    ]
+    workers = max(1, min(workers, len(items) // CHUNK + 1))
     report = RunReport(
         options=sorted(opts),
         clean_pixels=clean_pixels,
         key_id=key_id(key),
         workers=workers,
         started=dt.datetime.now(dt.timezone.utc).isoformat(timespec="seconds"),
+        text_detection=ocr_mode,
+        burned_in_risk_accepted=accept_burned_in,
+        identity_rule=patient_key,
     )
     start = time.perf_counter()
-    results: list[FileResult] = []
-    bar = tqdm(total=len(files), unit="file", desc="deid", disable=not progress, file=sys.stderr)
-    if workers == 1:
-        _init(job)
-        assert _DEID is not None
-        for path, rel in files:
-            results.append(process_file(path, rel, job, _DEID))
-            bar.update(1)
-    else:
-        ctx = multiprocessing.get_context("fork" if "fork" in multiprocessing.get_all_start_methods() else None)
-        with ProcessPoolExecutor(workers, mp_context=ctx, initializer=_init, initargs=(job,)) as pool:
-            futures = [pool.submit(_chunk_worker, c) for c in _chunks(files, CHUNK)]
-            for fut in as_completed(futures):
-                chunk = fut.result()
-                results.extend(chunk)
-                bar.update(len(chunk))
-    bar.close()
-    results.sort(key=lambda r: r.input)
+    done: list[FileResult] = []
+    bar = tqdm(total=len(items), unit="file", desc="deid", disable=not progress, file=sys.stderr)
+    try:
+        if workers == 1:
+            _init(job)
+            assert _DEID is not None
+            for path, rel, index in items:
+                done.append(process_file(path, rel, index, job, _DEID))
+                bar.update(1)
+        else:
+            ctx = multiprocessing.get_context("fork" if "fork" in multiprocessing.get_all_start_methods() else None)
+            pool = ctx.Pool(workers, initializer=_init_worker, initargs=(job,))
+            try:
+                size = max(1, min(CHUNK, len(items) // (workers * 4)))  # small runs: progress (and Ctrl-C) in steps
+                for chunk in pool.imap_unordered(_chunk_worker, _chunks(items, size)):
+                    done.extend(chunk)
+                    bar.update(len(chunk))
+                pool.close()
+            except BaseException:
+                pool.terminate()  # Ctrl-C or a crash: stop every worker now
+                raise
+            finally:
+                pool.join()
+    except KeyboardInterrupt:
+        report.interrupted = True
+    finally:
+        bar.close()
+    results.extend(done)
+    finished = {r.index for r in done}
+    results.extend(
+        FileResult(input=rel, index=index, status="not processed", reason="the run was interrupted")
+        for _, rel, index in items
+        if index not in finished
+    )
+    results.sort(key=lambda r: r.index)
+    report.duplicate_groups = _place_outputs(results, out_dir, job.staging, on_duplicate)
+    shutil.rmtree(job.staging, ignore_errors=True)  # also what a stopped worker left half-written
     report.seconds = round(time.perf_counter() - start, 3)
-    report.add(results)
-    paths = write_reports(report, Path(report_dir) if report_dir is not None else out_dir)
+    inside_out = report_path is None or _inside(report_path.resolve(), out_dir.resolve())
+    report.add(results, input_id=lambda rel: input_id(key, rel), with_paths=not inside_out)
+    paths = write_reports(report, report_path if report_path is not None else out_dir)
     if reid_path is not None:
         write_reid_table(reid_path, results)
-    if audit_log is not None:
-        append_audit(Path(audit_log), report)
+    if audit_path is not None:
+        append_audit(audit_path, report)
     return RunResult(report=report, report_paths=paths, reid_table=reid_path, results=results)
+
+
+def input_id(key: bytes, rel: str) -> str:
+    """A keyed hash naming an input in the report without its path (which may hold a name or a date)."""
+    return hmac.new(key, b"input\x00" + rel.encode("utf-8", "surrogateescape"), hashlib.sha256).hexdigest()[:12]
+
+
+def _place_outputs(results: list[FileResult], out_dir: Path, staging: Path, on_duplicate: str) -> list[list[int]]:
+    """Move staged files to their names, in input order; returns the groups of inputs sharing a SOP UID.
+
+    Under ``keep`` the first input of a group gets ``<instance>.dcm`` and the next ``<instance>.dup1.dcm``
+    and so on; under ``first`` only the first is written and the others are skipped with the reason.
+    """
+    groups: dict[str, list[FileResult]] = {}
+    for r in results:
+        if r.status == "written" and r.output is not None:
+            groups.setdefault(r.output, []).append(r)
+    duplicates: list[list[int]] = []
+    for name, group in groups.items():
+        if len(group) > 1:
+            duplicates.append([r.index for r in group])
+        for k, r in enumerate(group):
+            staged = staging / f"{r.index}.dcm"
+            if k and on_duplicate == "first":
+                staged.unlink(missing_ok=True)
+                r.status, r.output = "skipped", None
+                r.reason = f"same SOP Instance UID as input #{group[0].index} (kept the first)"
+                continue
+            final = name if k == 0 else name[: -len(".dcm")] + f".dup{k}.dcm"
+            target = out_dir / final
+            target.parent.mkdir(parents=True, exist_ok=True)
+            os.replace(staged, target)
+            r.output = final
+    return duplicates
 
 
 def write_reid_table(path: Path, results: list[FileResult]) -> Path:
