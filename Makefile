@@ -25,13 +25,20 @@ $(STAMP): requirements.txt pyproject.toml
 	$(PY) -m pip install --quiet --no-deps --no-build-isolation -e .
 	touch $(STAMP)
 
-# Debian tools the tests use: dciodvfy (dicom3tools) validates every DICOM object we write.
+# Debian tools the tests use: dciodvfy (dicom3tools) validates every DICOM object we write;
+# tesseract-ocr reads burned-in text for `medsight deid --detect-text`.
 tools:
 	@if ! command -v dciodvfy >/dev/null; then \
 	  if [ "$$(id -u)" = 0 ]; then \
 	    (apt-get update -qq && DEBIAN_FRONTEND=noninteractive apt-get install -y -qq dicom3tools >/dev/null) \
 	      || echo "WARNING: could not install dicom3tools; tests that need dciodvfy will FAIL"; \
 	  else echo "WARNING: dciodvfy missing and not root: run 'apt-get install dicom3tools'; tests that need it will FAIL"; fi; \
+	fi
+	@if ! command -v tesseract >/dev/null; then \
+	  if [ "$$(id -u)" = 0 ]; then \
+	    (apt-get update -qq && DEBIAN_FRONTEND=noninteractive apt-get install -y -qq tesseract-ocr tesseract-ocr-eng >/dev/null) \
+	      || echo "WARNING: could not install tesseract-ocr; the OCR tests of deid will FAIL under CI"; \
+	  else echo "WARNING: tesseract missing and not root: run 'apt-get install tesseract-ocr'; OCR tests will FAIL under CI"; fi; \
 	fi
 
 lint: $(STAMP)
