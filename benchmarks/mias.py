@@ -1,19 +1,34 @@
 """mini-MIAS lesion detection: FROC (sensitivity at 1/8 ... 8 FP per image), CPM, image-level AUC, with 95% CIs.
 
-Run: ``MEDSIGHT_DATA=../shared/data .venv/bin/python benchmarks/mias.py --time-budget 1080``
-Trains ``medsight train <data>/mini_mias`` (RetinaNet, images downsized 512 -> 256 px) on the patient-level train
-split, selects the epoch on val CPM, and evaluates on the test split (1000 bootstrap resamples over images).
+Run: ``MEDSIGHT_THREADS=1 MEDSIGHT_DATA=../shared/data .venv/bin/python benchmarks/mias.py --time-budget 1080``
+Trains the detection task (as ``medsight train <data>/mini_mias``: RetinaNet, images downsized 512 -> 256 px) on the
+patient-level train split, selects the epoch on val CPM, and evaluates on the test split (1000 bootstrap resamples
+over images). Writes ``benchmarks/results/mias.json`` (figures with CIs, the command, commit, date and seeds) and
+``<out>/summary.json``.
 """
 
 from __future__ import annotations
 
 import argparse
-import json
+import datetime as dt
 import os
+import subprocess
+import sys
 import time
 from pathlib import Path
 
-from medsight.pipelines import detection
+from medsight import tasks
+from medsight.io.atomic import write_json
+
+RESULTS = Path(__file__).resolve().parent / "results" / "mias.json"
+
+
+def _commit() -> str:
+    try:
+        out = subprocess.run(["git", "rev-parse", "--short", "HEAD"], capture_output=True, text=True, check=True)
+        return out.stdout.strip()
+    except (OSError, subprocess.CalledProcessError):
+        return "unknown"
 
 
 def main() -> None:
@@ -25,36 +40,61 @@ def main() -> None:
     ap.add_argument("--time-budget", type=float, default=1080.0)
     ap.add_argument("--image-size", type=int, default=256)
     ap.add_argument("--bootstrap", type=int, default=1000)
+    ap.add_argument("--results", type=Path, default=RESULTS, help="results JSON to write")
     args = ap.parse_args()
+    task = tasks.get("detection")
+    options = task.Options.from_mapping(
+        {"seed": args.seed, "epochs": args.epochs, "time_budget_s": args.time_budget, "image_size": args.image_size},
+        "detection",
+    )
     start = time.monotonic()
-    meta = detection.train(
-        str(args.data),
-        args.out / "bundle",
-        seed=args.seed,
-        epochs=args.epochs,
-        time_budget_s=args.time_budget,
-        image_size=args.image_size,
-    )
+    meta = task.train(str(args.data), args.out / "bundle", options)
     trained = time.monotonic() - start
-    result = detection.evaluate(
-        args.out / "bundle", str(args.data), "test", args.out / "evaluation", n_boot=args.bootstrap
-    )
+    result = task.evaluate(args.out / "bundle", str(args.data), "test", args.out / "evaluation", args.bootstrap)
     total = time.monotonic() - start
-    m = result["metrics"]
+    tr = meta["training"]
     print(
         f"mini-MIAS detection, seed {args.seed}, {args.image_size} px, test n = {result['n']} images "
         f"({result['n_boxes']} lesions); split {meta['data']['n']}"
     )
     print(
-        f"training {trained:.0f} s ({meta['training']['epochs_run']} epochs, best {meta['training']['best_epoch']}, "
-        f"stopped by {meta['training']['stopped_by']}); total wall {total:.0f} s"
+        f"training {trained:.0f} s ({tr['epochs_run']} epochs, best {tr['best_epoch']}, stopped by "
+        f"{tr['stopped_by']}); total wall {total:.0f} s"
     )
-    for k, v in m.items():
+    for k, v in result["metrics"].items():
         lo, hi = v["ci95"]
         val = "nan" if v["value"] is None else f"{v['value']:.3f}"
-        ci = "" if lo is None else f" [{lo:.3f}, {hi:.3f}]"
-        print(f"  {k:14s} {val}{ci}")
-    (args.out / "summary.json").write_text(json.dumps({"metrics": m, "train_s": trained, "total_s": total}, indent=2))
+        print(f"  {k:14s} {val}" + ("" if lo is None else f" [{lo:.3f}, {hi:.3f}]"))
+    summary = {
+        "test": {"n_images": result["n"], "n_lesions": result["n_boxes"], "split": meta["data"]["n"]},
+        "metrics": result["metrics"],
+        "operating_point": meta["operating_point"],
+        "training": {k: tr[k] for k in ("epochs_run", "best_epoch", "stopped_by", "seconds", "device", "warnings")},
+        "inference_engine": result["inference_engine"],
+        "train_s": round(trained, 1),
+        "total_s": round(total, 1),
+    }
+    write_json(args.out / "summary.json", summary)
+    record = {
+        "benchmark": "mias",
+        "command": " ".join(
+            [f"MEDSIGHT_THREADS={os.environ['MEDSIGHT_THREADS']}"] * ("MEDSIGHT_THREADS" in os.environ)
+            + [sys.executable, *sys.argv]
+        ),
+        "commit": _commit(),
+        "date": dt.datetime.now(dt.timezone.utc).isoformat(timespec="seconds"),
+        "seeds": [args.seed],
+        "settings": {
+            "epochs": args.epochs,
+            "time_budget_s": args.time_budget,
+            "image_size": args.image_size,
+            "bootstrap": args.bootstrap,
+        },
+        "ci95": result["definitions"]["ci95"],
+        **summary,
+    }
+    write_json(args.results, record)
+    print(f"\nresults: {args.results}")
 
 
 if __name__ == "__main__":

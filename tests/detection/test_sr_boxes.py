@@ -9,8 +9,9 @@ import pydicom
 import pytest
 
 from detection.test_detection_cli import coco_subset  # noqa: F401  (pytest fixture: 20 real COVID CXRs)
-from medsight.pipelines import detection
+from medsight import runtime
 from medsight.serving.dicom_objects import read_sr
+from medsight.tasks.detection import TASK, DetectionOptions
 from serving.test_dicom_objects import dciodvfy_errors
 
 
@@ -21,7 +22,7 @@ def test_dicom_predict_writes_sr_with_the_predicted_boxes(
     tmp_path: Path,
 ) -> None:
     bundle = tmp_path / "bundle"
-    detection.train(str(coco_subset), bundle, epochs=1, image_size=64, batch_size=8)  # tiny, untrained-ish model
+    TASK.train(str(coco_subset), bundle, DetectionOptions(epochs=1, image_size=64, batch_size=8))  # tiny model
     meta_path = bundle / "bundle.json"
     meta = json.loads(meta_path.read_text())
     meta["operating_point"]["threshold"] = 0.0  # keep every detection so the SR surely holds boxes
@@ -29,7 +30,8 @@ def test_dicom_predict_writes_sr_with_the_predicted_boxes(
 
     dicom = shared_data / "dicom_samples" / "pydicom_data" / "RG3_J2KR.dcm"
     out = tmp_path / "pred"
-    detection.predict(bundle, [dicom], out)
+    model = runtime.load(bundle)
+    runtime.write_predictions(model, model.predict([dicom]), out)
     entry = json.loads((out / "predictions.json").read_text())["predictions"][0]
     header = pydicom.dcmread(dicom, stop_before_pixels=True)
     assert entry["image_size"] == [int(header.Columns), int(header.Rows)]  # boxes are in the stored pixels

@@ -9,8 +9,9 @@ import torch
 
 from medsight.data.detection import load_coco, load_mias
 from medsight.io.images import read_image
-from medsight.pipelines.detection import _scale_boxes, prepare
-from medsight.tasks import detection as task
+from medsight.tasks.detection import network as task
+from medsight.tasks.detection.data import prepare, scale_boxes
+from medsight.tasks.detection.plan import DetectionOptions, DetectionPlanner
 
 
 def test_short_training_on_real_images_lowers_the_loss(shared_data: Path) -> None:
@@ -22,10 +23,11 @@ def test_short_training_on_real_images_lowers_the_loss(shared_data: Path) -> Non
     for it in chosen:
         arr, (sx, sy) = prepare(read_image(it.image), size)
         images.append(torch.as_tensor(arr))
-        boxes.append(_scale_boxes(it.boxes, sx, sy))
+        boxes.append(scale_boxes(it.boxes, sx, sy))
     sizes = np.concatenate([np.stack([b[:, 3] - b[:, 1], b[:, 2] - b[:, 0]], 1) for b in boxes])
-    plan, shapes = task.plan_network(2, 1, sizes, (size, size))
-    detector = task.build_detector(task.retinanet(**plan), plan, shapes)
+    plan = DetectionPlanner(DetectionOptions(image_size=size), "lesions", 1).plan(sizes, len(chosen), 0)
+    assert plan.image_size == size and plan.feature_map_scales == [1, 2, 4, 8]
+    detector = task.build_detector(task.build_network(plan.network), plan)
     detector.train()
     opt = torch.optim.AdamW(detector.network.parameters(), lr=2e-3)
     targets = [{"boxes": task.to_monai(b), "labels": torch.zeros(len(b), dtype=torch.long)} for b in boxes]
