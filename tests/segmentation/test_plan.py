@@ -8,17 +8,23 @@ import nibabel as nib
 import numpy as np
 import pytest
 
+from medsight import tasks
 from medsight.data.folds import derive
-from medsight.data.segmentation import fingerprint, load_case, open_dataset
 from medsight.errors import MedsightError
-from medsight.pipelines import detect_task
-from medsight.pipelines.segmentation import folds_for, heldout_ids, recognises
-from medsight.tasks.segmentation import describe, make_plan, topology_for
+from medsight.tasks.segmentation.data import fingerprint, folds_for, heldout_ids, load_case, open_dataset, recognises
+from medsight.tasks.segmentation.plan import (
+    NetworkPlan,
+    SegmentationPlan,
+    SegmentationPlanner,
+    describe,
+    make_plan,
+    topology_for,
+)
 
 
 def test_hippocampus_is_recognised_folded_and_planned(shared_data: Path) -> None:
     root = shared_data / "msd_hippocampus"
-    assert recognises(str(root)) and detect_task(str(root)) == "segmentation"
+    assert recognises(str(root)) and tasks.detect(str(root)) == "segmentation"
     ds = open_dataset(root)
     assert ds.layout == "msd" and ds.spatial_dims == 3 and len(ds.train) == 260
     assert ds.labels == {0: "background", 1: "label_1", 2: "label_2"}  # inferred: no dataset.json
@@ -41,13 +47,16 @@ def test_hippocampus_is_recognised_folded_and_planned(shared_data: Path) -> None
     assert 30 <= fp["shape_median"][0] <= 40 and 44 <= fp["shape_median"][1] <= 56
     assert 0 < fp["class_frequency"]["label_1"] < 0.1
     plan = make_plan(fp, "cpu")
-    assert plan["resample"] is False and plan["target_spacing"] == [1.0, 1.0, 1.0]
-    assert plan["normalisation"]["scheme"] == "zscore"
-    factor = np.prod(np.asarray(plan["network"]["strides"]), axis=0)
-    assert all(p % f == 0 for p, f in zip(plan["patch_size"], factor, strict=True))
-    assert all(p >= s for p, s in zip(plan["patch_size"], fp["shape_median"], strict=True))  # one patch covers a case
-    assert plan["network"]["out_channels"] == 3 and plan["network"]["spatial_dims"] == 3
-    assert plan["batch_size"] >= 2
+    assert isinstance(plan, SegmentationPlan) and isinstance(plan.network, NetworkPlan)
+    assert plan.resample is False and plan.target_spacing == [1.0, 1.0, 1.0]
+    assert plan.normalisation.scheme == "zscore"
+    factor = np.prod(np.asarray(plan.network.strides), axis=0)
+    assert all(p % f == 0 for p, f in zip(plan.patch_size, factor, strict=True))
+    assert all(p >= s for p, s in zip(plan.patch_size, fp["shape_median"], strict=True))  # one patch covers a case
+    assert plan.network.out_channels == 3 and plan.network.spatial_dims == 3
+    assert plan.batch_size >= 2
+    assert plan.time_budget_s is not None and plan.time_budget_s <= 20 * 60  # a default CPU run fits 20 minutes
+    assert SegmentationPlan.from_json(plan.to_json()) == plan  # the typed plan round-trips exactly
     words = describe(plan, fp)
     assert any("z-scored" in w for w in words) and any("no resampling" in w for w in words)
 
@@ -69,13 +78,48 @@ def test_drive_is_recognised_with_fov_second_observer_and_planned(shared_data: P
 
     fp = fingerprint(ds, [load_case(ds, c) for c in ds.train[:4]])
     plan = make_plan(fp, "cpu")
-    assert plan["normalisation"]["scheme"] == "zscore_per_channel"
-    assert plan["network"]["in_channels"] == 3 and plan["network"]["out_channels"] == 2
-    assert plan["patch_size"][0] < 584 and np.prod(plan["patch_size"]) <= 1.25 * 128 * 128
-    assert plan["network"]["kernel_size"][0] == [3, 3]
+    assert plan.normalisation.scheme == "zscore_per_channel"
+    assert plan.network.in_channels == 3 and plan.network.out_channels == 2
+    assert plan.patch_size[0] < 584 and np.prod(plan.patch_size) <= 1.25 * 128 * 128
+    assert plan.network.kernel_size[0] == [3, 3]
     over = make_plan(fp, "cpu", {"patch_size": [64, 64], "batch_size": 4, "test_time_flips": False})
-    assert over["patch_size"] == [64, 64] and over["batch_size"] == 4 and over["test_time_flips"] is False
-    assert len(over["network"]["strides"]) == 5  # topology re-derived for the smaller patch: 64 → 4 after 4 pools
+    assert over.patch_size == [64, 64] and over.batch_size == 4 and over.test_time_flips is False
+    assert len(over.network.strides) == 5  # topology re-derived for the smaller patch: 64 → 4 after 4 pools
+    nested = make_plan(fp, "cpu", {"network": {"filters": [8, 16, 32, 64, 64]}, "optimizer": {"lr": 0.01}})
+    assert nested.network.filters == [8, 16, 32, 64, 64] and nested.network.strides == plan.network.strides
+    assert nested.optimizer.lr == 0.01 and nested.optimizer.weight_decay == plan.optimizer.weight_decay
+    with pytest.raises(MedsightError, match="'patch_sise'"):
+        make_plan(fp, "cpu", {"patch_sise": [64, 64]})
+    with pytest.raises(MedsightError, match=r"'network\.filtres'"):
+        make_plan(fp, "cpu", {"network": {"filtres": [8]}})
+    with pytest.raises(MedsightError, match=r"'optimizer\.momentum'"):
+        make_plan(fp, "cpu", {"optimizer": {"momentum": 0.9}})
+
+
+class _SmallerPatches(SegmentationPlanner):
+    """A planner that changes one rule; every later rule (topology, batch) follows it."""
+
+    def determine_patch_size(self, shape: np.ndarray, spacing: list[float]) -> list[int]:
+        return [32, 32]
+
+
+def test_planner_steps_can_be_overridden() -> None:
+    fp = {
+        "n_cases": 100,
+        "spatial_dims": 2,
+        "n_channels": 1,
+        "modality": "CT",
+        "spacing_median": [0.5, 0.5],
+        "spacing_min": [0.4, 0.5],
+        "spacing_max": [0.6, 0.5],
+        "shape_median": [512.0, 512.0],
+        "foreground_intensity": [{"mean": 40.0, "std": 20.0, "p00_5": -100.0, "p99_5": 200.0}],
+        "class_frequency": {"background": 0.9, "lesion": 0.1},
+    }
+    plan = _SmallerPatches(fp, "cpu").plan()
+    assert plan.patch_size == [32, 32] and len(plan.network.strides) == 4  # 32 → 4 after 3 pools
+    assert plan.resample is True and plan.normalisation.scheme == "ct" and plan.normalisation.clip == [[-100.0, 200.0]]
+    assert plan.batch_size == 8 * 128 * 128 // (32 * 32)
 
 
 def test_topology_follows_anisotropic_spacing() -> None:

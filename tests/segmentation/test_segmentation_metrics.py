@@ -6,8 +6,8 @@ import numpy as np
 import pytest
 from sklearn.metrics import roc_auc_score
 
-from medsight.tasks.segmentation import decide_postprocessing, keep_largest
-from medsight.tasks.segmentation_metrics import PixelCounts, auc_from_histograms, case_metrics, summarise
+from medsight.tasks.segmentation.inference import decide_postprocessing, keep_largest
+from medsight.tasks.segmentation.metrics import PixelCounts, auc_from_histograms, case_metrics, summarise
 
 
 def test_dice_by_hand() -> None:

@@ -1,0 +1,100 @@
+"""The segmentation model card: the performance table, pixel metrics with the second observer, the plan and the
+post-processing decision, the model and data, and overlays of the best, median and worst cases."""
+
+from __future__ import annotations
+
+import html
+from typing import Any
+
+import numpy as np
+
+from medsight.evaluation.card import Figure, Section, fmt
+from medsight.evaluation.plots import overlay_grid
+from medsight.tasks.segmentation.overlay import overlay
+from medsight.training.bundle import Bundle
+
+
+def case_figures(
+    per_case: list[dict[str, Any]], views: list[tuple[np.ndarray, np.ndarray, np.ndarray]], names: list[str]
+) -> list[Figure]:
+    scores = []
+    for c in per_case:
+        values = [c[n]["dice"] for n in names[1:] if c[n]["dice"] is not None]
+        scores.append(float(np.mean(values)) if values else float("nan"))
+    order = list(np.argsort(np.nan_to_num(np.asarray(scores), nan=-1.0)))
+    if not order:
+        return []
+    picks = {"worst": order[0], "median": order[len(order) // 2], "best": order[-1]}
+    panels = []
+    for kind, i in picks.items():
+        img, lab, pred = views[i]
+        panels.append((f"{kind}: {per_case[i]['id']} (Dice {scores[i]:.3f})", overlay(img, pred, lab)))
+    return [
+        Figure(
+            "Best median and worst cases",
+            overlay_grid(panels, columns=3),
+            "Prediction filled in colour, reference outlined in white (3D: the slice with the most foreground).",
+        )
+    ]
+
+
+def intro(bundle: Bundle, data_name: str, split: str, n: int, engine: str) -> str:
+    tr = bundle.meta["training"]
+    return html.escape(
+        f"Evaluated on the {split} split of {data_name} ({n} cases, {engine}). Trained {tr['epochs_run']} epochs of "
+        f"{tr['iterations_per_epoch']} iterations (seed {tr['seed']}, {tr['seconds']} s on {tr['device']}, stopped by "
+        f"{tr['stopped_by']}). Every metric shows a 95% bootstrap confidence interval over cases."
+    )
+
+
+def sections(bundle: Bundle, r: dict[str, Any], figures: list[Figure]) -> list[Section]:
+    m = r["metrics"]
+    rows: list[list[Any]] = [["class", "Dice", "HD95", "NSD"]]
+    rows += [[name, fmt(v["dice"]), fmt(v["hd95"], 2), fmt(v["nsd"])] for name, v in r["per_class"].items()]
+    rows.append(["mean", fmt(m["dice"]), fmt(m["hd95"], 2), fmt(m["nsd"])])
+    out = [Section("Performance", html.escape(r["definitions"]["ci95"]) + ".", rows, figures)]
+    if "pixel_auc" in m:
+        keys = ["auc", "f1", "sensitivity", "specificity", "accuracy"]
+        prow: list[list[Any]] = [["", *keys]]
+        prow.append(["model", *[fmt(m[f"pixel_{k}"], 4) for k in keys]])
+        if "second_observer" in r:
+            so = r["second_observer"]["metrics"]
+            prow.append(["2nd observer", *[fmt(so.get(f"pixel_{k}"), 4) for k in keys]])
+        out.append(Section("Pixel metrics inside the region of interest", html.escape(r["definitions"]["pixel"]), prow))
+    post = bundle.meta["postprocessing"]
+    chosen = [bundle.label_names[k] for k in post["keep_largest_component"]] or ["none"]
+    out.append(
+        Section(
+            "Plan and post-processing",
+            html.escape(
+                "; ".join(bundle.meta["plan_in_words"])
+                + f". Post-processing: keep the largest component for {', '.join(chosen)} ({post['rule']}, "
+                f"decided on {post['decided_on']})."
+            ),
+        )
+    )
+    d, tr = bundle.meta["data"], bundle.meta["training"]
+    onnx = bundle.meta.get("onnx") or {}
+    warnings = "; ".join(tr.get("warnings", [])) or "none"
+    out.append(
+        Section(
+            "Model and data",
+            "",
+            [
+                ["item", "value"],
+                ["network", f"{bundle.meta['network']['name']} ({bundle.meta['network']['parameters']} parameters)"],
+                ["training data", f"{d['source']} ({d['modality']}), {d['split_method']}, n = {d['n']}"],
+                ["optimiser", tr["optimizer"]],
+                ["stopped by", f"{tr['stopped_by']} after {tr['epochs_run']} epochs, {tr['seconds']} s"],
+                ["training warnings", warnings],
+                ["versions", ", ".join(f"{k} {v}" for k, v in bundle.meta["versions"].items())],
+                [
+                    "ONNX",
+                    f"max |diff| vs PyTorch {onnx['max_abs_diff_vs_torch']:.2e}"
+                    if "max_abs_diff_vs_torch" in onnx
+                    else str(onnx.get("error", "not exported")),
+                ],
+            ],
+        )
+    )
+    return out

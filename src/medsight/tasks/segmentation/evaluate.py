@@ -1,0 +1,134 @@
+"""Evaluation: Dice, HD95 and NSD per class and case with 95% bootstrap CIs over cases; for binary tasks also pixel
+AUC, F1, sensitivity, specificity and accuracy inside the ROI, and a second observer scored the same way. Inference
+goes through :class:`SegmentationModel`, the path ``medsight predict`` and the service use."""
+
+from __future__ import annotations
+
+import math
+import time
+from pathlib import Path
+from typing import Any
+
+import numpy as np
+from tqdm import tqdm
+
+from medsight.errors import MedsightError
+from medsight.evaluation.card import card_record, write_card, write_figures
+from medsight.io.atomic import atomic_dir, write_json
+from medsight.tasks.segmentation import card
+from medsight.tasks.segmentation import metrics as segm
+from medsight.tasks.segmentation.data import SegmentationDataset, folds_for, load_case, open_dataset
+from medsight.tasks.segmentation.overlay import view
+from medsight.tasks.segmentation.predict import SegmentationModel
+from medsight.training.bundle import Bundle, load_bundle
+
+
+def split_ids(bundle: Bundle, ds: SegmentationDataset, split: str) -> list[str]:
+    """The case ids of ``split``; the test split must not hold a case the bundle was trained or selected on."""
+    data = bundle.meta["data"]
+    if split == "test":
+        ids = [c.id for c in ds.test] if ds.official_test else list(folds_for(ds).test)
+        if Path(data["root"]).resolve() == ds.root.resolve():
+            seen = set(data["train_ids"]) | set(data["val_ids"])
+            leaked = sorted(set(ids) & seen)
+            if leaked:
+                raise MedsightError(f"{len(leaked)} test case(s) were used in training, e.g. {leaked[0]}", ds.root)
+        return ids
+    if split in ("val", "validation"):
+        return list(data["val_ids"])
+    raise MedsightError(f"unknown split {split!r} for segmentation (use test or val)")
+
+
+def evaluate(bundle_path: Path, data: str, split: str, out: Path, n_boot: int) -> dict[str, Any]:
+    """Score the bundle on ``split`` of ``data``; write metrics.json, card.html and card.json to ``out``."""
+    bundle = load_bundle(bundle_path)
+    model = SegmentationModel(bundle)
+    ds = open_dataset(data)
+    names = bundle.label_names
+    n_classes = len(names)
+    ids = split_ids(bundle, ds, split)
+    if not ids:
+        raise MedsightError(f"the {split} split is empty", ds.root)
+    tol = float(model.plan.nsd_tolerance)
+    per_case: list[dict[str, Any]] = []
+    arrays: list[dict[str, np.ndarray]] = []
+    binary = n_classes == 2
+    pixels, observer = segm.PixelCounts(), segm.PixelCounts()
+    observer_cases: list[dict[str, np.ndarray]] = []
+    views: list[tuple[np.ndarray, np.ndarray, np.ndarray]] = []
+    started = time.monotonic()
+    for cid in tqdm(ids, desc="evaluate", unit="case"):
+        case = load_case(ds, ds.case(cid))
+        if case.label is None:
+            raise MedsightError("case has no label to score against", ds.case(cid).images[0])
+        mask, probs = model.case(case)
+        m = segm.case_metrics(mask, case.label, n_classes, case.spacing, tol)
+        arrays.append(m)
+        entry: dict[str, Any] = {"id": cid}
+        for k, name in enumerate(names[1:]):
+            entry[name] = {key: _num(m[key][k]) for key in ("dice", "hd95", "nsd")}
+        if binary:
+            score = probs[1]
+            if case.roi is not None:
+                score = np.where(case.roi, score, 0.0)
+            pixels.add(score, case.label, case.roi)
+            if case.second is not None:
+                observer.add(case.second.astype(np.float64), case.label, case.roi)
+                observer_cases.append(segm.case_metrics(case.second, case.label, n_classes, case.spacing, tol))
+        per_case.append(entry)
+        views.append(view(case.image, case.label, mask))
+    metrics, per_class = segm.summarise(arrays, names[1:], n_boot)
+    unit = "mm" if ds.spatial_dims == 3 else "pixels"
+    result: dict[str, Any] = {
+        "split": split,
+        "n": len(ids),
+        "data": ds.name,
+        "bundle": str(bundle_path),
+        "labels": names,
+        "engine": model.engine,
+        "seconds": round(time.monotonic() - started, 1),
+        "metrics": metrics,
+        "per_class": per_class,
+        "per_case": per_case,
+        "definitions": {
+            "dice": "mean over cases of the mean over foreground classes (MONAI DiceMetric)",
+            "hd95": f"95th percentile Hausdorff distance in {unit} (MONAI HausdorffDistanceMetric); undefined when "
+            "a class is empty in prediction or reference",
+            "nsd": f"normalised surface Dice at tolerance {tol:g} {'mm' if ds.spatial_dims == 3 else 'pixel'}"
+            " (MONAI SurfaceDiceMetric)",
+            "ci95": f"percentile bootstrap over cases, {n_boot} resamples",
+        },
+        "postprocessing": model.keep,
+    }
+    if binary:
+        for key, value in pixels.summary(n_boot).items():
+            result["metrics"][f"pixel_{key}"] = value
+        result["definitions"]["pixel"] = (
+            "pixels pooled over all images, inside the region-of-interest mask when the data have one (DRIVE's FOV);"
+            " p(foreground) >= 0.5 for F1, sensitivity, specificity, accuracy"
+        )
+        if observer.counts:
+            om = observer.summary(n_boot)
+            om.pop("auc")  # a binary rater has no ROC curve worth the name
+            oseg, _ = segm.summarise(observer_cases, names[1:], n_boot)
+            result["second_observer"] = {
+                "n": len(observer.counts),
+                "metrics": {f"pixel_{k}": v for k, v in om.items()} | {k: oseg[k] for k in ("dice", "hd95", "nsd")},
+                "note": "the second manual annotation scored against the first, exactly as the model is",
+            }
+    figures = card.case_figures(per_case, views, names)
+    with atomic_dir(out) as tmp:
+        write_json(tmp / "metrics.json", result)
+        write_figures(tmp, figures)
+        write_card(
+            tmp,
+            f"Model card: {bundle.meta['data']['source']} ({ds.spatial_dims}D segmentation)",
+            card.intro(bundle, ds.name, split, len(ids), model.engine),
+            card.sections(bundle, result, figures),
+            card_record(bundle.meta, {k: v for k, v in result.items() if k != "per_case"}),
+        )
+    return result
+
+
+def _num(v: float) -> float | None:
+    return None if v is None or not math.isfinite(float(v)) else float(v)

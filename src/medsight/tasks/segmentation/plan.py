@@ -1,0 +1,410 @@
+"""What segmentation takes (``SegmentationOptions``) and what it decides from the data (``SegmentationPlan``).
+
+The planner follows nnU-Net's ``ExperimentPlanner`` (Isensee et al., Nature Methods 2021): each decision is one
+overridable ``determine_*`` step reading the fingerprint and the steps before it, so a subclass (or an override
+file) changes one rule and every later rule follows it. The rules, scaled to a compute budget:
+
+* target spacing: the median spacing of the training cases (no resampling when every case already has it);
+* normalisation by modality: CT → clip to the 0.5/99.5 percentiles of foreground intensities then z-score with
+  the foreground mean and std; MRI and unknown → per-image z-score; colour (RGB) → per-image z-score per channel;
+* patch size: the median image shape (after resampling), shrunk along its largest axis until it fits the
+  budget's voxel count, and rounded to a multiple of the network's total downsampling;
+* batch size: as many patches as the budget's voxels per step allow, at most 5% of the data set's voxels per batch
+  (nnU-Net's cap), at least 2;
+* topology (MONAI ``DynUNet``): downsample an axis while its feature map stays ≥ 4 voxels (and, for anisotropic
+  spacing, only once it is within 2x of the finest spacing), at most 5 times; kernels 3 (1 along an axis still
+  too coarse), filters doubling from the base to a cap;
+* loss: Dice + cross-entropy (``DiceCELoss``); a third of the patches centred on foreground;
+* schedule: on a CPU, epochs and a time budget chosen from the measured speed and learning curve on MSD
+  Hippocampus (``benchmarks/results/seg_iterations.json``), so that a default run gives a usable model in a time a
+  user accepts; on a GPU, nnU-Net's 1000 epochs of 250 iterations.
+"""
+
+from __future__ import annotations
+
+import copy
+import dataclasses
+import json
+import math
+import os
+from collections.abc import Mapping, Sequence
+from dataclasses import dataclass, field
+from pathlib import Path
+from typing import Any
+
+import numpy as np
+
+from medsight.errors import MedsightError
+from medsight.tasks.contract import Plan, TrainOptions
+
+PLAN_ENV = "MEDSIGHT_SEG_PLAN"
+NETWORK = "monai.networks.nets.DynUNet"
+MIN_FEATURE_MAP = 4
+MAX_POOLS = 5
+
+
+@dataclass(kw_only=True)
+class SegmentationOptions(TrainOptions):
+    """The options every task takes, plus a plan-override file, the CV fold and (smoke tests only) a case cap."""
+
+    plan: Path | None = None
+    fold: int | None = None
+    max_cases: int | None = None
+
+
+@dataclass(frozen=True)
+class DeviceBudget:
+    """How much work one optimiser step and one run may cost on a kind of device."""
+
+    patch_voxels: dict[int, int]
+    step_voxels: dict[int, int]
+    base_filters: int
+    max_filters: dict[int, int]
+    iterations_per_epoch: int
+    epochs: int
+    time_budget_s: float | None
+
+
+#: CPU: measured on MSD Hippocampus on 2 shared cores (benchmarks/results/seg_iterations.json): about 2-3
+#: iterations/s with bf16 autocast, and validation Dice ≥ 0.85 after about 1,000 iterations; 24 epochs of 50 take
+#: 7-12 minutes, and the 15-minute budget keeps a busy machine inside 20 minutes in all.
+BUDGETS: dict[str, DeviceBudget] = {
+    "cpu": DeviceBudget(
+        patch_voxels={2: 128 * 128, 3: 48 * 64 * 48},
+        step_voxels={2: 8 * 128 * 128, 3: 2 * 48 * 64 * 48},
+        base_filters=16,
+        max_filters={2: 256, 3: 128},
+        iterations_per_epoch=50,
+        epochs=24,
+        time_budget_s=900.0,
+    ),
+    "cuda": DeviceBudget(
+        patch_voxels={2: 512 * 512, 3: 128 * 128 * 128},
+        step_voxels={2: 12 * 512 * 512, 3: 2 * 128 * 128 * 128},
+        base_filters=32,
+        max_filters={2: 512, 3: 320},
+        iterations_per_epoch=250,
+        epochs=1000,
+        time_budget_s=None,
+    ),
+}
+
+
+@dataclass
+class NormalisationPlan(Plan):
+    """``ct`` (clip + foreground z-score, per channel), ``zscore`` or ``zscore_per_channel`` (per image)."""
+
+    scheme: str
+    clip: list[list[float]] | None = None
+    mean: list[float] | None = None
+    std: list[float] | None = None
+
+
+@dataclass
+class NetworkPlan(Plan):
+    """MONAI ``DynUNet`` keyword arguments."""
+
+    spatial_dims: int
+    in_channels: int
+    out_channels: int
+    kernel_size: list[list[int]]
+    strides: list[list[int]]
+    upsample_kernel_size: list[list[int]]
+    filters: list[int]
+    norm_name: list[Any] = field(default_factory=lambda: ["instance", {"affine": True}])
+    act_name: list[Any] = field(default_factory=lambda: ["leakyrelu", {"inplace": True, "negative_slope": 0.01}])
+    res_block: bool = False
+
+    def kwargs(self) -> dict[str, Any]:
+        return self.to_json()
+
+
+@dataclass
+class OptimizerPlan(Plan):
+    name: str = "AdamW"
+    lr: float = 2e-3
+    weight_decay: float = 3e-5
+    schedule: str = "poly"
+    warmup_iterations: int = 50
+
+    def describe(self) -> str:
+        return (
+            f"{self.name}(lr={self.lr:g}, weight_decay={self.weight_decay:g}), {self.warmup_iterations} warm-up "
+            f"iterations, {self.schedule} 0.9 decay"
+        )
+
+
+@dataclass
+class SlidingWindowPlan(Plan):
+    overlap: float = 0.5
+    mode: str = "gaussian"
+
+
+@dataclass
+class SegmentationPlan(Plan):
+    """Everything training decided from the data; stored in ``bundle.json`` and used by predict and evaluate."""
+
+    spatial_dims: int
+    target_spacing: list[float]
+    resample: bool
+    normalisation: NormalisationPlan
+    patch_size: list[int]
+    batch_size: int
+    network: NetworkPlan
+    optimizer: OptimizerPlan
+    sliding_window: SlidingWindowPlan
+    iterations_per_epoch: int
+    epochs: int
+    time_budget_s: float | None
+    loss: str = "DiceCELoss(to_onehot_y, softmax, include_background=False, batch=True): Dice + cross-entropy"
+    foreground_oversampling: float = 1 / 3
+    augmentation: str = "cpu"
+    validate_every: int = 10
+    test_time_flips: bool = True
+    mixed_precision: bool = False
+    cpu_bf16: bool = False
+    nsd_tolerance: float = 1.0
+    device_budget: str = "cpu"
+
+    def with_overrides(self, overrides: Mapping[str, Any]) -> SegmentationPlan:
+        """A copy with ``overrides`` applied key by key (nested plans merged by key); an unknown key is an error."""
+        return _apply(self, overrides, "")
+
+
+def _apply(plan: Any, overrides: Mapping[str, Any], prefix: str) -> Any:
+    fields = {f.name: f for f in dataclasses.fields(plan)}
+    changes: dict[str, Any] = {}
+    for key, value in overrides.items():
+        if key not in fields:
+            raise MedsightError(f"unknown plan override '{prefix}{key}' (known: {', '.join(sorted(fields))})")
+        current = getattr(plan, key)
+        if isinstance(current, Plan) and isinstance(value, Mapping):
+            changes[key] = _apply(current, value, f"{prefix}{key}.")
+        else:
+            changes[key] = copy.deepcopy(value)
+    return dataclasses.replace(plan, **changes)
+
+
+def read_overrides(source: Path | None) -> dict[str, Any]:
+    """Plan overrides from ``source`` (a JSON file) or else ``$MEDSIGHT_SEG_PLAN`` (a JSON file); none if neither."""
+    chosen: str | Path | None = source if source is not None else os.environ.get(PLAN_ENV)
+    if chosen is None or str(chosen) == "":
+        return {}
+    path = Path(chosen)
+    try:
+        loaded = json.loads(path.read_text())
+    except (OSError, json.JSONDecodeError) as exc:
+        raise MedsightError(f"cannot read plan overrides ({exc})", path) from exc
+    if not isinstance(loaded, dict):
+        raise MedsightError("plan overrides must be a JSON object", path)
+    return loaded
+
+
+def topology_for(patch: Sequence[int], spacing: Sequence[float]) -> dict[str, list[list[int]]]:
+    """nnU-Net's rule, simplified: kernels and strides per level from the patch size and spacing."""
+    size = np.asarray(patch, dtype=float)
+    sp = np.asarray(spacing, dtype=float)
+    kernels: list[list[int]] = [[3 if s / sp.min() <= 2 else 1 for s in sp]]
+    strides: list[list[int]] = [[1] * len(patch)]
+    for _ in range(MAX_POOLS):
+        ratio = sp / sp.min()
+        can = (size / 2 >= MIN_FEATURE_MAP) & (ratio <= 2)
+        if not can.any():
+            break
+        stride = [2 if c else 1 for c in can]
+        strides.append(stride)
+        size = size / np.asarray(stride)
+        sp = sp * np.asarray(stride)
+        kernels.append([3 if s / sp.min() <= 2 else 1 for s in sp])
+    return {"kernels": kernels, "strides": strides}
+
+
+def cpu_has_bf16() -> bool:
+    """Whether this CPU runs bf16 matrix maths natively (AVX-512 BF16 or AMX): then bf16 autocast halves a step."""
+    import torch
+
+    try:
+        return bool(torch.cpu._is_avx512_bf16_supported() or torch.cpu._is_amx_tile_supported())
+    except AttributeError:  # an older torch without the probes
+        return False
+
+
+class SegmentationPlanner:
+    """Turns a data fingerprint into a :class:`SegmentationPlan`, one overridable ``determine_*`` step per decision.
+
+    ``overrides`` fix a decision by key before later steps use it (a patch override re-derives the topology and
+    batch from it); keys that no step decides are applied at the end; an unknown key is an error naming it.
+    """
+
+    #: Keys decided by a step (the override is read there); any other known key is applied after planning.
+    STEP_KEYS = ("target_spacing", "resample", "normalisation", "patch_size", "batch_size", "network")
+
+    def __init__(self, fp: Mapping[str, Any], device: str = "cpu", overrides: Mapping[str, Any] | None = None):
+        self.fp = fp
+        self.device = device
+        self.kind = "cuda" if device.startswith("cuda") else "cpu"
+        self.budget = BUDGETS[self.kind]
+        self.dims = int(fp["spatial_dims"])
+        self.overrides = dict(overrides or {})
+        known = {f.name for f in dataclasses.fields(SegmentationPlan)}
+        unknown = sorted(set(self.overrides) - known)
+        if unknown:
+            raise MedsightError(
+                f"unknown plan override(s) {', '.join(map(repr, unknown))} (known: {', '.join(sorted(known))})"
+            )
+
+    # --- steps -------------------------------------------------------------------------------------------------
+    def determine_target_spacing(self) -> list[float]:
+        return [float(v) for v in self.overrides.get("target_spacing", self.fp["spacing_median"])]
+
+    def determine_resampling(self, spacing: Sequence[float]) -> bool:
+        if "resample" in self.overrides:
+            return bool(self.overrides["resample"])
+        return not np.allclose(self.fp["spacing_min"], spacing, rtol=0.01) or not np.allclose(
+            self.fp["spacing_max"], spacing, rtol=0.01
+        )
+
+    def determine_median_shape(self, spacing: Sequence[float], resample: bool) -> np.ndarray:
+        shape = np.asarray(self.fp["shape_median"], dtype=float)
+        if resample:
+            shape = shape * np.asarray(self.fp["spacing_median"]) / np.asarray(spacing)
+        return shape
+
+    def determine_normalisation(self) -> NormalisationPlan:
+        if "normalisation" in self.overrides:
+            return NormalisationPlan.from_json(self.overrides["normalisation"])
+        modality = str(self.fp["modality"])
+        if modality == "CT":
+            stats = self.fp["foreground_intensity"]
+            return NormalisationPlan(
+                "ct",
+                clip=[[c["p00_5"], c["p99_5"]] for c in stats],
+                mean=[c["mean"] for c in stats],
+                std=[max(c["std"], 1e-6) for c in stats],
+            )
+        return NormalisationPlan("zscore_per_channel" if modality == "RGB" else "zscore")
+
+    def determine_patch_size(self, shape: np.ndarray, spacing: Sequence[float]) -> list[int]:
+        if "patch_size" in self.overrides:
+            return [int(v) for v in self.overrides["patch_size"]]
+        limit = self.budget.patch_voxels[self.dims]
+        patch = np.maximum(shape.copy(), 8.0)
+        while np.prod(patch) > limit:
+            # shrink the axis that is largest in millimetres (nnU-Net shrinks relative to the median shape)
+            axis = int(np.argmax(patch * np.asarray(spacing) / np.asarray(spacing).min()))
+            patch[axis] = max(8.0, patch[axis] * 0.9)
+        topo = topology_for([int(p) for p in patch], spacing)
+        factors = np.prod(np.asarray(topo["strides"]), axis=0)
+        out = [int(math.ceil(p / f) * f) for p, f in zip(patch, factors, strict=True)]
+        while np.prod(out) > limit * 1.25:  # rounding up may overshoot; step the biggest axis down once more
+            axis = int(np.argmax(out))
+            out[axis] = max(int(factors[axis]), out[axis] - int(factors[axis]))
+        return out
+
+    def determine_batch_size(self, patch: Sequence[int], shape: np.ndarray) -> int:
+        if "batch_size" in self.overrides:
+            return int(self.overrides["batch_size"])
+        voxels = int(np.prod(patch))
+        data_voxels = float(self.fp["n_cases"]) * float(np.prod(shape))  # nnU-Net: a batch ≤ 5% of the data set
+        return max(2, min(int(self.budget.step_voxels[self.dims] // voxels), int(0.05 * data_voxels // voxels)))
+
+    def determine_network(self, patch: Sequence[int], spacing: Sequence[float]) -> NetworkPlan:
+        topology = topology_for(patch, spacing)
+        levels = len(topology["strides"])
+        cap = self.budget.max_filters[self.dims]
+        network = NetworkPlan(
+            spatial_dims=self.dims,
+            in_channels=int(self.fp["n_channels"]),
+            out_channels=len(self.fp["class_frequency"]),
+            kernel_size=topology["kernels"],
+            strides=topology["strides"],
+            upsample_kernel_size=topology["strides"][1:],
+            filters=[min(self.budget.base_filters * 2**k, cap) for k in range(levels)],
+        )
+        return _apply(network, self.overrides.get("network", {}), "network.")
+
+    def determine_schedule(self) -> tuple[int, int, float | None]:
+        """Iterations per epoch, epochs, and the time budget (seconds, or None for no limit)."""
+        b = self.budget
+        return b.iterations_per_epoch, b.epochs, b.time_budget_s
+
+    def determine_precision(self) -> tuple[bool, bool]:
+        """(CUDA fp16 autocast, CPU bf16 autocast): mixed precision wherever the hardware runs it natively."""
+        return self.kind == "cuda", self.kind == "cpu" and cpu_has_bf16()
+
+    # --- the whole plan ----------------------------------------------------------------------------------------
+    def plan(self) -> SegmentationPlan:
+        spacing = self.determine_target_spacing()
+        resample = self.determine_resampling(spacing)
+        shape = self.determine_median_shape(spacing, resample)
+        patch = self.determine_patch_size(shape, spacing)
+        iterations, epochs, budget = self.determine_schedule()
+        amp, bf16 = self.determine_precision()
+        plan = SegmentationPlan(
+            spatial_dims=self.dims,
+            target_spacing=spacing,
+            resample=bool(resample),
+            normalisation=self.determine_normalisation(),
+            patch_size=patch,
+            batch_size=self.determine_batch_size(patch, shape),
+            network=self.determine_network(patch, spacing),
+            optimizer=OptimizerPlan(),
+            sliding_window=SlidingWindowPlan(),
+            iterations_per_epoch=iterations,
+            epochs=epochs,
+            time_budget_s=budget,
+            augmentation=self.kind,
+            mixed_precision=amp,
+            cpu_bf16=bf16,
+            device_budget=self.kind,
+        )
+        rest = {k: v for k, v in self.overrides.items() if k not in self.STEP_KEYS}
+        return plan.with_overrides(rest)
+
+
+def make_plan(
+    fp: Mapping[str, Any], device: str = "cpu", overrides: Mapping[str, Any] | None = None
+) -> SegmentationPlan:
+    """The plan of :class:`SegmentationPlanner` for ``fp`` on ``device`` with ``overrides``."""
+    return SegmentationPlanner(fp, device, overrides).plan()
+
+
+def describe(plan: SegmentationPlan, fp: Mapping[str, Any]) -> list[str]:
+    """The plan in plain words, one decision per line, each with its reason."""
+    net = plan.network
+    norm = plan.normalisation.scheme
+    why_norm = {
+        "ct": "CT: intensities are clipped to the 0.5-99.5 percentiles of the foreground, then z-scored with the "
+        "foreground mean and standard deviation",
+        "zscore": f"modality {fp['modality']}: each image is z-scored on its own (MRI intensities have no fixed scale)",
+        "zscore_per_channel": "colour images: each channel of each image is z-scored on its own",
+    }.get(norm, norm)
+    precision = ", mixed precision (fp16)" if plan.mixed_precision else ""
+    precision += ", bf16 autocast on the CPU" if plan.cpu_bf16 else ""
+    return [
+        f"data: {fp['n_cases']} training cases, {fp['spatial_dims']}D, {fp['n_channels']} channel(s), median shape "
+        f"{_x(fp['shape_median'])}, median spacing {_x(fp['spacing_median'])}",
+        "spacing: "
+        + (
+            f"resample to {_x(plan.target_spacing)} (the median spacing)"
+            if plan.resample
+            else f"keep {_x(plan.target_spacing)}: every case already has it, no resampling"
+        ),
+        f"normalisation: {why_norm}",
+        f"patch: {_x(plan.patch_size)} (the median image shape within a {plan.device_budget} budget, a multiple "
+        f"of the network's downsampling), batch {plan.batch_size}",
+        f"network: DynUNet with {len(net.strides)} levels, strides {net.strides[1:]}, filters {net.filters}, "
+        f"instance norm, leaky ReLU ({net.in_channels} in, {net.out_channels} classes)",
+        f"loss: Dice + cross-entropy; {plan.foreground_oversampling:.0%} of patches centred on foreground; "
+        f"{plan.augmentation} augmentation",
+        f"training: {plan.iterations_per_epoch} iterations per epoch, up to {plan.epochs} epochs"
+        + (f" or {plan.time_budget_s:.0f} s" if plan.time_budget_s else "")
+        + f", {plan.optimizer.name} lr {plan.optimizer.lr:g}"
+        + precision,
+        f"inference: sliding window, overlap {plan.sliding_window.overlap}, Gaussian blending"
+        + (", test-time flips" if plan.test_time_flips else ""),
+    ]
+
+
+def _x(values: Sequence[float]) -> str:
+    return "x".join(f"{v:g}" if isinstance(v, float) else str(v) for v in values)

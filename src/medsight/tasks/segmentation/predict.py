@@ -1,0 +1,212 @@
+"""The warm segmentation model: a bundle loaded once (ONNX Runtime session, plan, post-processing), masks in each
+input's own geometry out. ``predict`` returns typed results and writes nothing; ``save`` writes NIfTI / label PNG /
+DICOM SEG and an overlay per input."""
+
+from __future__ import annotations
+
+import io
+from collections.abc import Sequence
+from dataclasses import dataclass, field
+from pathlib import Path
+from typing import Any
+
+import numpy as np
+from tqdm import tqdm
+
+from medsight import config
+from medsight.data import segmentation as segdata
+from medsight.errors import MedsightError
+from medsight.runtime.results import Result
+from medsight.tasks.segmentation.data import Loaded
+from medsight.tasks.segmentation.inference import (
+    Predictor,
+    onnx_predictor,
+    postprocess,
+    predict_case,
+    torch_predictor,
+)
+from medsight.tasks.segmentation.overlay import overlay, view
+from medsight.tasks.segmentation.plan import SegmentationPlan
+from medsight.training.bundle import Bundle
+
+
+@dataclass
+class InputImage:
+    """An input read and checked: image ``(C, *spatial)``, spacing, and what writing results in its geometry needs."""
+
+    path: Path
+    kind: str  # "nifti", "volume", "raster" or "dicom"
+    image: np.ndarray
+    spacing: tuple[float, ...]
+    affine: np.ndarray
+    volume: Any = None  # the DICOM series (medsight.io.dicom.Volume) for a DICOM input
+
+
+@dataclass
+class SegmentationResult(Result):
+    """One input's mask (class indices on the input's own grid) and the amount of each class."""
+
+    labels: list[str] = field(default_factory=list)
+    engine: str = ""
+    unit: str = ""
+    amounts: dict[str, float] = field(default_factory=dict)
+    mask: np.ndarray = field(default_factory=lambda: np.zeros(0, np.uint8), repr=False)
+    spacing: tuple[float, ...] = ()
+    affine: np.ndarray = field(default_factory=lambda: np.eye(4), repr=False)
+    source: InputImage | None = field(default=None, repr=False)
+
+    def summary(self) -> str:
+        return ", ".join(f"{n} {v:.0f} {self.unit}" for n, v in self.amounts.items()) + f" ({self.engine})"
+
+    def payload(self) -> dict[str, Any]:
+        return {
+            "engine": self.engine,
+            "labels": list(self.labels),
+            "shape": list(self.mask.shape),
+            "spacing": [float(s) for s in self.spacing],
+            "amounts": {"unit": self.unit, **self.amounts},
+        }
+
+
+def read_input(path: Path) -> InputImage:
+    """Read one input (NIfTI/NRRD/MHA, PNG/TIFF/GIF/JPEG, a DICOM file or series folder) and check it."""
+    name = path.name.lower()
+    if not path.exists():
+        raise MedsightError("no such file or folder", path)
+    if path.is_dir() or name.endswith(".dcm") or (path.is_file() and _is_dicom(path)):
+        from medsight.io.dicom import read_series, to_metatensor
+
+        volume = read_series(path)
+        if volume.geometry is None or volume.array.ndim != 3:
+            raise MedsightError("DICOM input must be a greyscale series with patient geometry", path)
+        mt = to_metatensor(volume)
+        affine = np.asarray(mt.affine, dtype=float)
+        image = np.asarray(mt.detach().cpu().numpy(), dtype=np.float32)
+        return InputImage(path, "dicom", image, segdata.spacing_of(affine), affine, volume)
+    if name.endswith(segdata.VOLUME_SUFFIXES):
+        arr, affine = segdata._read_volume(path)
+        arr = np.asarray(arr, dtype=np.float32)
+        image = np.moveaxis(arr, -1, 0) if arr.ndim == 4 else arr[None]
+        kind = "nifti" if ".nii" in name else "volume"
+        return InputImage(path, kind, image, segdata.spacing_of(affine), affine)
+    if name.endswith(segdata.RASTER_SUFFIXES):
+        return InputImage(path, "raster", segdata._read_raster(path), (1.0, 1.0), np.eye(4))
+    raise MedsightError("not an input segmentation can read (NIfTI, NRRD/MHA, PNG/TIFF/GIF/JPEG, DICOM)", path)
+
+
+def _is_dicom(path: Path) -> bool:
+    from medsight.io.images import is_dicom_file
+
+    return is_dicom_file(path)
+
+
+class SegmentationModel:
+    """A segmentation bundle loaded once; ONNX Runtime when the bundle has a checked export, else PyTorch."""
+
+    def __init__(self, bundle: Bundle) -> None:
+        self.bundle = bundle
+        self.plan = bundle.plan(SegmentationPlan)
+        self.labels = bundle.label_names
+        self.keep: list[int] = [int(k) for k in bundle.meta["postprocessing"]["keep_largest_component"]]
+        onnx_info = bundle.meta.get("onnx") or {}
+        self.predictor: Predictor
+        if "error" not in onnx_info and bundle.onnx_path.is_file():
+            self.predictor, self.engine = onnx_predictor(bundle.onnx_path, config.num_threads()), "ONNX Runtime"
+        else:
+            self.predictor, self.engine = torch_predictor(bundle.network("cpu")), "PyTorch"
+
+    # --- the shared inference path (evaluate uses it too) --------------------------------------------------------
+    def case(self, case: Loaded) -> tuple[np.ndarray, np.ndarray]:
+        """``(post-processed mask, probabilities)`` of a case on its own grid."""
+        mask, probs = predict_case(case, self.plan, self.predictor)
+        return postprocess(mask, self.keep, case.roi), probs
+
+    def segment(self, image: np.ndarray, spacing: tuple[float, ...]) -> np.ndarray:
+        """The post-processed mask of ``image`` ``(C, *spatial)``; a 2D model runs slice by slice on a volume."""
+        dims = self.plan.spatial_dims
+        if image.ndim - 1 == dims:
+            return self.case(Loaded("input", image, None, spacing, np.eye(4)))[0]
+        if dims == 2 and image.ndim == 4:
+            out = np.zeros(image.shape[1:], np.uint8)
+            for k in range(image.shape[-1]):
+                out[..., k] = self.case(Loaded("input", image[..., k], None, spacing[:2], np.eye(4)))[0]
+            return out
+        raise MedsightError(f"a {image.ndim - 1}D image, but the model segments {dims}D images")
+
+    # --- the Model protocol ----------------------------------------------------------------------------------------
+    def predict(self, inputs: Sequence[Path], explain: bool = False) -> list[SegmentationResult]:
+        """One mask per input, in order. ``explain`` is accepted for the common interface: the overlay that
+        ``save`` writes is a segmentation's explanation."""
+        if not inputs:
+            raise MedsightError("no input files given")
+        read = [read_input(Path(p)) for p in tqdm(inputs, desc="read", unit="input", disable=len(inputs) < 4)]
+        for r in read:
+            if r.image.shape[0] not in (1, 3, self.plan.network.in_channels):
+                raise MedsightError(
+                    f"{r.image.shape[0]} channels; the model takes {self.plan.network.in_channels}", r.path
+                )
+        results = []
+        for k, r in enumerate(tqdm(read, desc="segment", unit="input", disable=len(read) < 2)):
+            mask = self.segment(r.image, r.spacing)
+            raster = r.kind == "raster"
+            unit = "mm³" if len(r.spacing) == 3 else ("pixels" if raster else "mm²")
+            size = 1.0 if raster else float(np.prod(r.spacing))
+            amounts = {self.labels[c]: float((mask == c).sum()) * size for c in range(1, len(self.labels))}
+            results.append(
+                SegmentationResult(
+                    input=r.path.name,
+                    index=k,
+                    labels=list(self.labels),
+                    engine=self.engine,
+                    unit=unit,
+                    amounts=amounts,
+                    mask=mask,
+                    spacing=tuple(r.spacing),
+                    affine=r.affine,
+                    source=r,
+                )
+            )
+        return results
+
+    def save(self, results: Sequence[Any], folder: Path) -> None:
+        """NIfTI in → NIfTI (same affine and header); raster in → label PNG; DICOM in → DICOM SEG plus a NIfTI in
+        the series' geometry; an overlay PNG for every input."""
+        from medsight.evaluation.plots import png_image
+
+        for r in results:
+            assert isinstance(r, SegmentationResult) and r.source is not None
+            src, stem = r.source, r.stem
+            if src.kind == "raster":
+                from PIL import Image
+
+                buf = io.BytesIO()
+                Image.fromarray(r.mask.astype(np.uint8)).save(buf, format="PNG")
+                (folder / f"{stem}_mask.png").write_bytes(buf.getvalue())
+                r.files["mask"] = f"{stem}_mask.png"
+            else:
+                import nibabel as nib
+
+                header: Any = None
+                if src.kind == "nifti":
+                    header = nib.load(str(src.path)).header.copy()
+                    header.set_data_dtype(np.uint8)
+                name = f"{stem}_seg.nii.gz"
+                nib.save(nib.Nifti1Image(r.mask.astype(np.uint8), r.affine, header), str(folder / name))
+                r.files["mask"] = name
+            if src.kind == "dicom":
+                from medsight.io.dicom import read_datasets
+                from medsight.serving.dicom_objects import write_seg
+
+                seg_name = f"{stem}_seg.dcm"
+                write_seg(
+                    np.ascontiguousarray(np.transpose(r.mask, (2, 1, 0))).astype(np.uint8),
+                    read_datasets(src.volume.files),
+                    self.labels[1:],
+                    folder / seg_name,
+                    model_name=f"medsight {self.bundle.meta['data']['source']} segmentation",
+                    model_version=str(self.bundle.meta["versions"]["medsight"]),
+                )
+                r.dicom["seg"] = seg_name
+            img, _unused, shown = view(src.image, None, r.mask)
+            (folder / f"{stem}_overlay.png").write_bytes(png_image(overlay(img, shown)))
+            r.files["overlay"] = f"{stem}_overlay.png"
