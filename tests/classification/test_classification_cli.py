@@ -14,13 +14,16 @@ import torch
 from medsight.cli import main
 from medsight.training.bundle import load_bundle
 
+#: --task is given so these tests do not depend on the other tasks' recognisers (which claim their own data
+#: first); classification is what every source here would be detected as.
+TRAIN = ["train", "--task", "classification"]
 METRIC_KEYS = {"auc", "accuracy", "sensitivity", "specificity", "ppv", "npv", "f1", "brier", "ece"}
 
 
 @pytest.fixture(scope="module")
 def breast_bundle(tmp_path_factory: pytest.TempPathFactory, shared_data: Path) -> Path:
     out = tmp_path_factory.mktemp("breast") / "bundle"
-    assert main(["train", "medmnist:breastmnist", "--out", str(out), "--seed", "0", "--epochs", "3"]) == 0
+    assert main([*TRAIN, "medmnist:breastmnist", "--out", str(out), "--seed", "0", "--epochs", "3"]) == 0
     return out
 
 
@@ -138,7 +141,7 @@ def _small_3d_npz(path: Path) -> Path:
 def test_3d_medmnist_format_trains_evaluates_predicts(tmp_path: Path) -> None:
     npz = _small_3d_npz(tmp_path / "blobs3d.npz")
     bundle, out, pred = tmp_path / "b3", tmp_path / "e3", tmp_path / "p3"
-    assert main(["train", str(npz), "--out", str(bundle), "--epochs", "2", "--batch-size", "8"]) == 0
+    assert main([*TRAIN, str(npz), "--out", str(bundle), "--epochs", "2", "--batch-size", "8"]) == 0
     assert load_bundle(bundle).input["spatial_size"] == [16, 16, 16]
     assert main(["evaluate", str(bundle), str(npz), "--out", str(out), "--bootstrap", "50"]) == 0
     assert json.loads((out / "metrics.json").read_text())["n"] == 8
@@ -153,9 +156,7 @@ def test_same_seed_same_weights(tmp_path: Path) -> None:
     npz = _small_3d_npz(tmp_path / "blobs3d.npz")
     for name in ("a", "b"):
         assert (
-            main(
-                ["train", str(npz), "--out", str(tmp_path / name), "--epochs", "1", "--seed", "7", "--batch-size", "8"]
-            )
+            main([*TRAIN, str(npz), "--out", str(tmp_path / name), "--epochs", "1", "--seed", "7", "--batch-size", "8"])
             == 0
         )
     a = torch.load(tmp_path / "a" / "model.pt", weights_only=True)
@@ -181,7 +182,7 @@ def test_truncated_npz_fails_cleanly(shared_data: Path, tmp_path: Path, capsys: 
     broken = tmp_path / "cut.npz"
     broken.write_bytes(data[:100_000])
     out = tmp_path / "bundle"
-    _assert_clean_failure(capsys, ["train", str(broken), "--out", str(out)], "cut.npz", out)
+    _assert_clean_failure(capsys, [*TRAIN, str(broken), "--out", str(out)], "cut.npz", out)
     assert not out.exists()
 
 
@@ -192,7 +193,7 @@ def test_manifest_missing_file_and_unknown_label(tmp_path: Path, capsys: pytest.
 
     csv = make_png_manifest(tmp_path / "set", n_patients=12)
     bundle = tmp_path / "bundle"
-    assert main(["train", str(csv), "--out", str(bundle), "--epochs", "1"]) == 0
+    assert main([*TRAIN, str(csv), "--out", str(bundle), "--epochs", "1"]) == 0
     evaluation = tmp_path / "eval"
     assert main(["evaluate", str(bundle), str(csv), "--out", str(evaluation), "--bootstrap", "50"]) == 0
     before = (evaluation / "metrics.json").read_bytes()
@@ -211,7 +212,7 @@ def test_manifest_missing_file_and_unknown_label(tmp_path: Path, capsys: pytest.
     table.loc[0, "label"] = "clear"
     table.loc[1, "path"] = "img/gone.png"
     table.to_csv(csv, index=False)
-    _assert_clean_failure(capsys, ["train", str(csv), "--out", str(tmp_path / "b2")], "gone.png", tmp_path / "b2")
+    _assert_clean_failure(capsys, [*TRAIN, str(csv), "--out", str(tmp_path / "b2")], "gone.png", tmp_path / "b2")
 
 
 def test_predict_rejects_non_image(breast_bundle: Path, tmp_path: Path, capsys: pytest.CaptureFixture[str]) -> None:
@@ -258,7 +259,7 @@ def _shapes_manifest(root: Path, multilabel: bool) -> Path:
 def test_multiclass_and_multilabel_train_evaluate_predict(tmp_path: Path, multilabel: bool) -> None:
     csv = _shapes_manifest(tmp_path / "set", multilabel)
     bundle, out, pred = tmp_path / "b", tmp_path / "e", tmp_path / "p"
-    assert main(["train", str(csv), "--out", str(bundle), "--epochs", "2", "--batch-size", "16"]) == 0
+    assert main([*TRAIN, str(csv), "--out", str(bundle), "--epochs", "2", "--batch-size", "16"]) == 0
     meta = load_bundle(bundle).meta
     assert meta["task_type"] == ("multilabel" if multilabel else "multiclass")
     expected = ["bar", "square"] if multilabel else ["bar", "plain", "square"]
@@ -275,3 +276,92 @@ def test_multiclass_and_multilabel_train_evaluate_predict(tmp_path: Path, multil
         assert isinstance(p["decision"], list) and set(p["decision"]) <= set(expected)
     else:
         assert sum(p["probabilities"].values()) == pytest.approx(1.0, abs=1e-5) and p["decision"] in expected
+
+
+# ------------------------------------------------------------------------------------------- the contract
+
+
+def test_option_the_task_does_not_take_is_rejected(tmp_path: Path, capsys: pytest.CaptureFixture[str]) -> None:
+    npz = _small_3d_npz(tmp_path / "blobs3d.npz")
+    out = tmp_path / "bundle"
+    for flag, value in (("--image-size", "64"), ("--fold", "1")):
+        _assert_clean_failure(capsys, [*TRAIN, str(npz), "--out", str(out), flag, value], flag, out)
+        assert not out.exists()
+
+
+def test_plan_is_logged_up_front_and_round_trips_through_bundle_json(
+    breast_bundle: Path, tmp_path: Path, caplog: pytest.LogCaptureFixture
+) -> None:
+    from medsight.tasks.classification.plan import ClassificationPlan, NetworkPlan
+
+    bundle = load_bundle(breast_bundle)
+    plan = bundle.plan(ClassificationPlan)
+    assert isinstance(plan.network, NetworkPlan) and plan.network.kwargs() == bundle.meta["network"]["kwargs"]
+    assert plan.epochs == 3 and plan.batch_size == 128 and plan.lr == 2e-3 and plan.width == 16
+    assert plan.balanced_loss and plan.class_balance.startswith("auto")  # BreastMNIST is 1:2.7
+    assert plan.time_budget_s is None and plan.seconds_per_iteration > 0 and plan.expected_seconds > 0
+    assert ClassificationPlan.from_json(plan.to_json()) == plan
+    assert bundle.meta["options"] == {"seed": 0, "epochs": 3}
+    assert bundle.meta["training"]["warnings"] == []
+    # A default run announces its plan and expected time before training starts.
+    npz = _small_3d_npz(tmp_path / "blobs3d.npz")
+    caplog.set_level(logging.INFO)
+    assert main([*TRAIN, str(npz), "--out", str(tmp_path / "b"), "--batch-size", "8"]) == 0
+    first = next(r.getMessage() for r in caplog.records if "expected training time" in r.getMessage())
+    assert "iterations/s" in first and "time budget" in first
+    meta = load_bundle(tmp_path / "b").meta
+    planned = ClassificationPlan.from_json(meta["plan"])
+    assert planned.epochs == 40 and planned.time_budget_s is not None and planned.time_budget_s <= 600
+    assert meta["training"]["time_budget_s"] == planned.time_budget_s
+
+
+def test_runtime_results_equal_what_predict_writes(breast_bundle: Path, tmp_path: Path) -> None:
+    from PIL import Image
+
+    from medsight import runtime
+    from medsight.tasks.classification.predict import ClassificationModel, ClassificationResult
+
+    paths = []
+    for k in range(3):
+        png = tmp_path / f"img{k}.png"
+        Image.fromarray((np.random.default_rng(k).random((40, 50)) * 255).astype(np.uint8)).save(png)
+        paths.append(png)
+    model = runtime.load(breast_bundle)
+    assert isinstance(model, ClassificationModel)
+    results = model.predict(paths)
+    assert not any(tmp_path.glob("*.json"))  # predicting writes nothing
+    assert all(isinstance(r, ClassificationResult) for r in results)
+    first = results[0]
+    assert isinstance(first, ClassificationResult) and first.decision in first.probabilities
+    assert first.operating_point is not None and first.operating_point["on"] == "normal, benign"
+    out = tmp_path / "pred"
+    assert main(["predict", str(breast_bundle), *map(str, paths), "--out", str(out)]) == 0
+    written = json.loads((out / "predictions.json").read_text())
+    assert written["task"] == "classification"
+    assert written["predictions"] == json.loads(json.dumps([r.to_json() for r in results]))
+    assert model.predict(paths)[2].to_json() == results[2].to_json()  # the warm model runs again, same answer
+
+
+def test_hand_edited_bundle_fails_to_load_with_one_line(
+    breast_bundle: Path, tmp_path: Path, capsys: pytest.CaptureFixture[str]
+) -> None:
+    import shutil
+
+    png = tmp_path / "x.png"
+    from PIL import Image
+
+    Image.fromarray(np.zeros((28, 28), np.uint8)).save(png)
+    for edit, needle in (
+        (lambda m: m["calibration"].update(temperature="warm"), "calibration/temperature"),
+        (lambda m: m.pop("plan"), "'plan' is a required property"),
+        (lambda m: m["plan"].pop("batch_size"), "missing ['batch_size']"),
+    ):
+        edited = tmp_path / "edited"
+        shutil.rmtree(edited, ignore_errors=True)
+        shutil.copytree(breast_bundle, edited)
+        meta = json.loads((edited / "bundle.json").read_text())
+        edit(meta)
+        (edited / "bundle.json").write_text(json.dumps(meta))
+        out = tmp_path / "pred"
+        _assert_clean_failure(capsys, ["predict", str(edited), str(png), "--out", str(out)], needle, out)
+        assert not out.exists()
