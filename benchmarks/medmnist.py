@@ -2,20 +2,35 @@
 
 Run: ``make benchmarks`` or ``MEDSIGHT_DATA=../shared/data .venv/bin/python benchmarks/medmnist.py``
 Options: ``--sets pneumoniamnist breastmnist --seeds 0 1 2 --epochs 40 --time-budget 540``.
-Each run trains with ``medsight train`` defaults (plus the time budget), then evaluates on the official
-test split. ACC is reported as MedMNIST defines it (threshold 0.5) and at the operating point chosen on val.
+Each run trains through the classification task's contract (``medsight train`` with ``--epochs`` and
+``--time-budget``; everything else planned), then evaluates on the official test split. ACC is reported as
+MedMNIST defines it (threshold 0.5) and at the operating point chosen on val.
+
+Results go to ``benchmarks/results/medmnist.json`` (``--results``): per data set the list of runs (figures with
+95% CIs, seed, epochs, seconds) and, under ``provenance``, the command, git commit, date and seeds of the runs
+that produced them. Only the data sets run are replaced, so earlier figures of the others are kept; the figures a
+run replaces move to ``previous`` (with their provenance) for comparison.
 """
 
 from __future__ import annotations
 
 import argparse
+import datetime as dt
 import json
+import shlex
 import statistics
+import subprocess
+import sys
 import tempfile
 import time
 from pathlib import Path
+from typing import Any
 
-from medsight.pipelines import classification
+from medsight.evaluation.metrics import N_BOOTSTRAP
+from medsight.io.atomic import write_json
+from medsight.tasks.classification import TASK, ClassificationOptions
+
+RESULTS = Path(__file__).resolve().parent / "results" / "medmnist.json"
 
 #: MedMNIST v2 (Yang et al., Scientific Data 2023), test AUC / ACC, and the goals in targets.md.
 BASELINES = {
@@ -34,12 +49,24 @@ BASELINES = {
 }
 
 
-def run_one(flag: str, seed: int, epochs: int, budget: float, work: Path) -> dict[str, float]:
+def commit() -> str:
+    """The checked-out commit, marked ``-dirty`` when tracked files differ from it."""
+    root = Path(__file__).resolve().parents[1]
+    try:
+        head = subprocess.run(["git", "rev-parse", "--short", "HEAD"], cwd=root, capture_output=True, text=True)
+        dirty = subprocess.run(["git", "status", "--porcelain", "--untracked-files=no"], cwd=root, capture_output=True)
+    except OSError:
+        return "unknown"
+    return head.stdout.strip() + ("-dirty" if dirty.stdout.strip() else "") if head.returncode == 0 else "unknown"
+
+
+def run_one(flag: str, seed: int, epochs: int, budget: float, work: Path) -> dict[str, Any]:
     bundle, evaluation = work / f"{flag}_{seed}", work / f"{flag}_{seed}_eval"
     start = time.monotonic()
-    meta = classification.train(f"medmnist:{flag}", bundle, seed=seed, epochs=epochs, time_budget_s=budget)
+    options = ClassificationOptions(seed=seed, epochs=epochs, time_budget_s=budget)
+    meta = TASK.train(f"medmnist:{flag}", bundle, options)
     train_s = time.monotonic() - start
-    result = classification.evaluate(bundle, f"medmnist:{flag}", "test", evaluation)
+    result = TASK.evaluate(bundle, f"medmnist:{flag}", "test", evaluation, N_BOOTSTRAP)
     m, at05 = result["metrics"], result["operating_point"]["at_0.5"]
     return {
         "seed": seed,
@@ -48,20 +75,37 @@ def run_one(flag: str, seed: int, epochs: int, budget: float, work: Path) -> dic
         "acc_at_0.5": at05["accuracy"]["value"],
         "acc_at_0.5_ci95": at05["accuracy"]["ci95"],
         "acc_at_operating_point": m["accuracy"]["value"],
+        "acc_at_operating_point_ci95": m["accuracy"]["ci95"],
         "sensitivity": m["sensitivity"]["value"],
         "specificity": m["specificity"]["value"],
         "ece_after_calibration": m["ece"]["value"],
         "epochs_run": meta["training"]["epochs_run"],
         "best_epoch": meta["training"]["best_epoch"],
+        "stopped_by": meta["training"]["stopped_by"],
+        "expected_train_seconds": meta["training"]["expected_seconds"],
         "train_seconds": round(train_s, 1),
         "total_seconds": round(time.monotonic() - start, 1),
     }
 
 
-def mean_sd(runs: list[dict[str, float]], key: str) -> str:
+def mean_sd(runs: list[dict[str, Any]], key: str) -> str:
     vals = [r[key] for r in runs]
     sd = statistics.stdev(vals) if len(vals) > 1 else 0.0
     return f"{statistics.mean(vals):.3f} ± {sd:.3f}"
+
+
+def save(path: Path, runs: dict[str, list[dict[str, Any]]], provenance: dict[str, Any]) -> None:
+    """Replace the data sets just run in ``path``, keeping the others (and their provenance)."""
+    document: dict[str, Any] = json.loads(path.read_text()) if path.is_file() else {}
+    known = document.setdefault("provenance", {})
+    for flag, rs in runs.items():
+        earlier = known.get(flag)
+        if earlier is not None and earlier.get("commit") != provenance["commit"] and flag in document:
+            # Keep the figures this run replaces, with their provenance, to compare against.
+            document.setdefault("previous", {})[flag] = {"provenance": earlier, "runs": document[flag]}
+        document[flag] = [{**r, "commit": provenance["commit"]} for r in rs]
+        known[flag] = provenance
+    write_json(path, document)
 
 
 def main() -> None:
@@ -70,9 +114,18 @@ def main() -> None:
     parser.add_argument("--seeds", nargs="+", type=int, default=[0, 1, 2])
     parser.add_argument("--epochs", type=int, default=40)
     parser.add_argument("--time-budget", type=float, default=540.0, help="training seconds per run (< 10 min)")
-    parser.add_argument("--json", type=Path, help="also write all runs to this JSON file")
+    parser.add_argument("--results", type=Path, default=RESULTS, help=f"results file to update (default {RESULTS})")
+    parser.add_argument("--json", type=Path, help="also write this invocation's runs alone to this JSON file")
     args = parser.parse_args()
-    runs: dict[str, list[dict[str, float]]] = {}
+    provenance = {
+        "command": "python benchmarks/medmnist.py " + shlex.join(sys.argv[1:]),
+        "commit": commit(),
+        "date": dt.datetime.now(dt.timezone.utc).isoformat(timespec="seconds"),
+        "seeds": args.seeds,
+        "epochs": args.epochs,
+        "time_budget_s": args.time_budget,
+    }
+    runs: dict[str, list[dict[str, Any]]] = {}
     with tempfile.TemporaryDirectory() as tmp:
         for flag in args.sets:
             runs[flag] = []
@@ -85,6 +138,7 @@ def main() -> None:
                     f"{r['train_seconds']} s training, {r['total_seconds']} s with evaluation",
                     flush=True,
                 )
+                save(args.results, {flag: runs[flag]}, provenance)  # a later failure keeps finished runs
     print()
     print("| data set | model | test AUC | test ACC (0.5) | ACC at val operating point | train s/run |")
     print("|---|---|---|---|---|---|")
@@ -97,8 +151,9 @@ def main() -> None:
         )
         for name, (auc, acc) in BASELINES[flag].items():
             print(f"| {flag} | {name} | {auc:.3f} | {acc:.3f} | | |")
+    print(f"results: {args.results}")
     if args.json:
-        args.json.write_text(json.dumps(runs, indent=2))
+        write_json(args.json, {"provenance": provenance, **runs})
 
 
 if __name__ == "__main__":
