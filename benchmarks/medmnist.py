@@ -49,12 +49,25 @@ BASELINES = {
 }
 
 
+#: The code these figures depend on: a local change there marks the commit ``-dirty``.
+DEPENDS_ON = (
+    "src/medsight/tasks/classification",
+    "src/medsight/training",
+    "src/medsight/evaluation",
+    "src/medsight/data",
+    "src/medsight/transforms.py",
+    "benchmarks/medmnist.py",
+)
+
+
 def commit() -> str:
-    """The checked-out commit, marked ``-dirty`` when tracked files differ from it."""
+    """The checked-out commit, marked ``-dirty`` when the code the figures depend on differs from it."""
     root = Path(__file__).resolve().parents[1]
     try:
         head = subprocess.run(["git", "rev-parse", "--short", "HEAD"], cwd=root, capture_output=True, text=True)
-        dirty = subprocess.run(["git", "status", "--porcelain", "--untracked-files=no"], cwd=root, capture_output=True)
+        dirty = subprocess.run(
+            ["git", "status", "--porcelain", "--untracked-files=no", "--", *DEPENDS_ON], cwd=root, capture_output=True
+        )
     except OSError:
         return "unknown"
     return head.stdout.strip() + ("-dirty" if dirty.stdout.strip() else "") if head.returncode == 0 else "unknown"
