@@ -260,8 +260,9 @@ class TimeBudget:
         if event is Event.EPOCH_COMPLETED:
             elapsed = s.elapsed
             per_epoch = elapsed / max(s.epoch, 1)
-            if s.epoch < s.planned_epochs and elapsed + per_epoch > self.seconds:
-                s.stop("time budget")
+            if elapsed + per_epoch > self.seconds:
+                if s.epoch < s.requested_epochs:
+                    s.stop("time budget")
                 return
             fits = s.epoch + int((self.seconds - elapsed) // max(per_epoch, 1e-6))
             s.planned_epochs = min(s.requested_epochs, max(s.epoch + 1, fits))

@@ -1,0 +1,76 @@
+"""The task contract: typed options that reject what a task does not take, typed plans that round-trip."""
+
+from __future__ import annotations
+
+import dataclasses
+import json
+
+import pytest
+
+from medsight import tasks
+from medsight.errors import MedsightError
+from medsight.tasks.contract import Plan, TrainOptions
+
+
+@dataclasses.dataclass(kw_only=True)
+class _Options(TrainOptions):
+    fold: int | None = None
+
+
+@dataclasses.dataclass
+class _Network(Plan):
+    channels: list[int]
+    dims: int = 2
+
+
+@dataclasses.dataclass
+class _Plan(Plan):
+    network: _Network
+    lr: float
+    schedule: str = "cosine"
+    overrides: dict[str, int] = dataclasses.field(default_factory=dict)
+
+
+def test_unknown_option_is_named() -> None:
+    assert _Options.from_mapping({"seed": 3, "fold": 1}, "toy") == _Options(seed=3, fold=1)
+    with pytest.raises(MedsightError) as info:
+        _Options.from_mapping({"seed": 3, "class_balance": "on", "plan": "x"}, "toy")
+    message = str(info.value)
+    assert "the toy task does not take --class-balance, --plan" in message
+    assert "--fold" in message and "--time-budget-s" not in message.split("takes")[0]
+
+
+def test_given_lists_only_what_was_set() -> None:
+    assert _Options(seed=1, lr=0.1).given() == {"seed": 1, "lr": 0.1}
+
+
+def test_plan_round_trips_through_json_with_nested_plans() -> None:
+    plan = _Plan(_Network([16, 32]), 1e-3, overrides={"a": 1})
+    text = json.dumps(plan.to_json())
+    back = _Plan.from_json(json.loads(text))
+    assert back == plan and isinstance(back.network, _Network)
+
+
+def test_plan_with_unknown_or_missing_keys_is_an_error() -> None:
+    good = _Plan(_Network([8]), 0.1).to_json()
+    with pytest.raises(MedsightError, match=r"unknown key\(s\) \['momentum'\]"):
+        _Plan.from_json({**good, "momentum": 0.9}, "bundle.json")
+    with pytest.raises(MedsightError, match=r"missing \['lr'\]"):
+        _Plan.from_json({k: v for k, v in good.items() if k != "lr"})
+    with pytest.raises(MedsightError, match="_Network: missing"):
+        _Plan.from_json({**good, "network": {"dims": 3}})
+
+
+def test_unknown_task_is_an_error() -> None:
+    with pytest.raises(MedsightError, match="unknown task 'registration'"):
+        tasks.get("registration")
+
+
+@pytest.mark.parametrize("name", tasks.TASKS)
+def test_every_task_implements_the_protocol(name: str) -> None:
+    task = tasks.get(name)
+    assert isinstance(task, tasks.Task) and task.name == name
+    assert issubclass(task.Options, TrainOptions)
+    assert dataclasses.is_dataclass(task.Options)
+    with pytest.raises(MedsightError, match="does not take --no-such-option"):
+        task.Options.from_mapping({"no_such_option": 1}, name)
