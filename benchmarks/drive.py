@@ -3,7 +3,7 @@ the 1st manual annotation, with the 2nd observer scored the same way, beside the
 
 Run: ``MEDSIGHT_DATA=../shared/data .venv/bin/python benchmarks/drive.py --time-budget 1200 --out bench_out/drive``
 The training is ``medsight train`` with its self-configured plan, only the time budget given; the evaluation is
-``medsight evaluate BUNDLE DRIVE --split test``.
+``medsight evaluate BUNDLE DRIVE --split test``. Writes ``benchmarks/results/drive.json``.
 """
 
 from __future__ import annotations
@@ -14,8 +14,11 @@ import logging
 import time
 from pathlib import Path
 
+import seg_record
+
 from medsight import config
-from medsight.pipelines import segmentation
+from medsight.tasks import segmentation
+from medsight.tasks.segmentation import SegmentationOptions
 
 #: targets.md: published DRIVE test-set results (inside the FOV, vs the 1st manual annotation) and the goal.
 REFERENCES = {
@@ -38,9 +41,11 @@ def main() -> None:
     logging.basicConfig(level=logging.INFO, format="%(message)s")
 
     start = time.monotonic()
-    meta = segmentation.train(str(args.data), args.out / "bundle", seed=args.seed, time_budget_s=args.time_budget)
+    task = segmentation.TASK
+    options = SegmentationOptions(seed=args.seed, time_budget_s=args.time_budget or None)
+    meta = task.train(str(args.data), args.out / "bundle", options)
     trained = time.monotonic() - start
-    result = segmentation.evaluate(args.out / "bundle", str(args.data), "test", args.out / "evaluation", args.bootstrap)
+    result = task.evaluate(args.out / "bundle", str(args.data), "test", args.out / "evaluation", args.bootstrap)
     wall = time.monotonic() - start
     m = result["metrics"]
     so = result.get("second_observer", {}).get("metrics", {})
@@ -77,6 +82,7 @@ def main() -> None:
         "wall_s": wall,
     }
     (args.out / "summary.json").write_text(json.dumps(summary, indent=2))
+    seg_record.write("drive", {"seed": args.seed, "time_budget_s": args.time_budget, "n": result["n"], **summary})
 
 
 if __name__ == "__main__":

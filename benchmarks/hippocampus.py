@@ -3,7 +3,12 @@ fold-0 model on the held-out test split, beside nnU-Net's figures in targets.md.
 
 Run: ``MEDSIGHT_DATA=../shared/data .venv/bin/python benchmarks/hippocampus.py --folds 0 --time-budget 1200``
 (``--folds 0 1 2 3 4`` for the full 5-fold CV). Each fold is ``medsight train`` with its self-configured plan and
-``fold=k``, only the time budget given. Labels: 1 = anterior, 2 = posterior (MSD dataset.json, see SOURCE.md).
+``fold=k``, only the time budget given (``--time-budget 0``: the plan's default epochs and budget, exactly as a
+``medsight train`` without options). Writes ``benchmarks/results/hippocampus.json``.
+
+``--bundle B --wall-s S --train-command CMD`` instead scores an already trained bundle (e.g. a default
+``medsight train`` timed by the shell) on the held-out split and writes ``benchmarks/results/<--name>.json``.
+Labels: 1 = anterior, 2 = posterior (MSD dataset.json, see SOURCE.md).
 """
 
 from __future__ import annotations
@@ -15,8 +20,11 @@ import statistics
 import time
 from pathlib import Path
 
+import seg_record
+
 from medsight import config
-from medsight.pipelines import segmentation
+from medsight.tasks import segmentation
+from medsight.tasks.segmentation import SegmentationOptions
 
 NAMES = {"label_1": "anterior", "label_2": "posterior"}
 REFERENCES = {
@@ -34,20 +42,29 @@ def main() -> None:
     parser.add_argument("--seed", type=int, default=0)
     parser.add_argument("--bootstrap", type=int, default=1000)
     parser.add_argument("--skip-test", action="store_true", help="do not score the held-out test split")
+    parser.add_argument("--bundle", type=Path, help="score this trained bundle on the held-out split, train nothing")
+    parser.add_argument("--wall-s", type=float, help="with --bundle: the measured wall time of its training")
+    parser.add_argument("--train-command", help="with --bundle: the command that trained it")
+    parser.add_argument("--name", default="hippocampus", help="results file name (default hippocampus)")
     args = parser.parse_args()
     logging.basicConfig(level=logging.INFO, format="%(message)s")
+    task = segmentation.TASK
+    if args.bundle is not None:
+        score_bundle(args)
+        return
 
     start = time.monotonic()
     rows = []
     for fold in args.folds:
         bundle = args.out / f"fold{fold}"
-        meta = segmentation.train(str(args.data), bundle, seed=args.seed, fold=fold, time_budget_s=args.time_budget)
-        val = segmentation.evaluate(bundle, str(args.data), "val", args.out / f"fold{fold}_val", args.bootstrap)
+        options = SegmentationOptions(seed=args.seed, fold=fold, time_budget_s=args.time_budget or None)
+        meta = task.train(str(args.data), bundle, options)
+        val = task.evaluate(bundle, str(args.data), "val", args.out / f"fold{fold}_val", args.bootstrap)
         rows.append((fold, meta["training"], val))
     test = None
     if not args.skip_test:
         first = args.out / f"fold{args.folds[0]}"
-        test = segmentation.evaluate(first, str(args.data), "test", args.out / "test_evaluation", args.bootstrap)
+        test = task.evaluate(first, str(args.data), "test", args.out / "test_evaluation", args.bootstrap)
     wall = time.monotonic() - start
 
     print()
@@ -86,6 +103,45 @@ def main() -> None:
         "wall_s": wall,
     }
     (args.out / "summary.json").write_text(json.dumps(summary, indent=2))
+    seg_record.write(args.name, {"seed": args.seed, "time_budget_s": args.time_budget, **summary})
+
+
+def score_bundle(args: argparse.Namespace) -> None:
+    """The held-out test Dice (per label, 95% CI) of a bundle trained elsewhere, with its training record."""
+    from medsight.training.bundle import load_bundle
+
+    meta = load_bundle(args.bundle).meta
+    test = segmentation.TASK.evaluate(args.bundle, str(args.data), "test", args.out / "test_evaluation", args.bootstrap)
+    pc = test["per_class"]
+    tr = {k: v for k, v in meta["training"].items() if k != "history"}
+    curve = [
+        {k: e[k] for k in ("epoch", "seconds", "train_loss", "val_dice") if k in e}
+        for e in meta["training"]["history"]
+        if "val_dice" in e
+    ]
+    print(f"held-out test (n={test['n']}): " + ", ".join(f"{NAMES[k]} {_cell(pc[k]['dice'])}" for k in NAMES))
+    seg_record.write(
+        args.name,
+        {
+            "train_command": args.train_command,
+            "evaluate_command": " ".join(
+                [".venv/bin/medsight evaluate", str(args.bundle), str(args.data), "--split test"]
+            ),
+            "seed": tr["seed"],
+            "training_wall_s": args.wall_s,
+            "training": tr,
+            "validation_curve": curve,
+            "val_metrics": meta["metrics"]["val"],
+            "test": {
+                "n": test["n"],
+                "dice_per_label": {NAMES[k]: pc[k]["dice"] for k in NAMES},
+                "hd95_mm_per_label": {NAMES[k]: pc[k]["hd95"] for k in NAMES},
+                "nsd_1mm_per_label": {NAMES[k]: pc[k]["nsd"] for k in NAMES},
+                "mean_dice": test["metrics"]["dice"],
+            },
+            "goal": "Dice >= 0.85 in at most 20 minutes on 2 cores (issue 8, section 2)",
+        },
+    )
 
 
 def _cell(v: dict) -> str:
