@@ -138,3 +138,12 @@ def test_a_hand_edited_bundle_fails_to_load_with_one_line(
     err = capsys.readouterr().err.strip()
     assert err.count("\n") == 0 and message in err and "bundle.json" in err
     assert not (tmp_path / "pred").exists()
+
+
+def test_a_dicom_input_gets_an_sr(bundle: Path, shared_data: Path, tmp_path: Path) -> None:
+    dcm = shared_data / "dicom_samples" / "pydicom_data" / "RG3_J2KR.dcm"
+    pred = tmp_path / "pred"
+    assert main(["predict", str(bundle), str(dcm), "--out", str(pred)]) == 0
+    out = json.loads((pred / "predictions.json").read_text())["predictions"][0]
+    assert out["input"] == "RG3_J2KR.dcm" and len(out["missing_fields"]) == 8
+    assert (pred / out["dicom"]["sr"]).is_file()
