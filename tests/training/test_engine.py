@@ -49,6 +49,8 @@ def test_schedule_warms_up_then_decays_to_zero() -> None:
     assert cosine.rate(9, 100) == pytest.approx(1.0)
     assert cosine.rate(50, 100) == pytest.approx(0.5)
     assert cosine.rate(100, 100) == pytest.approx(0.0, abs=1e-12)
+    from_zero = LRSchedule(1.0, "cosine", warmup_iterations=10, warmup_from_zero=True)
+    assert [from_zero.rate(i, 100) for i in (0, 1, 5)] == pytest.approx([0.05, 0.1, 0.5])
     poly = LRSchedule(1.0, "poly")
     assert poly.rate(0, 100) == pytest.approx(1.0)
     assert poly.rate(50, 100) == pytest.approx(0.5**0.9)

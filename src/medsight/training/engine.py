@@ -167,14 +167,23 @@ class LRSchedule:
     The schedule follows ``state.progress``, so when the time budget shortens the plan the rate still anneals.
     """
 
-    def __init__(self, base_lr: float, kind: str = "cosine", warmup_iterations: int = 0, floor: float = 0.05):
+    def __init__(
+        self,
+        base_lr: float,
+        kind: str = "cosine",
+        warmup_iterations: int = 0,
+        floor: float = 0.05,
+        warmup_from_zero: bool = False,
+    ) -> None:
         if kind not in ("cosine", "poly", "constant"):
             raise ValueError(f"unknown schedule {kind!r}")
         self.base_lr, self.kind, self.warmup, self.floor = base_lr, kind, warmup_iterations, floor
+        #: Warm-up ramp i/w (the first step at the floor: the classification recipe) or (i+1)/w (nnU-Net's).
+        self.offset = 0 if warmup_from_zero else 1
 
     def rate(self, iteration: int, total: int) -> float:
         if iteration < self.warmup:
-            return self.base_lr * max((iteration + 1) / self.warmup, self.floor)
+            return self.base_lr * max((iteration + self.offset) / self.warmup, self.floor)
         progress = min(iteration / max(total, 1), 1.0)
         if self.kind == "cosine":
             return 0.5 * self.base_lr * (1 + math.cos(math.pi * progress))

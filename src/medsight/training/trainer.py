@@ -100,7 +100,9 @@ def fit(
         config.epochs,
         len(loader),
         handlers=[
-            LRSchedule(config.lr, "cosine", warmup_iterations=config.warmup_epochs * len(loader)),
+            LRSchedule(
+                config.lr, "cosine", warmup_iterations=config.warmup_epochs * len(loader), warmup_from_zero=True
+            ),
             Validate(lambda: validate(predict_logits(model, val_images, str(device)))),
             KeepBest(),
             EarlyStopping(config.patience),
