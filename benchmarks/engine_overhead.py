@@ -21,6 +21,7 @@ from typing import Any
 
 import numpy as np
 import torch
+from provenance import provenance
 from torch import nn
 from torch.utils.data import DataLoader, TensorDataset
 
@@ -28,7 +29,6 @@ from medsight.data.sources import load_classification
 from medsight.io.atomic import write_json
 from medsight.tasks.classification.network import build_network, plan_network
 from medsight.training.engine import EarlyStopping, Engine, KeepBest, LRSchedule, Progress, TimeBudget
-from provenance import provenance
 
 RESULTS = Path(__file__).resolve().parent / "results" / "engine_overhead.json"
 
