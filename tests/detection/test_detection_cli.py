@@ -7,12 +7,15 @@ import json
 import shutil
 from pathlib import Path
 
+import numpy as np
 import pytest
 
 from medsight import runtime, tasks
 from medsight.cli import main
 from medsight.errors import MedsightError
+from medsight.io.images import read_image
 from medsight.tasks.detection import DetectionOptions, DetectionPlan
+from medsight.tasks.detection.data import prepare
 from medsight.tasks.detection.predict import BoxFinding, DetectionResult
 from medsight.training.bundle import load_bundle
 
@@ -137,3 +140,24 @@ def test_a_hand_edited_bundle_fails_to_load_with_one_clear_line(
     assert main(["predict", str(broken), str(bundle / "bundle.json"), "--out", str(tmp_path / "p")]) == 2
     err = capsys.readouterr().err.strip().splitlines()
     assert len(err) == 1 and expected in err[0], err
+
+
+def test_without_onnx_the_model_runs_the_pytorch_network_alike(coco_subset: Path, bundle: Path, tmp_path: Path) -> None:
+    plain = tmp_path / "plain"
+    shutil.copytree(bundle, plain)
+    for f in plain.glob("model.onnx*"):
+        f.unlink()
+    meta = json.loads((plain / "bundle.json").read_text())
+    meta["onnx"] = {"file": None, "error": "removed for the test"}
+    (plain / "bundle.json").write_text(json.dumps(meta))
+    images = [_first_image(coco_subset)]
+    ort_model, torch_model = runtime.load(bundle), runtime.load(plain)
+    assert (ort_model.engine, torch_model.engine) == ("onnxruntime", "pytorch")  # type: ignore[attr-defined]
+    a, b = ort_model.predict(images)[0], torch_model.predict(images)[0]
+    assert isinstance(a, DetectionResult) and isinstance(b, DetectionResult)
+    assert (a.image_size, a.threshold) == (b.image_size, b.threshold)
+    prepared, scale = prepare(read_image(images[0]), 256)
+    da = ort_model.detect(prepared[None], [scale])[0]  # type: ignore[attr-defined]
+    db = torch_model.detect(prepared[None], [scale])[0]  # type: ignore[attr-defined]
+    assert len(da.scores) > 0 and len(da.scores) == len(db.scores)  # every box above the 0.02 pre-filter
+    assert np.allclose(da.scores[:5], db.scores[:5], atol=1e-3) and np.allclose(da.boxes[:5], db.boxes[:5], atol=0.05)
