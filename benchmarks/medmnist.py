@@ -17,6 +17,7 @@ from __future__ import annotations
 import argparse
 import datetime as dt
 import json
+import logging
 import shlex
 import statistics
 import subprocess
@@ -130,6 +131,7 @@ def main() -> None:
     parser.add_argument("--results", type=Path, default=RESULTS, help=f"results file to update (default {RESULTS})")
     parser.add_argument("--json", type=Path, help="also write this invocation's runs alone to this JSON file")
     args = parser.parse_args()
+    logging.basicConfig(level=logging.INFO, format="%(asctime)s %(name)s: %(message)s")  # the plan, before each run
     provenance = {
         "command": "python benchmarks/medmnist.py " + shlex.join(sys.argv[1:]),
         "commit": commit(),

@@ -107,7 +107,9 @@ def fit(model: nn.Module, data: ClassificationData, plan: ClassificationPlan, se
         plan.epochs,
         len(batches),
         handlers=[
-            LRSchedule(plan.lr, plan.schedule, warmup_iterations=plan.warmup_epochs * len(batches)),
+            LRSchedule(
+                plan.lr, plan.schedule, warmup_iterations=plan.warmup_epochs * len(batches), warmup_from_zero=True
+            ),
             Validate(lambda: validation_score(data, val, predict_logits(model, val.images, device, EVAL_BATCH))),
             KeepBest(),
             EarlyStopping(plan.patience),
