@@ -5,7 +5,7 @@ patient: a numeric field becomes (standardised value with the training median im
 categorical field becomes one-hot over the training categories plus an explicit ``missing`` column. Rows are only
 left out when their *outcome* is unknown, and those are counted in ``excluded``.
 
-How a user names outcome data (``recognises`` in ``medsight.pipelines.outcome`` agrees):
+How a user names outcome data (``recognises`` of ``medsight.tasks.outcome`` agrees):
 
 * ``<covid_cxr_lung_boxes folder>#survival`` or ``#icu``: the COVID-19 chest X-ray set with its metadata;
 * ``<task>.json`` with ``{"table": "clinical.csv", "image_column": "image", "patient_column": "patient_id",

@@ -3,7 +3,7 @@
 Every box is ``[x1, y1, x2, y2]`` in continuous pixel coordinates of the image file actually read (x = column,
 y = row, origin at the top-left corner of the top-left pixel; pixel ``(r, c)`` covers ``[c, c+1) x [r, r+1)``).
 
-How a user names detection data (``recognises`` in ``medsight.pipelines.detection`` agrees):
+How a user names detection data (``recognises`` of ``medsight.tasks.detection`` agrees):
 
 * a mini-MIAS folder (holding ``Info.txt`` and ``images_512/`` or the original ``*.pgm``) or its ``Info.txt``;
 * a COCO folder holding ``annotations.json`` (images found beside it, under ``images/``, or through a
