@@ -43,10 +43,11 @@ def write_text(target: str | Path, text: str) -> Path:
 
 def write_json(target: str | Path, obj: Any) -> Path:
     """Write ``obj`` as indented JSON to ``target`` atomically."""
-    return write_text(target, json.dumps(obj, indent=2, sort_keys=False, default=_json_default) + "\n")
+    return write_text(target, json.dumps(obj, indent=2, sort_keys=False, default=json_default) + "\n")
 
 
-def _json_default(obj: Any) -> Any:
+def json_default(obj: Any) -> Any:
+    """``json.dumps(default=...)`` for NumPy values, paths and objects with ``to_json``."""
     import numpy as np
 
     if isinstance(obj, np.generic):
@@ -55,6 +56,9 @@ def _json_default(obj: Any) -> Any:
         return obj.tolist()
     if isinstance(obj, Path):
         return str(obj)
+    to_json = getattr(obj, "to_json", None)  # typed plans and results
+    if callable(to_json):
+        return to_json()
     raise TypeError(f"not JSON serialisable: {type(obj).__name__}")
 
 

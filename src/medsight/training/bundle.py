@@ -26,7 +26,7 @@ from torch import nn
 
 from medsight import __version__
 from medsight.errors import MedsightError
-from medsight.io.atomic import write_json
+from medsight.io.atomic import json_default, write_json
 
 FORMAT_NAME = "medsight-bundle"
 FORMAT_VERSION = 2
@@ -148,24 +148,9 @@ def validate_meta(meta: Any, where: str | Path | None = None) -> None:
 
 def write_bundle_json(folder: Path, meta: dict[str, Any]) -> Path:
     """Validate ``meta`` against the schema, then write ``folder/bundle.json`` atomically."""
-    plain = json.loads(json.dumps(meta, default=_plain_default))
+    plain = json.loads(json.dumps(meta, default=json_default))
     validate_meta(plain, folder / BUNDLE_JSON)
     return write_json(folder / BUNDLE_JSON, plain)
-
-
-def _plain_default(obj: Any) -> Any:
-    import numpy as np
-
-    if isinstance(obj, np.generic):
-        return obj.item()
-    if isinstance(obj, np.ndarray):
-        return obj.tolist()
-    if isinstance(obj, Path):
-        return str(obj)
-    to_json = getattr(obj, "to_json", None)
-    if callable(to_json):
-        return to_json()
-    raise TypeError(f"not JSON serialisable: {type(obj).__name__}")
 
 
 def load_bundle(path: str | Path) -> Bundle:
