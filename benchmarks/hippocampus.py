@@ -46,6 +46,7 @@ def main() -> None:
     parser.add_argument("--wall-s", type=float, help="with --bundle: the measured wall time of its training")
     parser.add_argument("--train-command", help="with --bundle: the command that trained it")
     parser.add_argument("--name", default="hippocampus", help="results file name (default hippocampus)")
+    parser.add_argument("--load-samples", type=Path, help="with --bundle: /proc/loadavg lines sampled during training")
     args = parser.parse_args()
     logging.basicConfig(level=logging.INFO, format="%(message)s")
     task = segmentation.TASK
@@ -120,6 +121,17 @@ def score_bundle(args: argparse.Namespace) -> None:
         if "val_dice" in e
     ]
     print(f"held-out test (n={test['n']}): " + ", ".join(f"{NAMES[k]} {_cell(pc[k]['dice'])}" for k in NAMES))
+    load = None
+    if args.load_samples is not None and args.load_samples.is_file():
+        ones = [float(line.split()[0]) for line in args.load_samples.read_text().splitlines() if line.strip()]
+        if ones:
+            load = {
+                "samples": len(ones),
+                "mean_1min": round(statistics.mean(ones), 2),
+                "max_1min": max(ones),
+                "min_1min": min(ones),
+                "note": "1-minute load average sampled every 30 s during training, on 2 cores shared with others",
+            }
     seg_record.write(
         args.name,
         {
@@ -129,6 +141,7 @@ def score_bundle(args: argparse.Namespace) -> None:
             ),
             "seed": tr["seed"],
             "training_wall_s": args.wall_s,
+            "load_during_training": load,
             "training": tr,
             "validation_curve": curve,
             "val_metrics": meta["metrics"]["val"],

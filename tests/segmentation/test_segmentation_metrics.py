@@ -81,3 +81,32 @@ def test_postprocessing_is_decided_per_class() -> None:
     decision = decide_postprocessing([pred, pred2], [ref, ref2], 3)
     assert decision["keep_largest_component"] == [1]
     assert keep_largest(pred, [1])[0, 19] == 0 and pred[0, 19] == 1  # the input is left untouched
+
+
+def test_thread_tuner_trains_with_the_faster_thread_count(monkeypatch: pytest.MonkeyPatch) -> None:
+    """On a shared machine one thread can beat two (OpenMP spinning); the tuner times both and keeps the faster."""
+    from types import SimpleNamespace
+
+    import torch
+
+    from medsight.tasks.segmentation import threads
+    from medsight.training.engine import Event
+
+    before = torch.get_num_threads()
+    now = [0.0]
+    monkeypatch.setattr(threads.time, "monotonic", lambda: now[0])
+    tuner = threads.ThreadTuner([2, 1], probe=3, every=20)
+    engine = SimpleNamespace(state=SimpleNamespace(iteration=0))
+    used = []
+    try:
+        for it in range(10):
+            engine.state.iteration = it
+            tuner(engine, Event.ITERATION_STARTED)  # type: ignore[arg-type]
+            used.append(torch.get_num_threads())
+            now[0] += 1.0 if torch.get_num_threads() == 2 else 0.3  # two threads are slower here
+            engine.state.iteration = it + 1
+            tuner(engine, Event.ITERATION_COMPLETED)  # type: ignore[arg-type]
+    finally:
+        torch.set_num_threads(before)
+    assert used[:6] == [2, 2, 2, 1, 1, 1] and used[6:] == [1, 1, 1, 1]
+    assert tuner.choice == 1 and tuner.choices == [{"iteration": 6.0, "threads": 1.0}]

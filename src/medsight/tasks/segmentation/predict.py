@@ -168,7 +168,7 @@ class SegmentationModel:
             )
         return results
 
-    def save(self, results: Sequence[Any], folder: Path) -> None:
+    def save(self, results: Sequence[Result], folder: Path) -> None:
         """NIfTI in → NIfTI (same affine and header); raster in → label PNG; DICOM in → DICOM SEG plus a NIfTI in
         the series' geometry; an overlay PNG for every input."""
         from medsight.evaluation.plots import png_image

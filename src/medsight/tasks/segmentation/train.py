@@ -33,7 +33,14 @@ from medsight.tasks.segmentation.data import (
     read_cases,
     training_items,
 )
-from medsight.tasks.segmentation.inference import decide_postprocessing, keep_largest, predict_case, torch_predictor
+from medsight.tasks.segmentation.inference import (
+    Predictor,
+    decide_postprocessing,
+    keep_largest,
+    onnx_predictor,
+    predict_case,
+    torch_predictor,
+)
 from medsight.tasks.segmentation.metrics import dice_per_case
 from medsight.tasks.segmentation.plan import (
     BUDGETS,
@@ -44,6 +51,7 @@ from medsight.tasks.segmentation.plan import (
     make_plan,
     read_overrides,
 )
+from medsight.tasks.segmentation.threads import ThreadTuner
 from medsight.training.bundle import FORMAT, ONNX, WEIGHTS, library_versions, now_iso, write_bundle_json
 from medsight.training.engine import Engine, LRSchedule, Progress, State, TimeBudget, Validate, prefetch
 from medsight.training.seed import seed_everything
@@ -105,39 +113,53 @@ def train(data: str, out: Path, options: SegmentationOptions) -> dict[str, Any]:
     model.cpu().eval()
     seconds = time.monotonic() - started
 
-    predictor = torch_predictor(model)
-    masks = [predict_case(c, plan, predictor)[0] for c in val_cases]
-    val_labels = [c.label for c in val_cases]
-    assert all(lab is not None for lab in val_labels)
-    post = decide_postprocessing(masks, val_labels, ds.n_classes)  # type: ignore[arg-type]
-    final = [keep_largest(m, post["keep_largest_component"]) for m in masks]
-    for m, c in zip(final, val_cases, strict=True):
-        if c.roi is not None:
-            m[~c.roi] = 0
-    dice = dice_per_case(final, val_labels, ds.n_classes)  # type: ignore[arg-type]
-    names = [ds.labels.get(k, f"label_{k}") for k in range(ds.n_classes)]
-    val_metrics = {"dice": float(np.nanmean(dice))} | {
-        f"dice_{names[k]}": float(np.nanmean(dice[:, k - 1])) for k in range(1, ds.n_classes)
-    }
-    log.info("validation Dice (fold %d): %s", fold, ", ".join(f"{k} {v:.4f}" for k, v in val_metrics.items()))
-    meta = _meta(ds, folds, fold, train_ids, val_ids, fp, plan, words, model, state, options, device)
-    meta["training"] |= {"seconds": round(seconds, 1), "preprocessing_s": round(prepared, 1), "cache_hits": hits}
-    meta["postprocessing"] = post
-    meta["metrics"] = {"val": val_metrics}
     with atomic_dir(out) as tmp:
         torch.save(model.state_dict(), tmp / WEIGHTS)
         example = torch.randn(2, plan.network.in_channels, *plan.patch_size)
+        predictor = torch_predictor(model)
         try:
-            meta["onnx"] = export_onnx(model, example, tmp / ONNX)
+            onnx = export_onnx(model, example, tmp / ONNX)
+            # decide on what will be deployed, with the thread count training found fastest on this machine now
+            predictor = onnx_predictor(tmp / ONNX, torch.get_num_threads())
         except Exception as exc:  # the exporter's failures are many; the bundle still works through PyTorch
             log.warning("ONNX export failed (%s); predict and evaluate will use PyTorch", exc)
-            meta["onnx"] = {"error": f"{type(exc).__name__}: {exc}"}
+            onnx = {"error": f"{type(exc).__name__}: {exc}"}
+        post, val_metrics = _postprocessing(ds, val_cases, plan, predictor)
+        log.info("validation Dice (fold %d): %s", fold, ", ".join(f"{k} {v:.4f}" for k, v in val_metrics.items()))
+        meta = _meta(ds, folds, fold, train_ids, val_ids, fp, plan, words, model, state, options, device)
+        meta["training"] |= {
+            "seconds": round(seconds, 1),
+            "preprocessing_s": round(prepared, 1),
+            "cache_hits": hits,
+            "until_bundle_s": round(time.monotonic() - started, 1),
+        }
+        meta |= {"postprocessing": post, "metrics": {"val": val_metrics}, "onnx": onnx}
         write_json(tmp / "splits.json", folds.to_json())
         write_json(tmp / "plan.json", plan.to_json())
         write_text(tmp / "plan.txt", "\n".join(words) + "\n")
         write_bundle_json(tmp, meta)
     log.info("bundle written to %s (%d epochs, %.0f s)", out, state.epoch, seconds)
     return meta
+
+
+def _postprocessing(
+    ds: SegmentationDataset, val_cases: list[Loaded], plan: SegmentationPlan, predictor: Predictor
+) -> tuple[dict[str, Any], dict[str, float]]:
+    """nnU-Net's post-processing decision on the validation cases, and their Dice after it."""
+    masks = [predict_case(c, plan, predictor)[0] for c in val_cases]
+    labels = [c.label for c in val_cases]
+    assert all(lab is not None for lab in labels)
+    post = decide_postprocessing(masks, labels, ds.n_classes)  # type: ignore[arg-type]
+    final = [keep_largest(m, post["keep_largest_component"]) for m in masks]
+    for m, c in zip(final, val_cases, strict=True):
+        if c.roi is not None:
+            m[~c.roi] = 0
+    dice = dice_per_case(final, labels, ds.n_classes)  # type: ignore[arg-type]
+    names = [ds.labels.get(k, f"label_{k}") for k in range(ds.n_classes)]
+    metrics = {"dice": float(np.nanmean(dice))} | {
+        f"dice_{names[k]}": float(np.nanmean(dice[:, k - 1])) for k in range(1, ds.n_classes)
+    }
+    return post, metrics
 
 
 def _expected(plan: SegmentationPlan) -> str:
@@ -174,6 +196,9 @@ def _fit(
     handlers: list[Any] = [LRSchedule(opt.lr, kind=opt.schedule, warmup_iterations=opt.warmup_iterations)]
     if val_cases and plan.validate_every > 0:
         handlers.append(Validate(validate, every=plan.validate_every))
+    cores = torch.get_num_threads()
+    if not device.startswith("cuda") and cores > 1:
+        handlers.append(ThreadTuner([cores, 1]))
     handlers += [TimeBudget(plan.time_budget_s), Progress("train")]
     engine = Engine(
         model,
