@@ -10,12 +10,11 @@ date and seeds) and ``<out>/summary.json``.
 from __future__ import annotations
 
 import argparse
-import datetime as dt
 import os
-import subprocess
-import sys
 import time
 from pathlib import Path
+
+from provenance import provenance
 
 from medsight import tasks
 from medsight.io.atomic import write_json
@@ -23,12 +22,6 @@ from medsight.io.atomic import write_json
 RESULTS = Path(__file__).resolve().parent / "results" / "covid_lungs.json"
 
 
-def _commit() -> str:
-    try:
-        out = subprocess.run(["git", "rev-parse", "--short", "HEAD"], capture_output=True, text=True, check=True)
-        return out.stdout.strip()
-    except (OSError, subprocess.CalledProcessError):
-        return "unknown"
 
 
 def main() -> None:
@@ -78,12 +71,7 @@ def main() -> None:
     write_json(args.out / "summary.json", summary)
     record = {
         "benchmark": "covid_lungs",
-        "command": " ".join(
-            [f"MEDSIGHT_THREADS={os.environ['MEDSIGHT_THREADS']}"] * ("MEDSIGHT_THREADS" in os.environ)
-            + [sys.executable, *sys.argv]
-        ),
-        "commit": _commit(),
-        "date": dt.datetime.now(dt.timezone.utc).isoformat(timespec="seconds"),
+        **provenance("covid_lungs.py", ("src/medsight",)),
         "seeds": [args.seed],
         "settings": {
             "epochs": args.epochs,

@@ -10,13 +10,12 @@ the same as ``medsight train``) and evaluates on the test split. Writes ``benchm
 from __future__ import annotations
 
 import argparse
-import datetime as dt
 import os
-import subprocess
-import sys
 import time
 from pathlib import Path
 from typing import Any
+
+from provenance import provenance
 
 from medsight import tasks
 from medsight.io.atomic import write_json
@@ -24,13 +23,6 @@ from medsight.io.atomic import write_json
 RESULTS = Path(__file__).resolve().parent / "results" / "covid_outcome.json"
 
 
-def _commit() -> str:
-    try:
-        return subprocess.run(
-            ["git", "rev-parse", "--short", "HEAD"], capture_output=True, text=True, check=True
-        ).stdout.strip()
-    except (OSError, subprocess.CalledProcessError):
-        return "unknown"
 
 
 def main() -> None:
@@ -94,11 +86,7 @@ def main() -> None:
     write_json(args.out / "summary.json", summary)
     record = {
         "benchmark": "covid_outcome",
-        "command": " ".join(
-            ["MEDSIGHT_THREADS=" + os.environ.get("MEDSIGHT_THREADS", ""), sys.executable, *sys.argv]
-        ).strip(),
-        "commit": _commit(),
-        "date": dt.datetime.now(dt.timezone.utc).isoformat(timespec="seconds"),
+        **provenance("covid_outcome.py", ("src/medsight",)),
         "seeds": [args.seed],
         "settings": {"epochs": args.epochs, "time_budget_s": args.time_budget, "bootstrap": args.bootstrap},
         "ci95": f"percentile bootstrap over patients ({args.bootstrap} resamples)",

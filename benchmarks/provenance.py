@@ -31,8 +31,11 @@ def commit(depends_on: Sequence[str] = ("src",)) -> str:
 
 def provenance(script: str, depends_on: Sequence[str] = ("src",), **extra: Any) -> dict[str, Any]:
     """Command, commit, date (UTC) and the 1-minute load average at the start (2 cores: > 2 means shared)."""
+    threads = os.environ.get("MEDSIGHT_THREADS")
     return {
-        "command": f"python benchmarks/{script} " + shlex.join(sys.argv[1:]),
+        "command": (f"MEDSIGHT_THREADS={threads} " if threads else "")
+        + f"python benchmarks/{script} "
+        + shlex.join(sys.argv[1:]),
         "commit": commit([*depends_on, f"benchmarks/{script}"]),
         "date": dt.datetime.now(dt.timezone.utc).isoformat(timespec="seconds"),
         "load_average_1min": round(os.getloadavg()[0], 2),
