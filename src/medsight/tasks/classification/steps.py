@@ -74,7 +74,8 @@ def measure_speed(
     max_seconds: float = 20.0,
 ) -> Speed:
     """Time training iterations (after one untimed warm-up) on a throw-away copy of ``model``, and one
-    validation pass scaled from a sample. Stops timing after ``max_iterations`` or ``max_seconds``."""
+    validation pass scaled from a sample. Times at least one iteration, at most ``max_iterations``, and no
+    more once another would take the timing past ``max_seconds``."""
     model = copy.deepcopy(model).to(device).train()
     optimizer = torch.optim.AdamW(model.parameters(), lr=lr)
     step = make_step(model, loss, device)
@@ -99,8 +100,11 @@ def measure_speed(
 
     one()  # warm-up: one-off allocation and kernel selection costs
     timed, started = 0, time.monotonic()
-    while timed < max_iterations and (timed == 0 or time.monotonic() - started < max_seconds) and one():
+    while timed < max_iterations and one():
         timed += 1
+        spent = time.monotonic() - started
+        if spent + spent / timed > max_seconds:  # the next iteration would overrun the measuring time
+            break
     per_iteration = (time.monotonic() - started) / max(timed, 1)
     if timed == 0:  # fewer than two batches of training data: the warm-up is the only measure
         started = time.monotonic()
