@@ -56,7 +56,6 @@ def networks() -> dict[str, tuple[nn.Module, tuple[int, ...]]]:
     from medsight.tasks.classification.network import build_network, plan_network
     from medsight.tasks.detection.network import Heads, retinanet
     from medsight.tasks.outcome.network import WithEmbedding, plan_resnet
-    from medsight.tasks.outcome.network import build_network as outcome_network
     from medsight.tasks.segmentation import network as seg_network
     from medsight.tasks.segmentation.plan import make_plan
 
@@ -84,7 +83,7 @@ def networks() -> dict[str, tuple[nn.Module, tuple[int, ...]]]:
             (1, 1, 28, 28, 28),
         ),
         "outcome ResNet + embedding, 2D 128 px": (
-            WithEmbedding(outcome_network(plan_resnet(128))),
+            WithEmbedding(build_network(plan_resnet(128))),
             (1, 1, 128, 128),
         ),
         f"segmentation DynUNet {seg_plan.network.filters}, 2D patch {seg_plan.patch_size}": (

@@ -12,38 +12,16 @@ from typing import Any
 
 import numpy as np
 import torch
-from monai.networks.nets import ResNet
 from torch import nn
 
-NETWORK = "monai.networks.nets.ResNet"
+from medsight.tasks.classification.network import plan_network
+
 N_LOGITS = 2
 
 
 def plan_resnet(image_size: int, width: int = 16) -> dict[str, Any]:
-    """ResNet-18-shaped kwargs for a one-channel square image with two outputs (the classification task's sizing:
-    standard 7x7/2 stem with max-pool from 64 px up, a CIFAR-style stem below; width 16 for CPU training)."""
-    small = image_size < 64
-    return {
-        "block": "basic",
-        "layers": [2, 2, 2, 2],
-        "block_inplanes": [width, 2 * width, 4 * width, 8 * width],
-        "spatial_dims": 2,
-        "n_input_channels": 1,
-        "conv1_t_size": 3 if small else 7,
-        "conv1_t_stride": 1 if small else 2,
-        "no_max_pool": small,
-        "num_classes": N_LOGITS,
-    }
-
-
-def build_network(kwargs: dict[str, Any]) -> nn.Module:
-    """Instantiate the planned MONAI ResNet."""
-    return ResNet(**kwargs)
-
-
-def gradcam_layer(model: nn.Module) -> nn.Module:
-    """The last convolutional stage: where Grad-CAM looks."""
-    return model.get_submodule("layer4")
+    """The classification task's ResNet sizing for a one-channel square image with two outputs."""
+    return plan_network(2, [image_size, image_size], 1, N_LOGITS, width)
 
 
 class WithEmbedding(nn.Module):

@@ -20,9 +20,10 @@ from medsight.io.atomic import write_bytes
 from medsight.io.images import is_dicom_file
 from medsight.runtime.onnx_export import OnnxPredictor
 from medsight.runtime.results import Heatmap, Result
+from medsight.tasks.classification.network import gradcam_layer
 from medsight.tasks.outcome import data as outcome_data
 from medsight.tasks.outcome.models import LABELS, FittedModels, OperatingPoint, Selection
-from medsight.tasks.outcome.network import gradcam_layer, split_outputs
+from medsight.tasks.outcome.network import split_outputs
 from medsight.tasks.outcome.plan import OutcomePlan
 from medsight.training.bundle import BUNDLE_JSON, Bundle
 

@@ -16,9 +16,10 @@ from medsight.evaluation.calibration import TemperatureScaler
 from medsight.evaluation.metrics import binary_metrics
 from medsight.io.atomic import atomic_dir
 from medsight.runtime.onnx_export import export_onnx
+from medsight.tasks.classification.network import NETWORK, build_network
 from medsight.tasks.outcome import data as outcome_data
 from medsight.tasks.outcome.models import FittedModels, OperatingPoint, image_probability, select_model
-from medsight.tasks.outcome.network import NETWORK, WithEmbedding, build_network, image_outputs
+from medsight.tasks.outcome.network import WithEmbedding, image_outputs
 from medsight.tasks.outcome.plan import OutcomeOptions, OutcomePlan, OutcomePlanner
 from medsight.training.bundle import FORMAT, ONNX, WEIGHTS, library_versions, now_iso, write_bundle_json
 from medsight.training.seed import seed_everything
