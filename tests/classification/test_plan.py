@@ -84,28 +84,30 @@ def test_previous_defaults_are_kept_when_they_fit() -> None:
     assert (planner.determine_batch_size(), planner.determine_lr(), planner.determine_width()) == (40, 2e-3, 16)
     big = ClassificationPlanner(_data(n=300), ClassificationOptions(), "cpu")
     assert big.determine_batch_size() == 128  # capped by the training set only when it is smaller
-    epochs, budget, why, warnings = planner.determine_epochs_and_budget(seconds_per_epoch=5.0, elapsed=10.0)
-    assert epochs == 40 and budget is not None and budget <= DEFAULT_RUN_S and "default 40 epochs" in why
+    epochs, expected, budget, why, warnings = planner.determine_epochs_and_budget(seconds_per_epoch=5.0, elapsed=10.0)
+    assert epochs == expected == 40 and budget is not None and budget <= DEFAULT_RUN_S and "default 40 epochs" in why
     assert warnings == []
 
 
 def test_slow_data_get_the_epochs_that_fit_and_a_warning() -> None:
     # A MedMNIST 3D set here: about 60 s per epoch, so 40 epochs would take 40 minutes.
-    epochs, budget, _, warnings = _planner().determine_epochs_and_budget(seconds_per_epoch=60.0, elapsed=30.0)
-    assert budget is not None and epochs * 60 <= budget <= DEFAULT_RUN_S and 5 <= epochs < 40
+    # The engine may run up to 40 (it re-plans from its own epoch times); about 9 are expected to fit.
+    epochs, expected, budget, _, warnings = _planner().determine_epochs_and_budget(seconds_per_epoch=60.0, elapsed=30.0)
+    assert epochs == 40 and budget is not None and expected * 60 <= budget <= DEFAULT_RUN_S and 5 <= expected < 40
     assert len(warnings) == 1 and "under-trained" in warnings[0] and "--time-budget" in warnings[0]
     # A budget given by the user is used for planning instead of the default run.
-    epochs, budget, _, _ = _planner(time_budget_s=1200.0).determine_epochs_and_budget(60.0, 30.0)
-    assert (epochs, budget) == (20, 1200.0)
+    assert _planner(time_budget_s=1200.0).determine_epochs_and_budget(60.0, 30.0)[:3] == (40, 20, 1200.0)
     # Epochs given by the user are kept; the run has no budget unless one is given too.
-    assert _planner(epochs=3).determine_epochs_and_budget(60.0, 30.0)[:2] == (3, None)
-    epochs, budget, _, warnings = _planner(epochs=40, time_budget_s=540.0).determine_epochs_and_budget(60.0, 0.0)
-    assert (epochs, budget) == (40, 540.0) and "expect about 9 epochs" in warnings[0]
+    assert _planner(epochs=3).determine_epochs_and_budget(60.0, 30.0)[:3] == (3, 3, None)
+    *planned, _, warnings = _planner(epochs=40, time_budget_s=540.0).determine_epochs_and_budget(60.0, 0.0)
+    assert planned == [40, 9, 540.0] and "expect about 9 epochs" in warnings[0]
 
 
 def test_plan_measures_speed_and_round_trips() -> None:
     plan = _planner(epochs=2, batch_size=16).plan()
-    assert plan.seconds_per_iteration > 0 and plan.iterations_per_epoch == 3 and plan.epochs == 2
+    assert (
+        plan.seconds_per_iteration > 0 and plan.iterations_per_epoch == 3 and plan.epochs == plan.expected_epochs == 2
+    )
     assert plan.expected_seconds == pytest.approx(2 * plan.seconds_per_epoch, rel=0.01, abs=0.2)
     assert "expected training time" in plan.summary() and "iterations/s" in plan.summary()
     again = ClassificationPlan.from_json(plan.to_json())

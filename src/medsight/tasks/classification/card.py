@@ -156,7 +156,7 @@ def _model_and_data(bundle: Bundle) -> Section:
             ["optimiser", tr["optimizer"]],
             [
                 "plan",
-                f"{plan.epochs} epochs planned ({plan.timing}), batch {plan.batch_size}, "
+                f"{plan.describe_epochs()} planned ({plan.timing}), batch {plan.batch_size}, "
                 f"{'class-balanced' if plan.balanced_loss else 'plain'} loss; expected "
                 f"{plan.expected_seconds / 60:.1f} min, took {float(tr['seconds']) / 60:.1f} min",
             ],

@@ -9,8 +9,11 @@ always given (540 s of training per run) and what ``make demo`` and a user waiti
 the previous defaults (40 epochs, batch 128, lr 2e-3) fit for PneumoniaMNIST and BreastMNIST at 28 px (about 13 s
 and 5 s per epoch), so their quality is unchanged. Larger sets (a MedMNIST 3D set of 1,188 volumes of 28³ took
 50-70 s per epoch, 45 minutes for 40 epochs) get fewer epochs: the planner times a few training iterations on
-the real data first, plans the epochs that fit, and the engine's :class:`TimeBudget` keeps the run inside the
-budget if the machine slows down. ``--epochs`` and ``--time-budget`` override the plan.
+the real data first, announces the epochs that fit and the time they take, and the engine's :class:`TimeBudget`
+keeps the run inside the budget, re-planning after every epoch from the epoch time it measures itself (the first
+epoch is the learning-rate warm-up, so the cosine decay is laid out on the real epoch time, and a burst of load
+while the planner measured neither cuts the run short nor lets it overrun). ``--epochs`` and ``--time-budget``
+override the plan.
 """
 
 from __future__ import annotations
@@ -100,7 +103,9 @@ class ClassificationPlan(Plan):
     weight_decay: float
     schedule: str
     warmup_epochs: int
+    #: The most epochs the engine runs (the time budget may stop it sooner) and how many should fit.
     epochs: int
+    expected_epochs: int
     patience: int
     time_budget_s: float | None
     balanced_loss: bool
@@ -128,11 +133,16 @@ class ClassificationPlan(Plan):
             f"plan: {self.network.describe()}, batch {self.batch_size}, lr {self.lr:g} (AdamW, {self.warmup_epochs} "
             f"warm-up epoch + {self.schedule}), {'class-balanced ' if self.balanced_loss else ''}"
             f"{'BCE' if self.task_type == 'multilabel' else 'cross-entropy'}, early stopping after {self.patience} "
-            f"epochs without improvement, {self.epochs} epochs on {self.device}. Measured "
+            f"epochs without improvement, {self.describe_epochs()} on {self.device}. Measured "
             f"{1 / max(self.seconds_per_iteration, 1e-9):.2f} iterations/s: {self.iterations_per_epoch} iterations "
             f"+ {self.validation_seconds:.1f} s validation = {self.seconds_per_epoch:.1f} s per epoch; expected "
             f"training time about {self.expected_seconds / 60:.1f} min ({budget}; {self.timing})"
         )
+
+    def describe_epochs(self) -> str:
+        if self.expected_epochs >= self.epochs:
+            return f"{self.epochs} epochs"
+        return f"up to {self.epochs} epochs (about {self.expected_epochs} fit)"
 
 
 class ClassificationPlanner:
@@ -207,14 +217,16 @@ class ClassificationPlanner:
 
     def determine_epochs_and_budget(
         self, seconds_per_epoch: float, elapsed: float
-    ) -> tuple[int, float | None, str, list[str]]:
-        """(epochs, training time budget, why, warnings) from the measured seconds per epoch.
+    ) -> tuple[int, int, float | None, str, list[str]]:
+        """(most epochs, epochs expected to fit, training time budget, why, warnings) from the measured seconds
+        per epoch.
 
         - ``--epochs`` given: those epochs, and the budget only if ``--time-budget`` is given too.
-        - ``--time-budget`` given: the default epochs or as many as fit in it.
-        - neither: the default epochs when they fit in the default run (:data:`DEFAULT_RUN_S`, less what loading
-          and planning already took and what follows training), else as many as fit; that remainder is also the
-          engine's time budget, which stops training if the machine slows down.
+        - ``--time-budget`` given: up to the default epochs, as many as fit in it.
+        - neither: up to the default epochs, as many as fit in the default run (:data:`DEFAULT_RUN_S`, less what
+          loading and planning already took and what follows training); that remainder is the time budget.
+        With a budget the engine re-plans the epochs from its own epoch times, so the expected epochs are what the
+        planner announces, not a cap.
         """
         given_epochs, given_budget = self.options.epochs, self.options.time_budget_s
         per_epoch = max(seconds_per_epoch, 1e-6)
@@ -222,27 +234,29 @@ class ClassificationPlanner:
         if given_epochs is not None:
             why = "epochs as given" + (", time budget as given" if given_budget else "")
             if given_budget and given_epochs * per_epoch > given_budget:
-                fit = int(given_budget // per_epoch)
+                fit = max(1, int(given_budget // per_epoch))
                 warnings.append(
                     f"{given_epochs} epochs need about {given_epochs * per_epoch / 60:.1f} min but the time budget "
                     f"is {given_budget / 60:.1f} min: expect about {fit} epochs"
                 )
-            return given_epochs, given_budget, why, warnings
+                return given_epochs, fit, given_budget, why, warnings
+            return given_epochs, given_epochs, given_budget, why, warnings
         if given_budget is not None:
             budget, source = given_budget, "the given time budget"
         else:
             budget = max(60.0, self.default_run_s - elapsed - AFTER_TRAINING_S)
             source = f"the default run of {self.default_run_s / 60:.0f} min"
         fit = int(budget // per_epoch)
-        if fit >= self.default_epochs:
-            return self.default_epochs, budget, f"the default {self.default_epochs} epochs fit {source}", warnings
+        most = self.default_epochs
+        if fit >= most:
+            return most, most, budget, f"the default {most} epochs fit {source}", warnings
         epochs = max(1, fit)
         warnings.append(
             f"only {epochs} of the default {self.default_epochs} epochs fit {source} (about {per_epoch:.0f} s per "
             f"epoch here; {self.default_epochs} would take {self.default_epochs * per_epoch / 60:.0f} min): the model "
             "may be under-trained; give --time-budget or --epochs to train longer"
         )
-        return epochs, budget, f"{epochs} epochs fit {source}", warnings
+        return most, epochs, budget, f"about {epochs} epochs fit {source}", warnings
 
     # ------------------------------------------------------------------------------------------------ plan
 
@@ -255,8 +269,10 @@ class ClassificationPlanner:
         speed = self.determine_speed(net, batch_size, lr, balanced)
         iterations = math.ceil(len(self.train) / batch_size)
         per_epoch = iterations * speed.seconds_per_iteration + speed.validation_seconds
-        epochs, budget, why, warnings = self.determine_epochs_and_budget(per_epoch, time.monotonic() - self.started)
-        expected = epochs * per_epoch if budget is None else min(epochs * per_epoch, budget)
+        epochs, expected_epochs, budget, why, warnings = self.determine_epochs_and_budget(
+            per_epoch, time.monotonic() - self.started
+        )
+        expected = expected_epochs * per_epoch if budget is None else min(expected_epochs * per_epoch, budget)
         return ClassificationPlan(
             task_type=self.data.task_type,
             network=net,
@@ -267,6 +283,7 @@ class ClassificationPlanner:
             schedule=self.schedule,
             warmup_epochs=self.warmup_epochs,
             epochs=epochs,
+            expected_epochs=expected_epochs,
             patience=self.patience,
             time_budget_s=None if budget is None else round(float(budget), 1),
             balanced_loss=balanced,
