@@ -58,7 +58,8 @@ def _first_image(coco_subset: Path) -> Path:
 
 
 def test_train_evaluate_predict(coco_subset: Path, bundle: Path, tmp_path: Path) -> None:
-    # The detection task claims COCO data (``tasks.detect`` asks it after segmentation, which does not).
+    # ``medsight train`` without --task picks detection for COCO data (segmentation, asked first, does not claim it).
+    assert tasks.detect(str(coco_subset)) == "detection"
     assert tasks.get("detection").recognises(str(coco_subset))
     assert not tasks.get("detection").recognises(str(coco_subset) + "#outcome")
     meta = json.loads((bundle / "bundle.json").read_text())

@@ -53,6 +53,8 @@ def test_the_task_recognises_outcome_specs_only(shared_data: Path, spec: str) ->
     task = tasks.get("outcome")
     assert task.recognises(spec)
     assert not task.recognises(str(shared_data / "covid_cxr_lung_boxes"))  # no outcome named: detection's data
+    assert tasks.detect(spec) == "outcome"
+    assert tasks.detect(str(shared_data / "covid_cxr_lung_boxes")) == "detection"
 
 
 def test_train_evaluate_predict(bundle: Path, spec: str, clinical_csv: Path, tmp_path: Path) -> None:
