@@ -7,23 +7,15 @@ import datetime as _dt
 import os
 import platform
 import shlex
-import subprocess
 import sys
 from pathlib import Path
 from typing import Any
 
+from provenance import commit
+
 from medsight.io.atomic import write_json
 
 RESULTS = Path(__file__).resolve().parent / "results"
-
-
-def commit() -> str:
-    try:
-        return subprocess.run(
-            ["git", "rev-parse", "--short", "HEAD"], capture_output=True, text=True, check=True
-        ).stdout.strip()
-    except (OSError, subprocess.CalledProcessError):
-        return "unknown"
 
 
 def machine() -> dict[str, Any]:
