@@ -99,6 +99,29 @@ def write_card(out_dir: Path, title: str, intro: str, sections: list[Section], c
     return write_text(out_dir / "card.html", render_html(title, intro, sections))
 
 
+def write_evaluation(
+    out: Path,
+    metrics: dict[str, Any],
+    figures: list[Figure],
+    title: str,
+    intro: str,
+    sections: list[Section],
+    record: dict[str, Any],
+    extra_json: dict[str, Any] | None = None,
+) -> Path:
+    """What every ``evaluate`` writes: ``metrics.json``, the figures, ``card.html`` + ``card.json`` (and any
+    ``extra_json`` files), in a temporary folder renamed onto ``out`` so it appears whole or not at all."""
+    from medsight.io.atomic import atomic_dir
+
+    with atomic_dir(out) as tmp:
+        write_json(tmp / "metrics.json", metrics)
+        for name, content in (extra_json or {}).items():
+            write_json(tmp / name, content)
+        write_figures(tmp, figures)
+        write_card(tmp, title, intro, sections, record)
+    return out / "card.html"
+
+
 def subgroup_section(sub: dict[str, Any]) -> Section:
     """The card section for ``evaluation.subgroups.audit`` output (or why there is none)."""
     if not sub:

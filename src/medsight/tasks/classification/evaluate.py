@@ -14,11 +14,10 @@ import numpy as np
 from torch import nn
 
 from medsight.evaluation.calibration import brier_score, expected_calibration_error
-from medsight.evaluation.card import card_record, write_card, write_figures
+from medsight.evaluation.card import card_record, write_evaluation
 from medsight.evaluation.metrics import N_BOOTSTRAP, binary_metrics, bootstrap, multiclass_metrics, multilabel_metrics
 from medsight.evaluation.subgroups import audit
 from medsight.explain.gradcam import gradcam, overlay, sanity_check
-from medsight.io.atomic import atomic_dir, write_json
 from medsight.tasks.classification import card
 from medsight.tasks.classification.data import load_like
 from medsight.tasks.classification.network import gradcam_layer, probabilities
@@ -89,16 +88,15 @@ def evaluate(bundle_path: Path, spec: str, split: str, out: Path, n_boot: int = 
     figures = card.performance_figures(task_type, names, labels, probs, probs_raw, decision, result)
     result["explanations"], panels = explain_sample(model.network, part.images, labels, decision, task_type, names)
     figures += card.explanation_figures(panels)
-    with atomic_dir(out) as tmp:
-        write_json(tmp / "metrics.json", result)
-        write_figures(tmp, figures)
-        write_card(
-            tmp,
-            f"Model card: {bundle.meta['data']['source']} ({task_type} classification)",
-            card.intro(bundle, data.name, split),
-            card.sections(bundle, result, figures),
-            card_record(bundle.meta, result),
-        )
+    write_evaluation(
+        out,
+        result,
+        figures,
+        f"Model card: {bundle.meta['data']['source']} ({task_type} classification)",
+        card.intro(bundle, data.name, split),
+        card.sections(bundle, result, figures),
+        card_record(bundle.meta, result),
+    )
     return result
 
 

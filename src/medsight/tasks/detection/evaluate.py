@@ -15,11 +15,10 @@ from typing import Any
 import numpy as np
 
 from medsight.errors import MedsightError
-from medsight.evaluation.card import card_record, write_card, write_figures
+from medsight.evaluation.card import card_record, write_evaluation
 from medsight.evaluation.froc import FP_RATES, ImageMatch, detection_metrics, froc_curve, match_image
 from medsight.evaluation.metrics import bootstrap
 from medsight.evaluation.subgroups import audit
-from medsight.io.atomic import atomic_dir, write_json
 from medsight.tasks.detection.data import DetectionItem, load_detection, read_items, split_digest
 from medsight.tasks.detection.network import Detections
 from medsight.training.bundle import load_bundle
@@ -114,29 +113,26 @@ def evaluate(bundle_path: Path, spec: str, split: str, out: Path, n_boot: int) -
         result["subgroups"] = {}
     figures = card.figures(items, dets, matches, thr, names, lesions)
     result["examples"] = [it.key for it in card.example_items(items)]
-    with atomic_dir(out) as tmp:
-        write_json(tmp / "metrics.json", result)
-        write_json(
-            tmp / "detections.json",
-            [
-                {
-                    "key": it.key,
-                    "boxes": np.round(d.boxes, 2).tolist(),
-                    "scores": np.round(d.scores, 4).tolist(),
-                    "labels": [names[int(c)] for c in d.labels],
-                    "truth": np.round(it.boxes, 2).tolist(),
-                }
-                for it, d in zip(items, dets, strict=True)
-            ],
-        )
-        write_figures(tmp, figures)
-        write_card(
-            tmp,
-            f"Model card: {bundle.meta['data']['source']} (detection)",
-            card.intro(bundle, data.name, split),
-            card.sections(bundle, result, figures),
-            card_record(bundle.meta, result),
-        )
+    detections = [
+        {
+            "key": it.key,
+            "boxes": np.round(d.boxes, 2).tolist(),
+            "scores": np.round(d.scores, 4).tolist(),
+            "labels": [names[int(c)] for c in d.labels],
+            "truth": np.round(it.boxes, 2).tolist(),
+        }
+        for it, d in zip(items, dets, strict=True)
+    ]
+    write_evaluation(
+        out,
+        result,
+        figures,
+        f"Model card: {bundle.meta['data']['source']} (detection)",
+        card.intro(bundle, data.name, split),
+        card.sections(bundle, result, figures),
+        card_record(bundle.meta, result),
+        extra_json={"detections.json": detections},
+    )
     return result
 
 

@@ -13,12 +13,11 @@ import numpy as np
 import pandas as pd
 
 from medsight.errors import MedsightError
-from medsight.evaluation.card import Figure, card_record, write_card, write_figures
+from medsight.evaluation.card import Figure, card_record, write_evaluation
 from medsight.evaluation.metrics import N_BOOTSTRAP, binary_metrics, bootstrap
 from medsight.evaluation.plots import overlay_grid, roc_plot
 from medsight.evaluation.subgroups import audit
 from medsight.explain.gradcam import overlay, sanity_check
-from medsight.io.atomic import atomic_dir, write_json
 from medsight.tasks.outcome import card
 from medsight.tasks.outcome import data as outcome_data
 from medsight.tasks.outcome.models import LABELS, FittedModels
@@ -105,16 +104,15 @@ def evaluate(bundle_path: Path, spec: str, split: str, out: Path, n_boot: int = 
     ]
     if cam_png:
         figures.append(Figure("Grad-CAM examples", cam_png, "Image branch: where the CNN looked."))
-    with atomic_dir(out) as tmp:
-        write_json(tmp / "metrics.json", result)
-        write_figures(tmp, figures)
-        write_card(
-            tmp,
-            f"Model card: {data.name} outcome ({bundle.meta['target']['name']})",
-            card.intro(bundle, data.name, split),
-            card.sections(bundle, result, figures),
-            card_record(bundle.meta, result),
-        )
+    write_evaluation(
+        out,
+        result,
+        figures,
+        f"Model card: {data.name} outcome ({bundle.meta['target']['name']})",
+        card.intro(bundle, data.name, split),
+        card.sections(bundle, result, figures),
+        card_record(bundle.meta, result),
+    )
     return result
 
 

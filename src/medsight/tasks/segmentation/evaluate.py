@@ -13,8 +13,7 @@ import numpy as np
 from tqdm import tqdm
 
 from medsight.errors import MedsightError
-from medsight.evaluation.card import card_record, write_card, write_figures
-from medsight.io.atomic import atomic_dir, write_json
+from medsight.evaluation.card import card_record, write_evaluation
 from medsight.tasks.segmentation import card
 from medsight.tasks.segmentation import metrics as segm
 from medsight.tasks.segmentation.data import SegmentationDataset, folds_for, load_case, open_dataset
@@ -117,16 +116,15 @@ def evaluate(bundle_path: Path, data: str, split: str, out: Path, n_boot: int) -
                 "note": "the second manual annotation scored against the first, exactly as the model is",
             }
     figures = card.case_figures(per_case, views, names)
-    with atomic_dir(out) as tmp:
-        write_json(tmp / "metrics.json", result)
-        write_figures(tmp, figures)
-        write_card(
-            tmp,
-            f"Model card: {bundle.meta['data']['source']} ({ds.spatial_dims}D segmentation)",
-            card.intro(bundle, ds.name, split, len(ids), model.engine),
-            card.sections(bundle, result, figures),
-            card_record(bundle.meta, {k: v for k, v in result.items() if k != "per_case"}),
-        )
+    write_evaluation(
+        out,
+        result,
+        figures,
+        f"Model card: {bundle.meta['data']['source']} ({ds.spatial_dims}D segmentation)",
+        card.intro(bundle, ds.name, split, len(ids), model.engine),
+        card.sections(bundle, result, figures),
+        card_record(bundle.meta, {k: v for k, v in result.items() if k != "per_case"}),
+    )
     return result
 
 
