@@ -74,3 +74,18 @@ def test_every_task_implements_the_protocol(name: str) -> None:
     assert dataclasses.is_dataclass(task.Options)
     with pytest.raises(MedsightError, match="does not take --no-such-option"):
         task.Options.from_mapping({"no_such_option": 1}, name)
+
+
+@pytest.mark.parametrize("name", tasks.TASKS)
+def test_common_options_convert_and_foreign_ones_are_refused(name: str) -> None:
+    task = tasks.get(name)
+    assert isinstance(task, tasks.PackageTask)
+    converted = task.options(TrainOptions(seed=4, epochs=2))
+    assert isinstance(converted, task.Options) and converted.seed == 4 and converted.epochs == 2
+
+    @dataclasses.dataclass(kw_only=True)
+    class Foreign(TrainOptions):
+        not_an_option_anywhere: int | None = 1
+
+    with pytest.raises(MedsightError, match="does not take --not-an-option-anywhere"):
+        task.options(Foreign())

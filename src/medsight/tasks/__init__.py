@@ -8,13 +8,13 @@ from __future__ import annotations
 import importlib
 
 from medsight.errors import MedsightError
-from medsight.tasks.contract import Model, Plan, Task, TrainOptions
+from medsight.tasks.contract import Model, PackageTask, Plan, Task, TrainOptions
 
 TASKS = ("classification", "segmentation", "detection", "outcome")
 #: Asked in this order; classification takes what no other task recognises (images + labels).
 DETECTION_ORDER = ("segmentation", "detection", "outcome")
 
-__all__ = ["DETECTION_ORDER", "TASKS", "Model", "Plan", "Task", "TrainOptions", "detect", "get"]
+__all__ = ["DETECTION_ORDER", "TASKS", "Model", "PackageTask", "Plan", "Task", "TrainOptions", "detect", "get"]
 
 
 def get(name: str) -> Task:

@@ -152,3 +152,43 @@ class Task(Protocol):
     def load(self, bundle: Bundle) -> Model:
         """The warm model of a bundle whose ``task`` is this one."""
         ...
+
+
+class PackageTask:
+    """A :class:`Task` whose phases are modules of its package (``data``, ``train``, ``evaluate``, ``predict``),
+    imported when first used so that asking a task whether it recognises a source stays cheap.
+
+    A subclass names the task, its options class and the model class in its ``predict`` module; the phase modules
+    provide ``data.recognises(spec)``, ``train.train(data, out, options)``,
+    ``evaluate.evaluate(bundle, data, split, out, n_boot)`` and ``predict.<model_class>(bundle)``.
+    """
+
+    name: str
+    Options: type[TrainOptions]
+    model_class: str
+
+    def phase(self, module: str) -> Any:
+        import importlib
+
+        return importlib.import_module(f"medsight.tasks.{self.name}.{module}")
+
+    def recognises(self, spec: str) -> bool:
+        return bool(self.phase("data").recognises(spec))
+
+    def options(self, options: TrainOptions) -> TrainOptions:
+        """``options`` as this task's options class (common options convert; anything else is refused by name)."""
+        if isinstance(options, self.Options):
+            return options
+        return self.Options.from_mapping(options.given(), self.name)
+
+    def train(self, data: str, out: Path, options: TrainOptions) -> dict[str, Any]:
+        result: dict[str, Any] = self.phase("train").train(data, Path(out), self.options(options))
+        return result
+
+    def evaluate(self, bundle: Path, data: str, split: str, out: Path, n_boot: int) -> dict[str, Any]:
+        result: dict[str, Any] = self.phase("evaluate").evaluate(Path(bundle), data, split, Path(out), n_boot)
+        return result
+
+    def load(self, bundle: Bundle) -> Model:
+        model: Model = getattr(self.phase("predict"), self.model_class)(bundle)
+        return model

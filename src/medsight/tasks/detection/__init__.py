@@ -7,46 +7,18 @@ Phase modules are imported when used, so recognising a data source stays cheap.
 
 from __future__ import annotations
 
-from pathlib import Path
-from typing import TYPE_CHECKING, Any
-
-from medsight.tasks.contract import TrainOptions
+from medsight.tasks.contract import PackageTask, TrainOptions
 from medsight.tasks.detection.plan import DetectionOptions, DetectionPlan
-
-if TYPE_CHECKING:
-    from medsight.tasks.detection.predict import DetectionModel
-    from medsight.training.bundle import Bundle
 
 __all__ = ["TASK", "DetectionOptions", "DetectionPlan", "DetectionTask"]
 
 
-class DetectionTask:
+class DetectionTask(PackageTask):
     """The detection task's contract object (see :class:`medsight.tasks.contract.Task`)."""
 
     name = "detection"
     Options: type[TrainOptions] = DetectionOptions
-
-    def recognises(self, spec: str) -> bool:
-        from medsight.tasks.detection.data import recognises
-
-        return recognises(spec)
-
-    def train(self, data: str, out: Path, options: TrainOptions) -> dict[str, Any]:
-        from medsight.tasks.detection.train import train
-
-        if not isinstance(options, DetectionOptions):
-            raise TypeError(f"detection takes DetectionOptions, not {type(options).__name__}")
-        return train(data, Path(out), options)
-
-    def evaluate(self, bundle: Path, data: str, split: str, out: Path, n_boot: int) -> dict[str, Any]:
-        from medsight.tasks.detection.evaluate import evaluate
-
-        return evaluate(Path(bundle), data, split, Path(out), n_boot)
-
-    def load(self, bundle: Bundle) -> DetectionModel:
-        from medsight.tasks.detection.predict import DetectionModel
-
-        return DetectionModel(bundle)
+    model_class = "DetectionModel"
 
 
 TASK = DetectionTask()
