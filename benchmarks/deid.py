@@ -1,7 +1,9 @@
-"""De-identification speed: medsight (2 workers) vs dicognito vs a plain pydicom read-and-write loop,
-and the recall of the OCR text detection on text burned into the shared samples.
+"""De-identification speed: medsight (1 worker and 2 workers) vs dicognito vs a plain pydicom read-and-write
+loop, and the recall of the OCR text detection on text burned into the shared samples.
 
-All three speed runs happen in this one run, on the same >= 1000 copies of the brain MR files (each copy
+dicognito and the plain loop run in one process, so the clean per-core comparison is medsight with 1 worker
+(a single process, no pool); the 2-worker run gives the overall speed and its per-core rate (files/s per
+worker). All four speed runs happen in this one run, on the same >= 1000 copies of the brain MR files (each copy
 given fresh UIDs first, since dicognito names its outputs by UID), so the machine's noise hits all alike.
 Figures, command, commit, date and the machine's load go to benchmarks/results/deid.json.
 
@@ -81,21 +83,29 @@ def main() -> None:
         src.mkdir()
         n = make_copies(args.source, src, args.copies)
         print(f"{n} files ({args.copies} copies of {args.source.name}, fresh UIDs)")
-        for d in ("plain", "dicognito", "medsight"):
+        for d in ("plain", "dicognito", "medsight1", "medsight"):
             (root / d).mkdir()
         plain = timed("plain pydicom read+write (1 proc)", n, lambda: plain_loop(src, root / "plain"))
         cog = timed("dicognito 0.19 (1 proc)", n, lambda: subprocess.run(
             [sys.executable, "-m", "dicognito", "--quiet", "-o", str(root / "dicognito"), str(src)],
             check=True))
-        result: list[object] = []
-        med = timed(f"medsight deid ({args.workers} workers)", n, lambda: result.append(deidentify(
+        med1 = timed("medsight deid (1 worker)", n, lambda: deidentify(
+            src, root / "medsight1" / "out", key=bytes(32), workers=1, audit_log=None, progress=False))
+        written1 = sum(1 for _ in (root / "medsight1" / "out").rglob("*.dcm"))
+        med = timed(f"medsight deid ({args.workers} workers)", n, lambda: deidentify(
             src, root / "medsight" / "out", key=bytes(32), workers=args.workers, audit_log=None,
-            progress=False)))
+            progress=False))
         written = sum(1 for _ in (root / "medsight" / "out").rglob("*.dcm"))
-        print(f"medsight wrote {written} files; {'all' if written == n else 'NOT all'} of them")
-        print(f"medsight / dicognito = {med / cog:.2f}x; medsight / plain loop = {med / plain:.2f}x")
+        print(f"medsight wrote {written1} files (1 worker), {written} ({args.workers} workers); "
+              f"{'all' if written == written1 == n else 'NOT all'} of them")
+        single = med1 / cog
         per_core = med / args.workers / cog
-        print(f"per core: medsight {med / args.workers:.1f} files/s per worker = {per_core:.2f}x dicognito")
+        print(f"per core, 1 worker: medsight {med1:.1f} files/s = {single:.2f}x dicognito "
+              f"({med1 / plain:.2f}x the plain loop)")
+        print(f"per core, {args.workers} workers: medsight {med / args.workers:.1f} files/s per worker = "
+              f"{per_core:.2f}x dicognito")
+        print(f"overall, {args.workers} workers: medsight {med:.1f} files/s = {med / cog:.2f}x dicognito "
+              f"({med / plain:.2f}x the plain loop)")
     ocr_result: dict[str, object] = {}
     if ocr.available():
         start = time.perf_counter()
@@ -124,11 +134,14 @@ def main() -> None:
                                 "after": [round(x, 2) for x in load_after]},
         "files": n,
         "files_per_second": {"plain_pydicom_1_process": round(plain, 1), "dicognito_0_19_1_process": round(cog, 1),
+                             "medsight_1_worker": round(med1, 1),
                              f"medsight_{args.workers}_workers": round(med, 1)},
-        "medsight_over_dicognito": round(med / cog, 2),
-        "medsight_per_core_over_dicognito": round(per_core, 2),
-        "medsight_over_plain_loop": round(med / plain, 2),
-        "medsight_wrote_all": written == n,
+        "medsight_1_worker_over_dicognito": round(single, 2),
+        f"medsight_{args.workers}_workers_per_core_over_dicognito": round(per_core, 2),
+        f"medsight_{args.workers}_workers_over_dicognito": round(med / cog, 2),
+        "medsight_1_worker_over_plain_loop": round(med1 / plain, 2),
+        f"medsight_{args.workers}_workers_over_plain_loop": round(med / plain, 2),
+        "medsight_wrote_all": written == written1 == n,
         "ocr_text_detection": ocr_result,
     })
     print(f"figures written to {RESULTS}")

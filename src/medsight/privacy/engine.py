@@ -15,10 +15,13 @@ from dataclasses import dataclass, field
 from functools import lru_cache
 from typing import Any
 
-from pydicom.datadict import dictionary_VR
+from pydicom import config
+from pydicom.datadict import dictionary_VR, tag_for_keyword
+from pydicom.dataelem import DataElement
 from pydicom.dataset import Dataset
 from pydicom.multival import MultiValue
 from pydicom.sequence import Sequence
+from pydicom.tag import BaseTag
 
 from medsight import __version__
 from medsight.privacy.profile import (
@@ -29,7 +32,6 @@ from medsight.privacy.profile import (
     Profile,
     Rule,
     attribute_type,
-    in_repeating_overlay,
     iod_for_sop_class,
     keyword,
     resolve_compound,
@@ -41,6 +43,21 @@ from medsight.privacy.safe_private import SafePrivate
 IMPLEMENTATION_UID = "2.25." + str(uuid.uuid5(uuid.NAMESPACE_URL, "medsight/implementation").int)
 PATIENT_NAME, PATIENT_ID, ISSUER_OF_PATIENT_ID = 0x00100010, 0x00100020, 0x00100021
 STUDY_UID = 0x0020000D
+SOP_INSTANCE_UID = 0x00080018
+#: File meta elements that name the sender, receiver or a private implementation: removed.
+META_DROP_TAGS = tuple(
+    int(tag_for_keyword(name) or 0)
+    for name in (
+        "SourceApplicationEntityTitle",
+        "SendingApplicationEntityTitle",
+        "ReceivingApplicationEntityTitle",
+        "SourcePresentationAddress",
+        "SendingPresentationAddress",
+        "ReceivingPresentationAddress",
+        "PrivateInformation",
+        "PrivateInformationCreatorUID",
+    )
+)
 
 #: VRs whose values are text that may carry identifiers (CS is left: it holds enumerated terms).
 TEXT_VRS = frozenset({"AE", "AS", "DA", "DT", "TM", "LO", "LT", "PN", "SH", "ST", "UC", "UR", "UT"})
@@ -138,9 +155,15 @@ class Deidentifier:
                 self.profile.private,
             )
         }
+        # tag -> (row id, code): one dict lookup per element instead of match + option resolution
+        self._plan: dict[int, tuple[str, str]] = {t: (r.id, c) for t, r in self.profile.by_tag.items()
+                                                  for c in (self._codes[t],)}
+        # (IOD, path, tag, code) -> resolved compound code; the IOD tables are looked up once per path
+        self._compound: dict[tuple[str | None, tuple[str, ...], int, str], str] = {}
         self._shift_dates = "retain_modified_dates" in self.options
         self._keep_dates = "retain_full_dates" in self.options
         self._keep_uids = "retain_uids" in self.options
+        self._mark_values = self._marks()
         # C (clean) only arises from options; the scrubber is built only when one is selected.
         self._needs_scrub = bool(self.options)
 
@@ -170,28 +193,48 @@ class Deidentifier:
         """
         private: list[int] = []
         overlay_groups: set[int] = set()
-        for key in list(ds.keys()):
-            tag = int(key)
+        elements = ds._dict  # the raw map: no tag conversion, no value decoding while deciding
+        plan = self._plan
+        actions = ctx.outcome.actions
+        normal = mode == "normal"
+        for tag in list(elements):
             group = tag >> 16
             if group & 1:
                 private.append(tag)
                 continue
-            if in_repeating_overlay(tag):
-                overlay_groups.add(group)  # every element of an overlay group is decided with its group
+            if 0x6000 <= group <= 0x601E:  # in_repeating_overlay: decided with its group
+                overlay_groups.add(group)
                 continue
-            rule = self.profile.match(tag)
-            if rule is None:
-                self._unlisted(ds, tag, path, mode, ctx)
-                continue
-            code = self._codes.get(tag) or self._special[rule.id]
+            planned = plan.get(tag)
+            if planned is None:
+                rule = self.profile.match(tag)  # the repeating curve rows (50xx)
+                if rule is None:
+                    vr = elements[tag].VR or _dict_vr(tag)
+                    if normal and vr not in _NORMAL_UNLISTED_VRS:
+                        continue  # kept: an unlisted attribute that is not a sequence, UID or date
+                    self._unlisted(ds, tag, vr, path, mode, ctx)
+                    continue
+                row, code = rule.id, self._special[rule.id]
+            else:
+                row, code = planned
+                rule = None
             if code in COMPOUND_CODES:
-                code = resolve_compound(code, attribute_type(ctx.iod, ">".join((*path, keyword(tag)))))
-            ctx.outcome.actions[(rule.id, code)] += 1
-            self._act(ds, tag, rule, code, path, ctx)
+                code = self._resolve(code, tag, path, ctx)
+            actions[(row, code)] += 1
+            self._act(ds, tag, rule or self.profile.by_tag[tag], code, path, ctx)
         if overlay_groups:
             self._overlays(ds, overlay_groups, ctx)
         if private:
             self._private(ds, private, ctx)
+
+    def _resolve(self, code: str, tag: int, path: tuple[str, ...], ctx: _Context) -> str:
+        """A compound code resolved by the attribute's type at ``path`` in the object's IOD (cached)."""
+        key = (ctx.iod, path, tag, code)
+        resolved = self._compound.get(key)
+        if resolved is None:
+            resolved = resolve_compound(code, attribute_type(ctx.iod, ">".join((*path, keyword(tag)))))
+            self._compound[key] = resolved
+        return resolved
 
     def _overlays(self, ds: Dataset, groups: set[int], ctx: _Context) -> None:
         """Overlay planes (60xx): removed whole under the Basic Profile, with or without Overlay Data.
@@ -219,10 +262,8 @@ class Deidentifier:
                 elif elem.VR in TEXT_VRS and not _is_empty(elem.value):
                     elem.value = _scrub(elem.value, ctx.scrubber) or DUMMY.get(elem.VR, "")
 
-    def _unlisted(self, ds: Dataset, tag: int, path: tuple[str, ...], mode: str, ctx: _Context) -> None:
+    def _unlisted(self, ds: Dataset, tag: int, vr: str, path: tuple[str, ...], mode: str, ctx: _Context) -> None:
         """An attribute Table E.1-1 does not name: sequences walked, dates and UIDs treated by their VR."""
-        raw = ds.get_item(tag)
-        vr = raw.VR if raw is not None and raw.VR else _dict_vr(tag)
         if vr == "SQ":
             name = keyword(tag)
             # Coded concepts come from terminologies, not from the patient: kept even when replacing.
@@ -230,8 +271,8 @@ class Deidentifier:
             for item in ds[tag].value or ():
                 self._walk(item, (*path, name), inner, ctx)
         elif vr == "UI":
-            if not self._keep_uids and tag not in UID_KEEP_TAGS and not keyword(tag).endswith("ClassUID"):
-                self._map_uids(ds[tag], keep_standard=True)
+            if not self._keep_uids and tag not in UID_KEEP_TAGS and not _is_class_uid(tag):
+                self._map_uids(ds, tag, keep_standard=True)
                 ctx.outcome.actions[("outside:UI", "U")] += 1
         elif mode == "normal" and vr in DATE_VRS:
             self._unlisted_date(ds, tag, vr, path, ctx)
@@ -245,39 +286,45 @@ class Deidentifier:
                 self._clean_leaf(elem, vr, ctx)
 
     def _act(self, ds: Dataset, tag: int, rule: Rule, code: str, path: tuple[str, ...], ctx: _Context) -> None:
+        """Apply one code. Values are decoded only where the new value depends on the old one (names, IDs,
+        UIDs, cleaning); a replaced or emptied value is simply set, and a kept one is never touched."""
         if code == "X":
             del ds[tag]
             return
-        elem = ds[tag]
-        vr = elem.VR
-        inner_path = (*path, keyword(tag))
-        if code in ("K", "U*"):
-            if vr == "SQ":
+        if code == "C":
+            self._clean(ds, tag, rule, (*path, keyword(tag)), ctx)
+            return
+        elem, vr = _element(ds, tag)
+        if vr == "SQ":
+            if code == "Z":
+                if not _is_empty(elem.value):
+                    elem.value = Sequence()
+            elif code in ("K", "U*", "D"):
+                inner = "dummy" if code == "D" else "normal"
+                inner_path = (*path, keyword(tag))
                 for item in elem.value or ():
-                    self._walk(item, inner_path, "normal", ctx)
-        elif code == "Z":
-            if _is_empty(elem.value):
+                    self._walk(item, inner_path, inner, ctx)
+            else:  # U on a sequence: the table has none; decoded like any other value
+                self._map_uids(ds, tag)
+            return
+        if code in ("K", "U*"):
+            return
+        if code == "Z":
+            if _element_empty(elem):
                 return
             if tag in (PATIENT_NAME, PATIENT_ID):
-                elem.value = self._patient_pseudonym(tag, str(elem.value), ctx, path)
+                _set(ds, tag, vr, self._patient_pseudonym(tag, str(ds[tag].value), ctx, path))
             else:
-                elem.value = _empty(vr)
+                _set(ds, tag, vr, _empty(vr))
         elif code == "D":
-            if vr == "SQ":
-                for item in elem.value or ():
-                    self._walk(item, inner_path, "dummy", ctx)
-            elif _is_empty(elem.value) and vr != "UI":
-                elem.value = DUMMY.get(vr, _dummy_other(vr))
-            elif tag in (PATIENT_NAME, PATIENT_ID):
-                elem.value = self._patient_pseudonym(tag, str(elem.value), ctx, path)
-            elif vr == "UI":
-                self._map_uids(elem)
+            if vr == "UI":
+                self._map_uids(ds, tag)
+            elif tag in (PATIENT_NAME, PATIENT_ID) and not _element_empty(elem):
+                _set(ds, tag, vr, self._patient_pseudonym(tag, str(ds[tag].value), ctx, path))
             else:
-                elem.value = DUMMY.get(vr, _dummy_other(vr))
+                _set(ds, tag, vr, DUMMY.get(vr, _dummy_other(vr)))
         elif code == "U":
-            self._map_uids(elem)
-        elif code == "C":
-            self._clean(ds, tag, rule, inner_path, ctx)
+            self._map_uids(ds, tag)
         else:  # pragma: no cover - the table has no other codes
             raise ValueError(f"unknown action {code!r} for {rule.tag}")
 
@@ -287,33 +334,44 @@ class Deidentifier:
         if self._keep_dates:
             ctx.outcome.actions[(f"outside:{vr}", "K")] += 1
             return
-        elem = ds[tag]
         if self._shift_dates:
+            elem = ds[tag]
             if vr != "TM" and not _is_empty(elem.value):  # whole-day shifts keep the time of day
                 elem.value = self._shift(elem.value, vr, ctx)
             ctx.outcome.actions[(f"outside:{vr}", "C")] += 1
             return
-        code = resolve_compound("X/Z/D", attribute_type(ctx.iod, ">".join((*path, keyword(tag)))))
+        code = self._resolve("X/Z/D", tag, path, ctx)
         ctx.outcome.actions[(f"outside:{vr}", code)] += 1
         if code == "X":
             del ds[tag]
-        elif code == "Z":
-            elem.value = ""
         else:
-            elem.value = DUMMY[vr]
+            _set(ds, tag, _element(ds, tag)[1], "" if code == "Z" else DUMMY[vr])
 
     # --- actions -------------------------------------------------------------------------------
 
-    def _map_uids(self, elem: Any, keep_standard: bool = False) -> None:
-        value = elem.value
-        if _is_empty(value):
-            return
+    def _map_uids(self, ds: Dataset, tag: int, keep_standard: bool = False) -> None:
+        """Every value of a UI element re-mapped with the keyed hash (well-known UIDs kept if asked)."""
+        elem, vr = _element(ds, tag)
+        if elem.is_raw and vr == "UI":
+            # decoded as pydicom does (ASCII, trailing NUL/space padding, backslash-separated), cheaper
+            text = (elem.value or b"").decode("latin-1").rstrip("\x00 ")
+            if not text:
+                return
+            values: list[str] = text.split("\\")
+        else:
+            value = elem.value
+            if _is_empty(value):
+                return
+            values = [str(value)] if isinstance(value, str) else [str(v) for v in value]
 
         def new(v: str) -> str:
-            v = str(v)
             return v if keep_standard and v.startswith(STANDARD_UID_ROOT) else self.pseudo.uid(v)
 
-        elem.value = new(value) if isinstance(value, str) else [new(v) for v in value]
+        mapped = [new(v) for v in values]
+        if vr == "UI":
+            _set(ds, tag, vr, mapped[0] if len(mapped) == 1 else mapped)
+        else:
+            elem.value = mapped[0] if len(mapped) == 1 else mapped
 
     def _clean(self, ds: Dataset, tag: int, rule: Rule, inner_path: tuple[str, ...], ctx: _Context) -> None:
         """C: replace with values of similar meaning known not to identify (PS3.15 E.1.1)."""
@@ -431,26 +489,27 @@ class Deidentifier:
     # --- marks the standard asks for --------------------------------------------------------------
 
     def _mark(self, ds: Dataset) -> None:
-        """Patient Identity Removed, De-identification Method and its code sequence (CID 7050)."""
-        codes = [BASIC_PROFILE_CODE] + [(o.code, o.meaning) for name, o in OPTIONS.items() if name in self.options]
-        ds.PatientIdentityRemoved = "YES"
-        ds.DeidentificationMethod = [f"medsight {__version__} PS3.15 E.1 Basic Profile"[:64]] + [
-            meaning[:64] for _, meaning in codes[1:]
-        ]
-        items = []
-        for value, meaning in codes:
-            item = Dataset()
-            item.CodeValue = value
-            item.CodingSchemeDesignator = "DCM"
-            item.CodeMeaning = meaning
-            items.append(item)
-        ds.DeidentificationMethodCodeSequence = Sequence(items)
+        """Patient Identity Removed, De-identification Method and its code sequence (CID 7050).
+
+        The values are the same for every file of a run (built once in ``_marks``); each file gets new
+        elements and items, set without pydicom's keyword lookup and validation of our own constants.
+        """
+        codes, method, longitudinal = self._mark_values
+        _set(ds, 0x00120062, "CS", "YES")  # Patient Identity Removed
+        _set(ds, 0x00120063, "LO", list(method))  # De-identification Method
+        _set(ds, 0x00120064, "SQ", Sequence([_code_item(value, meaning) for value, meaning in codes]))
+        _set(ds, 0x00280303, "CS", longitudinal)  # Longitudinal Temporal Information Modified
+
+    def _marks(self) -> tuple[tuple[tuple[str, str], ...], tuple[str, ...], str]:
+        codes = (BASIC_PROFILE_CODE, *((o.code, o.meaning) for name, o in OPTIONS.items() if name in self.options))
+        method = (f"medsight {__version__} PS3.15 E.1 Basic Profile"[:64], *(meaning[:64] for _, meaning in codes[1:]))
         if "retain_full_dates" in self.options:
-            ds.LongitudinalTemporalInformationModified = "UNMODIFIED"
+            longitudinal = "UNMODIFIED"
         elif self._shift_dates:
-            ds.LongitudinalTemporalInformationModified = "MODIFIED"
+            longitudinal = "MODIFIED"
         else:
-            ds.LongitudinalTemporalInformationModified = "REMOVED"
+            longitudinal = "REMOVED"
+        return codes, method, longitudinal
 
     def add_method_code(self, ds: Dataset, code: tuple[str, str]) -> None:
         """Record one more method (e.g. Clean Pixel Data) after the fact."""
@@ -464,23 +523,14 @@ class Deidentifier:
         meta = getattr(ds, "file_meta", None)
         if meta is None:
             return
-        if "SOPInstanceUID" in ds:
-            meta.MediaStorageSOPInstanceUID = ds.SOPInstanceUID
+        if BaseTag(SOP_INSTANCE_UID) in ds._dict:
+            _set(meta, 0x00020003, "UI", ds[SOP_INSTANCE_UID].value)  # Media Storage SOP Instance UID
         # we wrote this file: name our implementation, not the one that made the original
-        meta.ImplementationClassUID = IMPLEMENTATION_UID
-        meta.ImplementationVersionName = f"MEDSIGHT_{__version__}"[:16]
-        for name in (
-            "SourceApplicationEntityTitle",
-            "SendingApplicationEntityTitle",
-            "ReceivingApplicationEntityTitle",
-            "SourcePresentationAddress",
-            "SendingPresentationAddress",
-            "ReceivingPresentationAddress",
-            "PrivateInformation",
-            "PrivateInformationCreatorUID",
-        ):
-            if name in meta:
-                delattr(meta, name)
+        _set(meta, 0x00020012, "UI", IMPLEMENTATION_UID)
+        _set(meta, 0x00020013, "SH", f"MEDSIGHT_{__version__}"[:16])
+        for tag in META_DROP_TAGS:
+            if tag in meta._dict:
+                del meta[tag]
 
 
 #: How a patient is recognised across files: by Patient ID qualified by Issuer of Patient ID (the default:
@@ -509,6 +559,54 @@ def _dict_vr(tag: int) -> str:
         return str(dictionary_VR(tag))
     except KeyError:
         return "UN"
+
+
+#: VRs of unlisted attributes that are treated in normal mode; every other unlisted attribute is kept.
+_NORMAL_UNLISTED_VRS = frozenset({"SQ", "UI", "DA", "DT", "TM"})
+
+
+@lru_cache(maxsize=4096)
+def _is_class_uid(tag: int) -> bool:
+    return keyword(tag).endswith("ClassUID")
+
+
+def _element(ds: Dataset, tag: int) -> tuple[Any, str]:
+    """The element (raw when it can stay raw) and its VR; decoded when the file gives no usable VR."""
+    elem: Any = ds._dict[BaseTag(tag)]
+    vr = elem.VR
+    if elem.is_raw and (not vr or len(vr) != 2 or vr in ("UN", "SQ")):
+        elem = ds[tag]  # a sequence's items; implicit VR, ambiguous or UN: pydicom settles the VR as before
+        vr = elem.VR
+    return elem, str(vr)
+
+
+def _element_empty(elem: Any) -> bool:
+    """True when the value is empty; a raw value is judged without decoding (padding only is empty)."""
+    if not elem.is_raw:
+        return _is_empty(elem.value)
+    value = elem.value
+    if not value:
+        return True
+    return elem.VR not in BYTES_VRS and elem.VR not in NUMBER_VRS and not value.strip(b" \x00")
+
+
+def _set(ds: Dataset, tag: int, vr: str, value: Any) -> None:
+    """Replace an element's value by one medsight made (a dummy, a pseudonym, an empty value)."""
+    elem = DataElement(tag, vr, value, validation_mode=config.IGNORE)
+    if vr == "SQ":  # a replaced sequence keeps the length encoding (defined or not) the file gave it
+        old: Any = ds._dict.get(elem.tag)
+        if old is not None:
+            elem.is_undefined_length = old.length == 0xFFFFFFFF if old.is_raw else old.is_undefined_length
+    ds._dict[elem.tag] = elem
+
+
+def _code_item(value: str, meaning: str) -> Dataset:
+    """One item of a code sequence (scheme DCM)."""
+    item = Dataset()
+    _set(item, 0x00080100, "SH", value)  # Code Value
+    _set(item, 0x00080102, "SH", "DCM")  # Coding Scheme Designator
+    _set(item, 0x00080104, "LO", meaning)  # Code Meaning
+    return item
 
 
 def _is_empty(value: Any) -> bool:

@@ -25,13 +25,21 @@ import time
 from collections.abc import Iterable
 from dataclasses import dataclass, field
 from pathlib import Path
+from typing import Any
 
-from pydicom.dataset import Dataset, FileMetaDataset
-from pydicom.uid import ExplicitVRLittleEndian, ImplicitVRLittleEndian
+from pydicom import config
+from pydicom.charset import default_encoding
+from pydicom.dataelem import DataElement
+from pydicom.dataset import Dataset, FileMetaDataset, validate_file_meta
+from pydicom.filebase import DicomFile, DicomIO
+from pydicom.filewriter import write_data_element, write_dataset, write_file_meta_info
+from pydicom.tag import BaseTag, tag_in_exception
+from pydicom.uid import DeflatedExplicitVRLittleEndian, ExplicitVRLittleEndian, ImplicitVRLittleEndian
+from pydicom.valuerep import EXPLICIT_VR_LENGTH_32
 from tqdm import tqdm
 
 from medsight.errors import MedsightError
-from medsight.io.atomic import atomic_path, write_text
+from medsight.io.atomic import write_text
 from medsight.io.dicom import is_dicom_file, is_dicomdir, open_dicom
 from medsight.privacy import ocr, pixels
 from medsight.privacy.engine import Deidentifier
@@ -200,8 +208,99 @@ def _ensure_file_meta(ds: Dataset) -> None:
     if "TransferSyntaxUID" not in meta:
         implicit = ds.original_encoding[0] if ds.original_encoding[0] is not None else True
         meta.TransferSyntaxUID = ImplicitVRLittleEndian if implicit else ExplicitVRLittleEndian
-    meta.MediaStorageSOPClassUID = ds.SOPClassUID
-    meta.MediaStorageSOPInstanceUID = ds.SOPInstanceUID
+    for meta_tag, tag in ((0x00020002, 0x00080016), (0x00020003, 0x00080018)):  # SOP Class, SOP Instance
+        value = ds[tag].value
+        current: Any = meta._dict.get(BaseTag(meta_tag))
+        if current is None or current.is_raw or current.value != value:
+            elem = DataElement(meta_tag, "UI", value, validation_mode=config.IGNORE)
+            meta._dict[BaseTag(elem.tag)] = elem
+
+
+def save(ds: Dataset, path: Path) -> None:
+    """What ``ds.save_as(path, enforce_file_format=True)`` writes, without its deep copy of the file meta.
+
+    pydicom copies the meta to leave the caller's untouched; here the dataset is ours and is dropped after
+    writing, and the copy cost about a tenth of the writing time. Anything unusual (no or an unknown
+    transfer syntax, deflate, a preamble of the wrong size, group 0 or 2 in the dataset) goes to pydicom.
+    """
+    meta = ds.file_meta
+    ts = meta.get("TransferSyntaxUID")
+    preamble = getattr(ds, "preamble", None) or b"\x00" * 128
+    if (
+        ts is None
+        or not ts.is_transfer_syntax
+        or ts.is_private
+        or ts == DeflatedExplicitVRLittleEndian
+        or len(preamble) != 128
+        or any(t >> 16 in (0, 2) for t in ds._dict)
+    ):
+        ds.save_as(path, enforce_file_format=True)
+        return
+    validate_file_meta(meta, enforce_standard=True)
+    if "PixelData" in ds:
+        ds["PixelData"].is_undefined_length = ts.is_compressed
+    fp = DicomFile(str(path), "wb")
+    try:
+        fp.write(preamble)
+        fp.write(b"DICM")
+        write_file_meta_info(fp, meta, enforce_standard=True)
+        fp.is_implicit_VR, fp.is_little_endian = ts.is_implicit_VR, ts.is_little_endian
+        _write_dataset(fp, ds)
+    finally:
+        fp.close()
+
+
+_HEAD_IMPLICIT = {True: struct.Struct("<HHL"), False: struct.Struct(">HHL")}
+_HEAD_16 = {True: struct.Struct("<HH2sH"), False: struct.Struct(">HH2sH")}
+_HEAD_32 = {True: struct.Struct("<HH2sHL"), False: struct.Struct(">HH2sHL")}
+
+
+def _write_dataset(fp: DicomIO, ds: Dataset) -> None:
+    """pydicom's ``write_dataset`` with a short path for the elements the engine left untouched.
+
+    An element still raw (as read, in the encoding it is written in, with a defined length) is written
+    as its tag, VR and length followed by its value bytes: exactly what pydicom's ``write_data_element``
+    writes for it, without its per-element buffer. Everything else (values medsight set, sequences,
+    undefined lengths, a change of encoding or character set) goes through pydicom.
+    """
+    implicit, little = fp.is_implicit_VR, fp.is_little_endian
+    if (implicit, little) != ds.original_encoding or ds.original_character_set != ds._character_set:
+        write_dataset(fp, ds)
+        return
+    encoding = ds.get("SpecificCharacterSet", default_encoding)
+    head_implicit, head16, head32 = _HEAD_IMPLICIT[little], _HEAD_16[little], _HEAD_32[little]
+    write = fp.write
+    elements = ds._dict
+    for tag in sorted(elements):
+        group, element = tag >> 16, tag & 0xFFFF
+        if element == 0 and group > 6:  # retired Group Length: not written (PS3.5 7.2), as pydicom does
+            continue
+        elem: Any = elements[tag]
+        value = elem.value
+        if (
+            elem.is_raw
+            and value is not None
+            and not elem.is_buffered
+            and elem.length != 0xFFFFFFFF
+            and elem.is_implicit_VR == implicit
+            and elem.is_little_endian == little
+        ):
+            n = len(value)
+            if implicit:
+                write(head_implicit.pack(group, element, n))
+                write(value)
+                continue
+            vr = elem.VR
+            if vr in EXPLICIT_VR_LENGTH_32:
+                write(head32.pack(group, element, vr.encode(), 0, n))
+                write(value)
+                continue
+            if vr and len(vr) == 2 and n <= 0xFFFF:
+                write(head16.pack(group, element, vr.encode(), n))
+                write(value)
+                continue
+        with tag_in_exception(tag):
+            write_data_element(fp, ds.get_item(tag), encoding)
 
 
 def process_file(path: Path, rel: str, index: int, job: Job, deid: Deidentifier) -> FileResult:
@@ -256,8 +355,15 @@ def process_file(path: Path, rel: str, index: int, job: Job, deid: Deidentifier)
             str(ds.get("SeriesInstanceUID", "") or "unknown-series"),
             f"{ds.SOPInstanceUID}.dcm",
         ]
-        with atomic_path(job.staging / f"{index}.dcm") as tmp:
-            ds.save_as(tmp, enforce_file_format=True)
+        # atomic: written beside its staged name and renamed (the staging folder is ours alone, so no
+        # random temporary name is needed; a partial file left by a stopped worker is removed with it)
+        staged, part = job.staging / f"{index}.dcm", job.staging / f"{index}.part"
+        job.staging.mkdir(parents=True, exist_ok=True)
+        try:
+            save(ds, part)
+            os.replace(part, staged)
+        finally:
+            part.unlink(missing_ok=True)
         result.output = "/".join(parts)
         result.status = "written"
     except Exception as exc:  # a damaged element found late: report the file, keep the run going
