@@ -9,7 +9,7 @@ MedMNIST defines it (threshold 0.5) and at the operating point chosen on val.
 Results go to ``benchmarks/results/medmnist.json`` (``--results``): per data set the list of runs (figures with
 95% CIs, seed, epochs, seconds) and, under ``provenance``, the command, git commit, date and seeds of the runs
 that produced them. Only the data sets run are replaced, so earlier figures of the others are kept; the figures a
-run replaces move to ``previous`` (with their provenance) for comparison.
+run replaces move to ``previous[<set>]`` (a list, newest first, each with its provenance) for comparison.
 """
 
 from __future__ import annotations
@@ -116,7 +116,10 @@ def save(path: Path, runs: dict[str, list[dict[str, Any]]], provenance: dict[str
         earlier = known.get(flag)
         if earlier is not None and earlier.get("commit") != provenance["commit"] and flag in document:
             # Keep the figures this run replaces, with their provenance, to compare against.
-            document.setdefault("previous", {})[flag] = {"provenance": earlier, "runs": document[flag]}
+            history = document.setdefault("previous", {}).setdefault(flag, [])
+            if isinstance(history, dict):  # files written before the history was a list
+                history = document["previous"][flag] = [history]
+            history.insert(0, {"provenance": earlier, "runs": document[flag]})
         document[flag] = [{**r, "commit": provenance["commit"]} for r in rs]
         known[flag] = provenance
     write_json(path, document)
