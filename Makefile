@@ -63,7 +63,11 @@ demo: $(STAMP)
 	@echo "Metrics with 95% CIs:               $(DEMO_OUT)/evaluation/metrics.json"
 	@echo "Prediction + Grad-CAM on real DICOM: $(DEMO_OUT)/prediction"
 
+# The quick benchmarks (about 30 minutes on 2 idle cores); the long trainings are listed in docs/benchmarks.md.
 benchmarks: $(STAMP)
+	$(PY) benchmarks/engine_overhead.py
+	$(PY) benchmarks/runtime_latency.py
+	$(PY) benchmarks/deid.py
 	$(PY) benchmarks/medmnist.py
 
 clean:
