@@ -17,7 +17,7 @@ from typing import Any
 
 from pydicom import config
 from pydicom.datadict import dictionary_VR, tag_for_keyword
-from pydicom.dataelem import DataElement
+from pydicom.dataelem import DataElement, RawDataElement
 from pydicom.dataset import Dataset
 from pydicom.multival import MultiValue
 from pydicom.sequence import Sequence
@@ -61,6 +61,10 @@ META_DROP_TAGS = tuple(
 
 #: VRs whose values are text that may carry identifiers (CS is left: it holds enumerated terms).
 TEXT_VRS = frozenset({"AE", "AS", "DA", "DT", "TM", "LO", "LT", "PN", "SH", "ST", "UC", "UR", "UT"})
+#: VRs whose values are character strings (encoded as text, padded to even length).
+STRING_VRS = frozenset(
+    {"AE", "AS", "CS", "DA", "DS", "DT", "IS", "LO", "LT", "PN", "SH", "ST", "TM", "UC", "UI", "UR", "UT"}
+)
 BYTES_VRS = frozenset({"OB", "OD", "OF", "OL", "OV", "OW", "UN"})
 NUMBER_VRS = frozenset({"US", "SS", "UL", "SL", "FL", "FD", "SV", "UV", "AT"})
 
@@ -592,6 +596,19 @@ def _element_empty(elem: Any) -> bool:
 
 def _set(ds: Dataset, tag: int, vr: str, value: Any) -> None:
     """Replace an element's value by one medsight made (a dummy, a pseudonym, an empty value)."""
+    old_raw: Any = ds._dict.get(BaseTag(tag))
+    if old_raw is not None and old_raw.is_raw and vr in STRING_VRS:
+        # encoded here, as pydicom would (ASCII values are the same in every character set), and kept raw
+        # in the file's encoding, so the writer copies it like an untouched element
+        text = value if isinstance(value, str) else "\\".join(value) if isinstance(value, list) else None
+        if text is not None and text.isascii():
+            data = text.encode("ascii")
+            if len(data) % 2:
+                data += b"\x00" if vr == "UI" else b" "
+            ds._dict[old_raw.tag] = RawDataElement(
+                old_raw.tag, vr, len(data), data, 0, old_raw.is_implicit_VR, old_raw.is_little_endian
+            )
+            return
     elem = DataElement(tag, vr, value, validation_mode=config.IGNORE)
     if vr == "SQ":  # a replaced sequence keeps the length encoding (defined or not) the file gave it
         old: Any = ds._dict.get(elem.tag)

@@ -31,8 +31,8 @@ from pydicom import config
 from pydicom.charset import default_encoding
 from pydicom.dataelem import DataElement
 from pydicom.dataset import Dataset, FileMetaDataset, validate_file_meta
-from pydicom.filebase import DicomFile, DicomIO
-from pydicom.filewriter import write_data_element, write_dataset, write_file_meta_info
+from pydicom.filebase import DicomBytesIO, DicomFile, DicomIO
+from pydicom.filewriter import write_data_element, write_dataset
 from pydicom.tag import BaseTag, tag_in_exception
 from pydicom.uid import DeflatedExplicitVRLittleEndian, ExplicitVRLittleEndian, ImplicitVRLittleEndian
 from pydicom.valuerep import EXPLICIT_VR_LENGTH_32
@@ -236,14 +236,13 @@ def save(ds: Dataset, path: Path) -> None:
     ):
         ds.save_as(path, enforce_file_format=True)
         return
-    validate_file_meta(meta, enforce_standard=True)
     if "PixelData" in ds:
         ds["PixelData"].is_undefined_length = ts.is_compressed
     fp = DicomFile(str(path), "wb")
     try:
         fp.write(preamble)
         fp.write(b"DICM")
-        write_file_meta_info(fp, meta, enforce_standard=True)
+        _write_file_meta(fp, meta)
         fp.is_implicit_VR, fp.is_little_endian = ts.is_implicit_VR, ts.is_little_endian
         _write_dataset(fp, ds)
     finally:
@@ -255,7 +254,19 @@ _HEAD_16 = {True: struct.Struct("<HH2sH"), False: struct.Struct(">HH2sH")}
 _HEAD_32 = {True: struct.Struct("<HH2sHL"), False: struct.Struct(">HH2sHL")}
 
 
-def _write_dataset(fp: DicomIO, ds: Dataset) -> None:
+def _write_file_meta(fp: DicomIO, meta: FileMetaDataset) -> None:
+    """pydicom's ``write_file_meta_info(fp, meta, enforce_standard=True)``: the elements (explicit VR
+    little endian) after a File Meta Information Group Length that counts them, written once."""
+    validate_file_meta(meta, enforce_standard=True)
+    body = DicomBytesIO()
+    body.is_little_endian, body.is_implicit_VR = True, False
+    _write_dataset(body, meta, skip=0x00020000)
+    data = body.getvalue()
+    fp.write(_HEAD_16[True].pack(0x0002, 0x0000, b"UL", 4) + struct.pack("<L", len(data)))
+    fp.write(data)
+
+
+def _write_dataset(fp: DicomIO, ds: Dataset, skip: int | None = None) -> None:
     """pydicom's ``write_dataset`` with a short path for the elements the engine left untouched.
 
     An element still raw (as read, in the encoding it is written in, with a defined length) is written
@@ -264,7 +275,9 @@ def _write_dataset(fp: DicomIO, ds: Dataset) -> None:
     undefined lengths, a change of encoding or character set) goes through pydicom.
     """
     implicit, little = fp.is_implicit_VR, fp.is_little_endian
-    if (implicit, little) != ds.original_encoding or ds.original_character_set != ds._character_set:
+    if skip is None and (
+        (implicit, little) != ds.original_encoding or ds.original_character_set != ds._character_set
+    ):
         write_dataset(fp, ds)
         return
     encoding = ds.get("SpecificCharacterSet", default_encoding)
@@ -273,7 +286,7 @@ def _write_dataset(fp: DicomIO, ds: Dataset) -> None:
     elements = ds._dict
     for tag in sorted(elements):
         group, element = tag >> 16, tag & 0xFFFF
-        if element == 0 and group > 6:  # retired Group Length: not written (PS3.5 7.2), as pydicom does
+        if (element == 0 and group > 6) or tag == skip:  # retired Group Length: not written (PS3.5 7.2)
             continue
         elem: Any = elements[tag]
         value = elem.value
