@@ -43,6 +43,8 @@ from medsight.privacy.safe_private import SafePrivate
 IMPLEMENTATION_UID = "2.25." + str(uuid.uuid5(uuid.NAMESPACE_URL, "medsight/implementation").int)
 PATIENT_NAME, PATIENT_ID, ISSUER_OF_PATIENT_ID = 0x00100010, 0x00100020, 0x00100021
 STUDY_UID = 0x0020000D
+#: a set, not a tuple: membership by hash avoids pydicom's Python-level BaseTag.__eq__ on every element
+PATIENT_TAGS = frozenset({PATIENT_NAME, PATIENT_ID})
 SOP_INSTANCE_UID = 0x00080018
 #: File meta elements that name the sender, receiver or a private implementation: removed.
 META_DROP_TAGS = tuple(
@@ -316,14 +318,14 @@ class Deidentifier:
         if code == "Z":
             if _element_empty(elem):
                 return
-            if tag in (PATIENT_NAME, PATIENT_ID):
+            if tag in PATIENT_TAGS:
                 _set(ds, tag, vr, self._patient_pseudonym(tag, str(ds[tag].value), ctx, path))
             else:
                 _set(ds, tag, vr, _empty(vr))
         elif code == "D":
             if vr == "UI":
                 self._map_uids(ds, tag)
-            elif tag in (PATIENT_NAME, PATIENT_ID) and not _element_empty(elem):
+            elif tag in PATIENT_TAGS and not _element_empty(elem):
                 _set(ds, tag, vr, self._patient_pseudonym(tag, str(ds[tag].value), ctx, path))
             else:
                 _set(ds, tag, vr, DUMMY.get(vr, _dummy_other(vr)))

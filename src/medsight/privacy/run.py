@@ -284,9 +284,10 @@ def _write_dataset(fp: DicomIO, ds: Dataset, skip: int | None = None) -> None:
     head_implicit, head16, head32 = _HEAD_IMPLICIT[little], _HEAD_16[little], _HEAD_32[little]
     write = fp.write
     elements = ds._dict
-    for tag in sorted(elements):
+    # (a set difference: comparing BaseTags one by one runs pydicom's Python-level __eq__ per element)
+    for tag in sorted(elements.keys() - {BaseTag(skip)} if skip is not None else elements):
         group, element = tag >> 16, tag & 0xFFFF
-        if (element == 0 and group > 6) or tag == skip:  # retired Group Length: not written (PS3.5 7.2)
+        if element == 0 and group > 6:  # retired Group Length: not written (PS3.5 7.2), as pydicom does
             continue
         elem: Any = elements[tag]
         value = elem.value
