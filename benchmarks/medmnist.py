@@ -20,12 +20,13 @@ import json
 import logging
 import shlex
 import statistics
-import subprocess
 import sys
 import tempfile
 import time
 from pathlib import Path
 from typing import Any
+
+from provenance import commit
 
 from medsight.evaluation.metrics import N_BOOTSTRAP
 from medsight.io.atomic import write_json
@@ -59,19 +60,6 @@ DEPENDS_ON = (
     "src/medsight/transforms.py",
     "benchmarks/medmnist.py",
 )
-
-
-def commit() -> str:
-    """The checked-out commit, marked ``-dirty`` when the code the figures depend on differs from it."""
-    root = Path(__file__).resolve().parents[1]
-    try:
-        head = subprocess.run(["git", "rev-parse", "--short", "HEAD"], cwd=root, capture_output=True, text=True)
-        dirty = subprocess.run(
-            ["git", "status", "--porcelain", "--untracked-files=no", "--", *DEPENDS_ON], cwd=root, capture_output=True
-        )
-    except OSError:
-        return "unknown"
-    return head.stdout.strip() + ("-dirty" if dirty.stdout.strip() else "") if head.returncode == 0 else "unknown"
 
 
 def run_one(flag: str, seed: int, epochs: int, budget: float, work: Path) -> dict[str, Any]:
@@ -137,7 +125,7 @@ def main() -> None:
     logging.basicConfig(level=logging.INFO, format="%(asctime)s %(name)s: %(message)s")  # the plan, before each run
     provenance = {
         "command": "python benchmarks/medmnist.py " + shlex.join(sys.argv[1:]),
-        "commit": commit(),
+        "commit": commit(DEPENDS_ON),
         "date": dt.datetime.now(dt.timezone.utc).isoformat(timespec="seconds"),
         "seeds": args.seeds,
         "epochs": args.epochs,

@@ -30,6 +30,7 @@ import numpy as np
 import torch
 from PIL import Image
 from provenance import provenance
+from seg_speed import fingerprint as seg_speed_fingerprint
 from torch import nn
 
 from medsight import runtime
@@ -59,18 +60,7 @@ def networks() -> dict[str, tuple[nn.Module, tuple[int, ...]]]:
     from medsight.tasks.segmentation import network as seg_network
     from medsight.tasks.segmentation.plan import make_plan
 
-    seg_fp = {
-        "n_cases": 500,
-        "spatial_dims": 2,
-        "n_channels": 1,
-        "modality": "unknown",
-        "spacing_median": [1.0, 1.0],
-        "spacing_min": [1.0, 1.0],
-        "spacing_max": [1.0, 1.0],
-        "shape_median": [256, 256],
-        "foreground_intensity": [{"mean": 0.0, "std": 1.0, "p00_5": -3.0, "p99_5": 3.0}],
-        "class_frequency": {"background": 0.9, "lesion": 0.1},
-    }
+    seg_fp = seg_speed_fingerprint()
     seg_plan = make_plan(seg_fp, "cpu", {"test_time_flips": False})
     return {
         "classification ResNet, 2D 28 px (MedMNIST)": (
