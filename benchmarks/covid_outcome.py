@@ -15,7 +15,7 @@ import time
 from pathlib import Path
 from typing import Any
 
-from provenance import provenance
+from support.provenance import provenance
 
 from medsight import tasks
 from medsight.io.atomic import write_json

@@ -14,7 +14,7 @@ import logging
 import time
 from pathlib import Path
 
-import seg_record
+from support import seg_record
 
 from medsight import config
 from medsight.tasks import segmentation

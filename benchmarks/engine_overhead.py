@@ -21,7 +21,7 @@ from typing import Any
 
 import numpy as np
 import torch
-from provenance import provenance
+from support.provenance import provenance
 from torch import nn
 from torch.utils.data import DataLoader, TensorDataset
 

@@ -20,7 +20,7 @@ import statistics
 import time
 from pathlib import Path
 
-import seg_record
+from support import seg_record
 
 from medsight import config
 from medsight.tasks import segmentation

@@ -26,7 +26,7 @@ import time
 from pathlib import Path
 from typing import Any
 
-from provenance import commit
+from support.provenance import commit
 
 from medsight.evaluation.metrics import N_BOOTSTRAP
 from medsight.io.atomic import write_json

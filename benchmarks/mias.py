@@ -14,7 +14,7 @@ import os
 import time
 from pathlib import Path
 
-from provenance import provenance
+from support.provenance import provenance
 
 from medsight import tasks
 from medsight.io.atomic import write_json

@@ -29,8 +29,8 @@ from typing import Any
 import numpy as np
 import torch
 from PIL import Image
-from provenance import provenance
 from seg_speed import fingerprint as seg_speed_fingerprint
+from support.provenance import provenance
 from torch import nn
 
 from medsight import runtime

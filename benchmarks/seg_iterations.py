@@ -16,8 +16,8 @@ import time
 from pathlib import Path
 from typing import Any
 
-import seg_record
 import torch
+from support import seg_record
 
 from medsight import config
 from medsight.tasks.segmentation import network

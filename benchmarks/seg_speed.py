@@ -18,8 +18,8 @@ from collections.abc import Callable
 from pathlib import Path
 
 import numpy as np
-import seg_record
 import torch
+from support import seg_record
 
 from medsight.runtime.onnx_export import export_onnx
 from medsight.tasks.segmentation import network

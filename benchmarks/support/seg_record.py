@@ -11,11 +11,10 @@ import sys
 from pathlib import Path
 from typing import Any
 
-from provenance import commit
-
 from medsight.io.atomic import write_json
+from support.provenance import commit
 
-RESULTS = Path(__file__).resolve().parent / "results"
+RESULTS = Path(__file__).resolve().parents[1] / "results"
 
 
 def machine() -> dict[str, Any]:

@@ -1,0 +1,1 @@
+"""Shared by the benchmark scripts: provenance records and the segmentation results writer (not benchmarks)."""
