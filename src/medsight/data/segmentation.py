@@ -7,7 +7,8 @@ Two layouts are recognised (nnU-Net's convention over configuration: the folder 
   (``.nrrd``, ``.mha``, ``.mhd``); nnU-Net's channel suffix (``case_0000.nii.gz``) is understood. Without
   ``dataset.json`` the labels are inferred from the label values (``label_1``, ...) and the modality is
   "unknown", which normalises like MRI (per-image z-score).
-* **Image + mask pairs** (2D PNG/TIFF/GIF/JPEG): ``images/`` + a label folder (``labels/``, ``masks/``,
+* **Image + mask pairs** (any 2D format Pillow reads: PNG/TIFF/GIF/JPEG/BMP/PPM/PGM/WebP...): ``images/`` + a
+  label folder (``labels/``, ``masks/``,
   ``1st_manual/``, ``manual/``, ``groundtruth/``, ``annotations/``) and an optional region-of-interest folder
   (``mask/``, ``roi/``, ``fov/``), either at the top or inside ``training/``/``train/`` and ``test/``
   (DRIVE's own layout). Files are paired by their leading id (``21_training.tif`` ↔ ``21_manual1.gif``). A
@@ -27,11 +28,12 @@ from typing import Any
 import numpy as np
 
 from medsight.errors import MedsightError
+from medsight.io.images import RASTER_SUFFIXES as IMAGE_SUFFIXES
 
 log = logging.getLogger("medsight.data")
 
 VOLUME_SUFFIXES = (".nii.gz", ".nii", ".nrrd", ".mha", ".mhd")
-RASTER_SUFFIXES = (".png", ".tif", ".tiff", ".gif", ".bmp", ".jpg", ".jpeg")
+RASTER_SUFFIXES = tuple(sorted(IMAGE_SUFFIXES))  # every 2D format Pillow reads (medsight.io.images)
 LABEL_DIRS = ("labels", "masks", "1st_manual", "manual", "groundtruth", "annotations", "segmentations")
 ROI_DIRS = ("mask", "roi", "fov")
 SECOND_OBSERVER_DIRS = ("2nd_manual",)

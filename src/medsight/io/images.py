@@ -1,7 +1,8 @@
 """Read one image of any supported format into a channels-first float32 array.
 
-PNG/JPEG/TIFF/BMP/GIF (Pillow), NIfTI (nibabel), npy/npz (numpy) and DICOM files or series folders
-(``medsight.io.dicom``). Anything else is rejected with a clear error naming the file.
+Every 2D raster format Pillow reads (PNG, JPEG, TIFF, BMP, GIF, PPM/PGM/PBM, WebP, TGA, ...), NIfTI (nibabel),
+npy/npz (numpy) and DICOM files or series folders (``medsight.io.dicom``). Anything else is rejected with a clear
+error naming the file.
 """
 
 from __future__ import annotations
@@ -13,7 +14,21 @@ import numpy as np
 
 from medsight.errors import MedsightError
 
-RASTER_SUFFIXES = {".png", ".jpg", ".jpeg", ".tif", ".tiff", ".bmp", ".gif"}
+#: Pillow plugins that only identify a file (HDF5, GRIB, BUFR, WMF/EMF stubs), need an outside program (EPS/PS via
+#: Ghostscript) or hold video: listing them would promise images Pillow cannot decode here.
+_NOT_RASTER = {".h5", ".hdf", ".grib", ".bufr", ".wmf", ".emf", ".eps", ".ps", ".mpg", ".mpeg"}
+
+
+def _pillow_suffixes() -> frozenset[str]:
+    """The file suffixes Pillow opens, asked of Pillow itself so that a format it reads is never refused here."""
+    from PIL import Image
+
+    Image.init()
+    readable = {ext for ext, fmt in Image.registered_extensions().items() if fmt in Image.OPEN}
+    return frozenset({".png", ".jpg", ".jpeg", ".tif", ".tiff", ".bmp", ".gif"} | (readable - _NOT_RASTER))
+
+
+RASTER_SUFFIXES = _pillow_suffixes()
 NIFTI_SUFFIXES = (".nii", ".nii.gz")
 
 
@@ -48,7 +63,11 @@ def read_image(path: str | Path) -> np.ndarray:
         raise
     except Exception as exc:  # a library's own error for a damaged file
         raise MedsightError(f"cannot read image ({type(exc).__name__}: {exc})", path) from exc
-    raise MedsightError("not an image medsight can read (expected PNG/JPEG/TIFF, DICOM, NIfTI, npy or npz)", path)
+    raise MedsightError(
+        "not an image medsight can read (expected a 2D image Pillow reads, e.g. PNG/JPEG/TIFF/BMP/GIF/PPM/PGM/WebP, "
+        "or DICOM, NIfTI, npy or npz)",
+        path,
+    )
 
 
 def _read_raster(path: Path) -> np.ndarray:

@@ -69,7 +69,7 @@ class SegmentationResult(Result):
 
 
 def read_input(path: Path) -> InputImage:
-    """Read one input (NIfTI/NRRD/MHA, PNG/TIFF/GIF/JPEG, a DICOM file or series folder) and check it."""
+    """Read one input (NIfTI/NRRD/MHA, any 2D image Pillow reads, a DICOM file or series folder) and check it."""
     name = path.name.lower()
     if not path.exists():
         raise MedsightError("no such file or folder", path)
@@ -91,7 +91,11 @@ def read_input(path: Path) -> InputImage:
         return InputImage(path, kind, image, segdata.spacing_of(affine), affine)
     if name.endswith(segdata.RASTER_SUFFIXES):
         return InputImage(path, "raster", segdata._read_raster(path), (1.0, 1.0), np.eye(4))
-    raise MedsightError("not an input segmentation can read (NIfTI, NRRD/MHA, PNG/TIFF/GIF/JPEG, DICOM)", path)
+    raise MedsightError(
+        "not an input segmentation can read (NIfTI, NRRD/MHA, a 2D image Pillow reads such as PNG/TIFF/JPEG/BMP/"
+        "PPM/PGM/WebP, DICOM)",
+        path,
+    )
 
 
 def _is_dicom(path: Path) -> bool:
