@@ -1,0 +1,140 @@
+"""Split conformal prediction for single-label classifiers: prediction sets with a guaranteed coverage.
+
+Why: a probability is only as good as its calibration; a conformal prediction set holds the true label with
+probability at least ``1 - alpha`` for a new case exchangeable with the calibration cases, whatever the model
+(Vovk et al. 2005; Angelopoulos & Bates 2021, "A gentle introduction to conformal prediction"). A set with more
+than one label (or none) is the model saying "I cannot tell": a case to hand to the radiologist.
+
+No maintained conformal library (MAPIE, crepes, TorchCP) is installed, so this is the standard split-conformal
+rule written out (a few lines, tested in ``tests/evaluation/test_conformal.py``):
+
+* non-conformity score ``s = score(p, y)`` on the *validation* cases (never the test cases);
+* threshold ``q`` = the ``ceil((n + 1)(1 - alpha))``-th smallest of the ``n`` scores (the finite-sample correction;
+  when that rank exceeds ``n`` the set is every label, ``q = 1``);
+* prediction set of a new case: every label ``k`` whose score ``score(p, k) <= q``.
+
+Scores (``score=``):
+
+* ``"lac"`` (default; least ambiguous set-valued classifier, Sadinle et al. 2019): ``s = 1 - p_y``, so the set is
+  ``{k : p_k >= 1 - q}``. It gives the smallest sets on average and can give an *empty* set (no label is
+  probable enough), which we treat as a deferral too. Chosen because for the binary decisions medsight serves
+  the set reads directly as "which labels are still plausible", and small sets mean fewer needless deferrals.
+* ``"aps"`` (adaptive prediction sets, Romano et al. 2020, non-randomised): ``s`` = the total probability of the
+  labels at least as probable as ``y``; sets grow where the model is unsure and are never empty.
+
+Grouped cases: when several images come from one patient they are not exchangeable one by one. With ``groups``
+the score of a patient is the largest score over their images, so the guarantee becomes "every image of a new
+patient is covered" with probability ``>= 1 - alpha`` (which implies per-image coverage ``>= 1 - alpha``); it is
+conservative (larger sets) and honest about small validation sets.
+"""
+
+from __future__ import annotations
+
+import math
+from dataclasses import dataclass
+from typing import Any, Literal
+
+import numpy as np
+
+from medsight.errors import MedsightError
+
+Score = Literal["lac", "aps"]
+SCORES: tuple[Score, ...] = ("lac", "aps")
+DEFAULT_ALPHA = 0.1
+
+
+def check_alpha(alpha: float, where: str = "alpha") -> float:
+    """``alpha`` as a float in (0, 1), or a :class:`MedsightError` naming ``where``."""
+    a = float(alpha)
+    if not 0 < a < 1:
+        raise MedsightError(f"{where} must lie strictly between 0 and 1 (got {alpha})")
+    return a
+
+
+def scores_of(probs: np.ndarray, score: Score) -> np.ndarray:
+    """``(n, k)`` non-conformity score of every label of every case (low = conforming)."""
+    p = np.asarray(probs, float)
+    if score == "lac":
+        return np.asarray(1.0 - p)
+    if score == "aps":
+        # the total probability of the labels at least as probable as label k (ties count in: never empty)
+        return np.asarray((p[:, None, :] * (p[:, None, :] >= p[:, :, None])).sum(-1))
+    raise MedsightError(f"unknown conformal score {score!r} (known: {', '.join(SCORES)})")
+
+
+def conformal_quantile(scores: np.ndarray, alpha: float) -> float:
+    """The ``ceil((n + 1)(1 - alpha))``-th smallest score (1.0, the whole label set, when that rank exceeds n)."""
+    s = np.sort(np.asarray(scores, float).ravel())
+    n = len(s)
+    if n == 0:
+        raise MedsightError("conformal calibration needs at least one validation case")
+    rank = math.ceil((n + 1) * (1 - alpha))
+    return 1.0 if rank > n else float(s[rank - 1])
+
+
+@dataclass
+class SplitConformal:
+    """Split conformal prediction sets (scikit-learn style: ``fit`` returns self; learned state ends in ``_``)."""
+
+    alpha: float = DEFAULT_ALPHA
+    score: Score = "lac"
+
+    def __post_init__(self) -> None:
+        self.alpha = check_alpha(self.alpha)
+        if self.score not in SCORES:
+            raise MedsightError(f"unknown conformal score {self.score!r} (known: {', '.join(SCORES)})")
+
+    def fit(self, probs: np.ndarray, labels: np.ndarray, groups: np.ndarray | None = None) -> SplitConformal:
+        """Calibrate on validation probabilities ``(n, k)`` and true labels ``(n,)`` (optionally patient groups)."""
+        p, y = np.asarray(probs, float), np.asarray(labels).astype(int)
+        if p.ndim != 2 or len(p) != len(y):
+            raise MedsightError("conformal calibration needs (n, k) probabilities and n labels")
+        true_scores = scores_of(p, self.score)[np.arange(len(y)), y]
+        if groups is not None:
+            g = np.asarray(groups)
+            true_scores = np.asarray([true_scores[g == u].max() for u in np.unique(g)])
+        self.n_calibration_ = len(true_scores)
+        self.grouped_ = groups is not None
+        self.quantile_ = conformal_quantile(true_scores, self.alpha)
+        self.whole_set_ = math.ceil((self.n_calibration_ + 1) * (1 - self.alpha)) > self.n_calibration_
+        return self
+
+    def predict_sets(self, probs: np.ndarray) -> np.ndarray:
+        """``(n, k)`` boolean membership of every label in every case's prediction set."""
+        return np.asarray(scores_of(np.asarray(probs, float), self.score) <= self.quantile_ + 1e-12)
+
+    def to_json(self) -> dict[str, Any]:
+        return {
+            "method": "split conformal",
+            "score": self.score,
+            "alpha": self.alpha,
+            "coverage_target": 1 - self.alpha,
+            "quantile": self.quantile_,
+            "n_calibration": self.n_calibration_,
+            "calibration_unit": "patient (largest score over their images)" if self.grouped_ else "image",
+            "whole_label_set": self.whole_set_,
+            "fitted_on": "val",
+        }
+
+    @classmethod
+    def from_json(cls, d: dict[str, Any], where: str | None = None) -> SplitConformal:
+        try:
+            model = cls(float(d["alpha"]), d["score"])
+            model.quantile_ = float(d["quantile"])
+            model.n_calibration_ = int(d["n_calibration"])
+            model.grouped_ = str(d.get("calibration_unit", "image")).startswith("patient")
+            model.whole_set_ = bool(d.get("whole_label_set", False))
+        except (KeyError, TypeError, ValueError) as exc:
+            raise MedsightError(f"bundle.json 'uncertainty.conformal' is incomplete ({exc!r})", where) from exc
+        return model
+
+
+def coverage(sets: np.ndarray, labels: np.ndarray) -> float:
+    """Share of cases whose prediction set holds the true label."""
+    y = np.asarray(labels).astype(int)
+    return float(np.mean(np.asarray(sets)[np.arange(len(y)), y])) if len(y) else float("nan")
+
+
+def set_sizes(sets: np.ndarray) -> np.ndarray:
+    """Number of labels in each case's prediction set."""
+    return np.asarray(sets).sum(axis=1).astype(int)

@@ -1,0 +1,264 @@
+"""Selective prediction: when the model keeps a case and when it defers it to the radiologist, and the
+risk-coverage curve that shows what deferring buys.
+
+Why: a model that says "I am not sure" on its hardest cases and is right on the rest is safer than one that
+answers everything. The rule (fitted on validation at the end of training, stored in the bundle, only applied
+afterwards):
+
+* defer when the conformal prediction set (:mod:`medsight.evaluation.conformal`) holds more than one label
+  ("ambiguous") or none ("no label probable enough");
+* defer when the set's single label is not the label decided at the operating point (binary decisions use a
+  threshold that need not be 0.5, so the two can disagree near the threshold);
+* defer when the calibrated confidence (the probability of the decided label) is below a threshold chosen on
+  validation: the lowest threshold (so the most cases kept) at which the validation cases the model keeps, after
+  the set rule, have an error rate at or below ``target_error`` (default: the conformal ``alpha``). That
+  threshold is an empirical choice on validation, not a guarantee; the test figures say how it held.
+
+The risk-coverage curve (Geifman & El-Yaniv 2017) ranks cases by confidence, most confident first; at each
+confidence threshold it plots the error rate of the kept cases against the share kept. AURC is the mean of the
+kept-case error over the ranks (lower is better: errors ranked last, i.e. deferred first, keep it low).
+"""
+
+from __future__ import annotations
+
+import io
+from dataclasses import dataclass
+from typing import Any
+
+import numpy as np
+
+from medsight.errors import MedsightError
+from medsight.evaluation.conformal import DEFAULT_ALPHA, Score, SplitConformal, set_sizes
+
+REASON_AMBIGUOUS = "prediction set holds more than one label"
+REASON_EMPTY = "prediction set is empty (no label probable enough)"
+REASON_DISAGREES = "prediction set's label differs from the decision at the operating point"
+REASON_LOW_CONFIDENCE = "confidence below the threshold chosen on validation"
+
+
+@dataclass
+class DeferralRule:
+    """The selective-prediction rule: defer on an ambiguous, empty or disagreeing set, or low confidence."""
+
+    confidence_threshold: float
+    target_error: float
+    reachable: bool = True
+    val_share_kept: float | None = None
+    val_error_kept: float | None = None
+
+    def reasons(self, in_set: np.ndarray, decided: int, confidence: float) -> list[str]:
+        """Why one case is deferred (empty list: the model keeps it). ``in_set`` is its label-set membership."""
+        members = np.flatnonzero(np.asarray(in_set))
+        out = []
+        if len(members) > 1:
+            out.append(REASON_AMBIGUOUS)
+        elif len(members) == 0:
+            out.append(REASON_EMPTY)
+        elif int(members[0]) != int(decided):
+            out.append(REASON_DISAGREES)
+        if confidence < self.confidence_threshold:
+            out.append(REASON_LOW_CONFIDENCE)
+        return out
+
+    def defer(self, sets: np.ndarray, decided: np.ndarray, confidence: np.ndarray) -> np.ndarray:
+        """Boolean deferral of every case."""
+        return np.asarray([bool(self.reasons(s, d, c)) for s, d, c in zip(sets, decided, confidence, strict=True)])
+
+    def to_json(self) -> dict[str, Any]:
+        return {
+            "rule": "defer when the conformal set is not exactly the decided label, or confidence (calibrated "
+            "probability of the decided label) < confidence_threshold",
+            "confidence_threshold": self.confidence_threshold,
+            "target_error": self.target_error,
+            "threshold_rule": "lowest threshold whose kept validation cases have error <= target_error",
+            "reachable": self.reachable,
+            "val_share_kept": self.val_share_kept,
+            "val_error_kept": self.val_error_kept,
+            "chosen_on": "val",
+        }
+
+    @classmethod
+    def from_json(cls, d: dict[str, Any], where: str | None = None) -> DeferralRule:
+        try:
+            return cls(
+                float(d["confidence_threshold"]),
+                float(d["target_error"]),
+                bool(d.get("reachable", True)),
+                None if d.get("val_share_kept") is None else float(d["val_share_kept"]),
+                None if d.get("val_error_kept") is None else float(d["val_error_kept"]),
+            )
+        except (KeyError, TypeError, ValueError) as exc:
+            raise MedsightError(f"bundle.json 'uncertainty.deferral' is incomplete ({exc!r})", where) from exc
+
+
+def set_rule_keeps(sets: np.ndarray, decided: np.ndarray) -> np.ndarray:
+    """Cases the set rule alone keeps: the set is exactly the decided label."""
+    s = np.asarray(sets, bool)
+    d = np.asarray(decided).astype(int)
+    return np.asarray((s.sum(1) == 1) & s[np.arange(len(d)), d])
+
+
+def fit_deferral(
+    sets: np.ndarray, decided: np.ndarray, confidence: np.ndarray, correct: np.ndarray, target_error: float
+) -> DeferralRule:
+    """Choose the confidence threshold on validation (see the module docstring) and return the rule."""
+    if not 0 <= target_error < 1:
+        raise MedsightError(f"the deferral target error must lie in [0, 1) (got {target_error})")
+    conf, ok = np.asarray(confidence, float), np.asarray(correct, bool)
+    candidates = set_rule_keeps(sets, decided)
+    n = len(conf)
+    for c in np.unique(conf[candidates]):  # ascending: the first that meets the target keeps the most
+        kept = candidates & (conf >= c)
+        error = 1.0 - float(ok[kept].mean())
+        if error <= target_error + 1e-12:
+            return DeferralRule(float(c), target_error, True, float(kept.sum() / max(n, 1)), error)
+    top = float(conf.max()) if n else 1.0
+    return DeferralRule(float(np.nextafter(top, np.inf)), target_error, False, 0.0, None)
+
+
+@dataclass
+class RiskCoverage:
+    """The risk-coverage curve: at each confidence threshold (descending), the share kept and their error rate."""
+
+    thresholds: np.ndarray
+    coverage: np.ndarray
+    risk: np.ndarray
+    aurc: float
+
+    def to_json(self) -> dict[str, Any]:
+        return {
+            "aurc": self.aurc,
+            "thresholds": self.thresholds.tolist(),
+            "coverage": self.coverage.tolist(),
+            "risk": self.risk.tolist(),
+        }
+
+
+def risk_coverage(confidence: np.ndarray, correct: np.ndarray) -> RiskCoverage:
+    """Kept-case error against the share kept, most confident first; tied confidences enter together."""
+    conf, ok = np.asarray(confidence, float), np.asarray(correct, bool)
+    n = len(conf)
+    if n == 0:
+        return RiskCoverage(np.zeros(0), np.zeros(0), np.zeros(0), float("nan"))
+    order = np.argsort(-conf, kind="stable")
+    errors = np.cumsum(~ok[order])
+    ranks = np.arange(1, n + 1)
+    aurc = float(np.mean(errors / ranks))  # Geifman et al.: the mean kept-case error over every rank
+    # one point per distinct confidence: the last rank at which that confidence is still kept
+    sorted_conf = conf[order]
+    last = np.flatnonzero(np.r_[sorted_conf[1:] != sorted_conf[:-1], True])
+    return RiskCoverage(sorted_conf[last], ranks[last] / n, errors[last] / ranks[last], aurc)
+
+
+def risk_coverage_plot(curve: RiskCoverage, point: tuple[float, float] | None = None, title: str = "") -> bytes:
+    """The curve as a PNG, with the deferral rule's operating point (share kept, error of kept) marked."""
+    import matplotlib
+
+    matplotlib.use("Agg")
+    import matplotlib.pyplot as plt
+
+    fig, ax = plt.subplots(figsize=(4.2, 4))
+    ax.step(curve.coverage, curve.risk, where="post", label=f"kept cases (AURC {curve.aurc:.3f})")
+    if len(curve.risk):
+        ax.axhline(curve.risk[-1], ls=":", color="grey", label="error with nothing deferred")
+    if point is not None and not np.isnan(point[1]):
+        ax.plot([point[0]], [point[1]], "ko", label="deferral rule")
+    ax.set(xlabel="share of cases kept (coverage)", ylabel="error rate of kept cases", xlim=(0, 1.02))
+    ax.set_title(title or "Risk-coverage (test)")
+    ax.legend(fontsize=7, loc="upper left")
+    buf = io.BytesIO()
+    fig.savefig(buf, format="png", dpi=110, bbox_inches="tight")
+    plt.close(fig)
+    return buf.getvalue()
+
+
+@dataclass
+class Assessment:
+    """What the uncertainty rule says about each case: its set, its confidence and why it is deferred."""
+
+    sets: np.ndarray
+    confidence: np.ndarray
+    reasons: list[list[str]]
+
+    @property
+    def defer(self) -> np.ndarray:
+        return np.asarray([bool(r) for r in self.reasons])
+
+
+@dataclass
+class Uncertainty:
+    """Conformal sets plus the deferral rule, both fitted on validation and stored in ``bundle.json``."""
+
+    conformal: SplitConformal
+    deferral: DeferralRule
+
+    @classmethod
+    def fit(
+        cls,
+        probs: np.ndarray,
+        labels: np.ndarray,
+        decided: np.ndarray,
+        alpha: float = DEFAULT_ALPHA,
+        score: Score = "lac",
+        groups: np.ndarray | None = None,
+        target_error: float | None = None,
+    ) -> Uncertainty:
+        """Calibrate both on the validation cases (``decided`` = the label chosen at the operating point)."""
+        conformal = SplitConformal(alpha, score).fit(probs, labels, groups)
+        p, d = np.asarray(probs, float), np.asarray(decided).astype(int)
+        confidence = p[np.arange(len(d)), d]
+        correct = d == np.asarray(labels).astype(int)
+        target = conformal.alpha if target_error is None else target_error
+        return cls(conformal, fit_deferral(conformal.predict_sets(p), d, confidence, correct, target))
+
+    def assess(self, probs: np.ndarray, decided: np.ndarray) -> Assessment:
+        p, d = np.asarray(probs, float), np.asarray(decided).astype(int)
+        sets = self.conformal.predict_sets(p)
+        confidence = p[np.arange(len(d)), d]
+        reasons = [self.deferral.reasons(s, k, c) for s, k, c in zip(sets, d, confidence, strict=True)]
+        return Assessment(sets, confidence, reasons)
+
+    def to_json(self) -> dict[str, Any]:
+        return {"conformal": self.conformal.to_json(), "deferral": self.deferral.to_json()}
+
+    @classmethod
+    def from_json(cls, d: dict[str, Any], where: str | None = None) -> Uncertainty:
+        try:
+            conformal, deferral = d["conformal"], d["deferral"]
+        except (KeyError, TypeError) as exc:
+            raise MedsightError(f"bundle.json 'uncertainty' is incomplete ({exc!r})", where) from exc
+        return cls(SplitConformal.from_json(conformal, where), DeferralRule.from_json(deferral, where))
+
+
+def case_metrics(
+    assessment: Assessment, labels: np.ndarray, decided: np.ndarray
+) -> tuple[Any, dict[str, Any], RiskCoverage]:
+    """(metrics of a subset of cases ``fn(indices)`` for a bootstrap, reason counts, risk-coverage curve)."""
+    y, d = np.asarray(labels).astype(int), np.asarray(decided).astype(int)
+    covered = assessment.sets[np.arange(len(y)), y]
+    sizes = set_sizes(assessment.sets)
+    defer = assessment.defer
+    wrong = d != y
+
+    def fn(ix: np.ndarray) -> dict[str, float]:
+        kept, deferred = ix[~defer[ix]], ix[defer[ix]]
+        return {
+            "coverage": float(covered[ix].mean()),
+            "mean_set_size": float(sizes[ix].mean()),
+            "share_deferred": float(defer[ix].mean()),
+            "error_all": float(wrong[ix].mean()),
+            "error_kept": float(wrong[kept].mean()) if len(kept) else float("nan"),
+            "error_deferred": float(wrong[deferred].mean()) if len(deferred) else float("nan"),
+        }
+
+    reasons: dict[str, int] = {}
+    for rs in assessment.reasons:
+        for r in rs:
+            reasons[r] = reasons.get(r, 0) + 1
+    counts = {
+        "n": len(y),
+        "deferred": int(defer.sum()),
+        "set_size_counts": {str(k): int((sizes == k).sum()) for k in np.unique(sizes)},
+        "reasons": reasons,
+    }
+    return fn, counts, risk_coverage(assessment.confidence, ~wrong)
