@@ -13,7 +13,7 @@ from medsight.evaluation.selective import (
     REASON_EMPTY,
     REASON_LOW_CONFIDENCE,
     DeferralRule,
-    Uncertainty,
+    SelectivePrediction,
     case_metrics,
     fit_deferral,
     risk_coverage,
@@ -24,7 +24,7 @@ from medsight.evaluation.selective import (
 def test_ambiguous_empty_and_disagreeing_sets_are_deferred_with_their_reason() -> None:
     cp = SplitConformal(0.1)
     cp.quantile_, cp.n_calibration_, cp.grouped_, cp.whole_set_ = 0.6, 50, False, False  # sets: p_k >= 0.4
-    unc = Uncertainty(cp, DeferralRule(confidence_threshold=0.7, target_error=0.1))
+    unc = SelectivePrediction(cp, DeferralRule(confidence_threshold=0.7, target_error=0.1))
     probs = np.array(
         [
             [0.95, 0.05, 0.0],  # clear: kept
@@ -42,7 +42,7 @@ def test_ambiguous_empty_and_disagreeing_sets_are_deferred_with_their_reason() -
     assert a.reasons[3][0] == REASON_EMPTY
     assert a.defer.tolist() == [False, True, True, True, False]
     assert a.confidence == pytest.approx([0.95, 0.55, 0.25, 0.35, 0.8])
-    again = Uncertainty.from_json(unc.to_json())
+    again = SelectivePrediction.from_json(unc.to_json())
     assert again.deferral.confidence_threshold == 0.7 and again.conformal.quantile_ == 0.6
 
 
@@ -67,12 +67,12 @@ def test_an_unreachable_target_defers_everything_and_says_so() -> None:
     assert rule.reasons(np.array([True, False]), 0, 0.9) == [REASON_LOW_CONFIDENCE]
 
 
-def test_uncertainty_fit_takes_alpha_as_the_default_target() -> None:
+def test_selective_fit_takes_alpha_as_the_default_target() -> None:
     rng = np.random.default_rng(0)
     p1 = rng.random(200)
     probs = np.stack([1 - p1, p1], 1)
     y = (rng.random(200) < p1).astype(int)
-    unc = Uncertainty.fit(probs, y, probs.argmax(1), alpha=0.2)
+    unc = SelectivePrediction.fit(probs, y, probs.argmax(1), alpha=0.2)
     assert unc.deferral.target_error == 0.2 and unc.conformal.n_calibration_ == 200
     kept = ~unc.assess(probs, probs.argmax(1)).defer
     assert np.mean(probs.argmax(1)[kept] != y[kept]) <= 0.2 + 1e-9
@@ -96,7 +96,7 @@ def test_risk_coverage_bookkeeping_by_hand() -> None:
 def test_case_metrics_split_errors_between_kept_and_deferred() -> None:
     cp = SplitConformal(0.1)
     cp.quantile_, cp.n_calibration_, cp.grouped_, cp.whole_set_ = 0.5, 10, False, False
-    unc = Uncertainty(cp, DeferralRule(0.0, 0.1))
+    unc = SelectivePrediction(cp, DeferralRule(0.0, 0.1))
     probs = np.array([[0.9, 0.1], [0.8, 0.2], [0.5, 0.5], [0.1, 0.9]])
     y = np.array([0, 1, 1, 1])
     decided = probs.argmax(1)

@@ -125,7 +125,7 @@ class SplitConformal:
             model.grouped_ = str(d.get("calibration_unit", "image")).startswith("patient")
             model.whole_set_ = bool(d.get("whole_label_set", False))
         except (KeyError, TypeError, ValueError) as exc:
-            raise MedsightError(f"bundle.json 'uncertainty.conformal' is incomplete ({exc!r})", where) from exc
+            raise MedsightError(f"bundle.json 'selective_prediction.conformal' is incomplete ({exc!r})", where) from exc
         return model
 
 

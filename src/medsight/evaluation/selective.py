@@ -21,13 +21,16 @@ kept-case error over the ranks (lower is better: errors ranked last, i.e. deferr
 
 from __future__ import annotations
 
+import html
 import io
+from collections.abc import Callable
 from dataclasses import dataclass
 from typing import Any
 
 import numpy as np
 
 from medsight.errors import MedsightError
+from medsight.evaluation.card import Figure, Section, fmt
 from medsight.evaluation.conformal import DEFAULT_ALPHA, Score, SplitConformal, set_sizes
 
 REASON_AMBIGUOUS = "prediction set holds more than one label"
@@ -88,7 +91,7 @@ class DeferralRule:
                 None if d.get("val_error_kept") is None else float(d["val_error_kept"]),
             )
         except (KeyError, TypeError, ValueError) as exc:
-            raise MedsightError(f"bundle.json 'uncertainty.deferral' is incomplete ({exc!r})", where) from exc
+            raise MedsightError(f"bundle.json 'selective_prediction.deferral' is incomplete ({exc!r})", where) from exc
 
 
 def set_rule_keeps(sets: np.ndarray, decided: np.ndarray) -> np.ndarray:
@@ -174,7 +177,7 @@ def risk_coverage_plot(curve: RiskCoverage, point: tuple[float, float] | None = 
 
 @dataclass
 class Assessment:
-    """What the uncertainty rule says about each case: its set, its confidence and why it is deferred."""
+    """What the selective-prediction rule says about each case: its set, its confidence and why it is deferred."""
 
     sets: np.ndarray
     confidence: np.ndarray
@@ -186,7 +189,7 @@ class Assessment:
 
 
 @dataclass
-class Uncertainty:
+class SelectivePrediction:
     """Conformal sets plus the deferral rule, both fitted on validation and stored in ``bundle.json``."""
 
     conformal: SplitConformal
@@ -202,7 +205,7 @@ class Uncertainty:
         score: Score = "lac",
         groups: np.ndarray | None = None,
         target_error: float | None = None,
-    ) -> Uncertainty:
+    ) -> SelectivePrediction:
         """Calibrate both on the validation cases (``decided`` = the label chosen at the operating point)."""
         conformal = SplitConformal(alpha, score).fit(probs, labels, groups)
         p, d = np.asarray(probs, float), np.asarray(decided).astype(int)
@@ -222,11 +225,11 @@ class Uncertainty:
         return {"conformal": self.conformal.to_json(), "deferral": self.deferral.to_json()}
 
     @classmethod
-    def from_json(cls, d: dict[str, Any], where: str | None = None) -> Uncertainty:
+    def from_json(cls, d: dict[str, Any], where: str | None = None) -> SelectivePrediction:
         try:
             conformal, deferral = d["conformal"], d["deferral"]
         except (KeyError, TypeError) as exc:
-            raise MedsightError(f"bundle.json 'uncertainty' is incomplete ({exc!r})", where) from exc
+            raise MedsightError(f"bundle.json 'selective_prediction' is incomplete ({exc!r})", where) from exc
         return cls(SplitConformal.from_json(conformal, where), DeferralRule.from_json(deferral, where))
 
 
@@ -262,3 +265,80 @@ def case_metrics(
         "reasons": reasons,
     }
     return fn, counts, risk_coverage(assessment.confidence, ~wrong)
+
+
+Resample = Callable[[Callable[[np.ndarray], dict[str, float]]], dict[str, dict[str, object]]]
+
+
+def report(
+    rule: SelectivePrediction, probs: np.ndarray, labels: np.ndarray, decided: np.ndarray, resample: Resample
+) -> tuple[dict[str, Any], Figure]:
+    """The evaluated split's coverage, set size, deferral and kept/deferred error (CIs from ``resample``, the
+    task's bootstrap), the reason counts, and the risk-coverage curve with its figure. Nothing is refitted."""
+    assessment = rule.assess(probs, decided)
+    fn, counts, rc = case_metrics(assessment, labels, decided)
+    metrics = resample(fn)
+    point = (1 - _value(metrics["share_deferred"]), _value(metrics["error_kept"]))
+    figure = Figure(
+        "Risk-coverage",
+        risk_coverage_plot(rc, point),
+        "Error rate of the cases the model keeps against the share it keeps (most confident first); the dot is "
+        "the deferral rule chosen on validation.",
+    )
+    out = {
+        "rule": rule.to_json(),
+        "metrics": metrics,
+        **counts,
+        "aurc": rc.aurc,
+        "risk_coverage": rc.to_json(),
+    }
+    return out, figure
+
+
+def _value(metric: dict[str, object]) -> float:
+    v = metric.get("value")
+    return float("nan") if v is None else float(v)  # type: ignore[arg-type]
+
+
+def card_section(u: dict[str, Any] | None, figures: list[Figure], unit: str = "cases") -> Section:
+    """The card section "Uncertainty and deferral" from :func:`report`'s output (or why there is none)."""
+    if not u:
+        return Section(
+            "Uncertainty and deferral",
+            "No prediction sets: the bundle holds no conformal rule (a multi-label model, or a bundle trained "
+            "before conformal prediction).",
+        )
+    cp, rule, m = u["rule"]["conformal"], u["rule"]["deferral"], u["metrics"]
+    unit_cal = "patients" if str(cp["calibration_unit"]).startswith("patient") else "images"
+    whole = "; the validation set is too small for this alpha, so every set holds every label"
+    unreachable = ": not reachable on validation, so every case is deferred"
+    text = (
+        f"Split conformal prediction ({str(cp['score']).upper()} score) calibrated on {cp['n_calibration']} "
+        f"validation {unit_cal}: each prediction set should hold the true label for at least "
+        f"{cp['coverage_target']:.0%} of {unit} (threshold {cp['quantile']:.4f}{whole if cp['whole_label_set'] else ''}"
+        "). A case is deferred to the radiologist when its set is not exactly the decided label or its confidence "
+        f"(calibrated probability of the decided label) is below {rule['confidence_threshold']:.4f}, chosen on "
+        f"validation so that the kept validation cases err at most {rule['target_error']:.0%} of the time"
+        f"{'' if rule['reachable'] else unreachable}. Nothing here was fitted on the evaluated split."
+    )
+    rows: list[list[Any]] = [
+        ["measure", "value (95% CI)"],
+        ["empirical coverage of the prediction sets", fmt(m["coverage"])],
+        ["mean prediction-set size", fmt(m["mean_set_size"], 2)],
+        ["share deferred to the radiologist", fmt(m["share_deferred"])],
+        ["error rate of kept cases", fmt(m["error_kept"])],
+        ["error rate of deferred cases", fmt(m["error_deferred"])],
+        ["error rate with nothing deferred", fmt(m["error_all"])],
+        ["AURC (area under the risk-coverage curve)", f"{u['aurc']:.4f}"],
+    ]
+    reasons = "; ".join(f"{k}: {v}" for k, v in u["reasons"].items()) or "none"
+    sizes = ", ".join(f"size {k}: {v}" for k, v in u["set_size_counts"].items())
+    return Section(
+        "Uncertainty and deferral",
+        html.escape(text),
+        rows,
+        [f for f in figures if f.title == "Risk-coverage"],
+        raw_html="<p>"
+        + html.escape(f"{u['deferred']} of {u['n']} deferred. Reasons: {reasons}. Sets: {sizes}.")
+        + "</p>",
+    )

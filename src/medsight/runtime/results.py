@@ -36,12 +36,43 @@ class Heatmap:
 
 
 @dataclass
+class Deferral:
+    """How sure one prediction is: its conformal prediction set (labels that hold the truth with probability
+    ``coverage_target`` over cases like the validation ones) and whether it goes to the radiologist, and why."""
+
+    prediction_set: list[str]
+    confidence: float
+    defer_to_radiologist: bool
+    reasons: list[str]
+    coverage_target: float
+
+    def to_json(self) -> dict[str, Any]:
+        return {
+            "prediction_set": list(self.prediction_set),
+            "coverage_target": self.coverage_target,
+            "confidence": self.confidence,
+            "defer_to_radiologist": self.defer_to_radiologist,
+            "defer_reason": "; ".join(self.reasons) or None,
+        }
+
+
+#: What ``predictions.json`` says for a bundle trained before conformal prediction (no rule to apply).
+NO_DEFERRAL_RULE = {
+    "prediction_set": None,
+    "defer_to_radiologist": None,
+    "defer_reason": "the bundle holds no deferral rule (trained before conformal prediction); retrain to get one",
+}
+
+
+@dataclass
 class Result:
     """One input's prediction. ``input`` is the input's file name (never its folder path)."""
 
     input: str
     index: int
     heatmap: Heatmap | None = None
+    #: The prediction set and the deferral decision (classification and outcome; None where not applicable).
+    deferral: Deferral | None = None
     #: Artefacts written by ``Model.save`` (kind -> file name inside the output folder). Kinds starting with
     #: ``heatmap_`` (``heatmap_image``, ``heatmap_array``) are listed under the entry's ``heatmap``.
     files: dict[str, str] = field(default_factory=dict)
@@ -62,6 +93,8 @@ class Result:
 
     def to_json(self) -> dict[str, Any]:
         entry: dict[str, Any] = {"input": self.input, **self.payload()}
+        if self.deferral is not None:
+            entry.update(self.deferral.to_json())
         if self.heatmap is not None:
             entry["heatmap"] = {
                 **self.heatmap.to_json(),

@@ -7,6 +7,7 @@ from typing import Any
 
 import numpy as np
 
+from medsight.evaluation import selective
 from medsight.evaluation.card import Figure, Section, fmt, subgroup_section
 from medsight.evaluation.plots import confusion_plot, overlay_grid, pr_plot, reliability_plot, roc_plot
 from medsight.tasks.classification.plan import ClassificationPlan
@@ -87,7 +88,11 @@ def sections(bundle: Bundle, r: dict[str, Any], figures: list[Figure]) -> list[S
             "Performance",
             f"n = {r['n']} images ({r['split']} split).",
             table,
-            [f for f in figures if "Grad-CAM" not in f.title and "Reliability" not in f.title],
+            [
+                f
+                for f in figures
+                if "Grad-CAM" not in f.title and "Reliability" not in f.title and f.title != "Risk-coverage"
+            ],
         )
     ]
     if "per_class" in r:
@@ -120,6 +125,7 @@ def sections(bundle: Bundle, r: dict[str, Any], figures: list[Figure]) -> list[S
             [f for f in figures if "Reliability" in f.title],
         )
     )
+    out.append(selective.card_section(r.get("selective_prediction"), figures, "images"))
     out.append(subgroup_section(r.get("subgroups") or {}))
     out.append(_explanations(r.get("explanations") or {}, figures))
     out.append(_model_and_data(bundle))

@@ -13,6 +13,7 @@ from typing import Any
 import numpy as np
 from torch import nn
 
+from medsight.evaluation import selective
 from medsight.evaluation.calibration import brier_score, expected_calibration_error
 from medsight.evaluation.card import card_record, write_evaluation
 from medsight.evaluation.metrics import N_BOOTSTRAP, binary_metrics, bootstrap, multiclass_metrics, multilabel_metrics
@@ -86,6 +87,12 @@ def evaluate(bundle_path: Path, spec: str, split: str, out: Path, n_boot: int = 
         result["subgroups"] = {}
 
     figures = card.performance_figures(task_type, names, labels, probs, probs_raw, decision, result)
+    if model.selective is not None and task_type != "multilabel":
+        # the bundle's conformal threshold and deferral rule (fitted on validation) applied as stored
+        result["selective_prediction"], risk_figure = selective.report(
+            model.selective, probs, labels, decision, partial(bootstrap, n=len(labels), strata=strata, n_boot=n_boot)
+        )
+        figures.append(risk_figure)
     result["explanations"], panels = explain_sample(model.network, part.images, labels, decision, task_type, names)
     figures += card.explanation_figures(panels)
     write_evaluation(

@@ -50,8 +50,12 @@ class ClassificationOptions(TrainOptions):
     target_sensitivity: float | None = None
     #: Weight the loss by inverse class frequency: "auto" (default) when the classes are imbalanced.
     class_balance: ClassBalance | None = None
+    #: Conformal miscoverage: prediction sets hold the true label with probability >= 1 - alpha (default 0.1).
+    alpha: float | None = None
 
     def __post_init__(self) -> None:
+        if self.alpha is not None and not 0 < self.alpha < 1:
+            raise MedsightError(f"--alpha must lie strictly between 0 and 1 (got {self.alpha})")
         if self.target_sensitivity is not None and not 0 < self.target_sensitivity < 1:
             raise MedsightError(f"--target-sensitivity must lie between 0 and 1 (got {self.target_sensitivity})")
         if self.class_balance is not None and self.class_balance not in ("auto", "on", "off"):

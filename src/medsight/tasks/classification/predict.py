@@ -1,5 +1,11 @@
 """The warm classification model: a bundle loaded once (ONNX Runtime session, preprocessing, calibration,
-operating point) that predicts typed results many times, and writes their artefacts only when asked."""
+operating point, conformal sets and deferral rule) that predicts typed results many times, and writes their
+artefacts only when asked.
+
+Every binary or multi-class result carries its conformal prediction set and ``defer_to_radiologist`` with the
+reason (:mod:`medsight.evaluation.selective`): the rule was fitted on validation when the bundle was trained and is
+only applied here.
+"""
 
 from __future__ import annotations
 
@@ -14,14 +20,32 @@ import torch
 from torch import nn
 
 from medsight.evaluation.plots import png_image
+from medsight.evaluation.selective import SelectivePrediction
 from medsight.explain.gradcam import gradcam, overlay
 from medsight.io.images import is_dicom_file
 from medsight.runtime.onnx_export import OnnxPredictor
-from medsight.runtime.results import Heatmap, Result
+from medsight.runtime.results import NO_DEFERRAL_RULE, Deferral, Heatmap, Result
 from medsight.tasks.classification.data import read_inputs
 from medsight.tasks.classification.network import gradcam_layer, probabilities
 from medsight.tasks.classification.plan import ClassificationPlan
-from medsight.training.bundle import Bundle
+from medsight.training.bundle import BUNDLE_JSON, Bundle
+
+#: Why a multi-label result has no prediction set: conformal sets here are over one label per case.
+MULTILABEL_NO_SET = "no prediction set for multi-label models (conformal sets here assume one label per case)"
+
+
+def decided_labels(task_type: str, probs: np.ndarray, operating: dict[str, Any]) -> np.ndarray:
+    """The label index decided for each case of a single-label task: the operating point on p(positive class)
+    (binary) or arg-max."""
+    if task_type == "binary":
+        k = positive_index(operating)
+        return np.where(np.asarray(probs)[:, k] >= float(operating["threshold"]), k, 1 - k).astype(int)
+    return np.asarray(probs).argmax(1).astype(int)
+
+
+def positive_index(operating: dict[str, Any]) -> int:
+    """Which class a binary operating point's threshold applies to (label 1 in bundles that predate the field)."""
+    return int(operating.get("positive_index", 1))
 
 
 @dataclass
@@ -42,12 +66,16 @@ class ClassificationResult(Result):
         if isinstance(self.decision, list):
             return "labels: " + (", ".join(self.decision) or "none")
         p = self.probabilities.get(self.decision, float("nan"))
-        return f"{self.decision} (p = {p:.3f})"
+        defer = " - defer to radiologist" if self.deferral is not None and self.deferral.defer_to_radiologist else ""
+        return f"{self.decision} (p = {p:.3f}){defer}"
 
     def payload(self) -> dict[str, Any]:
         entry: dict[str, Any] = {"probabilities": dict(self.probabilities), "decision": self.decision}
         if self.operating_point is not None:
             entry["operating_point"] = dict(self.operating_point)
+        if self.deferral is None:
+            reason = MULTILABEL_NO_SET if isinstance(self.decision, list) else NO_DEFERRAL_RULE["defer_reason"]
+            entry |= {**NO_DEFERRAL_RULE, "defer_reason": reason}
         return entry
 
 
@@ -65,6 +93,10 @@ class ClassificationModel:
         self.n_channels = int(spec["n_channels"])
         self.temperature = float(bundle.meta["calibration"]["temperature"])
         self.operating = dict(bundle.meta["operating_point"])
+        stored = bundle.meta.get("selective_prediction")
+        where = str(bundle.path / BUNDLE_JSON)
+        #: Conformal sets and the deferral rule fitted on validation (None: multi-label, or an older bundle).
+        self.selective = None if stored is None else SelectivePrediction.from_json(stored, where)
         self.session = OnnxPredictor(bundle.onnx_path)
 
     @cached_property
@@ -86,23 +118,38 @@ class ClassificationModel:
         inputs = [Path(p) for p in inputs]
         images = read_inputs(inputs, self.spatial_dims, self.spatial_size, self.n_channels)
         probs = self.probabilities(images)
+        deferrals = self.deferrals(probs)
         results: list[Result] = []
         for k, (path, image, p) in enumerate(zip(inputs, images, probs, strict=True)):
             result = self._result(path, k, image, p)
+            result.deferral = deferrals[k]
             if explain:
-                target = 1 if self.task_type == "binary" else int(np.argmax(p))
+                target = positive_index(self.operating) if self.task_type == "binary" else int(np.argmax(p))
                 heat = gradcam(self.network, gradcam_layer(self.network), image[None], [target])[0]
                 result.heatmap = Heatmap(heat, self.label_names[target], "Grad-CAM")
             results.append(result)
         return results
+
+    def deferrals(self, probs: np.ndarray) -> list[Deferral | None]:
+        """Each case's prediction set and deferral under the bundle's stored rule (None where there is none)."""
+        if self.selective is None or self.task_type == "multilabel":
+            return [None] * len(probs)
+        decided = decided_labels(self.task_type, probs, self.operating)
+        a = self.selective.assess(probs, decided)
+        target = 1 - self.selective.conformal.alpha
+        return [
+            Deferral([self.label_names[j] for j in np.flatnonzero(s)], float(c), bool(r), r, target)
+            for s, c, r in zip(a.sets, a.confidence, a.reasons, strict=True)
+        ]
 
     def _result(self, path: Path, index: int, image: np.ndarray, p: np.ndarray) -> ClassificationResult:
         names, op = self.label_names, self.operating
         decision: str | list[str]
         point = None
         if self.task_type == "binary":
-            decision = names[int(p[1] >= op["threshold"])]
-            point = {"threshold": op["threshold"], "method": op["method"], "on": names[1]}
+            k = positive_index(op)
+            decision = names[k if p[k] >= op["threshold"] else 1 - k]
+            point = {"threshold": op["threshold"], "method": op["method"], "on": names[k]}
         elif self.task_type == "multilabel":
             decision = [n for n, v, t in zip(names, p, op["thresholds"], strict=True) if v >= t]
         else:

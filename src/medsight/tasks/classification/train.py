@@ -17,13 +17,16 @@ from torch import nn
 from medsight import config
 from medsight.data.dataset import ClassificationData, SplitData
 from medsight.evaluation.calibration import TemperatureScaler
+from medsight.evaluation.conformal import DEFAULT_ALPHA
 from medsight.evaluation.metrics import binary_metrics, multiclass_metrics, multilabel_metrics
 from medsight.evaluation.operating_point import choose_threshold
+from medsight.evaluation.selective import SelectivePrediction
 from medsight.io.atomic import atomic_dir
 from medsight.runtime.onnx_export import export_onnx
 from medsight.tasks.classification.data import load, val_split
 from medsight.tasks.classification.network import build_network, loss_fn, probabilities
 from medsight.tasks.classification.plan import ClassificationOptions, ClassificationPlan, ClassificationPlanner
+from medsight.tasks.classification.predict import decided_labels
 from medsight.tasks.classification.steps import EVAL_BATCH, epoch_batches, loader, make_step
 from medsight.training.bundle import FORMAT, ONNX, WEIGHTS, library_versions, now_iso, write_bundle_json
 from medsight.training.engine import (
@@ -76,6 +79,8 @@ def train(spec: str, out: Path, options: ClassificationOptions) -> dict[str, Any
     val_metrics = summary_metrics(data.task_type, val.labels, val_probs, operating)
     meta = _meta(data, plan, options, model, state, time.monotonic() - started, scaler.temperature_)
     meta |= {"operating_point": operating, "metrics": {"val": val_metrics}}
+    if data.task_type != "multilabel":
+        meta["selective_prediction"] = fit_selective(val, val_probs, operating, data.task_type, options.alpha)
     with atomic_dir(out) as tmp:
         torch.save(model.state_dict(), tmp / WEIGHTS)
         meta["onnx"] = export_onnx(model, torch.as_tensor(val.images[: min(4, len(val))]), tmp / ONNX)
@@ -145,6 +150,18 @@ def operating_point(
         per = [choose_threshold(labels[:, k], probs[:, k], target_sensitivity) for k in range(labels.shape[1])]
         return {"method": per[0]["method"], "thresholds": [p["threshold"] for p in per], "chosen_on": "val"}
     return {"method": "argmax", "chosen_on": "none (multi-class decisions take the most probable class)"}
+
+
+def fit_selective(
+    val: SplitData, probs: np.ndarray, operating: dict[str, Any], task_type: str, alpha: float | None
+) -> dict[str, Any]:
+    """Conformal prediction sets and the deferral rule, calibrated on the validation split (single-label tasks);
+    images of one patient are calibrated as one unit (see :mod:`medsight.evaluation.conformal`)."""
+    ids = val.patient_ids
+    groups = np.asarray(ids) if ids is not None and len(set(ids)) < len(ids) else None
+    decided = decided_labels(task_type, probs, operating)
+    a = DEFAULT_ALPHA if alpha is None else alpha
+    return SelectivePrediction.fit(probs, val.labels, decided, a, groups=groups).to_json()
 
 
 def summary_metrics(
