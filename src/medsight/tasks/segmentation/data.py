@@ -20,8 +20,10 @@ from tqdm import tqdm
 from medsight import config
 from medsight.data import segmentation as segdata
 from medsight.data.folds import Folds, stored_folds
-from medsight.data.segmentation import Loaded, SegmentationDataset, fingerprint, load_case, open_dataset
+from medsight.data.segmentation import Loaded, SegmentationDataset, load_case, open_dataset
+from medsight.data.segmentation import fingerprint as data_fingerprint
 from medsight.io.atomic import atomic_path
+from medsight.tasks.segmentation import fundus
 from medsight.tasks.segmentation.plan import SegmentationPlan
 
 __all__ = [
@@ -62,6 +64,15 @@ def heldout_ids(ds: SegmentationDataset, folds: Folds) -> list[str]:
     return [c.id for c in ds.test] if ds.official_test else list(folds.test)
 
 
+def fingerprint(ds: SegmentationDataset, loaded: Sequence[Loaded], seed: int = 0) -> dict[str, Any]:
+    """The data fingerprint, plus the field of view of 2D images taken through a round aperture (fundus photographs):
+    ``field_of_view`` is None unless every image has one."""
+    fp = data_fingerprint(ds, loaded, seed)
+    if ds.spatial_dims == 2:
+        fp["field_of_view"] = fundus.fingerprint_fov([c.image for c in loaded])
+    return fp
+
+
 def read_cases(ds: SegmentationDataset, ids: Sequence[str], desc: str = "read") -> dict[str, Loaded]:
     return {i: load_case(ds, ds.case(i)) for i in tqdm(ids, desc=desc, unit="case", disable=len(ids) < 8)}
 
@@ -69,9 +80,12 @@ def read_cases(ds: SegmentationDataset, ids: Sequence[str], desc: str = "read") 
 # ----------------------------------------------------------------------------------------------- preprocessing
 
 
-def normalise(image: np.ndarray, plan: SegmentationPlan) -> np.ndarray:
-    """Apply the plan's normalisation to ``(C, *spatial)``."""
+def normalise(image: np.ndarray, plan: SegmentationPlan, fov: np.ndarray | None = None) -> np.ndarray:
+    """Apply the plan's normalisation to ``(C, *spatial)``; per-image schemes use only the pixels inside ``fov``
+    (the field of view) when it is given, and set the rest to 0."""
     norm = plan.normalisation
+    if fov is not None and norm.scheme != "ct":
+        return fundus.standardise(image, fov)
     out = np.empty_like(image, dtype=np.float32)
     for c in range(image.shape[0]):
         x = image[c].astype(np.float32)
@@ -99,14 +113,15 @@ def resampled_shape(shape: Sequence[int], spacing: Sequence[float], target: Sequ
     return [max(1, round(s * sp / t)) for s, sp, t in zip(shape, spacing, target, strict=True)]
 
 
-def resize(array: np.ndarray, shape: Sequence[int], label: bool) -> np.ndarray:
-    """Resize ``(C, *spatial)`` to ``shape``: linear for images and probabilities, nearest for labels."""
+def resize(array: np.ndarray, shape: Sequence[int], label: bool, anti_aliasing: bool = False) -> np.ndarray:
+    """Resize ``(C, *spatial)`` to ``shape``: linear for images and probabilities, nearest for labels; with
+    ``anti_aliasing`` an image is smoothed before it is shrunk (MONAI's Gaussian), so thin structures survive."""
     if list(array.shape[1:]) == list(shape):
         return array
     from monai.transforms import Resize
 
     mode = "nearest" if label else ("bilinear" if len(shape) == 2 else "trilinear")
-    out = Resize(spatial_size=list(shape), mode=mode)(torch.as_tensor(array))
+    out = Resize(spatial_size=list(shape), mode=mode, anti_aliasing=anti_aliasing and not label)(torch.as_tensor(array))
     return np.asarray(out.cpu().numpy() if isinstance(out, torch.Tensor) else out)
 
 
@@ -119,11 +134,19 @@ def needs_resampling(spacing: Sequence[float], plan: SegmentationPlan) -> bool:
 def preprocess(
     image: np.ndarray, spacing: Sequence[float], plan: SegmentationPlan, label: np.ndarray | None = None
 ) -> tuple[np.ndarray, np.ndarray | None]:
-    """Normalise (on the original grid) and resample to the plan's spacing."""
-    image = normalise(match_channels(image, plan.network.in_channels), plan)
+    """Normalise (on the original grid) and resample to the plan's spacing, and, for a plan with a field of view,
+    to the size that gives the image's FOV the training FOV's diameter."""
+    fov = fundus.find_fov(image) if plan.field_of_view is not None else None
+    image = normalise(match_channels(image, plan.network.in_channels), plan, fov)
+    shape: list[int] | None = None
     if needs_resampling(spacing, plan):
         shape = resampled_shape(image.shape[1:], spacing, plan.target_spacing)
-        image = resize(image, shape, label=False)
+    if fov is not None and plan.field_of_view is not None:
+        factors = fundus.scale_factors(fov, plan.field_of_view.diameter)
+        if any(f != 1.0 for f in factors):
+            shape = [max(1, round(s * f)) for s, f in zip(shape or image.shape[1:], factors, strict=True)]
+    if shape is not None:
+        image = resize(image, shape, label=False, anti_aliasing=fov is not None)
         if label is not None:
             label = resize(label[None].astype(np.float32), shape, label=True)[0].astype(np.int64)
     return image.astype(np.float32), label
@@ -177,6 +200,8 @@ def cache_key(ds: SegmentationDataset, fp: dict[str, Any], plan: SegmentationPla
         "normalisation": plan.normalisation.to_json(),
         "in_channels": plan.network.in_channels,
     }
+    if plan.field_of_view is not None:
+        what["field_of_view"] = plan.field_of_view.to_json()
     return hashlib.sha256(json.dumps(what, sort_keys=True, default=str).encode()).hexdigest()[:24]
 
 

@@ -7,6 +7,10 @@ file) changes one rule and every later rule follows it. The rules, scaled to a c
 * target spacing: the median spacing of the training cases (no resampling when every case already has it);
 * normalisation by modality: CT → clip to the 0.5/99.5 percentiles of foreground intensities then z-score with
   the foreground mean and std; MRI and unknown → per-image z-score; colour (RGB) → per-image z-score per channel;
+* field of view (2D images seen through a round aperture, e.g. fundus photographs; ``tasks/segmentation/fundus.py``):
+  when every training image has one, each image (training and inference) is resampled so that its FOV has the
+  training images' median FOV diameter, normalised per channel by ranks inside its FOV, and predictions outside the
+  FOV are suppressed;
 * patch size: the median image shape (after resampling), shrunk along its largest axis until it fits the
   budget's voxel count, and rounded to a multiple of the network's total downsampling;
 * batch size: as many patches as the budget's voxels per step allow, at most 5% of the data set's voxels per batch
@@ -102,6 +106,16 @@ class NormalisationPlan(Plan):
 
 
 @dataclass
+class FieldOfViewPlan(Plan):
+    """Scale and colour normalised by the field of view: ``diameter`` is the training FOVs' median extent
+    ``[rows, columns]`` in pixels, which every image's FOV is resampled to. With it, a per-image normalisation scheme
+    becomes per-channel normal scores inside the FOV (``fundus.standardise``)."""
+
+    diameter: list[float]
+    rule: str = "FOV: brightest channel above the dark surround, largest component, holes filled"
+
+
+@dataclass
 class NetworkPlan(Plan):
     """MONAI ``DynUNet`` keyword arguments."""
 
@@ -166,6 +180,7 @@ class SegmentationPlan(Plan):
     cpu_bf16: bool = False
     nsd_tolerance: float = 1.0
     device_budget: str = "cpu"
+    field_of_view: FieldOfViewPlan | None = None
 
     def with_overrides(self, overrides: Mapping[str, Any]) -> SegmentationPlan:
         """A copy with ``overrides`` applied key by key (nested plans merged by key); an unknown key is an error."""
@@ -238,7 +253,7 @@ class SegmentationPlanner:
     """
 
     #: Keys decided by a step (the override is read there); any other known key is applied after planning.
-    STEP_KEYS = ("target_spacing", "resample", "normalisation", "patch_size", "batch_size", "network")
+    STEP_KEYS = ("target_spacing", "resample", "normalisation", "patch_size", "batch_size", "network", "field_of_view")
 
     def __init__(self, fp: Mapping[str, Any], device: str = "cpu", overrides: Mapping[str, Any] | None = None):
         self.fp = fp
@@ -284,6 +299,14 @@ class SegmentationPlanner:
                 std=[max(c["std"], 1e-6) for c in stats],
             )
         return NormalisationPlan("zscore_per_channel" if modality == "RGB" else "zscore")
+
+    def determine_field_of_view(self) -> FieldOfViewPlan | None:
+        """Normalise by the FOV when the fingerprint found one in every training image (``null`` turns it off)."""
+        if "field_of_view" in self.overrides:
+            given = self.overrides["field_of_view"]
+            return None if given is None else FieldOfViewPlan.from_json(given)
+        fov = self.fp.get("field_of_view")
+        return FieldOfViewPlan([float(v) for v in fov["diameter_median"]]) if self.dims == 2 and fov else None
 
     def determine_patch_size(self, shape: np.ndarray, spacing: Sequence[float]) -> list[int]:
         if "patch_size" in self.overrides:
@@ -358,6 +381,7 @@ class SegmentationPlanner:
             mixed_precision=amp,
             cpu_bf16=bf16,
             device_budget=self.kind,
+            field_of_view=self.determine_field_of_view(),
         )
         rest = {k: v for k, v in self.overrides.items() if k not in self.STEP_KEYS}
         return plan.with_overrides(rest)
@@ -380,6 +404,13 @@ def describe(plan: SegmentationPlan, fp: Mapping[str, Any]) -> list[str]:
         "zscore": f"modality {fp['modality']}: each image is z-scored on its own (MRI intensities have no fixed scale)",
         "zscore_per_channel": "colour images: each channel of each image is z-scored on its own",
     }.get(norm, norm)
+    if plan.field_of_view is not None:
+        why_norm = (
+            "colour images seen through a round aperture (a field of view in every training image): each channel's "
+            "pixels inside the field of view become the normal scores of their ranks (unchanged by a camera's colour "
+            "curve), 0 outside; every image is resampled so that its field of view is "
+            f"{_x(plan.field_of_view.diameter)} px (the training median) and nothing outside it is segmented"
+        )
     precision = ", mixed precision (fp16)" if plan.mixed_precision else ""
     precision += ", bf16 autocast on the CPU" if plan.cpu_bf16 else ""
     return [

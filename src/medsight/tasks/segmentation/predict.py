@@ -121,8 +121,19 @@ class SegmentationModel:
 
     # --- the shared inference path (evaluate uses it too) --------------------------------------------------------
     def case(self, case: Loaded) -> tuple[np.ndarray, np.ndarray]:
-        """``(post-processed mask, probabilities)`` of a case on its own grid."""
+        """``(post-processed mask, probabilities)`` of a case on its own grid. A plan with a field of view finds it
+        when the case has no region-of-interest mask, and nothing outside it is segmented."""
+        if self.plan.field_of_view is not None and case.roi is None:
+            from dataclasses import replace
+
+            from medsight.tasks.segmentation.fundus import find_fov
+
+            case = replace(case, roi=find_fov(case.image))
         mask, probs = predict_case(case, self.plan, self.predictor)
+        if self.plan.field_of_view is not None and case.roi is not None:
+            probs = probs.copy()
+            probs[:, ~case.roi] = 0.0
+            probs[0][~case.roi] = 1.0  # outside the FOV is background with certainty
         return postprocess(mask, self.keep, case.roi), probs
 
     def segment(self, image: np.ndarray, spacing: tuple[float, ...]) -> np.ndarray:
