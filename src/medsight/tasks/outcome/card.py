@@ -9,6 +9,7 @@ from typing import Any
 
 import numpy as np
 
+from medsight.evaluation import selective
 from medsight.evaluation.card import Figure, Section, fmt, html_table, subgroup_section
 from medsight.tasks.outcome.models import LABELS
 from medsight.training.bundle import Bundle
@@ -21,6 +22,18 @@ def intro(bundle: Bundle, data_name: str, split: str) -> str:
         f"CNN trained {tr['epochs_run']} epochs (best {tr.get('best_epoch')}, seed {tr['seed']}, "
         f"{tr['seconds']} s on {tr.get('device')}). Every metric "
         "shows a 95% bootstrap confidence interval over patients. Not for clinical use: no clinical study."
+    )
+
+
+def _counts(r: dict[str, Any]) -> str:
+    """Images and patients, and the events among each (patients have several images)."""
+    c = r.get("counts")
+    if not c:
+        return f"n = {r['n']} images of {r['n_patients']} patients, {r['positives']} positive images"
+    return (
+        f"n = {c['images']} images of {c['patients']} patients ({c['images_per_patient']['mean']:.1f} images per "
+        f"patient on average, at most {c['images_per_patient']['max']}); {c['patients_with_event']} patients with the "
+        f"outcome ({c['images_with_event']} of their images)"
     )
 
 
@@ -73,10 +86,7 @@ def sections(bundle: Bundle, r: dict[str, Any], figures: list[Figure]) -> list[S
     return [
         Section(
             "Models side by side",
-            html.escape(
-                f"n = {r['n']} images of {r['n_patients']} patients, "
-                f"{r['positives']} positive. {fusion}. {sel['rule']}."
-            ),
+            html.escape(f"{_counts(r)}. {fusion}. {sel['rule']}. Metrics are {r.get('metrics_unit', 'per image')}."),
             models,
             [f for f in figures if f.title == "ROC"],
             raw_html=html_table(deltas),
@@ -89,6 +99,7 @@ def sections(bundle: Bundle, r: dict[str, Any], figures: list[Figure]) -> list[S
             ),
             sel_rows,
         ),
+        selective.card_section(r.get("selective_prediction"), figures, "patients"),
         subgroup_section(r.get("subgroups") or {}),
         Section(
             "Explanations",
@@ -98,7 +109,7 @@ def sections(bundle: Bundle, r: dict[str, Any], figures: list[Figure]) -> list[S
                 f"{sanity.get('mean_abs_spearman', float('nan')):.3f})."
             ),
             imp_rows,
-            [f for f in figures if f.title != "ROC"],
+            [f for f in figures if f.title not in ("ROC", "Risk-coverage")],
         ),
         Section(
             "Model and data",
@@ -112,7 +123,9 @@ def sections(bundle: Bundle, r: dict[str, Any], figures: list[Figure]) -> list[S
                 ["rows left out", ", ".join(f"{k}: {v}" for k, v in d["excluded"].items())],
                 [
                     "split",
-                    f"{d['split_method']}; images {d['n']}, patients {d['n_patients']}, positives {d['positives']}",
+                    f"{d['split_method']}; images {d['n']}, patients {d['n_patients']}, images with the outcome "
+                    f"{d['positives']}"
+                    + (f", patients with the outcome {d['patients_with_event']}" if "patients_with_event" in d else ""),
                 ],
                 ["fusion", bundle.meta["training"]["fusion"]],
                 ["versions", ", ".join(f"{k} {v}" for k, v in bundle.meta["versions"].items())],

@@ -1,5 +1,9 @@
 """Evaluation: all four models' AUCs with patient-level bootstrap CIs, the deployed model at its operating point,
-paired AUC differences, the subgroup audit, Grad-CAM and clinical-field importance → metrics.json + card.
+paired AUC differences, the subgroup audit, Grad-CAM and clinical-field importance, the conformal sets and deferral
+(rule stored in the bundle, never refitted here) → metrics.json + card.
+
+Patients have several images: the split is counted in images and patients (events per patient, ``counts``), metrics
+are per image with CIs that resample patients, and the deployed model's AUC is also given per patient.
 
 Inference goes through :class:`OutcomeModel` (ONNX Runtime), the path ``medsight predict`` and the service use.
 """
@@ -13,6 +17,7 @@ import numpy as np
 import pandas as pd
 
 from medsight.errors import MedsightError
+from medsight.evaluation import selective
 from medsight.evaluation.card import Figure, card_record, write_evaluation
 from medsight.evaluation.metrics import N_BOOTSTRAP, binary_metrics, bootstrap
 from medsight.evaluation.plots import overlay_grid, roc_plot
@@ -20,9 +25,16 @@ from medsight.evaluation.subgroups import audit
 from medsight.explain.gradcam import overlay, sanity_check
 from medsight.tasks.outcome import card
 from medsight.tasks.outcome import data as outcome_data
-from medsight.tasks.outcome.models import LABELS, FittedModels
+from medsight.tasks.outcome.models import LABELS, FittedModels, two_class
 from medsight.tasks.outcome.predict import OutcomeModel
 from medsight.training.bundle import load_bundle
+
+#: What the metrics are computed over (patients have several images).
+METRICS_UNIT = (
+    "per image: every image of a patient is scored and counted, AUCs and the operating-point metrics rank images; "
+    "95% CIs resample patients, not images; selected_auc_per_patient ranks patients by their mean risk over their "
+    "images against whether they had the outcome"
+)
 
 
 def concordance_index(time: np.ndarray, event: np.ndarray, risk: np.ndarray) -> float:
@@ -61,9 +73,14 @@ def evaluate(bundle_path: Path, spec: str, split: str, out: Path, n_boot: int = 
     patients = np.unique(pids)
     rows_of = {p: np.flatnonzero(pids == p) for p in patients}
     patient_pos = np.asarray([int(y[rows_of[p]].max()) for p in patients])
+    # per patient: the mean of the deployed model's risk over their images, against "had the outcome"
+    patient_risk = np.asarray([float(probs[sel][rows_of[p]].mean()) for p in patients])
+
+    def images_of(pix: np.ndarray) -> np.ndarray:
+        return np.concatenate([rows_of[patients[i]] for i in pix])
 
     def fn(pix: np.ndarray) -> dict[str, float]:
-        ix = np.concatenate([rows_of[patients[i]] for i in pix])
+        ix = images_of(pix)
         yy = y[ix]
         res = {f"auc_{m}": binary_metrics(yy, p[ix], 0.5)["auc"] for m, p in probs.items()}
         res[f"delta_auc_{best_fusion}_minus_image"] = res[f"auc_{best_fusion}"] - res["auc_image"]
@@ -72,11 +89,22 @@ def evaluate(bundle_path: Path, spec: str, split: str, out: Path, n_boot: int = 
         res.update({f"selected_{k}": v for k, v in sel_m.items() if k != "auc"})
         if time_arr is not None:
             res["c_index_selected"] = concordance_index(time_arr[ix], yy, probs[sel][ix])
+        res["selected_auc_per_patient"] = binary_metrics(patient_pos[pix], patient_risk[pix], thr)["auc"]
         return res
 
     strata = patient_pos if len(np.unique(patient_pos)) == 2 else None
     metrics = bootstrap(fn, len(patients), strata, n_boot)
     decision = (probs[sel] >= thr).astype(int)
+    selective_report, risk_figure = None, None
+    if model.selective is not None:
+        # the bundle's conformal threshold and deferral rule (fitted on validation patients), applied as stored
+        selective_report, risk_figure = selective.report(
+            model.selective,
+            two_class(probs[sel]),
+            y,
+            decision,
+            lambda case_fn: bootstrap(lambda pix: case_fn(images_of(pix)), len(patients), strata, n_boot),
+        )
     attrs = outcome_data.banded(data.attributes.iloc[idx].reset_index(drop=True))
     subgroups = audit(y, probs[sel], decision, attrs) if len(attrs.columns) and len(np.unique(y)) == 2 else {}
     importance = permutation_importance(model.fitted, logits, emb, table, y, sel, model.fields)
@@ -86,6 +114,8 @@ def evaluate(bundle_path: Path, spec: str, split: str, out: Path, n_boot: int = 
         "n": len(idx),
         "n_patients": len(patients),
         "positives": int(y.sum()),
+        "counts": outcome_data.event_counts(y, pids),
+        "metrics_unit": METRICS_UNIT,
         "data": data.name,
         "target": bundle.meta["target"],
         "bundle": str(bundle_path),
@@ -98,12 +128,16 @@ def evaluate(bundle_path: Path, spec: str, split: str, out: Path, n_boot: int = 
         "excluded": data.excluded,
         "ci95": f"percentile bootstrap over patients ({n_boot} resamples, stratified by any positive outcome)",
     }
+    if selective_report is not None:
+        result["selective_prediction"] = selective_report
     figures = [
         Figure("ROC", roc_plot({LABELS[m]: (y, p) for m, p in probs.items()}), "All four models on this split."),
         Figure("Clinical field importance", card.importance_plot(importance), "Permutation importance (AUC drop)."),
     ]
     if cam_png:
         figures.append(Figure("Grad-CAM examples", cam_png, "Image branch: where the CNN looked."))
+    if risk_figure is not None:
+        figures.append(risk_figure)
     write_evaluation(
         out,
         result,

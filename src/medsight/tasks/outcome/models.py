@@ -37,6 +37,12 @@ def sigmoid(z: np.ndarray) -> np.ndarray:
     return np.asarray(1.0 / (1.0 + np.exp(-np.asarray(z, float))))
 
 
+def two_class(p: np.ndarray) -> np.ndarray:
+    """(n, 2) probabilities [p(not outcome), p(outcome)] from p(outcome): what conformal sets are made over."""
+    q = np.asarray(p, float)
+    return np.stack([1 - q, q], axis=1)
+
+
 def image_probability(logits: np.ndarray, temperature: float) -> np.ndarray:
     """Calibrated p(outcome) from the CNN's two logits: softmax(logits / T)[:, 1]."""
     z = np.asarray(logits, float) / temperature

@@ -14,6 +14,7 @@ from typing import Any
 import numpy as np
 
 from medsight.errors import MedsightError
+from medsight.evaluation.conformal import DEFAULT_ALPHA, check_alpha
 from medsight.tasks.contract import Plan, TrainOptions
 from medsight.tasks.outcome.models import FUSION_BEATS_BOTH
 from medsight.tasks.outcome.network import plan_resnet
@@ -34,6 +35,8 @@ class OutcomeOptions(TrainOptions):
 
     image_size: int | None = None
     target_sensitivity: float | None = None
+    #: Conformal miscoverage: prediction sets hold the outcome with probability >= 1 - alpha (default 0.1).
+    alpha: float | None = None
 
 
 @dataclass
@@ -56,6 +59,8 @@ class OutcomePlan(Plan):
     selection_rule: str
     target_sensitivity: float | None
     split: str
+    #: Conformal miscoverage of the prediction sets (plans written before it have the default).
+    alpha: float = DEFAULT_ALPHA
 
     @property
     def operating_point_method(self) -> str:
@@ -88,6 +93,7 @@ class OutcomePlanner:
             selection_rule=FUSION_BEATS_BOTH,
             target_sensitivity=self.determine_target_sensitivity(),
             split=f"patient-level 70/10/20 (StratifiedGroupKFold on the outcome), seed {self.options.seed}",
+            alpha=self.determine_alpha(),
         )
 
     def determine_image_size(self) -> int:
@@ -130,6 +136,10 @@ class OutcomePlanner:
         """Inverse class frequency on train (the outcomes are imbalanced: ~20% died, ~70% went to ICU)."""
         counts = np.bincount(self.y_train, minlength=2).astype(float)
         return [float(w) for w in counts.sum() / (2 * np.maximum(counts, 1))]
+
+    def determine_alpha(self) -> float:
+        """The conformal miscoverage: 0.1 (sets that hold the outcome for 90% of patients) unless given."""
+        return DEFAULT_ALPHA if self.options.alpha is None else check_alpha(self.options.alpha, "--alpha")
 
     def determine_target_sensitivity(self) -> float | None:
         s = self.options.target_sensitivity

@@ -1,5 +1,6 @@
 """The warm outcome model: the CNN's ONNX Runtime session, the clinical encoder, the fitted linear models, the
-selection and the operating point, loaded once; ``predict`` returns typed :class:`OutcomeResult` s."""
+selection, the operating point and the deferral rule, loaded once; ``predict`` returns typed :class:`OutcomeResult` s,
+each with its conformal prediction set and ``defer_to_radiologist`` (rule fitted on validation patients)."""
 
 from __future__ import annotations
 
@@ -15,14 +16,15 @@ import pandas as pd
 from torch import nn
 
 from medsight.errors import MedsightError
+from medsight.evaluation.selective import SelectivePrediction
 from medsight.explain.gradcam import gradcam, overlay
 from medsight.io.atomic import write_bytes
 from medsight.io.images import is_dicom_file
 from medsight.runtime.onnx_export import OnnxPredictor
-from medsight.runtime.results import Heatmap, Result
+from medsight.runtime.results import NO_DEFERRAL_RULE, Deferral, Heatmap, Result
 from medsight.tasks.classification.network import gradcam_layer
 from medsight.tasks.outcome import data as outcome_data
-from medsight.tasks.outcome.models import LABELS, FittedModels, OperatingPoint, Selection
+from medsight.tasks.outcome.models import LABELS, FittedModels, OperatingPoint, Selection, two_class
 from medsight.tasks.outcome.network import split_outputs
 from medsight.tasks.outcome.plan import OutcomePlan
 from medsight.training.bundle import BUNDLE_JSON, Bundle
@@ -53,6 +55,7 @@ class OutcomeResult(Result):
             f"p({self.target}) = {self.probability:.3f} ({LABELS[self.model]}) -> "
             f"{'positive' if self.positive else 'negative'} at {self.threshold:.3f}; "
             f"{len(self.missing_fields)} of {self.n_fields} clinical fields missing"
+            + ("; defer to radiologist" if self.deferral is not None and self.deferral.defer_to_radiologist else "")
         )
 
     def payload(self) -> dict[str, Any]:
@@ -63,6 +66,7 @@ class OutcomeResult(Result):
             "decision": self.decision,
             "operating_point": {"threshold": self.threshold, "on": self.model},
             "missing_fields": list(self.missing_fields),
+            **({} if self.deferral is not None else NO_DEFERRAL_RULE),
         }
 
 
@@ -79,6 +83,10 @@ class OutcomeModel:
         self.fitted = FittedModels.from_json(bundle.meta["models"], where)
         self.selection = Selection.from_json(bundle.meta["selection"], where)
         self.operating_point = OperatingPoint.from_json(bundle.meta["operating_point"], where)
+        stored = bundle.meta.get("selective_prediction")
+        #: Conformal sets and the deferral rule fitted on validation (None for bundles trained before them).
+        self.selective = None if stored is None else SelectivePrediction.from_json(stored, where)
+        self.label_names = list(bundle.label_names)
         self.target = str(bundle.meta["target"]["name"])
         self.fields = [str(f["name"]) for f in bundle.input.get("clinical_fields", [])]
         self.size = int(bundle.input["spatial_size"][0])
@@ -124,6 +132,7 @@ class OutcomeModel:
         probs = self.probabilities(images, outcome_data.table(cases, self.fields))
         heat = self.heatmaps(images) if explain and len(images) else None
         sel, thr = self.selection.selected, self.operating_point.threshold
+        deferrals = self.deferrals(probs[sel])
         results = []
         for k, case in enumerate(cases):
             p = float(probs[sel][k])
@@ -140,11 +149,24 @@ class OutcomeModel:
                     missing_fields=case.missing(self.fields),
                     n_fields=len(self.fields),
                     heatmap=None if heat is None else Heatmap(heat[k], self.target, "Grad-CAM"),
+                    deferral=deferrals[k],
                     source=case.image,
                     image=images[k],
                 )
             )
         return results
+
+    def deferrals(self, p: np.ndarray) -> list[Deferral | None]:
+        """Each case's prediction set over {not outcome, outcome} and its deferral under the stored rule."""
+        if self.selective is None:
+            return [None] * len(p)
+        decided = (np.asarray(p) >= self.operating_point.threshold).astype(int)
+        a = self.selective.assess(two_class(p), decided)
+        target = 1 - self.selective.conformal.alpha
+        return [
+            Deferral([self.label_names[j] for j in np.flatnonzero(s)], float(c), bool(r), r, target)
+            for s, c, r in zip(a.sets, a.confidence, a.reasons, strict=True)
+        ]
 
     def save(self, results: Sequence[Result], folder: Path) -> None:
         """Grad-CAM overlays (PNG) and maps (npy); a TID 1500 SR with p(outcome) for each DICOM input."""

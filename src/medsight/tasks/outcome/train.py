@@ -14,11 +14,13 @@ from medsight import config
 from medsight.data.clinical import ClinicalEncoder
 from medsight.evaluation.calibration import TemperatureScaler
 from medsight.evaluation.metrics import binary_metrics
+from medsight.evaluation.selective import SelectivePrediction
 from medsight.io.atomic import atomic_dir
 from medsight.runtime.onnx_export import export_onnx
 from medsight.tasks.classification.network import NETWORK, build_network
 from medsight.tasks.outcome import data as outcome_data
-from medsight.tasks.outcome.models import FittedModels, OperatingPoint, image_probability, select_model
+from medsight.tasks.outcome.data import event_counts
+from medsight.tasks.outcome.models import FittedModels, OperatingPoint, image_probability, select_model, two_class
 from medsight.tasks.outcome.network import WithEmbedding, image_outputs
 from medsight.tasks.outcome.plan import OutcomeOptions, OutcomePlan, OutcomePlanner
 from medsight.training.bundle import FORMAT, ONNX, WEIGHTS, library_versions, now_iso, write_bundle_json
@@ -66,7 +68,9 @@ def train(spec: str, out: Path, options: OutcomeOptions) -> dict[str, Any]:
     val_auc = {m: binary_metrics(y[va], p[va], 0.5)["auc"] for m, p in probs.items()}
     selection = select_model(val_auc, plan.selection_rule)
     operating = OperatingPoint.choose(y[va], probs[selection.selected][va], plan.target_sensitivity, selection.selected)
+    rule = fit_selective(probs[selection.selected][va], y[va], operating.threshold, data.patient_ids, va, plan.alpha)
     meta = _meta(data, parts, plan, options, model, fitted, selection.to_json(), operating.to_json(), result, device)
+    meta["selective_prediction"] = rule.to_json()
     with atomic_dir(out) as tmp:
         torch.save(model.state_dict(), tmp / WEIGHTS)
         onnx = export_onnx(WithEmbedding(model), torch.as_tensor(images[va][:2]), tmp / ONNX)
@@ -74,6 +78,17 @@ def train(spec: str, out: Path, options: OutcomeOptions) -> dict[str, Any]:
         write_bundle_json(tmp, meta)
     log.info("bundle written to %s (selected %s, val AUC %s)", out, selection.selected, val_auc)
     return meta
+
+
+def fit_selective(
+    p: np.ndarray, y: np.ndarray, threshold: float, patient_ids: list[str], rows: np.ndarray, alpha: float
+) -> SelectivePrediction:
+    """Conformal sets over {not outcome, outcome} and the deferral rule on the validation rows ``rows`` of the
+    deployed model; calibrated per patient (a patient's images are one unit, see ``evaluation.conformal``)."""
+    two = two_class(p)
+    decided = (np.asarray(p) >= threshold).astype(int)
+    groups = np.asarray([patient_ids[i] for i in rows])
+    return SelectivePrediction.fit(two, y, decided, alpha, groups=groups)
 
 
 def _fit_cnn(
@@ -168,6 +183,9 @@ def _meta(
             "n": {k: len(v) for k, v in parts.items()},
             "n_patients": {k: len({data.patient_ids[i] for i in v}) for k, v in parts.items()},
             "positives": {k: int(y[v].sum()) for k, v in parts.items()},
+            "patients_with_event": {
+                k: event_counts(y[v], [data.patient_ids[i] for i in v])["patients_with_event"] for k, v in parts.items()
+            },
             "excluded": data.excluded,
             "missing_rate_train": {
                 f.name: float(data.table.iloc[tr][f.name].replace("", np.nan).isna().mean())
