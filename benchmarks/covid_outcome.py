@@ -23,6 +23,10 @@ from medsight.io.atomic import write_json
 RESULTS = Path(__file__).resolve().parent / "results" / "covid_outcome.json"
 
 
+def _fmt(m: dict[str, Any]) -> str:
+    lo, hi = m["ci95"]
+    val = "nan" if m["value"] is None else f"{m['value']:.3f}"
+    return val + ("" if lo is None else f" [{lo:.3f}, {hi:.3f}]")
 
 
 def main() -> None:
@@ -51,9 +55,12 @@ def main() -> None:
         r = task.evaluate(args.out / f"{name}_bundle", spec, "test", args.out / f"{name}_eval", args.bootstrap)
         total = time.monotonic() - start
         sel = meta["selection"]
+        c = r["counts"]
         print(
-            f"\n{name} (positive = {meta['target']['name']}): test n = {r['n']} images / {r['n_patients']} patients, "
-            f"{r['positives']} positive; split {meta['data']['n']}; rows left out {meta['data']['excluded']}"
+            f"\n{name} (positive = {meta['target']['name']}): test {c['images']} images of {c['patients']} patients; "
+            f"{c['patients_with_event']} patients with the outcome ({c['images_with_event']} of their images); split "
+            f"{meta['data']['n']} images, {meta['data']['n_patients']} patients; "
+            f"rows left out {meta['data']['excluded']}"
         )
         print(
             f"training {trained:.0f} s (CNN {meta['training']['epochs_run']} epochs, best "
@@ -62,15 +69,39 @@ def main() -> None:
         print("val AUC: " + ", ".join(f"{k} {v:.3f}" for k, v in sel["val_auc"].items()))
         print(f"deployed: {sel['selected']} (fusion kept: {sel['fusion_kept']})")
         for k, v in r["metrics"].items():
-            if not k.startswith(("auc", "delta", "selected_sens", "selected_spec")):
+            if not k.startswith(("auc", "delta", "selected_sens", "selected_spec", "selected_auc_per_patient")):
                 continue
             lo, hi = v["ci95"]
             val = "nan" if v["value"] is None else f"{v['value']:.3f}"
             print(f"  {k:40s} {val}" + ("" if lo is None else f" [{lo:.3f}, {hi:.3f}]"))
+        sp = r.get("selective_prediction")
+        if sp:
+            sm = sp["metrics"]
+            print(
+                "  prediction sets: "
+                + ", ".join(f"{k} {_fmt(sm[k])}" for k in ("coverage", "mean_set_size", "share_deferred", "error_kept"))
+                + f"; AURC {sp['aurc']:.3f}"
+            )
         summary[name] = {
             "target": meta["target"]["name"],
-            "test": {"n_images": r["n"], "n_patients": r["n_patients"], "positives": r["positives"]},
+            "test": {
+                "n_images": c["images"],
+                "n_patients": c["patients"],
+                "images_with_event": c["images_with_event"],
+                "patients_with_event": c["patients_with_event"],
+                "images_per_patient": c["images_per_patient"],
+            },
+            "metrics_unit": r["metrics_unit"],
             "metrics": r["metrics"],
+            "selective_prediction": None
+            if not sp
+            else {
+                "rule": sp["rule"],
+                "metrics": sp["metrics"],
+                "aurc": sp["aurc"],
+                "deferred": sp["deferred"],
+                "reasons": sp["reasons"],
+            },
             "selection": sel,
             "operating_point": meta["operating_point"],
             "cnn": {
@@ -90,6 +121,8 @@ def main() -> None:
         "seeds": [args.seed],
         "settings": {"epochs": args.epochs, "time_budget_s": args.time_budget, "bootstrap": args.bootstrap},
         "ci95": f"percentile bootstrap over patients ({args.bootstrap} resamples)",
+        "unit": "metrics per image (patients have several images); CIs resample patients; test counts in images "
+        "and patients, events per patient",
         "outcomes": summary,
     }
     write_json(args.results, record)
