@@ -81,7 +81,8 @@ def test_evaluate_applies_the_stored_rule_without_refitting(
     monkeypatch.setattr(selective, "fit_deferral", refuse)
     monkeypatch.setattr(conformal, "conformal_quantile", refuse)
     out = tmp_path / "eval"
-    assert main(["evaluate", str(bundle_path), str(csv), "--split", "test", "--out", str(out), "--bootstrap", "50"]) == 0
+    args = ["evaluate", str(bundle_path), str(csv), "--split", "test", "--out", str(out), "--bootstrap", "50"]
+    assert main(args) == 0
     metrics = json.loads((out / "metrics.json").read_text())
     sp = metrics["selective_prediction"]
     assert sp["rule"] == load_bundle(bundle_path).meta["selective_prediction"]
