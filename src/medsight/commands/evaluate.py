@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import argparse
 from pathlib import Path
+from typing import Any
 
 from medsight import tasks
 from medsight.evaluation.metrics import N_BOOTSTRAP
@@ -25,11 +26,43 @@ def register(sub: argparse._SubParsersAction) -> None:
     p.add_argument(
         "--bootstrap", type=int, default=N_BOOTSTRAP, help=f"bootstrap resamples for CIs (default {N_BOOTSTRAP})"
     )
+    shift = p.add_argument_group("other sites (segmentation bundles; docs/trust.md)")
+    shift.add_argument(
+        "--shift",
+        action=argparse.BooleanOptionalAction,
+        default=None,
+        help="write DIR/shift.html + shift.json: how DATA differ from the training fingerprint, each feature with its "
+        "statistic and threshold, and the metrics beside the internal ones (default: on when DATA is not the "
+        "bundle's training data)",
+    )
+    shift.add_argument(
+        "--recalibrate",
+        type=int,
+        default=0,
+        metavar="N",
+        help="fit temperature scaling on N labelled cases of DATA and report the ECE before and after on the rest",
+    )
+    shift.add_argument(
+        "--internal", type=Path, default=None, help="metrics.json (or its folder) of the internal evaluation"
+    )
+    shift.add_argument(
+        "--shift-only",
+        action="store_true",
+        help="DATA are unlabelled inputs (image files, DICOM series folders): write only the shift report, with the "
+        "class shares the model predicts against the training labels'",
+    )
     p.set_defaults(func=run)
 
 
 def run(args: argparse.Namespace) -> int:
     bundle = load_bundle(args.bundle)
+    if getattr(args, "shift_only", False):
+        from medsight.monitoring.site import input_report
+
+        report = input_report(args.bundle, [Path(args.data)], args.out)
+        print(f"shift: {'flagged ' + ', '.join(report['flagged']) if report['shifted'] else 'none flagged'}")
+        print(f"shift report: {args.out / 'shift.html'}")
+        return 0
     result = tasks.get(bundle.task).evaluate(args.bundle, args.data, args.split, args.out, args.bootstrap)
     metrics = result.get("metrics", {})
     shown = ", ".join(
@@ -40,4 +73,22 @@ def run(args: argparse.Namespace) -> int:
     print(f"{args.split}: {shown}")
     print(f"metrics: {args.out / 'metrics.json'}")
     print(f"card: {args.out / 'card.html'}")
+    if _wants_shift(args, bundle.meta):
+        from medsight.monitoring.site import labelled_site_report
+
+        report = labelled_site_report(
+            args.bundle, args.data, args.split, args.out, result, getattr(args, "recalibrate", 0), args.internal
+        )
+        print(f"shift: {'flagged ' + ', '.join(report['flagged']) if report['shifted'] else 'none flagged'}")
+        print(f"shift report: {args.out / 'shift.html'}")
     return 0
+
+
+def _wants_shift(args: argparse.Namespace, meta: dict[str, Any]) -> bool:
+    """``--shift``/``--no-shift`` when given; else on for a segmentation bundle evaluated on other data."""
+    given: bool | None = getattr(args, "shift", None)
+    recalibrate = int(getattr(args, "recalibrate", 0) or 0)
+    if given is not None or recalibrate:
+        return bool(given) or recalibrate > 0
+    root = Path(str(meta["data"].get("root", "")))
+    return meta["task"] == "segmentation" and root.resolve() != Path(args.data).expanduser().resolve()
