@@ -21,7 +21,12 @@ def register(sub: argparse._SubParsersAction) -> None:
     )
     p.add_argument("bundle", type=Path, help="bundle folder written by 'medsight train'")
     p.add_argument("data", help="data source (as for 'medsight train')")
-    p.add_argument("--split", default="test", help="split to evaluate (default test)")
+    p.add_argument(
+        "--split",
+        default="test",
+        help="split to evaluate (default test); a test split holding a case the bundle was trained or validated on "
+        "(recognised by its pixels, in any folder or format) is refused",
+    )
     p.add_argument("--out", required=True, type=Path, help="output folder (replaced atomically)")
     p.add_argument(
         "--bootstrap", type=int, default=N_BOOTSTRAP, help=f"bootstrap resamples for CIs (default {N_BOOTSTRAP})"
@@ -71,6 +76,8 @@ def run(args: argparse.Namespace) -> int:
         if isinstance(v, dict) and v.get("value") is not None and v.get("ci95", [None])[0] is not None
     )
     print(f"{args.split}: {shown}")
+    if result.get("leakage"):
+        print(f"leakage check: {leakage_line(result['leakage'])}")
     print(f"metrics: {args.out / 'metrics.json'}")
     print(f"card: {args.out / 'card.html'}")
     if _wants_shift(args, bundle.meta):
@@ -92,3 +99,18 @@ def _wants_shift(args: argparse.Namespace, meta: dict[str, Any]) -> bool:
         return bool(given) or recalibrate > 0
     root = Path(str(meta["data"].get("root", "")))
     return meta["task"] == "segmentation" and root.resolve() != Path(args.data).expanduser().resolve()
+
+
+def leakage_line(report: dict[str, Any]) -> str:
+    """The leakage check's outcome in words: counts only, never a name."""
+    n, split = report.get("n_checked"), report.get("split")
+    if report.get("status") == "unverified":
+        return "NOT VERIFIED: the bundle records no content hashes of its training cases (retrain it to verify)"
+    if report.get("n_seen") is None:
+        return str(report.get("status"))
+    if report["n_seen"] == 0:
+        return (
+            f"none of the {n} {split} case(s) was seen in training "
+            f"(compared with the content hashes of {report['n_training_cases']} {report['compared_with']} cases)"
+        )
+    return f"{report['n_seen']} of the {n} {split} case(s) were seen in training: {report['status']}"

@@ -26,7 +26,7 @@ from typing import Any
 import numpy as np
 import pandas as pd
 
-from medsight.data.splits import assert_disjoint_patients, patient_split
+from medsight.data.splits import SPLIT_SEED, assert_disjoint_patients, patient_split
 from medsight.errors import MedsightError
 
 MISSING = "missing"
@@ -154,8 +154,10 @@ class OutcomeData:
             h.update(f"{p.name}:{int(y)}".encode())
         return h.hexdigest()[:16]
 
-    def split(self, seed: int = 0) -> dict[str, np.ndarray]:
-        """Patient-level 70/10/20 split stratified by the outcome; checked for patient overlap."""
+    def split(self, seed: int = SPLIT_SEED) -> dict[str, np.ndarray]:
+        """Patient-level 70/10/20 split stratified by the outcome; checked for patient overlap.
+
+        ``seed`` is the fixed split seed (recorded in the bundle as ``data.split_seed``), never the training seed."""
         parts = patient_split(list(self.y), self.patient_ids, seed=seed)
         assert_disjoint_patients({k: [self.patient_ids[i] for i in v] for k, v in parts.items()})
         return parts

@@ -22,7 +22,7 @@ from typing import Any
 
 import numpy as np
 
-from medsight.data.splits import assert_disjoint_patients, patient_split
+from medsight.data.splits import SPLIT_SEED, assert_disjoint_patients, patient_split
 from medsight.errors import MedsightError
 
 MIAS_ORIGINAL_SIZE = 1024
@@ -58,8 +58,10 @@ class DetectionData:
             h.update(np.round(it.boxes, 3).tobytes())
         return h.hexdigest()[:16]
 
-    def split(self, seed: int = 0) -> dict[str, np.ndarray]:
-        """Patient-level 70/10/20 split stratified by 'has any box'; checked for patient overlap."""
+    def split(self, seed: int = SPLIT_SEED) -> dict[str, np.ndarray]:
+        """Patient-level 70/10/20 split stratified by 'has any box'; checked for patient overlap.
+
+        ``seed`` is the fixed split seed (recorded in the bundle as ``data.split_seed``), never the training seed."""
         strata = [int(len(it.boxes) > 0) for it in self.items]
         pids = [it.patient_id for it in self.items]
         parts = patient_split(strata, pids, seed=seed)

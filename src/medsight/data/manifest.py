@@ -15,7 +15,7 @@ from tqdm import tqdm
 
 from medsight.data.checksums import md5sum
 from medsight.data.dataset import SPLITS, ClassificationData, SplitData
-from medsight.data.splits import patient_split
+from medsight.data.splits import SPLIT_SEED, patient_split
 from medsight.errors import MedsightError
 from medsight.io.images import read_image
 from medsight.transforms import prepare
@@ -27,13 +27,15 @@ MAX_2D, MAX_3D = 128, 64
 def load_manifest(
     csv_path: str | Path,
     spatial_size: list[int] | None = None,
-    seed: int = 0,
+    seed: int = SPLIT_SEED,
     modality: str | None = None,
     label_names: list[str] | None = None,
     n_channels: int | None = None,
     task_type: str | None = None,
 ) -> ClassificationData:
     """Read the manifest and every image it names; split by patient when no ``split`` column is given.
+
+    ``seed`` is the split seed (:func:`medsight.data.splits.split_seed`), never the training seed.
 
     ``label_names``/``spatial_size``/``n_channels`` come from a bundle when evaluating: a label the
     bundle does not know is then an error, and images are prepared exactly as in training.
@@ -67,6 +69,7 @@ def load_manifest(
     found = (
         {x for v in table["label"] for x in str(v).split("|") if x} if multilabel else set(table["label"].astype(str))
     )
+    label_names_given = label_names is not None
     if label_names is not None:
         unknown_labels = sorted(found - set(label_names))
         if unknown_labels:
@@ -110,7 +113,7 @@ def load_manifest(
     else:
         strata = table["label"].astype(str).tolist()
         index = patient_split(strata, patients, seed=seed)
-        method = f"patient-level stratified 70/10/20, seed {seed}"
+        method = f"patient-level stratified 70/10/20, split seed {seed}"
     splits = {
         s: SplitData(
             images=images[ix],
@@ -122,9 +125,10 @@ def load_manifest(
         for s, ix in index.items()
         if len(ix)
     }
-    if "train" not in splits:
+    # data scored with a bundle's labels (e.g. another site's test set) need no train rows
+    if "train" not in splits and not label_names_given:
         raise MedsightError("no rows in the train split", csv_path)
-    if task != "multilabel":
+    if task != "multilabel" and "train" in splits:
         seen = set(splits["train"].labels.tolist())
         for s, part in splits.items():
             unseen = set(part.labels.tolist()) - seen

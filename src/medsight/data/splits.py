@@ -1,22 +1,58 @@
-"""Patient-level stratified splits: no patient's images ever land in two splits."""
+"""Patient-level stratified splits: no patient's images ever land in two splits.
+
+Which cases are tested is decided by a fixed split seed, never by the training seed: ``--seed`` changes the
+initialisation and the order of batches only, so runs with different seeds are scored on the same test cases and
+their spread measures the training, not the split. Segmentation's stored folds follow the same rule
+(:data:`medsight.data.folds.FOLDS_SEED`).
+"""
 
 from __future__ import annotations
 
-from collections.abc import Sequence
+import os
+from collections.abc import Mapping, Sequence
+from typing import Any
 
 import numpy as np
 from sklearn.model_selection import StratifiedGroupKFold
+
+from medsight.errors import MedsightError
+
+#: The seed of every derived train/val/test split, whatever the training seed.
+SPLIT_SEED = 0
+#: Set deliberately (e.g. to study how much a figure depends on the split) to split with another seed.
+SPLIT_SEED_ENV = "MEDSIGHT_SPLIT_SEED"
+
+
+def split_seed() -> int:
+    """The split seed for a new training run: :data:`SPLIT_SEED` unless ``$MEDSIGHT_SPLIT_SEED`` names another."""
+    value = os.environ.get(SPLIT_SEED_ENV, "").strip()
+    if not value:
+        return SPLIT_SEED
+    try:
+        return int(value)
+    except ValueError:
+        raise MedsightError(f"${SPLIT_SEED_ENV} must be an integer (got {value!r})") from None
+
+
+def recorded_split_seed(meta: Mapping[str, Any]) -> int:
+    """The split seed a bundle was trained with, so evaluation rebuilds the same split.
+
+    Bundles record it as ``data.split_seed``; older ones split with their training seed, so that is their split seed.
+    """
+    recorded = meta.get("data", {}).get("split_seed")
+    return int(recorded) if recorded is not None else int(meta["training"]["seed"])
 
 
 def patient_split(
     strata: Sequence[object],
     patient_ids: Sequence[str],
     fractions: tuple[float, float, float] = (0.7, 0.1, 0.2),
-    seed: int = 0,
+    seed: int = SPLIT_SEED,
 ) -> dict[str, np.ndarray]:
     """Assign each sample to train/val/test by patient, keeping the class balance (StratifiedGroupKFold).
 
-    Returns indices per split. Test takes ``round(1 / fractions[2])``-fold's share, val likewise from the rest.
+    ``seed`` is the split seed (:func:`split_seed`), never the training seed. Returns indices per split. Test takes
+    ``round(1 / fractions[2])``-fold's share, val likewise from the rest.
     """
     strata_arr = np.asarray([str(s) for s in strata])
     groups = np.asarray(patient_ids)

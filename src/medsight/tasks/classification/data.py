@@ -24,18 +24,34 @@ __all__ = ["ClassificationData", "SplitData", "load", "load_like", "read_inputs"
 
 
 def load(spec: str, seed: int) -> ClassificationData:
-    """The data set ``spec`` names (MedMNIST, a MedMNIST-layout .npz or a manifest), split by ``seed`` if needed."""
+    """The data set ``spec`` names (MedMNIST, a MedMNIST-layout .npz or a manifest), split by the split seed ``seed``
+    if needed (:func:`medsight.data.splits.split_seed`, never the training seed)."""
     return load_classification(spec, seed=seed)
 
 
 def load_like(bundle: Bundle, spec: str, seed: int) -> ClassificationData:
-    """``spec`` prepared as the bundle's model expects (same size, channels, labels), or a clear error."""
+    """``spec`` prepared as the bundle's model expects (same size, channels, labels), or a clear error; split by the
+    split seed ``seed`` the bundle recorded (:func:`medsight.data.splits.recorded_split_seed`)."""
     like: dict[str, Any] = {
         **bundle.input,
         "label_names": bundle.label_names,
         "task_type": bundle.meta["task_type"],
     }
     return load_classification(spec, like=like, seed=seed)
+
+
+def published_release(data: ClassificationData) -> bool:
+    """Whether ``data`` is an official MedMNIST file, verified by its MD5: its splits are published and unchanged, so
+    a training image its own test split repeats belongs to the release (flagged, not refused, by the leakage check)."""
+    from medsight.data import medmnist
+
+    if not data.name.startswith("medmnist:") or data.split_method != "official":
+        return False
+    try:
+        official = medmnist.parse_name(data.name).md5
+    except MedsightError:
+        return False
+    return set(data.fingerprint.get("files", {}).values()) == {official}
 
 
 def val_split(data: ClassificationData) -> SplitData:

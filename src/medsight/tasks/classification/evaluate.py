@@ -13,6 +13,8 @@ from typing import Any
 import numpy as np
 from torch import nn
 
+from medsight.data.fingerprint import case_hashes, check_leakage
+from medsight.data.splits import recorded_split_seed
 from medsight.evaluation import selective
 from medsight.evaluation.calibration import brier_score, expected_calibration_error
 from medsight.evaluation.card import card_record, write_evaluation
@@ -20,7 +22,7 @@ from medsight.evaluation.metrics import N_BOOTSTRAP, binary_metrics, bootstrap, 
 from medsight.evaluation.subgroups import audit
 from medsight.explain.gradcam import gradcam, overlay, sanity_check
 from medsight.tasks.classification import card
-from medsight.tasks.classification.data import load_like
+from medsight.tasks.classification.data import load_like, published_release
 from medsight.tasks.classification.network import gradcam_layer, probabilities
 from medsight.tasks.classification.predict import ClassificationModel
 from medsight.training.bundle import load_bundle
@@ -31,8 +33,11 @@ def evaluate(bundle_path: Path, spec: str, split: str, out: Path, n_boot: int = 
     bundle = load_bundle(bundle_path)
     model = ClassificationModel(bundle)
     task_type, names = model.task_type, model.label_names
-    data = load_like(bundle, spec, seed=int(bundle.meta["training"]["seed"]))
+    data = load_like(bundle, spec, seed=recorded_split_seed(bundle.meta))
     part = data.split(split)
+    leakage = check_leakage(
+        bundle.meta["data"], case_hashes(part.images), split, spec, published=published_release(data)
+    )
     labels = part.labels
     logits = model.logits(part.images)
     probs_raw = probabilities(logits, task_type)
@@ -46,6 +51,7 @@ def evaluate(bundle_path: Path, spec: str, split: str, out: Path, n_boot: int = 
         "task_type": task_type,
         "bundle": str(bundle_path),
         "labels": names,
+        "leakage": leakage,
     }
     if task_type == "binary":
         score, thr = probs[:, 1], float(operating["threshold"])

@@ -15,7 +15,9 @@ import torch
 from torch import nn
 
 from medsight import config
+from medsight.data import splits
 from medsight.data.dataset import ClassificationData, SplitData
+from medsight.data.fingerprint import case_hashes, training_record
 from medsight.evaluation.calibration import TemperatureScaler
 from medsight.evaluation.conformal import DEFAULT_ALPHA
 from medsight.evaluation.metrics import binary_metrics, multiclass_metrics, multilabel_metrics
@@ -52,7 +54,8 @@ def train(spec: str, out: Path, options: ClassificationOptions) -> dict[str, Any
     seed_everything(options.seed)
     torch.set_num_threads(config.num_threads())
     device = config.device()
-    data = load(spec, options.seed)
+    split_seed = splits.split_seed()  # which cases are tested never depends on the training seed
+    data = load(spec, split_seed)
     train_split, val = data.split("train"), val_split(data)
     log.info(
         "training %s: %s, %d labels, %d train / %d val images of %s",
@@ -79,6 +82,10 @@ def train(spec: str, out: Path, options: ClassificationOptions) -> dict[str, Any
     val_metrics = summary_metrics(data.task_type, val.labels, val_probs, operating)
     meta = _meta(data, plan, options, model, state, time.monotonic() - started, scaler.temperature_)
     meta |= {"operating_point": operating, "metrics": {"val": val_metrics}}
+    meta["data"] |= {
+        "split_seed": split_seed,
+        "case_hashes": training_record(case_hashes(train_split.images), case_hashes(val.images)),
+    }
     if data.task_type != "multilabel":
         meta["selective_prediction"] = fit_selective(val, val_probs, operating, data.task_type, options.alpha)
     with atomic_dir(out) as tmp:

@@ -14,6 +14,8 @@ from typing import Any
 
 import numpy as np
 
+from medsight.data.fingerprint import case_hashes, check_leakage
+from medsight.data.splits import recorded_split_seed
 from medsight.errors import MedsightError
 from medsight.evaluation.card import card_record, write_evaluation
 from medsight.evaluation.froc import FP_RATES, ImageMatch, detection_metrics, froc_curve, match_image
@@ -60,7 +62,7 @@ def evaluate(bundle_path: Path, spec: str, split: str, out: Path, n_boot: int) -
     bundle = load_bundle(bundle_path)
     model = DetectionModel(bundle)
     data = load_detection(spec)
-    parts = data.split(int(bundle.meta["training"]["seed"]))
+    parts = data.split(recorded_split_seed(bundle.meta))
     if split not in parts:
         raise MedsightError(f"unknown split {split!r} (train, val or test)")
     idx = parts[split]
@@ -69,6 +71,7 @@ def evaluate(bundle_path: Path, spec: str, split: str, out: Path, n_boot: int) -
     if recorded and not same_split:
         log.warning("the %s split differs from the one recorded at training (other data?)", split)
     prepared = read_items([data.items[i] for i in idx], model.plan.image_size)
+    leakage = check_leakage(bundle.meta["data"], case_hashes(prepared.images), split, spec)
     items = prepared.items
     started = time.monotonic()
     dets = model.detect(prepared.images, prepared.scales)
@@ -92,6 +95,7 @@ def evaluate(bundle_path: Path, spec: str, split: str, out: Path, n_boot: int) -
         "bundle": str(bundle_path),
         "labels": names,
         "split_matches_training": bool(same_split) if recorded else None,
+        "leakage": leakage,
         "metrics": metrics,
         "operating_point": op,
         "inference_engine": model.engine,

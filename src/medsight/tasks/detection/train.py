@@ -14,6 +14,8 @@ import numpy as np
 import torch
 
 from medsight import config
+from medsight.data import splits
+from medsight.data.fingerprint import case_hashes, training_record
 from medsight.evaluation.froc import detection_metrics
 from medsight.io.atomic import atomic_dir
 from medsight.tasks.detection.data import EpochSampler, load_detection, read_items, split_digest
@@ -44,7 +46,8 @@ def train(spec: str, out: Path, options: DetectionOptions) -> dict[str, Any]:
     torch.set_num_threads(config.num_threads())
     device = config.device()
     data = load_detection(spec)
-    parts = data.split(seed)
+    split_seed = splits.split_seed()  # which cases are tested never depends on the training seed
+    parts = data.split(split_seed)
     planner = DetectionPlanner(options, data.kind, len(data.class_names))
     size = planner.determine_image_size()
     train_set = read_items([data.items[i] for i in parts["train"]], size)
@@ -142,9 +145,12 @@ def train(spec: str, out: Path, options: DetectionOptions) -> dict[str, Any]:
         "data": {
             "source": data.name,
             "modality": "mammography" if data.kind == "lesions" else "radiography",
-            "split_method": "patient-level 70/10/20 (StratifiedGroupKFold on 'has any box'), seed " + str(seed),
+            "split_method": "patient-level 70/10/20 (StratifiedGroupKFold on 'has any box'), split seed "
+            + str(split_seed),
+            "split_seed": split_seed,
             "n": {k: len(v) for k, v in parts.items()},
             "split_digest": {k: split_digest(data.items, v) for k, v in parts.items()},
+            "case_hashes": training_record(case_hashes(train_set.images), case_hashes(val_set.images)),
             "fingerprint": data.fingerprint,
             "excluded": data.excluded,
             "conventions": data.conventions,

@@ -16,6 +16,8 @@ from typing import Any
 import numpy as np
 import pandas as pd
 
+from medsight.data.fingerprint import case_hashes, check_leakage
+from medsight.data.splits import recorded_split_seed
 from medsight.errors import MedsightError
 from medsight.evaluation import selective
 from medsight.evaluation.card import Figure, card_record, write_evaluation
@@ -56,11 +58,12 @@ def evaluate(bundle_path: Path, spec: str, split: str, out: Path, n_boot: int = 
     bundle = load_bundle(bundle_path)
     model = OutcomeModel(bundle)
     data = outcome_data.load(spec)
-    parts = data.split(int(bundle.meta["training"]["seed"]))
+    parts = data.split(recorded_split_seed(bundle.meta))
     if split not in parts:
         raise MedsightError(f"unknown split {split!r} (train, val or test)")
     idx = parts[split]
     images = outcome_data.read_images([data.images[i] for i in idx], model.size)
+    leakage = check_leakage(bundle.meta["data"], case_hashes(images), split, spec)
     table = data.table.iloc[idx].reset_index(drop=True)
     y = data.y[idx]
     logits, emb = model.image_outputs(images)
@@ -119,6 +122,7 @@ def evaluate(bundle_path: Path, spec: str, split: str, out: Path, n_boot: int = 
         "data": data.name,
         "target": bundle.meta["target"],
         "bundle": str(bundle_path),
+        "leakage": leakage,
         "metrics": metrics,
         "selection": model.selection.to_json(),
         "operating_point": model.operating_point.to_json(),

@@ -3,6 +3,7 @@ train; temperature, model selection and the operating point on validation; a val
 
 from __future__ import annotations
 
+import dataclasses
 import logging
 from pathlib import Path
 from typing import Any
@@ -11,7 +12,9 @@ import numpy as np
 import torch
 
 from medsight import config
+from medsight.data import splits
 from medsight.data.clinical import ClinicalEncoder
+from medsight.data.fingerprint import case_hashes, training_record
 from medsight.evaluation.calibration import TemperatureScaler
 from medsight.evaluation.metrics import binary_metrics
 from medsight.evaluation.selective import SelectivePrediction
@@ -37,10 +40,15 @@ def train(spec: str, out: Path, options: OutcomeOptions) -> dict[str, Any]:
     seed_everything(seed)
     torch.set_num_threads(config.num_threads())
     data = outcome_data.load(spec)
-    parts = data.split(seed)
+    split_seed = splits.split_seed()  # which cases are tested never depends on the training seed
+    parts = data.split(split_seed)
     tr, va = parts["train"], parts["val"]
     y = data.y
     plan = OutcomePlanner(options, y[tr]).plan()
+    # the planner names the training seed as the split's; the split seed is what split the data
+    plan = dataclasses.replace(
+        plan, split=f"patient-level 70/10/20 (StratifiedGroupKFold on the outcome), split seed {split_seed}"
+    )
     log.info(
         "plan: %d px ResNet, batch %d, lr %g, up to %d epochs (patience %d, budget %s s), deployed model by %s",
         plan.image_size,
@@ -71,6 +79,10 @@ def train(spec: str, out: Path, options: OutcomeOptions) -> dict[str, Any]:
     rule = fit_selective(probs[selection.selected][va], y[va], operating.threshold, data.patient_ids, va, plan.alpha)
     meta = _meta(data, parts, plan, options, model, fitted, selection.to_json(), operating.to_json(), result, device)
     meta["selective_prediction"] = rule.to_json()
+    meta["data"] |= {
+        "split_seed": split_seed,
+        "case_hashes": training_record(case_hashes(images[tr]), case_hashes(images[va])),
+    }
     with atomic_dir(out) as tmp:
         torch.save(model.state_dict(), tmp / WEIGHTS)
         onnx = export_onnx(WithEmbedding(model), torch.as_tensor(images[va][:2]), tmp / ONNX)

@@ -12,6 +12,7 @@ from typing import Any
 import numpy as np
 from tqdm import tqdm
 
+from medsight.data.fingerprint import case_hash, check_leakage
 from medsight.errors import MedsightError
 from medsight.evaluation.card import card_record, write_evaluation
 from medsight.tasks.segmentation import card
@@ -48,6 +49,8 @@ def evaluate(bundle_path: Path, data: str, split: str, out: Path, n_boot: int) -
     ids = split_ids(bundle, ds, split)
     if not ids:
         raise MedsightError(f"the {split} split is empty", ds.root)
+    hashes = [case_hash(load_case(ds, ds.case(c)).image) for c in tqdm(ids, desc="hash", disable=len(ids) < 8)]
+    leakage = check_leakage(bundle.meta["data"], hashes, split, data)  # before any inference
     tol = float(model.plan.nsd_tolerance)
     per_case: list[dict[str, Any]] = []
     arrays: list[dict[str, np.ndarray]] = []
@@ -83,6 +86,7 @@ def evaluate(bundle_path: Path, data: str, split: str, out: Path, n_boot: int) -
         "n": len(ids),
         "data": ds.name,
         "bundle": str(bundle_path),
+        "leakage": leakage,
         "labels": names,
         "engine": model.engine,
         "seconds": round(time.monotonic() - started, 1),

@@ -18,8 +18,9 @@ import numpy as np
 import torch
 
 from medsight import config
+from medsight.data.fingerprint import case_hash, training_record
 from medsight.data.fingerprint_stats import Sample, distribution_fingerprint
-from medsight.data.folds import Folds
+from medsight.data.folds import FOLDS_SEED, Folds
 from medsight.io.atomic import atomic_dir, write_json, write_text
 from medsight.runtime.onnx_export import export_onnx
 from medsight.tasks.segmentation import network
@@ -128,6 +129,12 @@ def train(data: str, out: Path, options: SegmentationOptions) -> dict[str, Any]:
         post, val_metrics = _postprocessing(ds, val_cases, plan, predictor)
         log.info("validation Dice (fold %d): %s", fold, ", ".join(f"{k} {v:.4f}" for k, v in val_metrics.items()))
         meta = _meta(ds, folds, fold, train_ids, val_ids, fp, plan, words, model, state, options, device)
+        meta["data"] |= {
+            "split_seed": FOLDS_SEED,
+            "case_hashes": training_record(
+                [case_hash(cases[i].image) for i in train_ids], [case_hash(cases[i].image) for i in val_ids]
+            ),
+        }
         # the distribution fingerprint the shift report and the drift monitor compare new data with (docs/trust.md)
         meta["data"]["distribution"] = distribution_fingerprint(
             (Sample(cases[i].image, cases[i].spacing, cases[i].label) for i in train_ids),
