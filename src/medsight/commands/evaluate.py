@@ -7,6 +7,7 @@ from pathlib import Path
 from typing import Any
 
 from medsight import tasks
+from medsight.errors import MedsightError
 from medsight.evaluation.metrics import N_BOOTSTRAP
 from medsight.training.bundle import load_bundle
 
@@ -30,6 +31,12 @@ def register(sub: argparse._SubParsersAction) -> None:
     p.add_argument("--out", required=True, type=Path, help="output folder (replaced atomically)")
     p.add_argument(
         "--bootstrap", type=int, default=N_BOOTSTRAP, help=f"bootstrap resamples for CIs (default {N_BOOTSTRAP})"
+    )
+    p.add_argument(
+        "--positive",
+        metavar="LABEL",
+        help="binary classification: report sensitivity, AUC, PPV... for this label (default: the bundle's positive "
+        "class, which the data set declares, e.g. malignant for BreastMNIST)",
     )
     shift = p.add_argument_group("other sites (segmentation bundles; docs/trust.md)")
     shift.add_argument(
@@ -68,7 +75,15 @@ def run(args: argparse.Namespace) -> int:
         print(f"shift: {'flagged ' + ', '.join(report['flagged']) if report['shifted'] else 'none flagged'}")
         print(f"shift report: {args.out / 'shift.html'}")
         return 0
-    result = tasks.get(bundle.task).evaluate(args.bundle, args.data, args.split, args.out, args.bootstrap)
+    positive = getattr(args, "positive", None)
+    if positive is not None:
+        if bundle.task != "classification":
+            raise MedsightError(f"the {bundle.task} task does not take --positive (it applies to classification)")
+        from medsight.tasks.classification.evaluate import evaluate as evaluate_classification
+
+        result = evaluate_classification(args.bundle, args.data, args.split, args.out, args.bootstrap, positive)
+    else:
+        result = tasks.get(bundle.task).evaluate(args.bundle, args.data, args.split, args.out, args.bootstrap)
     metrics = result.get("metrics", {})
     shown = ", ".join(
         f"{k} {v['value']:.4f} [{v['ci95'][0]:.4f}, {v['ci95'][1]:.4f}]"

@@ -19,6 +19,7 @@ OPTION_FLAGS = (
     "fold",
     "class_balance",
     "image_size",
+    "positive",
 )
 
 
@@ -64,6 +65,12 @@ def register(sub: argparse._SubParsersAction) -> None:
         "--class-balance",
         choices=("auto", "on", "off"),
         help="classification: weight the loss by inverse class frequency (default auto: when classes are imbalanced)",
+    )
+    p.add_argument(
+        "--positive",
+        metavar="LABEL",
+        help="classification (binary): the label that counts as positive, i.e. the finding sensitivity is about "
+        "(default: what the data set declares, e.g. malignant for BreastMNIST, pneumonia for PneumoniaMNIST)",
     )
     p.add_argument("--image-size", type=int, help="detection, outcome: side of the square model input in pixels")
     p.set_defaults(func=run)

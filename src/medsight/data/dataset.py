@@ -42,6 +42,9 @@ class ClassificationData:
     modality: str = "unknown"
     fingerprint: dict[str, Any] = field(default_factory=dict)
     split_method: str = "official"
+    #: Binary data: the label that is the finding (disease), so that sensitivity means finding it; None when the
+    #: source declares none (the classification task then takes the second label and says so).
+    positive: str | None = None
 
     @property
     def n_channels(self) -> int:

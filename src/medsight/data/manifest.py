@@ -3,10 +3,14 @@
 Paths are relative to the CSV's folder and may name PNG/JPEG/TIFF, DICOM files, DICOM series folders,
 NIfTI or npy/npz images, 2D or 3D. Multi-label rows separate labels with ``|``. Every other column
 (``sex``, ``age``, ``site``...) is kept as a patient attribute for the subgroup audit.
+
+A binary data set declares its finding beside the CSV, in a JSON file of the same name (``manifest.json`` for
+``manifest.csv``): ``{"positive": "malignant"}``, so that sensitivity is the recall of that label.
 """
 
 from __future__ import annotations
 
+import json
 from pathlib import Path
 
 import numpy as np
@@ -150,7 +154,26 @@ def load_manifest(
             "n_images": len(paths),
         },
         split_method=method,
+        positive=declared_positive(csv_path, label_names) if task == "binary" else None,
     )
+
+
+def declared_positive(csv_path: Path, label_names: list[str]) -> str | None:
+    """The ``positive`` label the manifest's JSON sidecar declares, checked against the labels; None without one."""
+    sidecar = csv_path.with_suffix(".json")
+    if not sidecar.is_file():
+        return None
+    try:
+        declared = json.loads(sidecar.read_text()).get("positive")
+    except (json.JSONDecodeError, UnicodeDecodeError, AttributeError) as exc:
+        raise MedsightError(f"not a JSON object with a 'positive' label ({exc})", sidecar) from exc
+    if declared is None:
+        return None
+    if str(declared) not in label_names:
+        raise MedsightError(
+            f"positive class {declared!r} is not one of the labels ({', '.join(label_names)})", sidecar
+        )
+    return str(declared)
 
 
 def _natural(s: str) -> tuple[int, object]:

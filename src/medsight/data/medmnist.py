@@ -46,6 +46,17 @@ MODALITY = {
     "synapsemnist3d": "em",
 }
 
+#: The finding (disease) of each binary member, from the MedMNIST label maps (``medmnist_catalog.json``). BreastMNIST's
+#: label 0 is "malignant" and 1 "normal, benign": the positive class is label 0, not 1. SynapseMNIST3D's two synapse
+#: types have no disease, so it declares none.
+POSITIVE = {
+    "pneumoniamnist": "pneumonia",
+    "breastmnist": "malignant",
+    "nodulemnist3d": "malignant",
+    "adrenalmnist3d": "hyperplasia",
+    "vesselmnist3d": "aneurysm",
+}
+
 
 @lru_cache(maxsize=1)
 def catalog() -> dict[str, Any]:
@@ -161,6 +172,7 @@ def load_npz(path: str | Path, name: MedMNISTName | None = None) -> Classificati
         modality=MODALITY.get(flag or "", "unknown"),
         fingerprint={"files": {path.name: md5sum(path)}, "n": {s: len(v) for s, v in splits.items()}},
         split_method="official",
+        positive=POSITIVE.get(flag or "") if task == "binary" else None,
     )
 
 

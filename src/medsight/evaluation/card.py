@@ -130,11 +130,15 @@ def subgroup_section(sub: dict[str, Any]) -> Section:
             "The data carry no attribute columns (sex, age, site...), so no subgroup audit "
             "could be run. Add them to the manifest to audit performance by group.",
         )
-    rows: list[list[Any]] = [["attribute", "group", "n", "AUC", "sensitivity", "specificity"]]
-    gaps: list[list[Any]] = [["attribute", "metric", "gap (high − low)", "95% CI", "groups", "flagged"]]
+    first = next(iter(sub.values()))
+    names = [k for k in next(iter(first["groups"].values())) if k not in ("n", "n_undefined")]
+    rows: list[list[Any]] = [["attribute", "group", "n", *names]]
+    gaps: list[list[Any]] = [
+        ["attribute", "metric", "gap (high − low)", "95% CI", "groups", "p (raw)", "p (Holm)", "pairs", "flagged"]
+    ]
     for attr, rep in sub.items():
         for g, v in rep["groups"].items():
-            rows.append([attr, g, v["n"], fmt(v["auc"]), fmt(v["sensitivity"]), fmt(v["specificity"])])
+            rows.append([attr, g, v["n"], *[fmt(v.get(k)) for k in names]])
         for metric, gap in rep["gaps"].items():
             flag = "<span class='flag'>yes</span>" if gap["flagged"] else "no"
             gaps.append(
@@ -144,15 +148,25 @@ def subgroup_section(sub: dict[str, Any]) -> Section:
                     fmt(gap["gap"]),
                     fmt({"value": 0, "ci95": gap["ci95"]}).split(" ", 1)[-1],
                     f"{gap['highest']} vs {gap['lowest']}",
+                    _p(gap.get("p_raw")),
+                    _p(gap.get("p_holm")),
+                    gap.get("n_comparisons", 1),
                     flag,
                 ]
             )
     return Section(
         "Subgroups",
-        "Per-group metrics (fairlearn MetricFrame) with bootstrap CIs. A gap is flagged when its 95% CI excludes zero.",
+        "Per-group metrics (fairlearn MetricFrame) with bootstrap CIs. Every pair of groups (of at least "
+        f"{first.get('min_group_for_gaps', 10)} cases) is compared; the p-values are "
+        "corrected for the number of pairs (Holm-Bonferroni) and a gap is flagged when its corrected p-value is "
+        "below 0.05. The table shows the largest gap per metric.",
         rows,
         raw_html=html_table(gaps),
     )
+
+
+def _p(p: float | None) -> str:
+    return "—" if p is None else (f"{p:.1e}" if p < 0.001 else f"{p:.3f}")
 
 
 def html_table(rows: list[list[Any]]) -> str:

@@ -1,74 +1,51 @@
-"""Grad-CAM heatmaps (captum's LayerGradCam) and the weight-randomisation sanity check of Adebayo et al. 2018."""
+"""Grad-CAM heatmaps (captum's LayerGradCam) and overlays; the weight-randomisation sanity check of Adebayo et al.
+2018 is :mod:`medsight.explain.sanity`."""
 
 from __future__ import annotations
 
-import copy
+from collections.abc import Callable
 
 import numpy as np
 import torch
 from captum.attr import LayerAttribution, LayerGradCam
-from scipy.stats import spearmanr
 from torch import nn
 
 
-def gradcam(model: nn.Module, layer: nn.Module, images: np.ndarray, targets: list[int]) -> np.ndarray:
-    """Heatmaps in [0, 1] at the input's spatial size, one per image, for the given target class."""
+def gradcam(
+    model: nn.Module, layer: nn.Module, images: np.ndarray, targets: list[int], signed: bool = False
+) -> np.ndarray:
+    """Heatmaps at the input's spatial size, one per image, for the given target class.
+
+    Default: the displayed map, ReLU'd and scaled to [0, 1]. ``signed``: the raw class-weighted activation map
+    before the ReLU and without scaling, which the sanity check compares (a ReLU'd map of a randomised model is
+    often all zero, and a blank map cannot be rank-correlated).
+    """
     model.eval()
     x = torch.as_tensor(images, dtype=torch.float32)
     device = next(model.parameters()).device
     x = x.to(device).requires_grad_(True)
     cam = LayerGradCam(model, layer)
-    attr = cam.attribute(x, target=torch.as_tensor(targets, device=device), relu_attributions=True)
+    attr = cam.attribute(x, target=torch.as_tensor(targets, device=device), relu_attributions=not signed)
     up = LayerAttribution.interpolate(
         attr, tuple(x.shape[2:]), interpolate_mode="bilinear" if x.ndim == 4 else "trilinear"
     )
     maps = up.detach().cpu().numpy()[:, 0]
+    if signed:
+        return maps.astype(np.float32)
     flat = maps.reshape(len(maps), -1)
     hi = flat.max(axis=1, keepdims=True)
     flat = np.where(hi > 0, flat / np.where(hi > 0, hi, 1), 0.0)
     return flat.reshape(maps.shape).astype(np.float32)
 
 
-def randomised_copy(model: nn.Module, seed: int = 0) -> nn.Module:
-    """The same architecture with every learned weight re-initialised (cascading randomisation, all layers)."""
-    torch.manual_seed(seed)
-    clone = copy.deepcopy(model)
-    for module in clone.modules():
-        reset = getattr(module, "reset_parameters", None)
-        if callable(reset):
-            reset()
-    return clone.eval()
+def gradcam_explainer(layer_name: str) -> Callable[[nn.Module, np.ndarray, list[int]], np.ndarray]:
+    """Signed Grad-CAM at the layer called ``layer_name`` of whatever model it is given (the sanity check hands it
+    copies of the model with more and more layers re-initialised)."""
 
+    def explain(model: nn.Module, images: np.ndarray, targets: list[int]) -> np.ndarray:
+        return gradcam(model, model.get_submodule(layer_name), images, targets, signed=True)
 
-def sanity_check(
-    model: nn.Module, layer_name: str, images: np.ndarray, targets: list[int], seed: int = 0
-) -> dict[str, float | str | int]:
-    """Spearman rank correlation between maps of the trained and a weight-randomised model.
-
-    Maps that merely reflect the input (edge detectors) stay correlated after randomisation; maps that
-    depend on what was learned do not. Passes when the mean |rho| is below 0.5.
-    """
-    trained = gradcam(model, _layer(model, layer_name), images, targets)
-    rnd_model = randomised_copy(model, seed)
-    randomised = gradcam(rnd_model, _layer(rnd_model, layer_name), images, targets)
-    rhos = []
-    for a, b in zip(trained, randomised, strict=True):
-        if np.ptp(a) == 0 or np.ptp(b) == 0:
-            rhos.append(0.0)
-            continue
-        rhos.append(float(spearmanr(a.ravel(), b.ravel()).statistic))
-    mean = float(np.mean(np.abs(rhos))) if rhos else float("nan")
-    return {
-        "test": "model-parameter randomisation (Adebayo et al. 2018)",
-        "n_images": len(rhos),
-        "mean_abs_spearman": mean,
-        "median_spearman": float(np.median(rhos)) if rhos else float("nan"),
-        "passed": "yes" if mean < 0.5 else "no",
-    }
-
-
-def _layer(model: nn.Module, name: str) -> nn.Module:
-    return dict(model.named_modules())[name]
+    return explain
 
 
 def overlay(image: np.ndarray, heatmap: np.ndarray, alpha: float = 0.45) -> np.ndarray:

@@ -10,6 +10,7 @@ import numpy as np
 from medsight.evaluation import selective
 from medsight.evaluation.card import Figure, Section, fmt, subgroup_section
 from medsight.evaluation.plots import confusion_plot, overlay_grid, pr_plot, reliability_plot, roc_plot
+from medsight.explain.sanity import sanity_section
 from medsight.tasks.classification.plan import ClassificationPlan
 from medsight.training.bundle import Bundle
 
@@ -25,20 +26,23 @@ def performance_figures(
 ) -> list[Figure]:
     """ROC, precision-recall, reliability and confusion figures for the evaluated split."""
     if task_type == "binary":
-        score = probs[:, 1]
+        positive = str(result["positive_class"])
+        k = names.index(positive)
+        score, truth = probs[:, k], (labels == k).astype(int)
         m = result["metrics"]
         temperature = float(result["calibration"]["temperature"])
         threshold = float(result["operating_point"]["threshold"])
+        bins = result["calibration"]["bins"]
         return [
             Figure(
                 "ROC",
-                roc_plot({names[1]: (labels, score)}, (m["sensitivity"]["value"], m["specificity"]["value"])),
+                roc_plot({positive: (truth, score)}, (m["sensitivity"]["value"], m["specificity"]["value"])),
             ),
-            Figure("Precision-recall", pr_plot({names[1]: (labels, score)})),
+            Figure("Precision-recall", pr_plot({positive: (truth, score)})),
             Figure(
                 "Reliability",
-                reliability_plot(labels, {"uncalibrated": probs_raw[:, 1], f"temperature {temperature:.2f}": score}),
-                "Observed frequency of the positive class against predicted probability.",
+                reliability_plot(truth, {"uncalibrated": probs_raw[:, k], f"temperature {temperature:.2f}": score}),
+                f"Observed frequency of {positive} against p({positive}), {bins['n_bins']} {bins['strategy']} bins.",
             ),
             Figure("Confusion matrix", confusion_plot(labels, decision, names), f"threshold {threshold:.3f}"),
         ]
@@ -83,10 +87,19 @@ def sections(bundle: Bundle, r: dict[str, Any], figures: list[Figure]) -> list[S
             table.append([k, fmt(m[k]), fmt(r["operating_point"]["at_0.5"][k])])
     else:
         table += [[k, fmt(m[k])] for k in keys]
+    positive = r.get("positive_class")
+    meaning = (
+        html.escape(
+            f" Positive class: {positive} (sensitivity is the recall of {positive} cases, specificity that of the "
+            "others; AUC, PPV and the operating point are for this class)."
+        )
+        if positive
+        else ""
+    )
     out = [
         Section(
             "Performance",
-            f"n = {r['n']} images ({r['split']} split).",
+            f"n = {r['n']} images ({r['split']} split).{meaning}",
             table,
             [
                 f
@@ -116,7 +129,11 @@ def sections(bundle: Bundle, r: dict[str, Any], figures: list[Figure]) -> list[S
     out.append(
         Section(
             "Calibration",
-            html.escape(f"Temperature scaling fitted on validation: T = {cal['temperature']:.3f}."),
+            html.escape(
+                f"Temperature scaling fitted on validation: T = {cal['temperature']:.3f}. ECE: {cal['ece_kind']} "
+                f"({cal['ece_definition']}), {cal['bins']['n_bins']} {cal['bins']['strategy']} bins; 95% bootstrap "
+                "CIs."
+            ),
             [
                 ["", "ECE", "Brier"],
                 ["before", fmt(cal["before"]["ece"]), fmt(cal["before"]["brier"])],
@@ -134,17 +151,9 @@ def sections(bundle: Bundle, r: dict[str, Any], figures: list[Figure]) -> list[S
 
 def _explanations(ex: dict[str, Any], figures: list[Figure]) -> Section:
     sanity = ex.get("sanity_check") or {}
-    text = (
-        html.escape(
-            f"{ex.get('method', '')}. Sanity check ({sanity.get('test')}): mean |Spearman rho| between maps of the "
-            f"trained and a weight-randomised model = {sanity.get('mean_abs_spearman', float('nan')):.3f} over "
-            f"{sanity.get('n_images')} images; passed: {sanity.get('passed')} (low correlation means the maps depend "
-            "on what the model learned)."
-        )
-        if sanity
-        else "No explanation examples."
-    )
-    return Section("Explanations", text, None, [f for f in figures if "Grad-CAM" in f.title])
+    if not sanity:
+        return Section("Explanations", "No explanation examples.", None, [f for f in figures if "Grad-CAM" in f.title])
+    return sanity_section(ex.get("method", ""), sanity, [f for f in figures if "Grad-CAM" in f.title])
 
 
 def _model_and_data(bundle: Bundle) -> Section:

@@ -6,6 +6,7 @@ at prediction time what it saw in training.
 
 from __future__ import annotations
 
+import logging
 from collections.abc import Sequence
 from pathlib import Path
 from typing import Any
@@ -20,7 +21,9 @@ from medsight.io.images import read_image
 from medsight.training.bundle import Bundle
 from medsight.transforms import prepare
 
-__all__ = ["ClassificationData", "SplitData", "load", "load_like", "read_inputs", "val_split"]
+log = logging.getLogger("medsight.data")
+
+__all__ = ["ClassificationData", "SplitData", "load", "load_like", "positive_class", "read_inputs", "val_split"]
 
 
 def load(spec: str, seed: int) -> ClassificationData:
@@ -52,6 +55,27 @@ def published_release(data: ClassificationData) -> bool:
     except MedsightError:
         return False
     return set(data.fingerprint.get("files", {}).values()) == {official}
+
+
+def positive_class(data: ClassificationData, override: str | None = None) -> str | None:
+    """The label whose detection counts as positive (binary data only): ``--positive`` if given, else what the data
+    set declares, else the second label (with a warning, since that is a convention, not a finding)."""
+    if data.task_type != "binary":
+        if override is not None:
+            raise MedsightError(f"--positive applies to binary data; {data.name} is {data.task_type}")
+        return None
+    if override is not None:
+        if override not in data.label_names:
+            raise MedsightError(
+                f"--positive {override} is not one of the labels ({', '.join(data.label_names)})", data.name
+            )
+        return override
+    if data.positive is not None:
+        return data.positive
+    log.warning(
+        "%s declares no positive class: taking %r (give --positive LABEL to choose)", data.name, data.label_names[1]
+    )
+    return data.label_names[1]
 
 
 def val_split(data: ClassificationData) -> SplitData:

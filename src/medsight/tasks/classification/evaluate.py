@@ -15,24 +15,32 @@ from torch import nn
 
 from medsight.data.fingerprint import case_hashes, check_leakage
 from medsight.data.splits import recorded_split_seed
+from medsight.errors import MedsightError
 from medsight.evaluation import selective
-from medsight.evaluation.calibration import brier_score, expected_calibration_error
+from medsight.evaluation.calibration import calibration_report, calibration_target
 from medsight.evaluation.card import card_record, write_evaluation
 from medsight.evaluation.metrics import N_BOOTSTRAP, binary_metrics, bootstrap, multiclass_metrics, multilabel_metrics
 from medsight.evaluation.subgroups import audit
-from medsight.explain.gradcam import gradcam, overlay, sanity_check
+from medsight.explain.gradcam import gradcam, gradcam_explainer, overlay
+from medsight.explain.sanity import cascading_randomisation
 from medsight.tasks.classification import card
 from medsight.tasks.classification.data import load_like, published_release
 from medsight.tasks.classification.network import gradcam_layer, probabilities
-from medsight.tasks.classification.predict import ClassificationModel
+from medsight.tasks.classification.predict import ClassificationModel, decided_labels, positive_index
 from medsight.training.bundle import load_bundle
 
 
-def evaluate(bundle_path: Path, spec: str, split: str, out: Path, n_boot: int = N_BOOTSTRAP) -> dict[str, Any]:
-    """Score ``bundle_path`` on ``split`` of ``spec`` and write metrics.json, card.html and card.json to ``out``."""
+def evaluate(
+    bundle_path: Path, spec: str, split: str, out: Path, n_boot: int = N_BOOTSTRAP, positive: str | None = None
+) -> dict[str, Any]:
+    """Score ``bundle_path`` on ``split`` of ``spec`` and write metrics.json, card.html and card.json to ``out``.
+
+    Binary metrics are for the bundle's positive class, or ``positive`` when given (``--positive``): the decisions
+    stay the bundle's, read for that class."""
     bundle = load_bundle(bundle_path)
     model = ClassificationModel(bundle)
     task_type, names = model.task_type, model.label_names
+    positive = _positive(bundle.meta, task_type, names, model.operating, positive, bundle_path)
     data = load_like(bundle, spec, seed=recorded_split_seed(bundle.meta))
     part = data.split(split)
     leakage = check_leakage(
@@ -53,21 +61,22 @@ def evaluate(bundle_path: Path, spec: str, split: str, out: Path, n_boot: int = 
         "labels": names,
         "leakage": leakage,
     }
+    k = names.index(positive) if positive is not None else None
+    result["calibration"] = calibration_effect(task_type, labels, probs_raw, probs, model.temperature, k, n_boot)
+    attributes = part.attributes if part.attributes is not None and len(part.attributes.columns) else None
+    result["subgroups"] = {}
     if task_type == "binary":
-        score, thr = probs[:, 1], float(operating["threshold"])
-        decision = (score >= thr).astype(int)
-        result["metrics"] = bootstrap(
-            lambda ix: binary_metrics(labels[ix], score[ix], thr), len(labels), strata, n_boot
-        )
+        assert k is not None
+        decision = decided_labels(task_type, probs, operating)  # label indices, by the bundle's operating point
+        result["positive_class"] = positive
+        truth, score, hit = (labels == k).astype(int), probs[:, k], (decision == k).astype(int)
+        result["metrics"] = bootstrap(partial(_at_decision, truth, score, hit), len(labels), strata, n_boot)
         result["operating_point"] = {
             **operating,
-            "at_0.5": bootstrap(lambda ix: binary_metrics(labels[ix], score[ix], 0.5), len(labels), strata, n_boot),
+            "at_0.5": bootstrap(lambda ix: binary_metrics(truth[ix], score[ix], 0.5), len(labels), strata, n_boot),
         }
-        result["calibration"] = calibration_effect(labels, probs_raw[:, 1], score, model.temperature)
-        attributes = part.attributes
-        result["subgroups"] = {}
-        if attributes is not None and len(attributes.columns):
-            result["subgroups"] = audit(labels, score, decision, attributes)
+        if attributes is not None:
+            result["subgroups"] = audit(truth, score, hit, attributes)
     elif task_type == "multiclass":
         decision = probs.argmax(1)
         result["metrics"] = bootstrap(lambda ix: multiclass_metrics(labels[ix], probs[ix]), len(labels), strata, n_boot)
@@ -76,8 +85,8 @@ def evaluate(bundle_path: Path, spec: str, split: str, out: Path, n_boot: int = 
             for c, name in enumerate(names)
         }
         result["operating_point"] = operating
-        result["calibration"] = calibration_effect(labels, probs_raw, probs, model.temperature, multiclass=True)
-        result["subgroups"] = {}
+        if attributes is not None:
+            result["subgroups"] = audit(labels, probs, decision, attributes, task_type="multiclass")
     else:
         thresholds = np.asarray(operating["thresholds"])
         decision = (probs >= thresholds).astype(int)
@@ -89,8 +98,6 @@ def evaluate(bundle_path: Path, spec: str, split: str, out: Path, n_boot: int = 
             for c, name in enumerate(names)
         }
         result["operating_point"] = operating
-        result["calibration"] = calibration_effect(labels.ravel(), probs_raw.ravel(), probs.ravel(), model.temperature)
-        result["subgroups"] = {}
 
     figures = card.performance_figures(task_type, names, labels, probs, probs_raw, decision, result)
     if model.selective is not None and task_type != "multilabel":
@@ -99,7 +106,9 @@ def evaluate(bundle_path: Path, spec: str, split: str, out: Path, n_boot: int = 
             model.selective, probs, labels, decision, partial(bootstrap, n=len(labels), strata=strata, n_boot=n_boot)
         )
         figures.append(risk_figure)
-    result["explanations"], panels = explain_sample(model.network, part.images, labels, decision, task_type, names)
+    result["explanations"], panels = explain_sample(
+        model.network, part.images, labels, decision, task_type, names, names.index(positive) if positive else None
+    )
     figures += card.explanation_figures(panels)
     write_evaluation(
         out,
@@ -128,27 +137,53 @@ def _one_vs_rest(y: np.ndarray, probs: np.ndarray, pred: np.ndarray, c: int, ix:
     return m
 
 
+THRESHOLDED = ("accuracy", "sensitivity", "specificity", "ppv", "npv", "f1")
+
+
+def _at_decision(truth: np.ndarray, score: np.ndarray, hit: np.ndarray, ix: np.ndarray) -> dict[str, float]:
+    """Binary metrics of the positive class: AUC, Brier and ECE from p(positive), the rest from the decisions."""
+    m = binary_metrics(truth[ix], score[ix], 0.5)
+    decided = binary_metrics(truth[ix], hit[ix].astype(float), 0.5)
+    for key in THRESHOLDED:
+        m[key] = decided[key]
+    return m
+
+
+def _positive(
+    meta: dict[str, Any],
+    task_type: str,
+    names: list[str],
+    operating: dict[str, Any],
+    override: str | None,
+    where: Path,
+) -> str | None:
+    """The class the binary metrics are for: ``--positive``, else the bundle's (label 1 in bundles before it)."""
+    if task_type != "binary":
+        if override is not None:
+            raise MedsightError(f"--positive applies to binary models; this one is {task_type}", where)
+        return None
+    if override is not None:
+        if override not in names:
+            raise MedsightError(f"--positive {override} is not one of the model's labels ({', '.join(names)})", where)
+        return override
+    return str(meta.get("positive_class", names[positive_index(operating)]))
+
+
 def calibration_effect(
-    y: np.ndarray, before: np.ndarray, after: np.ndarray, temperature: float, multiclass: bool = False
+    task_type: str,
+    labels: np.ndarray,
+    before: np.ndarray,
+    after: np.ndarray,
+    temperature: float,
+    positive: int | None,
+    n_boot: int,
 ) -> dict[str, Any]:
-    """ECE and Brier score before and after temperature scaling."""
-
-    def measures(p: np.ndarray) -> dict[str, float]:
-        if multiclass:
-            onehot = np.eye(p.shape[1])[y]
-            return {
-                "ece": expected_calibration_error(p.argmax(1) == y, p.max(1)),
-                "brier": float(np.mean(np.sum((p - onehot) ** 2, axis=1))),
-            }
-        return {"ece": expected_calibration_error(y, p), "brier": brier_score(y, p)}
-
-    return {
-        "method": "temperature scaling",
-        "fitted_on": "val",
-        "temperature": temperature,
-        "before": measures(before),
-        "after": measures(after),
-    }
+    """ECE and Brier score before and after temperature scaling, with CIs, saying which ECE on which bins:
+    positive-class (binary), top-label (multi-class) or pooled over labels (multi-label)."""
+    y, p_after, kind = calibration_target(task_type, labels, after, positive)
+    _, p_before, _ = calibration_target(task_type, labels, before, positive)
+    strata = labels if task_type != "multilabel" else None
+    return calibration_report(y, p_before, p_after, kind, n_boot, strata, temperature)
 
 
 def explain_sample(
@@ -158,12 +193,17 @@ def explain_sample(
     decision: np.ndarray,
     task_type: str,
     names: list[str],
+    positive: int | None = None,
     per_cell: int = 2,
     n_sanity: int = 16,
 ) -> tuple[dict[str, Any], list[tuple[str, np.ndarray]]]:
-    """Grad-CAM overlays for TP/FP/TN/FN examples (binary) or correct/incorrect ones, plus the sanity check."""
+    """Grad-CAM overlays for TP/FP/TN/FN examples (binary: of the positive class; decisions are label indices) or
+    correct/incorrect ones, plus the cascading-randomisation sanity check."""
     if task_type == "multilabel":
         truth, dec = labels[:, 0].astype(int), decision[:, 0]
+    elif task_type == "binary":
+        assert positive is not None
+        truth, dec = (labels == positive).astype(int), (decision == positive).astype(int)
     else:
         truth, dec = labels.astype(int), decision.astype(int)
     cells: dict[str, np.ndarray]
@@ -181,7 +221,12 @@ def explain_sample(
         return {"examples": [], "sanity_check": None}, []
 
     def target_of(i: int) -> int:
-        return 1 if task_type == "binary" else 0 if task_type == "multilabel" else int(dec[i])
+        if task_type == "binary":
+            return int(positive)  # type: ignore[arg-type]
+        return 0 if task_type == "multilabel" else int(dec[i])
+
+    def true_name(i: int) -> str:
+        return names[int(labels[i])] if task_type != "multilabel" else f"{names[0]} {'yes' if truth[i] else 'no'}"
 
     idx = [i for _, i in chosen]
     maps = gradcam(model, gradcam_layer(model), images[idx], [target_of(i) for i in idx])
@@ -189,9 +234,11 @@ def explain_sample(
     for (cell, i), heat in zip(chosen, maps, strict=True):
         rgb = overlay(images[i], heat)
         scale = max(1, 112 // rgb.shape[0])
-        panels.append((f"{cell}: true {names[truth[i]]}", np.kron(rgb, np.ones((scale, scale, 1), np.uint8))))
+        panels.append((f"{cell}: true {true_name(i)}", np.kron(rgb, np.ones((scale, scale, 1), np.uint8))))
     rng = np.random.default_rng(0)
     sample = rng.choice(len(images), size=min(n_sanity, len(images)), replace=False)
-    sanity = sanity_check(model, "layer4", images[sample], [target_of(int(i)) for i in sample])
+    sanity = cascading_randomisation(
+        model, gradcam_explainer("layer4"), images[sample], [target_of(int(i)) for i in sample]
+    )
     examples = [{"kind": cell, "index": i, "target_class": names[target_of(i)]} for cell, i in chosen]
     return {"method": "Grad-CAM (captum LayerGradCam on layer4)", "examples": examples, "sanity_check": sanity}, panels

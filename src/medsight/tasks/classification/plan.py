@@ -50,6 +50,8 @@ class ClassificationOptions(TrainOptions):
     target_sensitivity: float | None = None
     #: Weight the loss by inverse class frequency: "auto" (default) when the classes are imbalanced.
     class_balance: ClassBalance | None = None
+    #: Binary: the label that counts as positive (the finding); default what the data set declares.
+    positive: str | None = None
     #: Conformal miscoverage: prediction sets hold the true label with probability >= 1 - alpha (default 0.1).
     alpha: float | None = None
 

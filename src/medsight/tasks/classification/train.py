@@ -25,7 +25,7 @@ from medsight.evaluation.operating_point import choose_threshold
 from medsight.evaluation.selective import SelectivePrediction
 from medsight.io.atomic import atomic_dir
 from medsight.runtime.onnx_export import export_onnx
-from medsight.tasks.classification.data import load, val_split
+from medsight.tasks.classification.data import load, positive_class, val_split
 from medsight.tasks.classification.network import build_network, loss_fn, probabilities
 from medsight.tasks.classification.plan import ClassificationOptions, ClassificationPlan, ClassificationPlanner
 from medsight.tasks.classification.predict import decided_labels
@@ -56,6 +56,7 @@ def train(spec: str, out: Path, options: ClassificationOptions) -> dict[str, Any
     device = config.device()
     split_seed = splits.split_seed()  # which cases are tested never depends on the training seed
     data = load(spec, split_seed)
+    positive = positive_class(data, options.positive)
     train_split, val = data.split("train"), val_split(data)
     log.info(
         "training %s: %s, %d labels, %d train / %d val images of %s",
@@ -78,7 +79,7 @@ def train(spec: str, out: Path, options: ClassificationOptions) -> dict[str, Any
     val_logits = predict_logits(model, val.images, "cpu", EVAL_BATCH)
     scaler = TemperatureScaler(multilabel=data.task_type == "multilabel").fit(val_logits, val.labels)
     val_probs = probabilities(val_logits, data.task_type, scaler.temperature_)
-    operating = operating_point(data, val.labels, val_probs, plan.target_sensitivity)
+    operating = operating_point(data, val.labels, val_probs, plan.target_sensitivity, positive)
     val_metrics = summary_metrics(data.task_type, val.labels, val_probs, operating)
     meta = _meta(data, plan, options, model, state, time.monotonic() - started, scaler.temperature_)
     meta |= {"operating_point": operating, "metrics": {"val": val_metrics}}
@@ -86,6 +87,8 @@ def train(spec: str, out: Path, options: ClassificationOptions) -> dict[str, Any
         "split_seed": split_seed,
         "case_hashes": training_record(case_hashes(train_split.images), case_hashes(val.images)),
     }
+    if positive is not None:
+        meta["positive_class"] = positive
     if data.task_type != "multilabel":
         meta["selective_prediction"] = fit_selective(val, val_probs, operating, data.task_type, options.alpha)
     with atomic_dir(out) as tmp:
@@ -147,12 +150,18 @@ def validation_score(data: ClassificationData, val: SplitData, logits: np.ndarra
 
 
 def operating_point(
-    data: ClassificationData, labels: np.ndarray, probs: np.ndarray, target_sensitivity: float | None
+    data: ClassificationData,
+    labels: np.ndarray,
+    probs: np.ndarray,
+    target_sensitivity: float | None,
+    positive: str | None = None,
 ) -> dict[str, Any]:
-    """The decision rule chosen on validation: a threshold (binary), one per label (multi-label), or arg-max."""
+    """The decision rule chosen on validation: a threshold (binary, on p(positive class)), one per label
+    (multi-label), or arg-max."""
     if data.task_type == "binary":
-        op = choose_threshold(labels, probs[:, 1], target_sensitivity)
-        return {**op, "chosen_on": "val", "applies_to": data.label_names[1]}
+        k = data.label_names.index(positive if positive is not None else data.label_names[1])
+        op = choose_threshold((labels == k).astype(int), probs[:, k], target_sensitivity)
+        return {**op, "chosen_on": "val", "applies_to": data.label_names[k], "positive_index": k}
     if data.task_type == "multilabel":
         per = [choose_threshold(labels[:, k], probs[:, k], target_sensitivity) for k in range(labels.shape[1])]
         return {"method": per[0]["method"], "thresholds": [p["threshold"] for p in per], "chosen_on": "val"}
@@ -176,7 +185,8 @@ def summary_metrics(
 ) -> dict[str, float]:
     """Point metrics at the operating point (no CIs): what bundle.json records for validation."""
     if task_type == "binary":
-        return binary_metrics(labels, probs[:, 1], float(operating["threshold"]))
+        k = int(operating.get("positive_index", 1))
+        return binary_metrics((labels == k).astype(int), probs[:, k], float(operating["threshold"]))
     if task_type == "multiclass":
         return multiclass_metrics(labels, probs)
     return multilabel_metrics(labels, probs, np.asarray(operating["thresholds"]))

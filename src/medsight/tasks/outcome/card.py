@@ -105,8 +105,12 @@ def sections(bundle: Bundle, r: dict[str, Any], figures: list[Figure]) -> list[S
             "Explanations",
             html.escape(
                 f"Clinical fields: {imp.get('method', '')}. Image branch: {ex.get('method', 'none')}; "
-                f"sanity check passed: {sanity.get('passed')} (mean |rho| "
-                f"{sanity.get('mean_abs_spearman', float('nan')):.3f})."
+                + (
+                    f"sanity check ({sanity['test']}, {sanity['n_images']} images): "
+                    f"{'passed' if sanity['passed'] else 'FAILED'}: {sanity['reason']}."
+                    if sanity
+                    else "no sanity check."
+                )
             ),
             imp_rows,
             [f for f in figures if f.title not in ("ROC", "Risk-coverage")],

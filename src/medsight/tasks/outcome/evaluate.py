@@ -24,7 +24,8 @@ from medsight.evaluation.card import Figure, card_record, write_evaluation
 from medsight.evaluation.metrics import N_BOOTSTRAP, binary_metrics, bootstrap
 from medsight.evaluation.plots import overlay_grid, roc_plot
 from medsight.evaluation.subgroups import audit
-from medsight.explain.gradcam import overlay, sanity_check
+from medsight.explain.gradcam import gradcam_explainer, overlay
+from medsight.explain.sanity import cascading_randomisation
 from medsight.tasks.outcome import card
 from medsight.tasks.outcome import data as outcome_data
 from medsight.tasks.outcome.models import LABELS, FittedModels, two_class
@@ -210,7 +211,7 @@ def gradcam_examples(
     maps = model.heatmaps(images[idx])
     panels = [(f"{c} (p={score[i]:.2f})", overlay(images[i], h)) for (c, i), h in zip(chosen, maps, strict=True)]
     sample = np.random.default_rng(0).choice(len(images), size=min(8, len(images)), replace=False)
-    sanity = sanity_check(model.network, "layer4", images[sample], [1] * len(sample))
+    sanity = cascading_randomisation(model.network, gradcam_explainer("layer4"), images[sample], [1] * len(sample))
     return {
         "method": "Grad-CAM (captum LayerGradCam on layer4), target = outcome",
         "examples": [{"kind": c, "index": i} for c, i in chosen],
