@@ -12,9 +12,11 @@ from typing import Any
 import numpy as np
 from tqdm import tqdm
 
+from medsight.data.case_attributes import case_attributes
 from medsight.data.fingerprint import case_hash, check_leakage
 from medsight.errors import MedsightError
-from medsight.evaluation.card import card_record, write_evaluation
+from medsight.evaluation.card import card_record, subgroup_section, write_evaluation
+from medsight.evaluation.subgroups import audit_cases
 from medsight.tasks.segmentation import card
 from medsight.tasks.segmentation import metrics as segm
 from medsight.tasks.segmentation.data import SegmentationDataset, folds_for, load_case, open_dataset
@@ -119,14 +121,21 @@ def evaluate(bundle_path: Path, data: str, split: str, out: Path, n_boot: int) -
                 "metrics": {f"pixel_{k}": v for k, v in om.items()} | {k: oseg[k] for k in ("dice", "hd95", "nsd")},
                 "note": "the second manual annotation scored against the first, exactly as the model is",
             }
+    attributes = case_attributes(ds.root, ids)
+    if attributes is not None:  # the data carry group columns (attributes.csv): Dice by group, Holm-corrected gaps
+        dice = np.asarray([float(np.nanmean(a["dice"])) for a in arrays])
+        result["subgroups"] = audit_cases({"dice": dice}, attributes)
     figures = card.case_figures(per_case, views, names)
+    sections = card.sections(bundle, result, figures)
+    if attributes is not None:
+        sections.append(subgroup_section(result["subgroups"]))
     write_evaluation(
         out,
         result,
         figures,
         f"Model card: {bundle.meta['data']['source']} ({ds.spatial_dims}D segmentation)",
         card.intro(bundle, ds.name, split, len(ids), model.engine),
-        card.sections(bundle, result, figures),
+        sections,
         card_record(bundle.meta, {k: v for k, v in result.items() if k != "per_case"}),
     )
     return result
