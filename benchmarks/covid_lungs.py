@@ -1,4 +1,5 @@
-"""COVID-19 chest X-ray lung boxes: AP@0.5 for the right and left lung and their mean (goal >= 0.95), with 95% CIs.
+"""COVID-19 chest X-ray lung boxes: AP@0.5 (COCO, MONAI's COCOMetric) for the right and left lung and their mean
+(goal >= 0.95), and per-image uncertainty against errors, with 95% CIs.
 
 Run: ``MEDSIGHT_THREADS=1 MEDSIGHT_DATA=../shared/data .venv/bin/python benchmarks/covid_lungs.py --time-budget 720``
 Trains the detection task (as ``medsight train <data>/covid_cxr_lung_boxes --image-size 192``: RetinaNet; the 384-px
@@ -22,6 +23,8 @@ from medsight.io.atomic import write_json
 RESULTS = Path(__file__).resolve().parent / "results" / "covid_lungs.json"
 
 
+def _num(v: float | None) -> str:
+    return "undefined" if v is None else f"{v:.3f}"
 
 
 def main() -> None:
@@ -60,10 +63,19 @@ def main() -> None:
         lo, hi = v["ci95"]
         val = "nan" if v["value"] is None else f"{v['value']:.3f}"
         print(f"  {k:16s} {val}" + ("" if lo is None else f" [{lo:.3f}, {hi:.3f}]"))
+    u = result["uncertainty"]
+    rho = u["spearman_uncertainty_vs_errors"]
+    print(
+        f"  uncertainty vs errors per image: Spearman {_num(rho['value'])} [{_num(rho['ci95'][0])}, "
+        f"{_num(rho['ci95'][1])}]; flagged {u['n_flagged']} of "
+        f"{u['n']} (threshold {u['threshold']}, decided on {meta['uncertainty']['decided_on']})"
+    )
     summary = {
         "test": {"n_images": result["n"], "n_boxes": result["n_boxes"], "split": meta["data"]["n"]},
         "metrics": result["metrics"],
         "training": {k: tr[k] for k in ("epochs_run", "best_epoch", "stopped_by", "seconds", "device", "warnings")},
+        "uncertainty": {"review_threshold": meta["uncertainty"], "test": result["uncertainty"]},
+        "definitions": result["definitions"],
         "inference_engine": result["inference_engine"],
         "train_s": round(trained, 1),
         "total_s": round(total, 1),

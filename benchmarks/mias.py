@@ -1,4 +1,6 @@
-"""mini-MIAS lesion detection: FROC (sensitivity at 1/8 ... 8 FP per image), CPM, image-level AUC, with 95% CIs.
+"""mini-MIAS lesion detection: FROC as LUNA16 defines it (hit = within the lesion radius; sensitivity at 1/8 ... 8 FP
+per image interpolated as MONAI's compute_froc_score), CPM, image-level AUC, per-image uncertainty against errors,
+with 95% CIs.
 
 Run: ``MEDSIGHT_THREADS=1 MEDSIGHT_DATA=../shared/data .venv/bin/python benchmarks/mias.py --time-budget 1080``
 Trains the detection task (as ``medsight train <data>/mini_mias``: RetinaNet, images downsized 512 -> 256 px) on the
@@ -22,6 +24,8 @@ from medsight.io.atomic import write_json
 RESULTS = Path(__file__).resolve().parent / "results" / "mias.json"
 
 
+def _num(v: float | None) -> str:
+    return "undefined" if v is None else f"{v:.3f}"
 
 
 def main() -> None:
@@ -58,11 +62,20 @@ def main() -> None:
         lo, hi = v["ci95"]
         val = "nan" if v["value"] is None else f"{v['value']:.3f}"
         print(f"  {k:14s} {val}" + ("" if lo is None else f" [{lo:.3f}, {hi:.3f}]"))
+    u = result["uncertainty"]
+    rho = u["spearman_uncertainty_vs_errors"]
+    print(
+        f"  uncertainty vs errors per image: Spearman {_num(rho['value'])} [{_num(rho['ci95'][0])}, "
+        f"{_num(rho['ci95'][1])}]; flagged {u['n_flagged']} of "
+        f"{u['n']} (threshold {u['threshold']}, decided on {meta['uncertainty']['decided_on']})"
+    )
     summary = {
         "test": {"n_images": result["n"], "n_lesions": result["n_boxes"], "split": meta["data"]["n"]},
         "metrics": result["metrics"],
         "operating_point": meta["operating_point"],
         "training": {k: tr[k] for k in ("epochs_run", "best_epoch", "stopped_by", "seconds", "device", "warnings")},
+        "uncertainty": {"review_threshold": meta["uncertainty"], "test": result["uncertainty"]},
+        "definitions": result["definitions"],
         "inference_engine": result["inference_engine"],
         "train_s": round(trained, 1),
         "total_s": round(total, 1),

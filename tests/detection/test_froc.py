@@ -1,4 +1,4 @@
-"""FROC, CPM and AP@0.5 on small hand-made examples equal hand-computed values."""
+"""FROC, CPM and AP@0.5 (COCO, 101 recall points) on small hand-made examples equal hand-computed values."""
 
 from __future__ import annotations
 
@@ -6,7 +6,6 @@ import numpy as np
 import pytest
 
 from medsight.evaluation.froc import (
-    average_precision,
     centres_inside,
     detection_metrics,
     froc_metrics,
@@ -45,15 +44,15 @@ def test_ap50_hand_computed() -> None:
     # GT: A has g1 [0,0,10,10] and g2 [20,20,30,30]; B has g3 [0,0,10,10].
     # By score: A 0.9 on g1 (TP), A 0.8 on g1 again (duplicate, FP), B 0.7 IoU 0.9 with g3 (TP), B 0.6 (FP),
     # A 0.5 IoU 0.4 with g2 (below 0.5: FP). Precision 1, 1/2, 2/3, 1/2, 2/5 at recall 1/3, 1/3, 2/3, 2/3, 2/3.
-    # All-point AP = 1/3 * 1 + 1/3 * 2/3 = 5/9.
+    # COCO 101-point AP: the envelope is 1 at recall 0 ... 0.33 (34 points), 2/3 at 0.34 ... 0.66 (33 points).
     a = match_image(
         [[0, 0, 10, 10], [0, 0, 10, 10], [20, 20, 30, 24]], [0.9, 0.8, 0.5], [[0, 0, 10, 10], [20, 20, 30, 30]]
     )
     b = match_image([[0, 0, 10, 9], [50, 50, 60, 60]], [0.7, 0.6], [[0, 0, 10, 10]])
-    assert a.ap_tp.tolist() == [1, 0, 0] and b.ap_tp.tolist() == [1, 0]
+    assert a.coco[0]["dtMatches"][0].tolist() == [1, 0, 0] and b.coco[0]["dtMatches"][0].tolist() == [1, 0]
     m = detection_metrics([a, b], ["lesion"], froc=False)
-    assert m["ap50_lesion"] == pytest.approx(5 / 9)
-    assert m["map50"] == pytest.approx(5 / 9)
+    assert m["ap50_lesion"] == pytest.approx(56 / 101)
+    assert m["map50"] == pytest.approx(56 / 101)
 
 
 def test_ap_per_class_and_map() -> None:
@@ -66,13 +65,8 @@ def test_ap_per_class_and_map() -> None:
         gt_labels=[0, 1],
     )
     out = detection_metrics([m], ["Right Lung", "Left Lung"], froc=False)
-    assert out["ap50_right_lung"] == 1.0 and out["ap50_left_lung"] == 0.0 and out["map50"] == 0.5
-
-
-def test_average_precision_direct() -> None:
-    assert average_precision(np.array([0.9, 0.8]), np.array([1, 1]), 2) == 1.0
-    assert average_precision(np.array([0.9, 0.8]), np.array([0, 1]), 1) == pytest.approx(0.5)
-    assert average_precision(np.array([0.9]), np.array([1]), 2) == pytest.approx(0.5)
+    assert out["ap50_right_lung"] == pytest.approx(1.0) and out["ap50_left_lung"] == 0.0
+    assert out["map50"] == pytest.approx(0.5)
 
 
 def test_image_auc_and_3d_centres() -> None:

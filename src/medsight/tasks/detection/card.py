@@ -1,5 +1,5 @@
 """The detection model card: performance with CIs, the FROC curve, example overlays, the operating point, the
-subgroup audit (lesions) and how the model and data were made."""
+per-image uncertainty and review flag, the subgroup audit (lesions) and how the model and data were made."""
 
 from __future__ import annotations
 
@@ -82,7 +82,8 @@ def sections(bundle: Bundle, r: dict[str, Any], figs: list[Figure]) -> list[Sect
             "Performance",
             html.escape(
                 f"n = {r['n']} images, {r['n_boxes']} boxes ({r['split']} split). FROC hit: {defs['froc_hit']}. "
-                f"Sensitivity at a rate: {defs['sensitivity_at_fp']}. CPM: {defs['cpm']}. AP: {defs['ap50']}."
+                f"Sensitivity at a rate: {defs['sensitivity_at_fp']}. CPM: {defs['cpm']}. AP: {defs['ap50']}. "
+                f"Image-level AUC: {defs['image_auc']}."
             ),
             rows,
             [f for f in figs if f.title == "FROC"],
@@ -104,6 +105,7 @@ def sections(bundle: Bundle, r: dict[str, Any], figs: list[Figure]) -> list[Sect
             ),
         )
     )
+    out.append(uncertainty_section(r["uncertainty"], r["definitions"]["image_errors"]))
     if r["task_type"] == "lesions":
         out.append(subgroup_section(r.get("subgroups") or {}))
     d, tr = bundle.meta["data"], bundle.meta["training"]
@@ -132,3 +134,33 @@ def sections(bundle: Bundle, r: dict[str, Any], figs: list[Figure]) -> list[Sect
         )
     )
     return out
+
+
+def uncertainty_section(u: dict[str, Any], errors_definition: str) -> Section:
+    """Per-image uncertainty: whether it ranks the images with errors first, and what the review flag buys."""
+    thr = u.get("threshold")
+    rule = (
+        f"Images with uncertainty above {thr:.4f} are flagged for review ({u.get('review_rule')}); "
+        f"{u['n_flagged']} of {u['n']} flagged here."
+        if thr is not None
+        else "The bundle holds no review threshold (trained before it existed), so no image is flagged."
+    )
+    rows: list[list[Any]] = [
+        ["statistic", "value (95% CI)"],
+        ["Spearman rho (uncertainty vs errors per image)", _value(u["spearman_uncertainty_vs_errors"])],
+        ["share of flagged images with an error", _value(u["error_rate_flagged"])],
+        ["share of unflagged images with an error", _value(u["error_rate_unflagged"])],
+        ["images with an error", f"{u['n_with_errors']} of {u['n']}"],
+    ]
+    return Section(
+        "Uncertainty and review",
+        html.escape(
+            f"Uncertainty per image: {u['method']}. Errors per image: {errors_definition}. A positive rho means the "
+            f"uncertainty ranks images with errors first. {rule}"
+        ),
+        rows,
+    )
+
+
+def _value(entry: dict[str, Any]) -> str:
+    return fmt(entry) if entry.get("value") is not None else f"undefined ({entry.get('undefined', '')})"

@@ -1,5 +1,6 @@
-"""Score a detection bundle on a split: FROC/CPM (lesions), AP@0.5 per class and mAP, image-level AUC, each with a
-95% bootstrap CI over images; the subgroup audit (mini-MIAS tissue); metrics.json, detections.json and the card.
+"""Score a detection bundle on a split: FROC/CPM (lesions, LUNA16), AP@0.5 per class and mAP (COCO), image-level
+AUC, each with a 95% bootstrap CI over images; the per-image uncertainty and how well it ranks images with errors;
+the subgroup audit (mini-MIAS tissue); metrics.json, detections.json and the card.
 
 Inference goes through :class:`~medsight.tasks.detection.predict.DetectionModel`, the path ``medsight predict``
 and the service use.
@@ -18,22 +19,51 @@ from medsight.data.fingerprint import case_hashes, check_leakage
 from medsight.data.splits import recorded_split_seed
 from medsight.errors import MedsightError
 from medsight.evaluation.card import card_record, write_evaluation
-from medsight.evaluation.froc import FP_RATES, ImageMatch, detection_metrics, froc_curve, match_image
+from medsight.evaluation.froc import FP_RATES, ImageMatch, detection_metrics, froc_curve, image_errors, match_image
 from medsight.evaluation.metrics import bootstrap
 from medsight.evaluation.subgroups import audit
+from medsight.tasks.detection import uncertainty
 from medsight.tasks.detection.data import DetectionItem, load_detection, read_items, split_digest
 from medsight.tasks.detection.network import Detections
 from medsight.training.bundle import load_bundle
 
 log = logging.getLogger("medsight")
 
+DEFINITIONS: dict[str, Any] = {
+    "froc_hit": {
+        "lesions": "detection centre strictly within the lesion radius of the lesion centre (LUNA16; the lesion "
+        "circle is the one inscribed in its box, i.e. mini-MIAS's centre and radius); several detections on one "
+        "lesion are one TP and no FP",
+        "objects": "detection centre inside the ground-truth box; several detections on one box are one TP and no FP",
+    },
+    "sensitivity_at_fp": "sensitivity at r FP/image interpolated linearly along the FROC curve "
+    "(monai.metrics.compute_froc_curve_data / compute_froc_score)",
+    "cpm": "mean sensitivity at " + ", ".join(f"{r:g}" for r in FP_RATES) + " FP per image (LUNA16)",
+    "ap50": "COCO AP at IoU 0.5 (monai.apps.detection.metrics matching_batch + COCOMetric: greedy matching in "
+    "score order, duplicates are FPs, 101 recall points, top 100 detections per image); mAP = mean over classes "
+    "with ground truth",
+    "image_auc": "ROC AUC of the highest box score per image for 'any lesion'",
+    "image_errors": "misses + false positives of an image at the operating point (FROC hit for lesions, COCO "
+    "match at IoU 0.5 for objects)",
+}
 
-def match(dets: list[Detections], items: list[DetectionItem]) -> list[ImageMatch]:
-    """Each image's detections matched to its ground truth once (FROC hit: centre inside the box)."""
+
+def criterion(kind: str) -> str:
+    """The FROC hit test for a kind of data: circles (mini-MIAS lesions: centre + radius) or boxes."""
+    return "radius" if kind == "lesions" else "centre"
+
+
+def match(dets: list[Detections], items: list[DetectionItem], kind: str) -> list[ImageMatch]:
+    """Each image's detections matched to its ground truth once (FROC hit by :func:`criterion`, COCO match)."""
     return [
-        match_image(d.boxes, d.scores, it.boxes, d.labels, it.labels, criterion="centre")
+        match_image(d.boxes, d.scores, it.boxes, d.labels, it.labels, criterion=criterion(kind))
         for d, it in zip(dets, items, strict=True)
     ]
+
+
+def errors_at(matches: list[ImageMatch], threshold: float, kind: str) -> np.ndarray:
+    """Misses + false positives of every image at the operating point."""
+    return np.asarray([image_errors(m, threshold, froc=kind == "lesions") for m in matches], int)
 
 
 def operating_point(matches: list[ImageMatch], kind: str) -> dict[str, Any]:
@@ -41,10 +71,10 @@ def operating_point(matches: list[ImageMatch], kind: str) -> dict[str, Any]:
     if kind != "lesions":
         return {"method": "fixed", "threshold": 0.5, "chosen_on": "none"}
     thr, fppi, sens = froc_curve(matches)
-    ok = np.flatnonzero(fppi <= 1.0)
-    if len(ok) == 0 or np.all(np.isnan(sens)):
+    ok = np.flatnonzero((fppi <= 1.0) & np.isfinite(thr))
+    if len(ok) == 0:
         return {"method": "<=1 FP per image on val", "threshold": 0.5, "chosen_on": "val (no threshold qualified)"}
-    i = int(ok[-1])
+    i = int(ok[0])  # thresholds ascend: the first that qualifies is the lowest
     return {
         "method": "<=1 FP per image on val",
         "threshold": float(thr[i]),
@@ -76,7 +106,8 @@ def evaluate(bundle_path: Path, spec: str, split: str, out: Path, n_boot: int) -
     started = time.monotonic()
     dets = model.detect(prepared.images, prepared.scales)
     seconds = time.monotonic() - started
-    matches = match(dets, items)
+    unc = model.uncertainty(prepared.images, prepared.scales, dets)
+    matches = match(dets, items, data.kind)
     names = bundle.label_names
     lesions = data.kind == "lesions"
     has = np.asarray([len(it.boxes) > 0 for it in items], int)
@@ -86,6 +117,8 @@ def evaluate(bundle_path: Path, spec: str, split: str, out: Path, n_boot: int) -
     )
     op = bundle.meta["operating_point"]
     thr = float(op["threshold"])
+    errors = errors_at(matches, thr, data.kind)
+    flags = [uncertainty.flag(float(u), model.review_threshold) for u in unc]
     result: dict[str, Any] = {
         "split": split,
         "n": len(items),
@@ -100,13 +133,16 @@ def evaluate(bundle_path: Path, spec: str, split: str, out: Path, n_boot: int) -
         "operating_point": op,
         "inference_engine": model.engine,
         "inference_seconds_per_image": seconds / max(len(items), 1),
+        "uncertainty": {
+            "method": uncertainty.method(model.plan.flip),
+            "review_rule": (bundle.meta.get("uncertainty") or {}).get("rule"),
+            **uncertainty.ranking(unc, errors, model.review_threshold, n_boot),
+        },
         "definitions": {
-            "froc_hit": "detection centre inside the ground-truth box; duplicates on one lesion are not FPs",
-            "sensitivity_at_fp": "highest sensitivity with FP/image <= rate (step, no interpolation)",
-            "cpm": "mean sensitivity at " + ", ".join(f"{r:g}" for r in FP_RATES) + " FP per image (LUNA16)",
-            "ap50": "all-point interpolated AP, greedy matching at IoU >= 0.5, duplicates are FPs",
-            "image_auc": "ROC AUC of the highest box score per image for 'any lesion'",
-            "ci95": f"percentile bootstrap over images ({n_boot} resamples, stratified by 'has any box')",
+            **DEFINITIONS,
+            "froc_hit": DEFINITIONS["froc_hit"]["lesions" if lesions else "objects"],
+            "ci95": f"percentile bootstrap over images ({n_boot} resamples, stratified by 'has any box'; the "
+            "uncertainty figures unstratified)",
         },
     }
     if lesions and len(np.unique(has)) == 2:
@@ -124,8 +160,11 @@ def evaluate(bundle_path: Path, spec: str, split: str, out: Path, n_boot: int) -
             "scores": np.round(d.scores, 4).tolist(),
             "labels": [names[int(c)] for c in d.labels],
             "truth": np.round(it.boxes, 2).tolist(),
+            "errors": int(e),
+            "uncertainty": float(u),
+            "flag_for_review": f,
         }
-        for it, d in zip(items, dets, strict=True)
+        for it, d, e, u, f in zip(items, dets, errors, unc, flags, strict=True)
     ]
     write_evaluation(
         out,

@@ -1,5 +1,6 @@
 """The warm detection model: the bundle's detector loaded once (ONNX Runtime head maps decoded by MONAI, or the
-PyTorch network when the bundle has no ONNX), run on many inputs; typed box results; overlays and DICOM SR."""
+PyTorch network when the bundle has no ONNX), run on many inputs; typed box results with a per-image uncertainty
+and the review flag (``uncertainty.py``); overlays and DICOM SR."""
 
 from __future__ import annotations
 
@@ -16,6 +17,7 @@ from medsight.evaluation.plots import png_image
 from medsight.io.atomic import write_bytes
 from medsight.io.images import is_dicom_file, read_image
 from medsight.runtime.results import Result
+from medsight.tasks.detection import uncertainty
 from medsight.tasks.detection.data import prepare
 from medsight.tasks.detection.network import Detections, OrtHeads, build_detector, detect
 from medsight.tasks.detection.overlay import draw_boxes
@@ -48,12 +50,17 @@ class DetectionResult(Result):
     image_size: tuple[int, int] = (0, 0)  # (width, height) of the image read
     threshold: float = 0.5
     findings: list[BoxFinding] = field(default_factory=list)
+    #: Test-time augmentation disagreement in [0, 1] (``uncertainty.py``): the largest score change of a finding.
+    uncertainty: float | None = None
+    #: Uncertainty above the review threshold chosen on validation at training; None when the bundle has none.
+    flag_for_review: bool | None = None
     image: np.ndarray | None = field(default=None, repr=False, compare=False)
     path: Path | None = field(default=None, repr=False, compare=False)
 
     def summary(self) -> str:
         top = "; ".join(f"{f.label} {f.score:.2f} at {f.box}" for f in self.findings[:3])
-        return f"{len(self.findings)} finding(s) at score >= {self.threshold:.3f}" + (f": {top}" if top else "")
+        text = f"{len(self.findings)} finding(s) at score >= {self.threshold:.3f}" + (f": {top}" if top else "")
+        return text + (f"; flagged for review (uncertainty {self.uncertainty:.3f})" if self.flag_for_review else "")
 
     def payload(self) -> dict[str, Any]:
         return {
@@ -61,6 +68,8 @@ class DetectionResult(Result):
             "box_convention": BOX_CONVENTION,
             "threshold": self.threshold,
             "findings": [f.to_json() for f in self.findings],
+            "uncertainty": self.uncertainty,
+            "flag_for_review": self.flag_for_review,
         }
 
 
@@ -74,6 +83,7 @@ class DetectionModel:
         self.plan = bundle.plan(DetectionPlan)
         self.labels = bundle.label_names
         self.threshold = float(bundle.meta["operating_point"]["threshold"])
+        self.review_threshold: float | None = (bundle.meta.get("uncertainty") or {}).get("threshold")
         onnx_file = (bundle.meta.get("onnx") or {}).get("file")
         if onnx_file and (bundle.path / onnx_file).is_file():
             network: torch.nn.Module = OrtHeads(bundle.path / onnx_file, self.plan)
@@ -86,6 +96,12 @@ class DetectionModel:
     def detect(self, images: np.ndarray, scales: Sequence[tuple[float, float]]) -> list[Detections]:
         """Detections for prepared images (N, 1, S, S), boxes in the pixels of each image read."""
         return detect(self.detector, images, scales)
+
+    def uncertainty(
+        self, images: np.ndarray, scales: Sequence[tuple[float, float]], first: list[Detections]
+    ) -> np.ndarray:
+        """Each image's test-time augmentation disagreement, given its detections ``first`` (a second pass)."""
+        return uncertainty.per_image(self.detect, images, scales, self.plan.flip, first)
 
     def read(self, inputs: Sequence[Path]) -> list[np.ndarray]:
         """Every input read and checked (2D) before any runs, so a bad file fails the call before work is done."""
@@ -100,13 +116,16 @@ class DetectionModel:
         return raws
 
     def predict(self, inputs: Sequence[Path], explain: bool = False) -> list[Result]:
-        """Boxes at or above the operating point per input. ``explain`` adds nothing: the boxes are the explanation."""
+        """Boxes at or above the operating point per input, with the image's uncertainty (a second, augmented pass)
+        and its review flag. ``explain`` adds nothing: the boxes are the explanation."""
         paths = [Path(p) for p in inputs]
         raws = self.read(paths)
         prepared = [prepare(raw, self.plan.image_size) for raw in raws]
-        dets = self.detect(np.stack([a for a, _ in prepared]), [s for _, s in prepared])
+        images, scales = np.stack([a for a, _ in prepared]), [s for _, s in prepared]
+        dets = self.detect(images, scales)
+        spread = self.uncertainty(images, scales, dets)
         results: list[Result] = []
-        for k, (path, raw, d) in enumerate(zip(paths, raws, dets, strict=True)):
+        for k, (path, raw, d, u) in enumerate(zip(paths, raws, dets, spread, strict=True)):
             h, w = raw.shape[1:]
             boxes = np.clip(d.boxes, 0, [w, h, w, h])
             found = [
@@ -121,6 +140,8 @@ class DetectionModel:
                     image_size=(int(w), int(h)),
                     threshold=self.threshold,
                     findings=found,
+                    uncertainty=float(u),
+                    flag_for_review=uncertainty.flag(float(u), self.review_threshold),
                     image=raw,
                     path=path,
                 )

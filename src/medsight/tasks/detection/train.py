@@ -18,8 +18,9 @@ from medsight.data import splits
 from medsight.data.fingerprint import case_hashes, training_record
 from medsight.evaluation.froc import detection_metrics
 from medsight.io.atomic import atomic_dir
+from medsight.tasks.detection import uncertainty
 from medsight.tasks.detection.data import EpochSampler, load_detection, read_items, split_digest
-from medsight.tasks.detection.evaluate import match, operating_point
+from medsight.tasks.detection.evaluate import errors_at, match, operating_point
 from medsight.tasks.detection.network import (
     NETWORK,
     build_detector,
@@ -62,7 +63,7 @@ def train(spec: str, out: Path, options: DetectionOptions) -> dict[str, Any]:
 
     def validate() -> tuple[float, dict[str, float]]:
         m = detection_metrics(
-            match(detect(detector, val_set.images, val_set.scales), val_set.items),
+            match(detect(detector, val_set.images, val_set.scales), val_set.items, data.kind),
             data.class_names,
             froc=plan.kind == "lesions",
         )
@@ -108,8 +109,17 @@ def train(spec: str, out: Path, options: DetectionOptions) -> dict[str, Any]:
     state = engine.run()
 
     detector.eval()
-    val_matches = match(detect(detector, val_set.images, val_set.scales), val_set.items)
+    val_dets = detect(detector, val_set.images, val_set.scales)
+    val_matches = match(val_dets, val_set.items, data.kind)
     val_metrics = detection_metrics(val_matches, data.class_names, froc=plan.kind == "lesions")
+    operating = operating_point(val_matches, data.kind)
+    # the review threshold for the per-image uncertainty, decided on validation like the operating point
+    val_uncertainty = uncertainty.per_image(
+        lambda images, scales: detect(detector, images, scales), val_set.images, val_set.scales, plan.flip, val_dets
+    )
+    review = uncertainty.choose_review_threshold(
+        val_uncertainty, errors_at(val_matches, float(operating["threshold"]), data.kind), plan.flip
+    )
     network.cpu()
     meta: dict[str, Any] = {
         "format": FORMAT,
@@ -172,7 +182,8 @@ def train(spec: str, out: Path, options: DetectionOptions) -> dict[str, Any]:
             "history": state.history,
             "warnings": state.warnings,
         },
-        "operating_point": operating_point(val_matches, data.kind),
+        "operating_point": operating,
+        "uncertainty": review,
         "metrics": {"val": {k: v for k, v in val_metrics.items() if not (isinstance(v, float) and math.isnan(v))}},
         "versions": library_versions(),
         "created": now_iso(),
