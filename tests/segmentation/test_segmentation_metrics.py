@@ -34,7 +34,7 @@ def test_hd95_by_hand_with_spacing() -> None:
     ref3[1, 1, 1] = 2
     pred3[1, 1, 4] = 2
     m = case_metrics(pred3, ref3, 3, (1.0, 1.0, 2.0), 1.0)
-    assert np.isnan(m["dice"][0]) and np.isnan(m["hd95"][0])  # class 1 absent from both: undefined
+    assert m["dice"][0] == 1.0 and m["hd95"][0] == 0.0  # class 1 absent from both: a true negative, counted
     assert m["hd95"][1] == pytest.approx(6.0)  # 3 voxels x 2 mm
 
 

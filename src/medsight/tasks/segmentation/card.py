@@ -1,5 +1,6 @@
-"""The segmentation model card: the performance table, pixel metrics with the second observer, the plan and the
-post-processing decision, the model and data, and overlays of the best, median and worst cases."""
+"""The segmentation model card: the performance table, how many cases were empty or missed, pixel metrics with the
+second observer, the per-case uncertainty and review flags, the plan and the post-processing decision, the model and
+data, and overlays of the best, median and worst cases."""
 
 from __future__ import annotations
 
@@ -10,6 +11,7 @@ import numpy as np
 
 from medsight.evaluation.card import Figure, Section, fmt
 from medsight.evaluation.plots import overlay_grid
+from medsight.tasks.segmentation.metrics import SITUATIONS
 from medsight.tasks.segmentation.overlay import overlay
 from medsight.training.bundle import Bundle
 
@@ -53,6 +55,8 @@ def sections(bundle: Bundle, r: dict[str, Any], figures: list[Figure]) -> list[S
     rows += [[name, fmt(v["dice"]), fmt(v["hd95"], 2), fmt(v["nsd"])] for name, v in r["per_class"].items()]
     rows.append(["mean", fmt(m["dice"]), fmt(m["hd95"], 2), fmt(m["nsd"])])
     out = [Section("Performance", html.escape(r["definitions"]["ci95"]) + ".", rows, figures)]
+    if "case_situations" in r:
+        out.append(situations_section(r))
     if "pixel_auc" in m:
         keys = ["auc", "f1", "sensitivity", "specificity", "accuracy"]
         prow: list[list[Any]] = [["", *keys]]
@@ -61,6 +65,8 @@ def sections(bundle: Bundle, r: dict[str, Any], figures: list[Figure]) -> list[S
             so = r["second_observer"]["metrics"]
             prow.append(["2nd observer", *[fmt(so.get(f"pixel_{k}"), 4) for k in keys]])
         out.append(Section("Pixel metrics inside the region of interest", html.escape(r["definitions"]["pixel"]), prow))
+    if "uncertainty" in r:
+        out.append(uncertainty_section(r))
     post = bundle.meta["postprocessing"]
     chosen = [bundle.label_names[k] for k in post["keep_largest_component"]] or ["none"]
     out.append(
@@ -98,3 +104,70 @@ def sections(bundle: Bundle, r: dict[str, Any], figures: list[Figure]) -> list[S
         )
     )
     return out
+
+
+def situations_section(r: dict[str, Any]) -> Section:
+    """How many cases per class fell into each situation, so a mean that includes empty cases can be read."""
+    heads = {
+        "both_present": "in both",
+        "true_negative": "in neither (Dice 1)",
+        "false_positive": "only predicted (Dice 0)",
+        "missed": "missed (Dice 0, HD95 penalty)",
+    }
+    rows: list[list[Any]] = [["class", *(heads[k] for k in SITUATIONS)]]
+    rows += [[name, *(counts[k] for k in SITUATIONS)] for name, counts in r["case_situations"].items()]
+    text = "Every case is in every mean. " + r["definitions"]["dice"] + ". HD95: " + r["definitions"]["hd95"] + "."
+    return Section("Cases with an empty reference or prediction", html.escape(text), rows)
+
+
+def uncertainty_section(r: dict[str, Any]) -> Section:
+    """Whether the per-case uncertainty ranks the bad cases first, and what the review flag does on this split."""
+    u = r["uncertainty"]
+    rho = u["spearman_uncertainty_vs_dice"]
+    threshold = "none" if u["threshold"] is None else f"{u['threshold']:.4f}"
+    flagged = "—" if u["n_flagged"] is None else f"{u['n_flagged']} of {u['n']}"
+    rows: list[list[Any]] = [
+        ["item", "value"],
+        ["Spearman rho, uncertainty vs Dice (negative: uncertain cases are worse)", fmt(rho)],
+        ["review threshold (chosen on validation, not on this split)", threshold],
+        ["cases flagged for review", flagged],
+        ["mean Dice of flagged cases", fmt(u["dice_flagged"])],
+        ["mean Dice of unflagged cases", fmt(u["dice_unflagged"])],
+    ]
+    text = (
+        f"Uncertainty per case: 1 - mean Dice between each of {u['passes']} test-time mirrored passes and their "
+        f"consensus. Threshold: {u['threshold_from']}. " + r["definitions"]["ci95"] + "."
+    )
+    per_case = r.get("per_case") or []
+    figures = [review_figure(per_case, r["labels"], u["threshold"])] if per_case else []
+    return Section("Uncertainty and review flags", html.escape(text), rows, figures)
+
+
+def review_figure(per_case: list[dict[str, Any]], names: list[str], threshold: float | None) -> Figure:
+    """Per-case Dice against uncertainty, flagged cases in red, the validation threshold as a line."""
+    import io
+
+    import matplotlib
+
+    matplotlib.use("Agg")
+    import matplotlib.pyplot as plt
+
+    x = np.asarray([c["uncertainty"] for c in per_case], dtype=float)
+    y = np.asarray([np.mean([c[n]["dice"] for n in names[1:]]) for c in per_case], dtype=float)
+    flagged = np.asarray([bool(c.get("flag_for_review")) for c in per_case])
+    fig, ax = plt.subplots(figsize=(4.6, 3.6))
+    ax.scatter(x[~flagged], y[~flagged], s=14, c="#1f77b4", label="not flagged")
+    ax.scatter(x[flagged], y[flagged], s=18, c="#d62728", label="flagged for review")
+    if threshold is not None:
+        ax.axvline(threshold, color="#555", linestyle="--", linewidth=1, label="threshold (validation)")
+    ax.set_xlabel("uncertainty (test-time mirroring disagreement)")
+    ax.set_ylabel("Dice (mean over classes)")
+    ax.legend(fontsize=7, loc="lower left")
+    buf = io.BytesIO()
+    fig.savefig(buf, format="png", dpi=110, bbox_inches="tight")
+    plt.close(fig)
+    return Figure(
+        "Dice against uncertainty",
+        buf.getvalue(),
+        "Each point a case. A useful uncertainty puts the low-Dice cases on the right, above the threshold.",
+    )

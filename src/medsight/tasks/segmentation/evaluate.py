@@ -1,6 +1,9 @@
-"""Evaluation: Dice, HD95 and NSD per class and case with 95% bootstrap CIs over cases; for binary tasks also pixel
-AUC, F1, sensitivity, specificity and accuracy inside the ROI, and a second observer scored the same way. Inference
-goes through :class:`SegmentationModel`, the path ``medsight predict`` and the service use."""
+"""Evaluation: Dice, HD95 and NSD per class and case with 95% bootstrap CIs over cases, every case counted (empty
+references and predictions scored and counted by situation, see ``metrics.py``); for binary tasks also pixel AUC, F1,
+sensitivity, specificity and accuracy inside the ROI, and a second observer scored the same way; and the per-case
+test-time-mirroring uncertainty with how well it ranks bad cases first, flagged against the threshold the bundle
+chose on its validation cases (``uncertainty.py``; never re-chosen here). Inference goes through
+:class:`SegmentationModel`, the path ``medsight predict`` and the service use."""
 
 from __future__ import annotations
 
@@ -17,7 +20,7 @@ from medsight.data.fingerprint import case_hash, check_leakage
 from medsight.errors import MedsightError
 from medsight.evaluation.card import card_record, subgroup_section, write_evaluation
 from medsight.evaluation.subgroups import audit_cases
-from medsight.tasks.segmentation import card
+from medsight.tasks.segmentation import card, uncertainty
 from medsight.tasks.segmentation import metrics as segm
 from medsight.tasks.segmentation.data import SegmentationDataset, folds_for, load_case, open_dataset
 from medsight.tasks.segmentation.overlay import view
@@ -60,17 +63,25 @@ def evaluate(bundle_path: Path, data: str, split: str, out: Path, n_boot: int) -
     pixels, observer = segm.PixelCounts(), segm.PixelCounts()
     observer_cases: list[dict[str, np.ndarray]] = []
     views: list[tuple[np.ndarray, np.ndarray, np.ndarray]] = []
+    spread: list[float] = []
+    review = bundle.meta.get("uncertainty") or {}
+    threshold = review.get("threshold")
+    passes = 0
     started = time.monotonic()
     for cid in tqdm(ids, desc="evaluate", unit="case"):
         case = load_case(ds, ds.case(cid))
         if case.label is None:
             raise MedsightError("case has no label to score against", ds.case(cid).images[0])
-        mask, probs = model.case(case)
+        mirrors = uncertainty.Mirrors()  # on by default here: every case gets its uncertainty
+        mask, probs = model.case(case, mirrors)
+        passes = len(mirrors.masks)
+        spread.append(uncertainty.disagreement(mirrors, n_classes))
         m = segm.case_metrics(mask, case.label, n_classes, case.spacing, tol)
         arrays.append(m)
-        entry: dict[str, Any] = {"id": cid}
+        entry: dict[str, Any] = {"id": cid, "uncertainty": spread[-1]}
+        entry["flag_for_review"] = uncertainty.flag(spread[-1], threshold)
         for k, name in enumerate(names[1:]):
-            entry[name] = {key: _num(m[key][k]) for key in ("dice", "hd95", "nsd")}
+            entry[name] = {key: _num(m[key][k]) for key in segm.METRICS} | {"situation": str(m["situation"][k])}
         if binary:
             score = probs[1]
             if case.roi is not None:
@@ -83,6 +94,13 @@ def evaluate(bundle_path: Path, data: str, split: str, out: Path, n_boot: int) -
         views.append(view(case.image, case.label, mask))
     metrics, per_class = segm.summarise(arrays, names[1:], n_boot)
     unit = "mm" if ds.spatial_dims == 3 else "pixels"
+    ranked = uncertainty.ranking(spread, [segm.case_dice(a) for a in arrays], threshold, n_boot)
+    chosen = (
+        f"{review['decided_on']} at training: {review['rule']}"
+        if "decided_on" in review
+        else "none: the bundle has no review threshold (trained before one was chosen on validation); retrain"
+    )
+    ranked |= {"method": uncertainty.METHOD, "passes": passes, "threshold_from": chosen}
     result: dict[str, Any] = {
         "split": split,
         "n": len(ids),
@@ -94,13 +112,23 @@ def evaluate(bundle_path: Path, data: str, split: str, out: Path, n_boot: int) -
         "seconds": round(time.monotonic() - started, 1),
         "metrics": metrics,
         "per_class": per_class,
+        "case_situations": segm.count_situations(arrays, names[1:]),
+        "uncertainty": ranked,
         "per_case": per_case,
         "definitions": {
-            "dice": "mean over cases of the mean over foreground classes (MONAI DiceMetric)",
-            "hd95": f"95th percentile Hausdorff distance in {unit} (MONAI HausdorffDistanceMetric); undefined when "
-            "a class is empty in prediction or reference",
+            "dice": "mean over all cases of the mean over foreground classes (MONAI DiceMetric); a class absent from "
+            "reference and prediction scores 1 (true negative), present in only one of them 0",
+            "hd95": f"95th percentile Hausdorff distance in {unit} (MONAI HausdorffDistanceMetric); a class present in "
+            "only one of reference and prediction (a miss or a false positive) scores the image diagonal as a "
+            "penalty, one absent from both 0",
             "nsd": f"normalised surface Dice at tolerance {tol:g} {'mm' if ds.spatial_dims == 3 else 'pixel'}"
-            " (MONAI SurfaceDiceMetric)",
+            " (MONAI SurfaceDiceMetric); 0 for a miss or a false positive, 1 for a true negative",
+            "case_situations": "per class, how many cases had the class in both reference and prediction, in "
+            "neither (true_negative), only in the prediction (false_positive) or only in the reference (missed); "
+            "every case enters every mean",
+            "uncertainty": "per case, 1 - mean Dice between each test-time mirrored pass and their consensus; "
+            "spearman_uncertainty_vs_dice < 0 means the uncertain cases are the worse ones; a case is flagged for "
+            "review when its uncertainty is above the threshold chosen on the validation cases at training",
             "ci95": f"percentile bootstrap over cases, {n_boot} resamples",
         },
         "postprocessing": model.keep,
@@ -123,8 +151,7 @@ def evaluate(bundle_path: Path, data: str, split: str, out: Path, n_boot: int) -
             }
     attributes = case_attributes(ds.root, ids)
     if attributes is not None:  # the data carry group columns (attributes.csv): Dice by group, Holm-corrected gaps
-        dice = np.asarray([float(np.nanmean(a["dice"])) for a in arrays])
-        result["subgroups"] = audit_cases({"dice": dice}, attributes)
+        result["subgroups"] = audit_cases({"dice": np.asarray([segm.case_dice(a) for a in arrays])}, attributes)
     figures = card.case_figures(per_case, views, names)
     sections = card.sections(bundle, result, figures)
     if attributes is not None:

@@ -1,5 +1,6 @@
 """Inference shared by validation during training, evaluation and prediction: Gaussian sliding window (with
-mirrored test-time copies), the case on its own grid, and nnU-Net's keep-the-largest-component post-processing."""
+mirrored test-time copies, each of which can be collected for the per-case uncertainty), the case on its own grid, and
+nnU-Net's keep-the-largest-component post-processing."""
 
 from __future__ import annotations
 
@@ -14,16 +15,33 @@ import torch
 from medsight.tasks.segmentation.data import Loaded, preprocess, resize
 from medsight.tasks.segmentation.metrics import dice_per_case
 from medsight.tasks.segmentation.plan import SegmentationPlan
+from medsight.tasks.segmentation.uncertainty import Mirrors
 
 #: A network as a function: a batch of patches in, logits out (PyTorch or ONNX Runtime behind it).
 Predictor = Callable[[torch.Tensor], torch.Tensor]
 
 
+def mirror_axes(dims: int, every_combination: bool) -> list[tuple[int, ...]]:
+    """Axes of an ``(N, C, *spatial)`` batch to mirror, the identity first: every combination of spatial axes
+    (nnU-Net's test-time mirroring, 2^dims passes) or, bounded, one flip per axis (dims + 1 passes)."""
+    spatial = range(2, 2 + dims)
+    if every_combination:
+        return [()] + [c for r in range(1, dims + 1) for c in itertools.combinations(spatial, r)]
+    return [()] + [(a,) for a in spatial]
+
+
 def sliding_probabilities(
-    image: np.ndarray, predictor: Predictor, plan: SegmentationPlan, flips: bool | None = None, sw_batch: int = 4
+    image: np.ndarray,
+    predictor: Predictor,
+    plan: SegmentationPlan,
+    flips: bool | None = None,
+    sw_batch: int = 4,
+    mirrors: Mirrors | None = None,
 ) -> np.ndarray:
     """Softmax probabilities ``(K, *spatial)`` on the preprocessed grid: Gaussian-blended sliding window,
-    averaged over mirrored copies when test-time flips are on."""
+    averaged over mirrored copies when test-time flips are on. ``mirrors`` collects every pass for the
+    uncertainty (with flips off it adds one flip per axis for the uncertainty only; the probabilities stay
+    those of the unflipped pass)."""
     from monai.inferers import sliding_window_inference
     from monai.transforms import SpatialPad
 
@@ -32,13 +50,11 @@ def sliding_probabilities(
     padded = SpatialPad(spatial_size=patch, method="symmetric")(torch.as_tensor(image))
     x = torch.as_tensor(np.asarray(padded))[None].float()
     use_flips = plan.test_time_flips if flips is None else flips
-    axes_sets: list[tuple[int, ...]] = [()]
-    if use_flips:
-        spatial = range(2, 2 + len(patch))
-        axes_sets += [c for r in range(1, len(patch) + 1) for c in itertools.combinations(spatial, r)]
+    averaged = mirror_axes(len(patch), every_combination=True) if use_flips else [()]
+    passes = averaged if mirrors is None or use_flips else mirror_axes(len(patch), every_combination=False)
     total = None
     with torch.no_grad():
-        for axes in axes_sets:
+        for axes in passes:
             xi = torch.flip(x, axes) if axes else x
             logits = sliding_window_inference(
                 xi,
@@ -51,10 +67,17 @@ def sliding_probabilities(
             assert isinstance(logits, torch.Tensor)
             p = torch.softmax(logits.float(), dim=1)
             p = torch.flip(p, axes) if axes else p
-            total = p if total is None else total + p
+            if mirrors is not None:
+                mirrors.add(_unpad(p[0].cpu().numpy(), shape))
+            if axes in averaged:
+                total = p if total is None else total + p
     assert total is not None
-    probs = (total / len(axes_sets))[0].cpu().numpy()
-    slices = [slice(None)]  # undo the symmetric padding
+    return _unpad((total / len(averaged))[0].cpu().numpy(), shape)
+
+
+def _unpad(probs: np.ndarray, shape: tuple[int, ...]) -> np.ndarray:
+    """Undo the symmetric padding to the patch size."""
+    slices = [slice(None)]
     for s, p in zip(shape, probs.shape[1:], strict=True):
         start = (p - s) // 2
         slices.append(slice(start, start + s))
@@ -81,15 +104,22 @@ def onnx_predictor(path: Path, threads: int | None = None) -> Predictor:
 
 
 def predict_case(
-    case: Loaded, plan: SegmentationPlan, predictor: Predictor, flips: bool | None = None
+    case: Loaded,
+    plan: SegmentationPlan,
+    predictor: Predictor,
+    flips: bool | None = None,
+    mirrors: Mirrors | None = None,
 ) -> tuple[np.ndarray, np.ndarray]:
-    """``(mask, probabilities)`` on the case's own grid (before post-processing; outside the ROI set to 0)."""
+    """``(mask, probabilities)`` on the case's own grid (before post-processing; outside the ROI set to 0).
+    ``mirrors``, when given, receives the mirrored passes on the same grid (for :mod:`.uncertainty`)."""
     image, _ = preprocess(case.image, case.spacing, plan)
-    probs = sliding_probabilities(image, predictor, plan, flips)
+    probs = sliding_probabilities(image, predictor, plan, flips, mirrors=mirrors)
     probs = resize(probs, case.image.shape[1:], label=False)
     mask = probs.argmax(0).astype(np.uint8)
     if case.roi is not None:
         mask[~case.roi] = 0
+    if mirrors is not None:
+        mirrors.finish(case.image.shape[1:], case.roi)
     return mask, probs
 
 

@@ -27,6 +27,7 @@ from medsight.tasks.segmentation.inference import (
 )
 from medsight.tasks.segmentation.overlay import overlay, view
 from medsight.tasks.segmentation.plan import SegmentationPlan
+from medsight.tasks.segmentation.uncertainty import Mirrors, disagreement, flag
 from medsight.training.bundle import Bundle
 
 
@@ -54,9 +55,14 @@ class SegmentationResult(Result):
     spacing: tuple[float, ...] = ()
     affine: np.ndarray = field(default_factory=lambda: np.eye(4), repr=False)
     source: InputImage | None = field(default=None, repr=False)
+    #: Test-time-mirroring disagreement (``uncertainty.py``); None when not computed (plan without test-time flips).
+    uncertainty: float | None = None
+    #: Uncertainty above the threshold chosen on validation at training; None without uncertainty or threshold.
+    flag_for_review: bool | None = None
 
     def summary(self) -> str:
-        return ", ".join(f"{n} {v:.0f} {self.unit}" for n, v in self.amounts.items()) + f" ({self.engine})"
+        text = ", ".join(f"{n} {v:.0f} {self.unit}" for n, v in self.amounts.items()) + f" ({self.engine})"
+        return text + (f"; flagged for review (uncertainty {self.uncertainty:.3f})" if self.flag_for_review else "")
 
     def payload(self) -> dict[str, Any]:
         return {
@@ -65,6 +71,8 @@ class SegmentationResult(Result):
             "shape": list(self.mask.shape),
             "spacing": [float(s) for s in self.spacing],
             "amounts": {"unit": self.unit, **self.amounts},
+            "uncertainty": self.uncertainty,
+            "flag_for_review": self.flag_for_review,
         }
 
 
@@ -105,11 +113,17 @@ def _is_dicom(path: Path) -> bool:
 
 
 class SegmentationModel:
-    """A segmentation bundle loaded once; ONNX Runtime when the bundle has a checked export, else PyTorch."""
+    """A segmentation bundle loaded once; ONNX Runtime when the bundle has a checked export, else PyTorch.
 
-    def __init__(self, bundle: Bundle) -> None:
+    ``uncertainty`` (default: on when the plan has test-time flips, which then cost nothing extra; off for a plan
+    that turned them off for real-time use, where it would add one pass per axis) gives each result its test-time
+    mirroring uncertainty and the review flag from the bundle's validation threshold."""
+
+    def __init__(self, bundle: Bundle, uncertainty: bool | None = None) -> None:
         self.bundle = bundle
         self.plan = bundle.plan(SegmentationPlan)
+        self.uncertainty = self.plan.test_time_flips if uncertainty is None else uncertainty
+        self.review_threshold: float | None = (bundle.meta.get("uncertainty") or {}).get("threshold")
         self.labels = bundle.label_names
         self.keep: list[int] = [int(k) for k in bundle.meta["postprocessing"]["keep_largest_component"]]
         onnx_info = bundle.meta.get("onnx") or {}
@@ -120,32 +134,40 @@ class SegmentationModel:
             self.predictor, self.engine = torch_predictor(bundle.network("cpu")), "PyTorch"
 
     # --- the shared inference path (evaluate uses it too) --------------------------------------------------------
-    def case(self, case: Loaded) -> tuple[np.ndarray, np.ndarray]:
-        """``(post-processed mask, probabilities)`` of a case on its own grid. A plan with a field of view finds it
-        when the case has no region-of-interest mask, and nothing outside it is segmented."""
+    def case(self, case: Loaded, mirrors: Mirrors | None = None) -> tuple[np.ndarray, np.ndarray]:
+        """``(post-processed mask, probabilities)`` of a case on its own grid (``mirrors`` collects the test-time
+        passes for the uncertainty). A plan with a field of view finds it when the case has no region-of-interest
+        mask, and nothing outside it is segmented."""
         if self.plan.field_of_view is not None and case.roi is None:
             from dataclasses import replace
 
             from medsight.tasks.segmentation.fundus import find_fov
 
             case = replace(case, roi=find_fov(case.image))
-        mask, probs = predict_case(case, self.plan, self.predictor)
+        mask, probs = predict_case(case, self.plan, self.predictor, mirrors=mirrors)
         if self.plan.field_of_view is not None and case.roi is not None:
             probs = probs.copy()
             probs[:, ~case.roi] = 0.0
             probs[0][~case.roi] = 1.0  # outside the FOV is background with certainty
         return postprocess(mask, self.keep, case.roi), probs
 
-    def segment(self, image: np.ndarray, spacing: tuple[float, ...]) -> np.ndarray:
-        """The post-processed mask of ``image`` ``(C, *spatial)``; a 2D model runs slice by slice on a volume."""
+    def segment(self, image: np.ndarray, spacing: tuple[float, ...]) -> tuple[np.ndarray, float | None]:
+        """The post-processed mask of ``image`` ``(C, *spatial)`` and its uncertainty (None when off); a 2D model
+        runs slice by slice on a volume."""
         dims = self.plan.spatial_dims
+        n_classes = len(self.labels)
         if image.ndim - 1 == dims:
-            return self.case(Loaded("input", image, None, spacing, np.eye(4)))[0]
+            mirrors = Mirrors() if self.uncertainty else None
+            mask = self.case(Loaded("input", image, None, spacing, np.eye(4)), mirrors)[0]
+            return mask, None if mirrors is None else disagreement(mirrors, n_classes)
         if dims == 2 and image.ndim == 4:
             out = np.zeros(image.shape[1:], np.uint8)
+            slices: list[Mirrors] = []
             for k in range(image.shape[-1]):
-                out[..., k] = self.case(Loaded("input", image[..., k], None, spacing[:2], np.eye(4)))[0]
-            return out
+                mirrors = Mirrors() if self.uncertainty else None
+                out[..., k] = self.case(Loaded("input", image[..., k], None, spacing[:2], np.eye(4)), mirrors)[0]
+                slices += [mirrors] if mirrors is not None else []
+            return out, disagreement(Mirrors.stack(slices), n_classes) if slices else None
         raise MedsightError(f"a {image.ndim - 1}D image, but the model segments {dims}D images")
 
     # --- the Model protocol ----------------------------------------------------------------------------------------
@@ -162,7 +184,7 @@ class SegmentationModel:
                 )
         results = []
         for k, r in enumerate(tqdm(read, desc="segment", unit="input", disable=len(read) < 2)):
-            mask = self.segment(r.image, r.spacing)
+            mask, spread = self.segment(r.image, r.spacing)
             raster = r.kind == "raster"
             unit = "mm³" if len(r.spacing) == 3 else ("pixels" if raster else "mm²")
             size = 1.0 if raster else float(np.prod(r.spacing))
@@ -179,6 +201,8 @@ class SegmentationModel:
                     spacing=tuple(r.spacing),
                     affine=r.affine,
                     source=r,
+                    uncertainty=spread,
+                    flag_for_review=flag(spread, self.review_threshold),
                 )
             )
         return results

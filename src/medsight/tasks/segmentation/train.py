@@ -54,6 +54,7 @@ from medsight.tasks.segmentation.plan import (
     read_overrides,
 )
 from medsight.tasks.segmentation.threads import ThreadTuner
+from medsight.tasks.segmentation.uncertainty import Mirrors, choose_threshold, disagreement
 from medsight.training.bundle import FORMAT, ONNX, WEIGHTS, library_versions, now_iso, write_bundle_json
 from medsight.training.engine import Engine, LRSchedule, Progress, State, TimeBudget, Validate, prefetch
 from medsight.training.seed import seed_everything
@@ -126,7 +127,7 @@ def train(data: str, out: Path, options: SegmentationOptions) -> dict[str, Any]:
         except Exception as exc:  # the exporter's failures are many; the bundle still works through PyTorch
             log.warning("ONNX export failed (%s); predict and evaluate will use PyTorch", exc)
             onnx = {"error": f"{type(exc).__name__}: {exc}"}
-        post, val_metrics = _postprocessing(ds, val_cases, plan, predictor)
+        post, val_metrics, review = _postprocessing(ds, val_cases, plan, predictor)
         log.info("validation Dice (fold %d): %s", fold, ", ".join(f"{k} {v:.4f}" for k, v in val_metrics.items()))
         meta = _meta(ds, folds, fold, train_ids, val_ids, fp, plan, words, model, state, options, device)
         meta["data"] |= {
@@ -147,7 +148,7 @@ def train(data: str, out: Path, options: SegmentationOptions) -> dict[str, Any]:
             "cache_hits": hits,
             "until_bundle_s": round(time.monotonic() - started, 1),
         }
-        meta |= {"postprocessing": post, "metrics": {"val": val_metrics}, "onnx": onnx}
+        meta |= {"postprocessing": post, "metrics": {"val": val_metrics}, "onnx": onnx, "uncertainty": review}
         write_json(tmp / "splits.json", folds.to_json())
         write_json(tmp / "plan.json", plan.to_json())
         write_text(tmp / "plan.txt", "\n".join(words) + "\n")
@@ -158,9 +159,17 @@ def train(data: str, out: Path, options: SegmentationOptions) -> dict[str, Any]:
 
 def _postprocessing(
     ds: SegmentationDataset, val_cases: list[Loaded], plan: SegmentationPlan, predictor: Predictor
-) -> tuple[dict[str, Any], dict[str, float]]:
-    """nnU-Net's post-processing decision on the validation cases, and their Dice after it."""
-    masks = [predict_case(c, plan, predictor)[0] for c in val_cases]
+) -> tuple[dict[str, Any], dict[str, float], dict[str, Any]]:
+    """nnU-Net's post-processing decision on the validation cases, their Dice after it, and the review threshold
+    chosen on their test-time-mirroring uncertainty (``uncertainty.py``)."""
+    masks: list[np.ndarray] = []
+    spread: list[float] = []
+    passes: int | None = None
+    for c in val_cases:
+        mirrors = Mirrors()
+        masks.append(predict_case(c, plan, predictor, mirrors=mirrors)[0])
+        spread.append(disagreement(mirrors, ds.n_classes))
+        passes = len(mirrors.masks)
     labels = [c.label for c in val_cases]
     assert all(lab is not None for lab in labels)
     post = decide_postprocessing(masks, labels, ds.n_classes)  # type: ignore[arg-type]
@@ -173,7 +182,7 @@ def _postprocessing(
     metrics = {"dice": float(np.nanmean(dice))} | {
         f"dice_{names[k]}": float(np.nanmean(dice[:, k - 1])) for k in range(1, ds.n_classes)
     }
-    return post, metrics
+    return post, metrics, choose_threshold(spread, dice.mean(axis=1), passes)
 
 
 def _expected(plan: SegmentationPlan) -> str:
