@@ -113,9 +113,18 @@ def discover_inputs(path: Path) -> list[Path]:
     return found
 
 
-def input_report(bundle_path: Path, inputs: Sequence[Path], out: Path, predict: bool = True) -> dict[str, Any]:
+def input_report(
+    bundle_path: Path,
+    inputs: Sequence[Path],
+    out: Path,
+    predict: bool = True,
+    model: Any = None,
+    monitor: Any = None,
+) -> dict[str, Any]:
     """Shift report of unlabelled inputs (files or folders, DICOM series found inside); with ``predict`` the model
-    runs on them and the class shares it predicts are compared with the training labels'."""
+    (``model``, or the bundle's) runs on them and the class shares it predicts are compared with the training
+    labels'. A ``DriftMonitor`` given as ``monitor`` is updated with each input and its mask on the way, as the
+    service would."""
     from medsight.tasks.segmentation.predict import SegmentationModel, read_input
 
     bundle = load_bundle(bundle_path)
@@ -124,18 +133,25 @@ def input_report(bundle_path: Path, inputs: Sequence[Path], out: Path, predict: 
     paths = [p for given in inputs for p in discover_inputs(Path(given))]
     if not paths:
         raise MedsightError("no images or DICOM series found", Path(inputs[0]) if inputs else None)
-    model = SegmentationModel(bundle) if predict else None
+    if predict and model is None:
+        model = SegmentationModel(bundle)
+    if not predict:
+        model = None
     modalities: set[str] = set()
     predicted: list[dict[str, float]] = []
 
     def samples() -> Iterator[Sample]:
         for p in paths:
             item = read_input(p)
-            modalities.add(str(getattr(item.volume, "modality", "") or "unknown"))
+            modality = str(getattr(item.volume, "modality", "") or "unknown")
+            modalities.add(modality)
+            mask = None
             if model is not None:
                 segmented: Any = model.segment(item.image, item.spacing)
                 mask = segmented[0] if isinstance(segmented, tuple) else segmented  # (mask, uncertainty) or mask
                 predicted.append(output_features(mask, bundle.label_names))
+            if monitor is not None:
+                monitor.update([item], None if mask is None else [mask], modality=modality)
             yield Sample(item.image, item.spacing)
 
     current = distribution_fingerprint(samples(), bundle.label_names, "unknown")
