@@ -88,7 +88,7 @@ def main() -> None:
             "bundle": str(args.bundle),
             "fingerprint": "recorded in the bundle" if recorded else "recomputed from the bundle's training cases",
             "n_series": len(series),
-            "test_time_flips": not args.no_flips,
+            "test_time_flips": None if args.no_predict else not args.no_flips,
             "drift": drift.to_json(),
             "shift_report": report,
             "same_site_control": {
