@@ -13,7 +13,7 @@ DOC = ROOT / "docs" / "benchmarks.md"
 
 
 def _report() -> ModuleType:
-    spec = importlib.util.spec_from_file_location("benchmarks_report", ROOT / "benchmarks" / "report.py")
+    spec = importlib.util.spec_from_file_location("benchmarks_report", ROOT / "benchmarks" / "support" / "report.py")
     assert spec is not None and spec.loader is not None
     module = importlib.util.module_from_spec(spec)
     spec.loader.exec_module(module)
@@ -36,8 +36,8 @@ def _known_figures(report: ModuleType) -> set[str]:
 def test_generated_section_is_current() -> None:
     report = _report()
     text = DOC.read_text()
-    assert report.BEGIN in text, "docs/benchmarks.md has no generated section: run benchmarks/report.py"
-    assert report.splice(text, report.render()) == text, "stale: run .venv/bin/python benchmarks/report.py"
+    assert report.BEGIN in text, "docs/benchmarks.md has no generated section: run benchmarks/support/report.py"
+    assert report.splice(text, report.render()) == text, "stale: run .venv/bin/python benchmarks/support/report.py"
 
 
 def test_every_bold_figure_in_the_prose_is_in_a_results_file() -> None:
