@@ -23,7 +23,6 @@ from pydicom.dataset import Dataset
 from medsight.cli import main
 from medsight.io.dicom import is_dicom_file
 from medsight.privacy.pseudonyms import Pseudonymizer, shift_date
-from medsight.privacy.run import CHUNK
 
 KEY_HEX = "ab" * 32
 KEY = bytes.fromhex(KEY_HEX)
@@ -308,14 +307,20 @@ def test_same_patient_id_with_and_without_issuer(shared_data: Path, tmp_path: Pa
 
 # --- Ctrl-C ----------------------------------------------------------------------------------------
 
-SLOW_RUN = """
-import sys, time
+GATED_RUN = """
+import os, sys, time
 import medsight.privacy.run as run
 original = run.process_file
-def slow(*args, **kwargs):
-    time.sleep(0.2)
-    return original(*args, **kwargs)
-run.process_file = slow
+gate = os.environ["MEDSIGHT_TEST_GATE"]
+def gated(path, rel, index, *args, **kwargs):
+    # Files in the second half of the run never finish: each worker says it has reached them, then waits to be
+    # stopped. The first half is done and reported by then, whatever the machine's speed or load.
+    if index >= 44:
+        open(os.path.join(gate, str(os.getpid())), "w").close()
+        while True:
+            time.sleep(0.05)
+    return original(path, rel, index, *args, **kwargs)
+run.process_file = gated
 from medsight.cli import main
 sys.exit(main(sys.argv[1:]))
 """
@@ -323,16 +328,20 @@ sys.exit(main(sys.argv[1:]))
 
 def test_ctrl_c_stops_workers_and_writes_a_report(shared_data: Path, tmp_path: Path) -> None:
     src = shared_data / "udacity_brain_mr_dicom"
-    out = tmp_path / "out"
+    out, gate = tmp_path / "out", tmp_path / "gate"
+    gate.mkdir()
     proc = subprocess.Popen(
-        [sys.executable, "-c", SLOW_RUN, "deid", str(src), str(out), "--workers", "2", "--no-progress",
+        [sys.executable, "-c", GATED_RUN, "deid", str(src), str(out), "--workers", "2", "--no-progress",
          "--audit-log", str(tmp_path / "audit.log")],
+        env={**os.environ, "MEDSIGHT_TEST_GATE": str(gate)},
         start_new_session=True, stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True)
-    deadline = time.monotonic() + 90
-    # Results reach the report a chunk at a time: interrupt once each worker has finished its first chunk and is
-    # into its second, so some files are reported written and some are not processed, whatever the machine's speed.
-    while time.monotonic() < deadline and len(list(out.rglob("*.dcm"))) < 2 * CHUNK + 4:
+    deadline = time.monotonic() + 120
+    # Interrupt once both workers are held at the gate: every chunk before it has been handed back, none after.
+    while time.monotonic() < deadline and len(list(gate.iterdir())) < 2 and proc.poll() is None:
         time.sleep(0.1)
+    assert proc.poll() is None, "the run ended before it was interrupted"
+    assert len(list(gate.iterdir())) == 2, "the workers never reached the gate"
+    time.sleep(0.5)  # the parent collects the last chunk handed back
     os.killpg(proc.pid, signal.SIGINT)  # what a terminal's Ctrl-C does: the whole process group
     stopped = time.monotonic()
     _, err = proc.communicate(timeout=30)
@@ -341,8 +350,9 @@ def test_ctrl_c_stops_workers_and_writes_a_report(shared_data: Path, tmp_path: P
     assert "interrupted" in err
     rep = report(out)
     assert rep["interrupted"] is True
-    assert 0 < rep["counts"]["written"] < 88
-    assert rep["counts"]["not_processed"] > 0
+    counts = rep["counts"]
+    # inputs 0-43 (42 DICOM files and 2 stray non-DICOM files) are done and reported; the other 46 are not
+    assert (counts["written"], counts["skipped"], counts["not_processed"]) == (42, 2, 46)
     assert not [p for p in out.rglob("*.tmp")]
     with pytest.raises(ProcessLookupError):
         os.killpg(proc.pid, 0)  # no worker left behind
