@@ -14,6 +14,7 @@ from PIL import Image
 
 from medsight import runtime
 from medsight.cli import main
+from medsight.data.splits import recorded_split_seed
 from medsight.evaluation import conformal, selective
 from medsight.evaluation.conformal import SplitConformal
 from medsight.evaluation.selective import REASON_AMBIGUOUS, SelectivePrediction
@@ -51,7 +52,7 @@ def trained(tmp_path_factory: pytest.TempPathFactory) -> tuple[Path, Path]:
 def _val_probs(bundle_path: Path, csv: Path) -> tuple[np.ndarray, np.ndarray, np.ndarray]:
     bundle = load_bundle(bundle_path)
     model = runtime.load(bundle)
-    data = load_like(bundle, str(csv), seed=int(bundle.meta["training"]["seed"]))
+    data = load_like(bundle, str(csv), seed=recorded_split_seed(bundle.meta))  # the split the bundle recorded
     val = data.split("val")
     probs = model.probabilities(val.images)  # type: ignore[attr-defined]
     return probs, val.labels, decided_labels("binary", probs, bundle.meta["operating_point"])

@@ -6,6 +6,8 @@ import argparse
 from pathlib import Path
 
 from medsight import tasks
+from medsight.data.splits import SPLIT_SEED, SPLIT_SEED_ENV
+from medsight.evaluation.conformal import DEFAULT_ALPHA
 
 #: Flags that become task options when given; a task that does not take one rejects it by name.
 OPTION_FLAGS = (
@@ -20,6 +22,8 @@ OPTION_FLAGS = (
     "class_balance",
     "image_size",
     "positive",
+    "alpha",
+    "split_seed",
 )
 
 
@@ -73,6 +77,21 @@ def register(sub: argparse._SubParsersAction) -> None:
         "(default: what the data set declares, e.g. malignant for BreastMNIST, pneumonia for PneumoniaMNIST)",
     )
     p.add_argument("--image-size", type=int, help="detection, outcome: side of the square model input in pixels")
+    p.add_argument(
+        "--alpha",
+        type=float,
+        metavar="A",
+        help="classification, outcome: conformal miscoverage, 0 < A < 1; prediction sets, calibrated on validation, "
+        f"hold the true label for at least 1 - A of cases (default {DEFAULT_ALPHA}); recorded in the bundle",
+    )
+    p.add_argument(
+        "--split-seed",
+        type=int,
+        metavar="N",
+        help="classification, detection, outcome: seed of the derived patient-level train/val/test split, never the "
+        f"training seed (default ${SPLIT_SEED_ENV} or {SPLIT_SEED}); recorded in the bundle and used by evaluate. "
+        "Segmentation uses its stored folds (--fold) instead",
+    )
     p.set_defaults(func=run)
 
 

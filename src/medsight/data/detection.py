@@ -8,6 +8,9 @@ How a user names detection data (``recognises`` of ``medsight.tasks.detection`` 
 * a mini-MIAS folder (holding ``Info.txt`` and ``images_512/`` or the original ``*.pgm``) or its ``Info.txt``;
 * a COCO folder holding ``annotations.json`` (images found beside it, under ``images/``, or through a
   ``resize_manifest.csv`` that maps original names to staged, resized copies), or the COCO ``.json`` itself.
+
+Images may be in any 2D format Pillow reads (PNG, PGM/PPM, BMP, WebP, TIFF, JPEG, GIF, ...) or DICOM: they are read
+by the one shared reader (:mod:`medsight.io.images`), so detection accepts what every other task accepts.
 """
 
 from __future__ import annotations
@@ -24,8 +27,12 @@ import numpy as np
 
 from medsight.data.splits import SPLIT_SEED, assert_disjoint_patients, patient_split
 from medsight.errors import MedsightError
+from medsight.io.images import RASTER_SUFFIXES, image_size_2d
 
 MIAS_ORIGINAL_SIZE = 1024
+#: Suffixes a mini-MIAS image may have: the distributed .pgm and our .png copies first, then every 2D format Pillow
+#: reads (:data:`medsight.io.images.RASTER_SUFFIXES`), so a re-encoded copy (BMP, WebP, TIFF, ...) is found too.
+MIAS_SUFFIXES = (".png", ".pgm", *sorted(RASTER_SUFFIXES - {".png", ".pgm"}))
 _MIAS_ROW = re.compile(r"^(mdb\d{3})\s+([FGD])\s+(CALC|CIRC|SPIC|MISC|ARCH|ASYM|NORM)\b(.*)$")
 
 
@@ -117,18 +124,19 @@ def mias_patient_id(ref: str) -> str:
 
 def _mias_image(root: Path, ref: str) -> tuple[Path, int]:
     for sub, size in (("images_512", 512), ("", 1024), ("pgm", 1024), ("images", 1024)):
-        for suffix in (".png", ".pgm"):
+        for suffix in MIAS_SUFFIXES:
             p = (root / sub / f"{ref}{suffix}") if sub else (root / f"{ref}{suffix}")
             if p.is_file():
                 return p, _image_side(p, size)
-    raise MedsightError(f"image for {ref} not found (looked in images_512/, pgm/, images/ and the folder)", root)
+    raise MedsightError(
+        f"image for {ref} not found (looked in images_512/, pgm/, images/ and the folder for a 2D image Pillow reads, "
+        "e.g. .pgm, .png, .bmp, .webp, .tif, .jpg)",
+        root,
+    )
 
 
 def _image_side(path: Path, default: int) -> int:
-    from PIL import Image
-
-    with Image.open(path) as im:
-        w, h = im.size
+    w, h = image_size_2d(path)
     if w != h:
         raise MedsightError(f"mini-MIAS images are square; this one is {w}x{h}", path)
     return int(w) or default
@@ -209,8 +217,6 @@ def load_coco(spec: str | Path) -> DetectionData:
     size) of that axis, which is exact for a whole-image resize. Patients come from ``images[].metadata.patientid``
     when present (else each image is its own patient). Images that cannot be found are listed in ``excluded``.
     """
-    from PIL import Image
-
     path = Path(spec)
     ann_path = path if path.is_file() else path / "annotations.json"
     if not ann_path.is_file():
@@ -238,8 +244,7 @@ def load_coco(spec: str | Path) -> DetectionData:
         if any(a.get("category_id") not in cat_index for a in anns.get(img["id"], [])):
             excluded.append({"key": key, "reason": "a box without a known category_id"})
             continue
-        with Image.open(file) as im:
-            w_read, h_read = im.size
+        w_read, h_read = image_size_2d(file)
         sx, sy = w_read / float(img["width"]), h_read / float(img["height"])
         boxes, labels = [], []
         for a in anns.get(img["id"], []):

@@ -13,7 +13,6 @@ from collections.abc import Mapping, Sequence
 from typing import Any
 
 import numpy as np
-from sklearn.model_selection import StratifiedGroupKFold
 
 from medsight.errors import MedsightError
 
@@ -23,15 +22,30 @@ SPLIT_SEED = 0
 SPLIT_SEED_ENV = "MEDSIGHT_SPLIT_SEED"
 
 
-def split_seed() -> int:
-    """The split seed for a new training run: :data:`SPLIT_SEED` unless ``$MEDSIGHT_SPLIT_SEED`` names another."""
+#: Largest split seed: scikit-learn's ``random_state`` takes 0 .. 2**32 - 1 (and the val fold uses seed + 1).
+MAX_SPLIT_SEED = 2**32 - 2
+
+
+def split_seed(given: int | None = None) -> int:
+    """The split seed for a new training run: ``given`` (``medsight train --split-seed``) when set, else
+    ``$MEDSIGHT_SPLIT_SEED`` when set, else :data:`SPLIT_SEED`."""
+    if given is not None:
+        return check_split_seed(given, "--split-seed")
     value = os.environ.get(SPLIT_SEED_ENV, "").strip()
     if not value:
         return SPLIT_SEED
     try:
-        return int(value)
+        seed = int(value)
     except ValueError:
         raise MedsightError(f"${SPLIT_SEED_ENV} must be an integer (got {value!r})") from None
+    return check_split_seed(seed, f"${SPLIT_SEED_ENV}")
+
+
+def check_split_seed(seed: int, where: str = "the split seed") -> int:
+    """``seed`` as an int the splitters accept, or a :class:`MedsightError` naming ``where`` (flag or variable)."""
+    if isinstance(seed, bool) or not isinstance(seed, int) or not 0 <= seed <= MAX_SPLIT_SEED:
+        raise MedsightError(f"{where} must be an integer from 0 to {MAX_SPLIT_SEED} (got {seed!r})")
+    return seed
 
 
 def recorded_split_seed(meta: Mapping[str, Any]) -> int:
@@ -70,9 +84,9 @@ def _one_fold(idx: np.ndarray, strata: np.ndarray, groups: np.ndarray, share: fl
     n_groups = len(np.unique(groups))
     n_splits = max(2, min(round(1 / share), n_groups))
     min_class = min(np.unique(strata, return_counts=True)[1])
-    if min_class < n_splits:  # StratifiedGroupKFold needs each class in each fold; fall back to group-only
-        from sklearn.model_selection import GroupKFold
+    from sklearn.model_selection import GroupKFold, StratifiedGroupKFold  # here: the CLI imports this module
 
+    if min_class < n_splits:  # StratifiedGroupKFold needs each class in each fold; fall back to group-only
         folds = GroupKFold(n_splits=n_splits, shuffle=True, random_state=seed).split(idx, strata, groups)
     else:
         folds = StratifiedGroupKFold(n_splits=n_splits, shuffle=True, random_state=seed).split(idx, strata, groups)

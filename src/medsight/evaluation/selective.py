@@ -315,7 +315,8 @@ def card_section(u: dict[str, Any] | None, figures: list[Figure], unit: str = "c
     text = (
         f"Split conformal prediction ({str(cp['score']).upper()} score) calibrated on {cp['n_calibration']} "
         f"validation {unit_cal}: each prediction set should hold the true label for at least "
-        f"{cp['coverage_target']:.0%} of {unit} (threshold {cp['quantile']:.4f}{whole if cp['whole_label_set'] else ''}"
+        f"{cp['coverage_target']:.0%} of {unit} (miscoverage alpha {cp['alpha']:g}, set with --alpha at training; "
+        f"threshold {cp['quantile']:.4f}{whole if cp['whole_label_set'] else ''}"
         "). A case is deferred to the radiologist when its set is not exactly the decided label or its confidence "
         f"(calibrated probability of the decided label) is below {rule['confidence_threshold']:.4f}, chosen on "
         f"validation so that the kept validation cases err at most {rule['target_error']:.0%} of the time"

@@ -70,6 +70,24 @@ def read_image(path: str | Path) -> np.ndarray:
     )
 
 
+def image_size_2d(path: str | Path) -> tuple[int, int]:
+    """``(width, height)`` of a 2D image without decoding its pixels when Pillow can read its header (annotations are
+    scaled onto the file read), else from :func:`read_image`; the same formats and errors as :func:`read_image`."""
+    path = Path(path)
+    if path.is_file() and path.suffix.lower() in RASTER_SUFFIXES:
+        from PIL import Image, UnidentifiedImageError
+
+        try:
+            with Image.open(path) as img:
+                return int(img.size[0]), int(img.size[1])
+        except (UnidentifiedImageError, OSError, SyntaxError) as exc:
+            raise MedsightError(f"not a readable image ({exc})", path) from exc
+    arr = read_image(path)
+    if arr.ndim != 3:
+        raise MedsightError(f"expected a 2D image; this one has shape {arr.shape[1:]}", path)
+    return int(arr.shape[2]), int(arr.shape[1])
+
+
 def _read_raster(path: Path) -> np.ndarray:
     from PIL import Image, UnidentifiedImageError
 

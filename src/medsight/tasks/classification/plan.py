@@ -54,6 +54,8 @@ class ClassificationOptions(TrainOptions):
     positive: str | None = None
     #: Conformal miscoverage: prediction sets hold the true label with probability >= 1 - alpha (default 0.1).
     alpha: float | None = None
+    #: Seed of the derived train/val/test split (default $MEDSIGHT_SPLIT_SEED or 0); never the training seed.
+    split_seed: int | None = None
 
     def __post_init__(self) -> None:
         if self.alpha is not None and not 0 < self.alpha < 1:

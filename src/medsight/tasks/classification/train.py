@@ -54,7 +54,7 @@ def train(spec: str, out: Path, options: ClassificationOptions) -> dict[str, Any
     seed_everything(options.seed)
     torch.set_num_threads(config.num_threads())
     device = config.device()
-    split_seed = splits.split_seed()  # which cases are tested never depends on the training seed
+    split_seed = splits.split_seed(options.split_seed)  # which cases are tested never depends on the training seed
     data = load(spec, split_seed)
     positive = positive_class(data, options.positive)
     train_split, val = data.split("train"), val_split(data)

@@ -23,9 +23,11 @@ DEFAULT_TIME_BUDGET_S = 900.0
 
 @dataclass(kw_only=True)
 class DetectionOptions(TrainOptions):
-    """The options every task takes, plus the side of the square model input."""
+    """The options every task takes, plus the side of the square model input and the split seed."""
 
     image_size: int | None = None
+    #: Seed of the derived train/val/test split (default $MEDSIGHT_SPLIT_SEED or 0); never the training seed.
+    split_seed: int | None = None
 
 
 @dataclass

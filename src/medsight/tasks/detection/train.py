@@ -47,7 +47,7 @@ def train(spec: str, out: Path, options: DetectionOptions) -> dict[str, Any]:
     torch.set_num_threads(config.num_threads())
     device = config.device()
     data = load_detection(spec)
-    split_seed = splits.split_seed()  # which cases are tested never depends on the training seed
+    split_seed = splits.split_seed(options.split_seed)  # which cases are tested never depends on the training seed
     parts = data.split(split_seed)
     planner = DetectionPlanner(options, data.kind, len(data.class_names))
     size = planner.determine_image_size()

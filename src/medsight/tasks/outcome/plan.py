@@ -37,6 +37,8 @@ class OutcomeOptions(TrainOptions):
     target_sensitivity: float | None = None
     #: Conformal miscoverage: prediction sets hold the outcome with probability >= 1 - alpha (default 0.1).
     alpha: float | None = None
+    #: Seed of the derived train/val/test split (default $MEDSIGHT_SPLIT_SEED or 0); never the training seed.
+    split_seed: int | None = None
 
 
 @dataclass

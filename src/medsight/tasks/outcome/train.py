@@ -40,7 +40,7 @@ def train(spec: str, out: Path, options: OutcomeOptions) -> dict[str, Any]:
     seed_everything(seed)
     torch.set_num_threads(config.num_threads())
     data = outcome_data.load(spec)
-    split_seed = splits.split_seed()  # which cases are tested never depends on the training seed
+    split_seed = splits.split_seed(options.split_seed)  # which cases are tested never depends on the training seed
     parts = data.split(split_seed)
     tr, va = parts["train"], parts["val"]
     y = data.y
