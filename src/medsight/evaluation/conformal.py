@@ -1,4 +1,5 @@
-"""Split conformal prediction for single-label classifiers: prediction sets with a guaranteed coverage.
+"""Split conformal prediction: prediction sets with a guaranteed coverage, for single-label classifiers and, per
+label, for multi-label ones (:class:`MultilabelConformal`).
 
 Why: a probability is only as good as its calibration; a conformal prediction set holds the true label with
 probability at least ``1 - alpha`` for a new case exchangeable with the calibration cases, whatever the model
@@ -138,3 +139,107 @@ def coverage(sets: np.ndarray, labels: np.ndarray) -> float:
 def set_sizes(sets: np.ndarray) -> np.ndarray:
     """Number of labels in each case's prediction set."""
     return np.asarray(sets).sum(axis=1).astype(int)
+
+
+def _binary(p: np.ndarray) -> np.ndarray:
+    """``(n,)`` probabilities of "in" as ``(n, 2)`` probabilities of ("out", "in")."""
+    return np.stack([1.0 - p, p], axis=1)
+
+
+@dataclass
+class MultilabelConformal:
+    """Per-label split conformal prediction for multi-label classifiers (each label present or absent on its own).
+
+    Why: a multi-label model answers one yes/no question per label, so each label gets its own split-conformal
+    threshold (LAC on ("out", "in"), fitted on the validation cases at level ``alpha``), and its set is the subset of
+    {"out", "in"} still plausible. A label is *certain* when its set holds exactly one answer; the prediction is the
+    labels whose set is exactly {"in"}; a case whose labels are not all certain goes to the radiologist.
+
+    Guarantee: for every label separately, the set holds the true answer for at least ``1 - alpha`` of new cases
+    exchangeable with the validation cases. It is per label, not joint: all ``L`` labels of a case are covered
+    together with probability at least ``1 - L * alpha`` (union bound); for a joint guarantee fit with
+    ``alpha / L``. With ``groups`` a patient is one calibration unit, as in :class:`SplitConformal`.
+    """
+
+    alpha: float = DEFAULT_ALPHA
+
+    def __post_init__(self) -> None:
+        self.alpha = check_alpha(self.alpha)
+
+    def fit(self, probs: np.ndarray, labels: np.ndarray, groups: np.ndarray | None = None) -> MultilabelConformal:
+        """Calibrate on validation probabilities ``(n, L)`` (each label's own p(present)) and 0/1 labels ``(n, L)``."""
+        p, y = np.asarray(probs, float), np.asarray(labels)
+        if p.ndim != 2 or p.shape != y.shape:
+            raise MedsightError(
+                f"multi-label conformal calibration needs (n, L) probabilities and (n, L) labels "
+                f"(got {p.shape} and {y.shape})"
+            )
+        if not np.isin(y, (0, 1)).all():
+            raise MedsightError("multi-label conformal calibration needs labels of 0 (absent) or 1 (present)")
+        self.per_label_ = [
+            SplitConformal(self.alpha, "lac").fit(_binary(p[:, k]), y[:, k], groups) for k in range(p.shape[1])
+        ]
+        return self
+
+    def predict_sets(self, probs: np.ndarray) -> np.ndarray:
+        """``(n, L, 2)`` booleans: whether "out" (index 0) and "in" (index 1) are plausible for each label."""
+        p = np.asarray(probs, float)
+        if p.ndim != 2 or p.shape[1] != len(self.per_label_):
+            raise MedsightError(f"expected (n, {len(self.per_label_)}) probabilities (got {p.shape})")
+        return np.stack([c.predict_sets(_binary(p[:, k])) for k, c in enumerate(self.per_label_)], axis=1)
+
+    def to_json(self) -> dict[str, Any]:
+        first = self.per_label_[0].to_json()
+        return {
+            "method": "split conformal per label (LAC on absent/present)",
+            "alpha": self.alpha,
+            "coverage_target": 1 - self.alpha,
+            "coverage_is": "per label",
+            "quantiles": [c.quantile_ for c in self.per_label_],
+            "n_calibration": first["n_calibration"],
+            "calibration_unit": first["calibration_unit"],
+            "whole_label_set": first["whole_label_set"],
+            "fitted_on": "val",
+        }
+
+    @classmethod
+    def from_json(cls, d: dict[str, Any], where: str | None = None) -> MultilabelConformal:
+        try:
+            model = cls(float(d["alpha"]))
+            unit, whole = str(d.get("calibration_unit", "image")), bool(d.get("whole_label_set", False))
+            model.per_label_ = [
+                SplitConformal.from_json(
+                    {
+                        "alpha": d["alpha"],
+                        "score": "lac",
+                        "quantile": q,
+                        "n_calibration": d["n_calibration"],
+                        "calibration_unit": unit,
+                        "whole_label_set": whole,
+                    },
+                    where,
+                )
+                for q in d["quantiles"]
+            ]
+        except (KeyError, TypeError, ValueError) as exc:
+            raise MedsightError(f"bundle.json multi-label conformal rule is incomplete ({exc!r})", where) from exc
+        return model
+
+
+def certain(sets: np.ndarray) -> np.ndarray:
+    """``(n, L)``: labels whose multi-label set (:meth:`MultilabelConformal.predict_sets`) holds exactly one answer."""
+    return np.asarray(np.asarray(sets, bool).sum(axis=-1) == 1)
+
+
+def present(sets: np.ndarray) -> np.ndarray:
+    """``(n, L)``: labels predicted present for certain (their set is exactly {"in"})."""
+    s = np.asarray(sets, bool)
+    return np.asarray(s[..., 1] & ~s[..., 0])
+
+
+def label_coverage(sets: np.ndarray, labels: np.ndarray) -> np.ndarray:
+    """``(L,)``: per label, the share of cases whose set holds the true answer (absent or present)."""
+    s, y = np.asarray(sets, bool), np.asarray(labels).astype(int)
+    if len(y) == 0:
+        return np.full(s.shape[1] if s.ndim == 3 else 0, np.nan)
+    return np.asarray(np.take_along_axis(s, y[..., None], axis=-1)[..., 0].mean(axis=0))

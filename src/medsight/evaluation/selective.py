@@ -14,6 +14,10 @@ afterwards):
   the set rule, have an error rate at or below ``target_error`` (default: the conformal ``alpha``). That
   threshold is an empirical choice on validation, not a guarantee; the test figures say how it held.
 
+Multi-label models (:func:`assess_multilabel`): each label has its own conformal set over {absent, present}
+(:class:`medsight.evaluation.conformal.MultilabelConformal`); the labels present for certain are the prediction, and
+a case is deferred when any label's set is not exactly one answer, with a reason naming each such label.
+
 The risk-coverage curve (Geifman & El-Yaniv 2017) ranks cases by confidence, most confident first; at each
 confidence threshold it plots the error rate of the kept cases against the share kept. AURC is the mean of the
 kept-case error over the ranks (lower is better: errors ranked last, i.e. deferred first, keep it low).
@@ -31,7 +35,15 @@ import numpy as np
 
 from medsight.errors import MedsightError
 from medsight.evaluation.card import Figure, Section, fmt
-from medsight.evaluation.conformal import DEFAULT_ALPHA, Score, SplitConformal, set_sizes
+from medsight.evaluation.conformal import (
+    DEFAULT_ALPHA,
+    MultilabelConformal,
+    Score,
+    SplitConformal,
+    certain,
+    present,
+    set_sizes,
+)
 
 REASON_AMBIGUOUS = "prediction set holds more than one label"
 REASON_EMPTY = "prediction set is empty (no label probable enough)"
@@ -231,6 +243,42 @@ class SelectivePrediction:
         except (KeyError, TypeError) as exc:
             raise MedsightError(f"bundle.json 'selective_prediction' is incomplete ({exc!r})", where) from exc
         return cls(SplitConformal.from_json(conformal, where), DeferralRule.from_json(deferral, where))
+
+
+@dataclass
+class MultilabelAssessment:
+    """A multi-label model's answer per case: each label's set, the labels present for certain, and why the case is
+    deferred (a case is deferred when any label is uncertain; its certain labels are still reported)."""
+
+    sets: np.ndarray  # (n, L, 2): "absent" / "present" plausible
+    present: np.ndarray  # (n, L): set is exactly {"present"}
+    reasons: list[list[str]]
+
+    @property
+    def defer(self) -> np.ndarray:
+        return np.asarray([bool(r) for r in self.reasons])
+
+
+def assess_multilabel(rule: MultilabelConformal, probs: np.ndarray, names: list[str]) -> MultilabelAssessment:
+    """Apply a stored per-label conformal rule: every label whose set is not exactly one answer is a reason to defer
+    (both answers plausible: ambiguous; neither: no answer probable enough). Nothing is refitted."""
+    sets = rule.predict_sets(probs)
+    if len(names) != sets.shape[1]:
+        raise MedsightError(f"{len(names)} label names for a rule of {sets.shape[1]} labels")
+    sure = certain(sets)
+    reasons = [
+        [
+            f"{names[k]}: "
+            + (
+                "both absent and present plausible"
+                if sets[i, k].all()
+                else "neither absent nor present probable enough"
+            )
+            for k in np.flatnonzero(~sure[i])
+        ]
+        for i in range(len(sets))
+    ]
+    return MultilabelAssessment(sets, present(sets), reasons)
 
 
 def case_metrics(
