@@ -7,11 +7,16 @@ themselves. So this records, per case, image size and spacing per axis, intensit
 1st/99th percentiles of the raw intensities), and label prevalence per class, plus pooled intensity quantiles (raw,
 and after a per-image z-score, the normalisation most plans use) that a population-stability index can be computed
 from. A few kilobytes for a few hundred cases; no pixel and no identifier is kept.
+
+Labels come in three shapes: a label map (segmentation: the share of each foreground class's pixels), a class index
+(0-d: single-label classification, 1 for its class and 0 for every other, class 0 included, so that the mean over
+cases is the class's share), or a 0/1 vector over the labels (multi-label). Classification images are resized on
+reading, so their geometry is unknown: an empty ``spacing`` records no size or spacing.
 """
 
 from __future__ import annotations
 
-from collections.abc import Iterable, Sequence
+from collections.abc import Iterable, Iterator, Sequence
 from dataclasses import dataclass
 from typing import Any
 
@@ -28,7 +33,8 @@ VOXELS_PER_CASE = 5000
 
 @dataclass
 class Sample:
-    """One case as the fingerprint sees it: image ``(C, *spatial)``, spacing per spatial axis, optional label map."""
+    """One case as the fingerprint sees it: image ``(C, *spatial)``, spacing per spatial axis (empty: geometry
+    unknown, not recorded), optional label (a label map, a class index, or a 0/1 vector over the labels)."""
 
     image: np.ndarray
     spacing: Sequence[float]
@@ -36,7 +42,8 @@ class Sample:
 
 
 def case_features(sample: Sample, label_names: Sequence[str]) -> dict[str, float]:
-    """The per-case features: size and spacing per axis, intensity summaries, prevalence of each foreground class."""
+    """The per-case features: size and spacing per axis (when the spacing is known), intensity summaries, and the
+    prevalence of each class (:func:`label_shares`)."""
     image = np.asarray(sample.image, dtype=np.float32)
     if image.ndim < 3:
         raise MedsightError(f"expected an image (C, *spatial), got shape {image.shape}")
@@ -53,19 +60,40 @@ def case_features(sample: Sample, label_names: Sequence[str]) -> dict[str, float
         "intensity_p99": float(p99),
     }
     if sample.label is not None:
-        counts = np.bincount(np.asarray(sample.label, dtype=np.int64).ravel(), minlength=len(label_names))
-        total = max(int(counts.sum()), 1)
-        for k, name in enumerate(label_names):
-            if k > 0:
-                out[f"prevalence_{name}"] = float(counts[k]) / total
+        out |= label_shares(sample.label, label_names)
     return out
 
 
-def output_features(mask: np.ndarray, label_names: Sequence[str]) -> dict[str, float]:
-    """What a segmentation predicted, as the same prevalences the labels give (the output distribution)."""
-    counts = np.bincount(np.asarray(mask, dtype=np.int64).ravel(), minlength=len(label_names))
+def label_shares(label: np.ndarray | int, label_names: Sequence[str]) -> dict[str, float]:
+    """``prevalence_<name>`` per class. A label map (2-D or more) gives each foreground class's share of the pixels
+    (background is the rest); a class index (0-d) gives 1 for its class and 0 for every other, class 0 included
+    (there is no background in a class label); a 0/1 vector over the labels (multi-label) gives each label's 0/1."""
+    arr = np.asarray(label)
+    if arr.ndim == 0:
+        k = int(arr)
+        if not 0 <= k < len(label_names):
+            raise MedsightError(f"class index {k} is not one of the {len(label_names)} labels")
+        return {f"prevalence_{name}": float(j == k) for j, name in enumerate(label_names)}
+    if arr.ndim == 1:
+        if arr.size != len(label_names):
+            raise MedsightError(f"a label vector of {arr.size} values for {len(label_names)} labels")
+        return {f"prevalence_{name}": float(v > 0) for name, v in zip(label_names, arr.tolist(), strict=True)}
+    counts = np.bincount(arr.astype(np.int64).ravel(), minlength=len(label_names))
     total = max(int(counts.sum()), 1)
     return {f"prevalence_{name}": float(counts[k]) / total for k, name in enumerate(label_names) if k > 0}
+
+
+def output_features(mask: np.ndarray | int, label_names: Sequence[str]) -> dict[str, float]:
+    """What a model predicted, as the same prevalences the labels give (the output distribution): a segmentation's
+    mask, a decided class index, or a multi-label 0/1 vector."""
+    return label_shares(mask, label_names)
+
+
+def array_samples(images: np.ndarray, labels: np.ndarray | None = None) -> Iterator[Sample]:
+    """Prepared images ``(N, C, *spatial)`` with their class labels (``(N,)`` indices or ``(N, K)`` 0/1), as samples
+    of unknown geometry (classification and outcome images are resized on reading)."""
+    for k in range(len(images)):
+        yield Sample(images[k], (), None if labels is None else np.asarray(labels[k]))
 
 
 def _draw(values: np.ndarray, rng: np.random.Generator) -> np.ndarray:

@@ -16,9 +16,13 @@ The statistics and why these thresholds:
   above 0.25, the usual rule (Siddiqi 2006: < 0.1 no shift, 0.1-0.25 moderate, > 0.25 major).
 * **Modality and channels**: flagged when both are known and differ.
 
-Temperature scaling (Guo et al. 2017, ``calibration.TemperatureScaler``) is fitted on the first ``n`` labelled
-cases of the new site; the top-label ECE is reported before and after on the remaining cases, never on the cases it
-was fitted on.
+Temperature scaling (Guo et al. 2017, ``calibration.TemperatureScaler``) is fitted on ``n`` labelled cases of the new
+site; the ECE is reported before and after on the remaining cases, never on the cases it was fitted on. Segmentation
+(:func:`recalibration`): the first ``n`` cases, per-pixel top-label ECE. Classification and outcome
+(:func:`case_recalibration`): ``n`` cases drawn at random by patient (one patient's images stay on one side), the
+evaluation's own ECE (:mod:`medsight.evaluation.calibration`: positive-class for binary, top-label for multi-class,
+pooled over labels for multi-label; equal-mass bins) with bootstrap CIs, since a few dozen scored cases leave it
+uncertain.
 """
 
 from __future__ import annotations
@@ -34,7 +38,12 @@ import numpy as np
 from scipy import stats
 
 from medsight.errors import MedsightError
-from medsight.evaluation.calibration import TemperatureScaler, expected_calibration_error
+from medsight.evaluation.calibration import (
+    TemperatureScaler,
+    calibration_report,
+    calibration_target,
+    expected_calibration_error,
+)
 
 ALPHA = 0.01
 PSI_THRESHOLD = 0.25
@@ -237,6 +246,80 @@ def recalibration(
     }
 
 
+def _fit_cases(n: int, n_fit: int, groups: Sequence[Any] | None, seed: int) -> np.ndarray:
+    """A mask of the cases to fit on: whole patients drawn at random until at least ``n_fit`` cases are in."""
+    units = np.asarray(list(groups)) if groups is not None else np.arange(n)
+    chosen = np.zeros(n, bool)
+    for unit in np.random.default_rng(seed).permutation(np.unique(units)):
+        if chosen.sum() >= n_fit:
+            break
+        chosen |= units == unit
+    return chosen
+
+
+def case_recalibration(
+    probs: np.ndarray,
+    labels: np.ndarray,
+    n_fit: int,
+    task_type: str,
+    positive_index: int | None = None,
+    groups: Sequence[Any] | None = None,
+    n_boot: int = 200,
+    seed: int = 0,
+) -> dict[str, Any]:
+    """Temperature scaling of per-case probabilities ``(N, K)`` (as the deployed model gives them, its own
+    calibration applied) fitted on ``n_fit`` cases of the new site drawn by patient (``groups``), the ECE before and
+    after on the other cases with 95% bootstrap CIs. Why on the deployed probabilities: "before" is what the site
+    would get today; the fitted temperature is the correction on top of the bundle's."""
+    probs = np.asarray(probs, np.float64)
+    labels = np.asarray(labels)
+    if n_fit < 1:
+        raise MedsightError("--recalibrate takes the number of labelled cases to fit on (at least 1)")
+    if len(probs) < n_fit + 1:
+        raise MedsightError(
+            f"--recalibrate {n_fit} needs more than {n_fit} labelled cases (the rest are scored); got {len(probs)}"
+        )
+    fit = _fit_cases(len(probs), n_fit, groups, seed)
+    if fit.all():
+        raise MedsightError(f"--recalibrate {n_fit}: drawing whole patients left no case to score; give a smaller N")
+    multilabel = task_type == "multilabel"
+    p = np.clip(probs, 1e-7, 1 - 1e-7)
+    # logits up to a per-case constant, which neither softmax nor the fitted temperature sees
+    logits = np.log(p) - np.log1p(-p) if multilabel else np.log(p)
+    scaler = TemperatureScaler(multilabel=multilabel).fit(logits[fit], labels[fit])
+    t = scaler.temperature_
+    z = logits[~fit] / t
+    if multilabel:
+        after = 1.0 / (1.0 + np.exp(-z))
+    else:
+        after = np.exp(z - z.max(axis=1, keepdims=True))
+        after /= after.sum(axis=1, keepdims=True)
+    scored = labels[~fit]
+    y, before_p, kind = calibration_target(task_type, scored, probs[~fit], positive_index)
+    _, after_p, _ = calibration_target(task_type, scored, after, positive_index)
+    report = calibration_report(y, before_p, after_p, kind, n_boot, scored if not multilabel else None, t, seed)
+    ece_before, ece_after = report["before"]["ece"], report["after"]["ece"]
+    n_scored = int((~fit).sum())
+    return {
+        "n_fit": int(fit.sum()),
+        "n_scored": n_scored,
+        "temperature": t,
+        "ece_before": ece_before["value"],
+        "ece_after": ece_after["value"],
+        "ece_before_ci95": ece_before["ci95"],
+        "ece_after_ci95": ece_after["ci95"],
+        "brier_before": report["before"]["brier"]["value"],
+        "brier_after": report["after"]["brier"]["value"],
+        "restores_calibration": bool(ece_after["value"] < ece_before["value"]),
+        "ece_kind": kind,
+        "bins": report["bins"],
+        "definition": f"{kind} ECE ({report['ece_definition']}), {report['bins']['n_bins']} equal-mass bins, 95% "
+        f"bootstrap CIs over {n_boot} resamples; a temperature on top of the bundle's calibration fitted by NLL "
+        f"on {int(fit.sum())} case(s) drawn at random by patient, ECE before (the deployed probabilities) and "
+        f"after on the other {n_scored}",
+    }
+
+
 # ----------------------------------------------------------------------------------------------- the report
 
 
@@ -344,8 +427,8 @@ def render_html(report: dict[str, Any]) -> str:
                     ["temperature", "ECE before", "ECE after", "restores"],
                     [
                         f"{rec['temperature']:.3f}",
-                        f"{rec['ece_before']:.4f}",
-                        f"{rec['ece_after']:.4f}",
+                        _fmt({"value": rec["ece_before"], "ci95": rec.get("ece_before_ci95")}),
+                        _fmt({"value": rec["ece_after"], "ci95": rec.get("ece_after_ci95")}),
                         "yes" if rec["restores_calibration"] else "no",
                     ],
                 ],

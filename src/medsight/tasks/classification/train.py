@@ -18,6 +18,7 @@ from medsight import config
 from medsight.data import splits
 from medsight.data.dataset import ClassificationData, SplitData
 from medsight.data.fingerprint import case_hashes, training_record
+from medsight.data.fingerprint_stats import array_samples, distribution_fingerprint
 from medsight.evaluation.calibration import TemperatureScaler
 from medsight.evaluation.conformal import DEFAULT_ALPHA
 from medsight.evaluation.metrics import binary_metrics, multiclass_metrics, multilabel_metrics
@@ -86,6 +87,10 @@ def train(spec: str, out: Path, options: ClassificationOptions) -> dict[str, Any
     meta["data"] |= {
         "split_seed": split_seed,
         "case_hashes": training_record(case_hashes(train_split.images), case_hashes(val.images)),
+        # what the shift report and the drift monitor compare new data with (docs/trust.md)
+        "distribution": distribution_fingerprint(
+            array_samples(train_split.images, train_split.labels), data.label_names, data.modality
+        ),
     }
     if positive is not None:
         meta["positive_class"] = positive

@@ -15,6 +15,7 @@ from medsight import config
 from medsight.data import splits
 from medsight.data.clinical import ClinicalEncoder
 from medsight.data.fingerprint import case_hashes, training_record
+from medsight.data.fingerprint_stats import array_samples, distribution_fingerprint
 from medsight.evaluation.calibration import TemperatureScaler
 from medsight.evaluation.metrics import binary_metrics
 from medsight.evaluation.selective import SelectivePrediction
@@ -82,6 +83,10 @@ def train(spec: str, out: Path, options: OutcomeOptions) -> dict[str, Any]:
     meta["data"] |= {
         "split_seed": split_seed,
         "case_hashes": training_record(case_hashes(images[tr]), case_hashes(images[va])),
+        # what the shift report compares another site's images and outcome share with (docs/trust.md)
+        "distribution": distribution_fingerprint(
+            array_samples(images[tr], np.asarray(y[tr]).astype(int)), meta["label_names"], meta["data"]["modality"]
+        ),
     }
     with atomic_dir(out) as tmp:
         torch.save(model.state_dict(), tmp / WEIGHTS)
