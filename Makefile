@@ -26,13 +26,20 @@ $(STAMP): requirements.txt pyproject.toml
 	touch $(STAMP)
 
 # Debian tools the tests use: dciodvfy (dicom3tools) validates every DICOM object we write;
-# tesseract-ocr reads burned-in text for `medsight deid --detect-text`.
+# tesseract-ocr reads burned-in text for `medsight deid --detect-text`; dcmtk (storescu, echoscu, findscu) and
+# Orthanc + its DICOMweb plugin are the real peers of the service tests.
 tools:
 	@if ! command -v dciodvfy >/dev/null; then \
 	  if [ "$$(id -u)" = 0 ]; then \
 	    (apt-get update -qq && DEBIAN_FRONTEND=noninteractive apt-get install -y -qq dicom3tools >/dev/null) \
 	      || echo "WARNING: could not install dicom3tools; tests that need dciodvfy will FAIL"; \
 	  else echo "WARNING: dciodvfy missing and not root: run 'apt-get install dicom3tools'; tests that need it will FAIL"; fi; \
+	fi
+	@if ! command -v storescu >/dev/null || ! command -v Orthanc >/dev/null || [ ! -e /usr/share/orthanc/plugins/libOrthancDicomWeb.so ]; then \
+	  if [ "$$(id -u)" = 0 ]; then \
+	    (apt-get update -qq && DEBIAN_FRONTEND=noninteractive apt-get install -y -qq dcmtk orthanc orthanc-dicomweb >/dev/null) \
+	      || echo "WARNING: could not install dcmtk/orthanc; the service tests will FAIL"; \
+	  else echo "WARNING: dcmtk or orthanc missing and not root: run 'apt-get install dcmtk orthanc orthanc-dicomweb'; service tests will FAIL"; fi; \
 	fi
 	@if ! command -v tesseract >/dev/null; then \
 	  if [ "$$(id -u)" = 0 ]; then \
