@@ -78,6 +78,8 @@ def main() -> None:
     summary = {
         "metrics": {k: m[f"pixel_{k}"] for k in keys} | {k: m[k] for k in ("dice", "hd95", "nsd")},
         "second_observer": so,
+        "uncertainty": result.get("uncertainty"),
+        "postprocessing": result.get("postprocessing"),
         "training": {k: v for k, v in tr.items() if k != "history"},
         "wall_s": wall,
     }

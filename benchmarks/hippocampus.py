@@ -100,7 +100,15 @@ def main() -> None:
             for f, tr, val in rows
         ],
         "cv_mean_dice": cv,
-        "test": None if test is None else {"n": test["n"], "per_class": test["per_class"], "metrics": test["metrics"]},
+        "test": None
+        if test is None
+        else {
+            "n": test["n"],
+            "per_class": test["per_class"],
+            "metrics": test["metrics"],
+            "uncertainty": test.get("uncertainty"),
+            "postprocessing": test.get("postprocessing"),
+        },
         "wall_s": wall,
     }
     (args.out / "summary.json").write_text(json.dumps(summary, indent=2))

@@ -94,6 +94,9 @@ def main() -> None:
     parser.add_argument("--seed", type=int, default=0)
     parser.add_argument("--bootstrap", type=int, default=1000)
     parser.add_argument("--recalibrate", type=int, default=5, help="images of each variant to fit the temperature on")
+    parser.add_argument(
+        "--name", default="trust_drive_shift", help="results file name (e.g. trust_drive_shift_before)"
+    )
     parser.add_argument("--limit", type=int, default=None, help="score only the first N test images (smoke runs)")
     args = parser.parse_args()
     logging.basicConfig(level=logging.INFO, format="%(message)s")
@@ -130,7 +133,7 @@ def main() -> None:
         )
     wall = time.monotonic() - started
     write_json(
-        RESULTS / "trust_drive_shift.json",
+        RESULTS / f"{args.name}.json",
         {
             "what": "DRIVE test as-is vs simulated other cameras (rescaled 999x960 and 2x, recoloured), scored inside "
             "DRIVE's FOV resampled with the image; scale and colour normalised by the FOV the model finds itself",
