@@ -1,6 +1,6 @@
 """Users, hashed tokens, role checks and the hash-chained audit log of the service."""
 
-# No ``from __future__ import annotations``: FastAPI evaluates the test routes' signatures, which name local dependencies.
+# No ``from __future__ import annotations``: FastAPI evaluates the test routes' signatures (local dependencies).
 
 import hashlib
 import json
