@@ -282,7 +282,7 @@ def _ensure_schema(engine: Engine) -> None:
 
 def default_database_url(data_dir: str | Path) -> str:
     """The SQLite file under the service's data folder, used when no database URL is configured."""
-    return f"sqlite:///{Path(data_dir).resolve() / 'medsight.sqlite'}"
+    return f"sqlite:///{Path(data_dir).resolve() / 'medsight.db'}"
 
 
 def open_user_directory(data_dir: str | Path, database_url: str | None = None) -> UserDirectory:
