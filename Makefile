@@ -27,7 +27,8 @@ $(STAMP): requirements.txt pyproject.toml
 
 # Debian tools the tests use: dciodvfy (dicom3tools) validates every DICOM object we write;
 # tesseract-ocr reads burned-in text for `medsight deid --detect-text`; dcmtk (storescu, echoscu, findscu) and
-# Orthanc + its DICOMweb plugin are the real peers of the service tests.
+# Orthanc + its DICOMweb plugin are the real peers of the service tests; PostgreSQL (started by the tests as an
+# unprivileged user on 127.0.0.1) is the second database the job queue and study store are tested on.
 tools:
 	@if ! command -v dciodvfy >/dev/null; then \
 	  if [ "$$(id -u)" = 0 ]; then \
@@ -40,6 +41,12 @@ tools:
 	    (apt-get update -qq && DEBIAN_FRONTEND=noninteractive apt-get install -y -qq dcmtk orthanc orthanc-dicomweb >/dev/null) \
 	      || echo "WARNING: could not install dcmtk/orthanc; the service tests will FAIL"; \
 	  else echo "WARNING: dcmtk or orthanc missing and not root: run 'apt-get install dcmtk orthanc orthanc-dicomweb'; service tests will FAIL"; fi; \
+	fi
+	@if ! command -v initdb >/dev/null && ! ls /usr/lib/postgresql/*/bin/initdb >/dev/null 2>&1; then \
+	  if [ "$$(id -u)" = 0 ]; then \
+	    (apt-get update -qq && DEBIAN_FRONTEND=noninteractive apt-get install -y -qq postgresql >/dev/null) \
+	      || echo "WARNING: could not install postgresql; the job-queue tests on PostgreSQL will FAIL"; \
+	  else echo "WARNING: PostgreSQL missing and not root: run 'apt-get install postgresql'; queue tests will FAIL"; fi; \
 	fi
 	@if ! command -v tesseract >/dev/null; then \
 	  if [ "$$(id -u)" = 0 ]; then \
