@@ -12,10 +12,11 @@ def register(sub: argparse._SubParsersAction) -> None:
     p = sub.add_parser(
         "predict",
         help="predict on new images with a bundle",
-        description="Run BUNDLE on PNG, JPEG, TIFF, DICOM (file or series folder), NIfTI or npz inputs and write "
-        "DIR/predictions.json (calibrated probabilities, the decision at the bundle's operating point, masks, "
-        "boxes or risks) plus, with --explain, a heatmap per input. DICOM inputs also get DICOM results "
-        "(TID 1500 SR, SEG, Secondary Capture).",
+        description="Run BUNDLE on PNG, JPEG, TIFF, BMP, GIF, WebP, PPM/PGM, DICOM (file or series folder), NIfTI or "
+        "npz inputs and write DIR/predictions.json (calibrated probabilities, the decision at the bundle's operating "
+        "point, masks, boxes or risks; for classification the conformal prediction set, per label for multi-label "
+        "models, and whether to defer to the radiologist) plus, with --explain, a heatmap per input. DICOM inputs "
+        "also get DICOM results (TID 1500 SR, SEG, Secondary Capture).",
     )
     p.add_argument("bundle", type=Path, help="bundle folder written by 'medsight train'")
     p.add_argument("inputs", nargs="+", type=Path, metavar="FILE", help="images to predict on")

@@ -14,9 +14,11 @@ afterwards):
   the set rule, have an error rate at or below ``target_error`` (default: the conformal ``alpha``). That
   threshold is an empirical choice on validation, not a guarantee; the test figures say how it held.
 
-Multi-label models (:func:`assess_multilabel`): each label has its own conformal set over {absent, present}
-(:class:`medsight.evaluation.conformal.MultilabelConformal`); the labels present for certain are the prediction, and
-a case is deferred when any label's set is not exactly one answer, with a reason naming each such label.
+Multi-label models (:func:`assess_multilabel`, stored as :class:`MultilabelSelective`): each label has its own
+conformal set over {absent, present} (:class:`medsight.evaluation.conformal.MultilabelConformal`); the labels present
+for certain are the prediction, and a case is deferred when any label's set is not exactly one answer (or, given the
+decisions at the operating point, when a label's certain answer differs from its decision), with a reason naming each
+such label. There is no confidence threshold: the per-label sets already say which labels the model cannot tell.
 
 The risk-coverage curve (Geifman & El-Yaniv 2017) ranks cases by confidence, most confident first; at each
 confidence threshold it plots the error rate of the kept cases against the share kept. AURC is the mean of the
@@ -49,6 +51,12 @@ REASON_AMBIGUOUS = "prediction set holds more than one label"
 REASON_EMPTY = "prediction set is empty (no label probable enough)"
 REASON_DISAGREES = "prediction set's label differs from the decision at the operating point"
 REASON_LOW_CONFIDENCE = "confidence below the threshold chosen on validation"
+#: Multi-label reasons, each written after the label's name ("effusion: both absent and present plausible").
+REASON_LABEL_BOTH = "both absent and present plausible"
+REASON_LABEL_NEITHER = "neither absent nor present probable enough"
+REASON_LABEL_DISAGREES = "certain answer differs from the decision at the operating point"
+#: ``selective_prediction.kind`` of a multi-label rule in bundle.json (single-label rules have no ``kind``).
+MULTILABEL_KIND = "multilabel"
 
 
 @dataclass
@@ -259,26 +267,82 @@ class MultilabelAssessment:
         return np.asarray([bool(r) for r in self.reasons])
 
 
-def assess_multilabel(rule: MultilabelConformal, probs: np.ndarray, names: list[str]) -> MultilabelAssessment:
+def assess_multilabel(
+    rule: MultilabelConformal, probs: np.ndarray, names: list[str], decided: np.ndarray | None = None
+) -> MultilabelAssessment:
     """Apply a stored per-label conformal rule: every label whose set is not exactly one answer is a reason to defer
-    (both answers plausible: ambiguous; neither: no answer probable enough). Nothing is refitted."""
+    (both answers plausible: ambiguous; neither: no answer probable enough), and so, when ``decided`` ``(n, L)`` (the
+    decisions at the operating point) is given, is a certain answer that differs from the label's decision, as
+    for single-label models. Nothing is refitted."""
     sets = rule.predict_sets(probs)
     if len(names) != sets.shape[1]:
         raise MedsightError(f"{len(names)} label names for a rule of {sets.shape[1]} labels")
-    sure = certain(sets)
+    sure, sure_present = certain(sets), present(sets)
+    differs = np.zeros_like(sure) if decided is None else sure & (sure_present != np.asarray(decided, bool))
     reasons = [
         [
             f"{names[k]}: "
             + (
-                "both absent and present plausible"
+                REASON_LABEL_DISAGREES
+                if sure[i, k]
+                else REASON_LABEL_BOTH
                 if sets[i, k].all()
-                else "neither absent nor present probable enough"
+                else REASON_LABEL_NEITHER
             )
-            for k in np.flatnonzero(~sure[i])
+            for k in np.flatnonzero(~sure[i] | differs[i])
         ]
         for i in range(len(sets))
     ]
-    return MultilabelAssessment(sets, present(sets), reasons)
+    return MultilabelAssessment(sets, sure_present, reasons)
+
+
+def multilabel_confidence(probs: np.ndarray, decided: np.ndarray) -> np.ndarray:
+    """``(n,)``: the calibrated probability of the decided answer of each case's least sure label; it ranks
+    multi-label cases for the risk-coverage curve (a case is only as sure as its least sure label)."""
+    p, d = np.asarray(probs, float), np.asarray(decided, bool)
+    if len(p) == 0:
+        return np.zeros(0)
+    return np.asarray(np.where(d, p, 1.0 - p).min(axis=1))
+
+
+@dataclass
+class MultilabelSelective:
+    """The multi-label rule stored in ``bundle.json`` under ``selective_prediction`` (with ``kind: multilabel``):
+    per-label conformal sets fitted on validation; applied as :func:`assess_multilabel` with the decisions at the
+    operating point."""
+
+    conformal: MultilabelConformal
+
+    @classmethod
+    def fit(
+        cls,
+        probs: np.ndarray,
+        labels: np.ndarray,
+        alpha: float = DEFAULT_ALPHA,
+        groups: np.ndarray | None = None,
+    ) -> MultilabelSelective:
+        """Calibrate on the validation cases' probabilities and 0/1 labels ``(n, L)`` (optionally patient groups)."""
+        return cls(MultilabelConformal(alpha).fit(probs, labels, groups))
+
+    def assess(self, probs: np.ndarray, names: list[str], decided: np.ndarray | None = None) -> MultilabelAssessment:
+        return assess_multilabel(self.conformal, probs, names, decided)
+
+    def to_json(self) -> dict[str, Any]:
+        return {
+            "kind": MULTILABEL_KIND,
+            "conformal": self.conformal.to_json(),
+            "deferral": {
+                "rule": "defer when any label's conformal set is not exactly one answer (absent or present), or a "
+                "label's certain answer differs from its decision at the operating point",
+                "chosen_on": "val",
+            },
+        }
+
+    @classmethod
+    def from_json(cls, d: dict[str, Any], where: str | None = None) -> MultilabelSelective:
+        if not isinstance(d, dict) or d.get("kind") != MULTILABEL_KIND or "conformal" not in d:
+            raise MedsightError("bundle.json 'selective_prediction' is not a multi-label rule", where)
+        return cls(MultilabelConformal.from_json(d["conformal"], where))
 
 
 def case_metrics(
@@ -318,6 +382,66 @@ def case_metrics(
 Resample = Callable[[Callable[[np.ndarray], dict[str, float]]], dict[str, dict[str, object]]]
 
 
+def multilabel_report(
+    rule: MultilabelSelective,
+    probs: np.ndarray,
+    labels: np.ndarray,
+    decided: np.ndarray,
+    names: list[str],
+    resample: Resample,
+) -> tuple[dict[str, Any], Figure]:
+    """The evaluated split under a multi-label rule: coverage per label and of whole cases (every label covered),
+    uncertain labels per case, share deferred, error (any label decided wrong at the operating point) of all, kept
+    and deferred cases, with CIs from ``resample``; reason counts and the risk-coverage curve. Nothing is refitted."""
+    y, d = np.asarray(labels).astype(int), np.asarray(decided).astype(bool)
+    assessment = rule.assess(probs, names, d)
+    covered = np.take_along_axis(assessment.sets, y[..., None], axis=-1)[..., 0]  # (n, L)
+    uncertain = ~certain(assessment.sets)
+    defer = assessment.defer
+    wrong = (d != y.astype(bool)).any(axis=1)
+
+    def fn(ix: np.ndarray) -> dict[str, float]:
+        kept, deferred = ix[~defer[ix]], ix[defer[ix]]
+        per = {f"coverage_label_{k}": float(covered[ix, k].mean()) for k in range(len(names))}
+        return {
+            "coverage": float(covered[ix].all(axis=1).mean()),
+            **per,
+            "mean_uncertain_labels": float(uncertain[ix].sum(axis=1).mean()),
+            "share_deferred": float(defer[ix].mean()),
+            "error_all": float(wrong[ix].mean()),
+            "error_kept": float(wrong[kept].mean()) if len(kept) else float("nan"),
+            "error_deferred": float(wrong[deferred].mean()) if len(deferred) else float("nan"),
+        }
+
+    metrics = resample(fn)
+    per_label = {name: metrics.pop(f"coverage_label_{k}") for k, name in enumerate(names)}
+    reasons: dict[str, int] = {}
+    for rs in assessment.reasons:
+        for r in rs:
+            reasons[r] = reasons.get(r, 0) + 1
+    rc = risk_coverage(multilabel_confidence(probs, d), ~wrong)
+    point = (1 - _value(metrics["share_deferred"]), _value(metrics["error_kept"]))
+    figure = Figure(
+        "Risk-coverage",
+        risk_coverage_plot(rc, point),
+        "Error rate (any label decided wrong) of the cases the model keeps against the share it keeps, ranked by "
+        "the probability of the decided answer of each case's least sure label; the dot is the per-label "
+        "conformal rule fitted on validation.",
+    )
+    out = {
+        "rule": rule.to_json(),
+        "metrics": metrics,
+        "coverage_per_label": per_label,
+        "n": len(y),
+        "deferred": int(defer.sum()),
+        "uncertain_per_label": {name: int(uncertain[:, k].sum()) for k, name in enumerate(names)},
+        "reasons": reasons,
+        "aurc": rc.aurc,
+        "risk_coverage": rc.to_json(),
+    }
+    return out, figure
+
+
 def report(
     rule: SelectivePrediction, probs: np.ndarray, labels: np.ndarray, decided: np.ndarray, resample: Resample
 ) -> tuple[dict[str, Any], Figure]:
@@ -353,9 +477,11 @@ def card_section(u: dict[str, Any] | None, figures: list[Figure], unit: str = "c
     if not u:
         return Section(
             "Uncertainty and deferral",
-            "No prediction sets: the bundle holds no conformal rule (a multi-label model, or a bundle trained "
-            "before conformal prediction).",
+            "No prediction sets: the bundle holds no conformal rule (it was trained before conformal prediction, or, "
+            "for a multi-label model, before per-label conformal prediction); retrain to get one.",
         )
+    if u["rule"].get("kind") == MULTILABEL_KIND:
+        return _multilabel_section(u, figures, unit)
     cp, rule, m = u["rule"]["conformal"], u["rule"]["deferral"], u["metrics"]
     unit_cal = "patients" if str(cp["calibration_unit"]).startswith("patient") else "images"
     whole = "; the validation set is too small for this alpha, so every set holds every label"
@@ -390,4 +516,39 @@ def card_section(u: dict[str, Any] | None, figures: list[Figure], unit: str = "c
         raw_html="<p>"
         + html.escape(f"{u['deferred']} of {u['n']} deferred. Reasons: {reasons}. Sets: {sizes}.")
         + "</p>",
+    )
+
+
+def _multilabel_section(u: dict[str, Any], figures: list[Figure], unit: str) -> Section:
+    """The card section for a multi-label rule (:func:`multilabel_report`'s output)."""
+    cp, m = u["rule"]["conformal"], u["metrics"]
+    unit_cal = "patients" if str(cp["calibration_unit"]).startswith("patient") else "images"
+    n_labels = len(u["coverage_per_label"])
+    text = (
+        f"Split conformal prediction per label (LAC over absent/present) calibrated on {cp['n_calibration']} "
+        f"validation {unit_cal}: each label's set should hold its true answer for at least "
+        f"{cp['coverage_target']:.0%} of {unit} (miscoverage alpha {cp['alpha']:g} per label, set with --alpha at "
+        f"training; all {n_labels} labels of a case together at least {max(0.0, 1 - n_labels * cp['alpha']):.0%}). "
+        "A label is certainly present, certainly absent or uncertain; a case is deferred to the radiologist when any "
+        "label is uncertain or a certain answer differs from the label's decision at the operating point. "
+        "Error counts a case wrong when any label is decided wrong. Nothing here was fitted on the evaluated split."
+    )
+    rows: list[list[Any]] = [
+        ["measure", "value (95% CI)"],
+        *[[f"empirical coverage: {name}", fmt(v)] for name, v in u["coverage_per_label"].items()],
+        ["empirical coverage: every label of a case", fmt(m["coverage"])],
+        ["mean uncertain labels per case", fmt(m["mean_uncertain_labels"], 2)],
+        ["share deferred to the radiologist", fmt(m["share_deferred"])],
+        ["error rate of kept cases", fmt(m["error_kept"])],
+        ["error rate of deferred cases", fmt(m["error_deferred"])],
+        ["error rate with nothing deferred", fmt(m["error_all"])],
+        ["AURC (area under the risk-coverage curve)", f"{u['aurc']:.4f}"],
+    ]
+    reasons = "; ".join(f"{k}: {v}" for k, v in u["reasons"].items()) or "none"
+    return Section(
+        "Uncertainty and deferral",
+        html.escape(text),
+        rows,
+        [f for f in figures if f.title == "Risk-coverage"],
+        raw_html="<p>" + html.escape(f"{u['deferred']} of {u['n']} deferred. Reasons: {reasons}.") + "</p>",
     )

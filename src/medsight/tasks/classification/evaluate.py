@@ -1,5 +1,6 @@
-"""Evaluate a classification bundle: metrics with 95% bootstrap CIs, calibration, operating point, subgroups and
-Grad-CAM examples → ``metrics.json``, ``card.html`` and ``card.json``.
+"""Evaluate a classification bundle: metrics with 95% bootstrap CIs, calibration, operating point, conformal
+coverage and deferral (per label for multi-label models), subgroups and Grad-CAM examples → ``metrics.json``,
+``card.html`` and ``card.json``.
 
 Inference runs through the task's warm model (ONNX Runtime), the same path ``medsight predict`` and the service use.
 """
@@ -104,6 +105,17 @@ def evaluate(
         # the bundle's conformal threshold and deferral rule (fitted on validation) applied as stored
         result["selective_prediction"], risk_figure = selective.report(
             model.selective, probs, labels, decision, partial(bootstrap, n=len(labels), strata=strata, n_boot=n_boot)
+        )
+        figures.append(risk_figure)
+    elif model.multilabel_selective is not None:
+        # the per-label conformal rule (fitted on validation) applied as stored, with the operating-point decisions
+        result["selective_prediction"], risk_figure = selective.multilabel_report(
+            model.multilabel_selective,
+            probs,
+            labels,
+            decision,
+            names,
+            partial(bootstrap, n=len(labels), strata=None, n_boot=n_boot),
         )
         figures.append(risk_figure)
     result["explanations"], panels = explain_sample(

@@ -2,9 +2,11 @@
 operating point, conformal sets and deferral rule) that predicts typed results many times, and writes their
 artefacts only when asked.
 
-Every binary or multi-class result carries its conformal prediction set and ``defer_to_radiologist`` with the
-reason (:mod:`medsight.evaluation.selective`): the rule was fitted on validation when the bundle was trained and is
-only applied here.
+Every result carries its conformal prediction set and ``defer_to_radiologist`` with the reason
+(:mod:`medsight.evaluation.selective`): the rule was fitted on validation when the bundle was trained and is only
+applied here. A multi-label result has a set per label (``label_sets``: labels certainly present, certainly absent,
+uncertain); it is deferred when any label is uncertain (or a certain answer differs from the label's decision at the
+operating point), and its reasons name those labels.
 """
 
 from __future__ import annotations
@@ -19,8 +21,9 @@ import numpy as np
 import torch
 from torch import nn
 
+from medsight.evaluation.conformal import certain
 from medsight.evaluation.plots import png_image
-from medsight.evaluation.selective import SelectivePrediction
+from medsight.evaluation.selective import MultilabelSelective, SelectivePrediction, multilabel_confidence
 from medsight.explain.gradcam import gradcam, overlay
 from medsight.io.images import is_dicom_file
 from medsight.runtime.onnx_export import OnnxPredictor
@@ -30,8 +33,11 @@ from medsight.tasks.classification.network import gradcam_layer, probabilities
 from medsight.tasks.classification.plan import ClassificationPlan
 from medsight.training.bundle import BUNDLE_JSON, Bundle
 
-#: Why a multi-label result has no prediction set: conformal sets here are over one label per case.
-MULTILABEL_NO_SET = "no prediction set for multi-label models (conformal sets here assume one label per case)"
+#: Why a multi-label result from a bundle trained before per-label conformal prediction has no sets.
+MULTILABEL_NO_RULE = (
+    "the bundle holds no per-label conformal rule (trained before multi-label deferral); retrain to get label sets "
+    "and deferral"
+)
 
 
 def decided_labels(task_type: str, probs: np.ndarray, operating: dict[str, Any]) -> np.ndarray:
@@ -57,24 +63,31 @@ class ClassificationResult(Result):
     decision: str | list[str] = ""
     #: Binary only: the threshold applied to p(``on``) and how it was chosen.
     operating_point: dict[str, Any] | None = None
+    #: Multi-label only: the labels certainly present, certainly absent and uncertain under the per-label
+    #: conformal sets (None without a stored rule).
+    label_sets: dict[str, list[str]] | None = None
     #: The prepared model input (kept for overlays; not serialised).
     image: np.ndarray | None = field(default=None, repr=False)
     #: Where the input was read from (for DICOM results; not serialised).
     source: Path | None = field(default=None, repr=False)
 
     def summary(self) -> str:
-        if isinstance(self.decision, list):
-            return "labels: " + (", ".join(self.decision) or "none")
-        p = self.probabilities.get(self.decision, float("nan"))
         defer = " - defer to radiologist" if self.deferral is not None and self.deferral.defer_to_radiologist else ""
+        if isinstance(self.decision, list):
+            unsure = (self.label_sets or {}).get("uncertain") or []
+            named = f" (uncertain: {', '.join(unsure)})" if defer and unsure else ""
+            return "labels: " + (", ".join(self.decision) or "none") + defer + named
+        p = self.probabilities.get(self.decision, float("nan"))
         return f"{self.decision} (p = {p:.3f}){defer}"
 
     def payload(self) -> dict[str, Any]:
         entry: dict[str, Any] = {"probabilities": dict(self.probabilities), "decision": self.decision}
         if self.operating_point is not None:
             entry["operating_point"] = dict(self.operating_point)
+        if self.label_sets is not None:
+            entry["label_sets"] = {k: list(v) for k, v in self.label_sets.items()}
         if self.deferral is None:
-            reason = MULTILABEL_NO_SET if isinstance(self.decision, list) else NO_DEFERRAL_RULE["defer_reason"]
+            reason = MULTILABEL_NO_RULE if isinstance(self.decision, list) else NO_DEFERRAL_RULE["defer_reason"]
             entry |= {**NO_DEFERRAL_RULE, "defer_reason": reason}
         return entry
 
@@ -95,8 +108,14 @@ class ClassificationModel:
         self.operating = dict(bundle.meta["operating_point"])
         stored = bundle.meta.get("selective_prediction")
         where = str(bundle.path / BUNDLE_JSON)
-        #: Conformal sets and the deferral rule fitted on validation (None: multi-label, or an older bundle).
-        self.selective = None if stored is None else SelectivePrediction.from_json(stored, where)
+        #: Conformal sets and the deferral rule fitted on validation (None: an older bundle, or multi-label).
+        self.selective: SelectivePrediction | None = None
+        #: Multi-label: the per-label conformal rule fitted on validation (None: single-label, or an older bundle).
+        self.multilabel_selective: MultilabelSelective | None = None
+        if stored is not None and self.task_type == "multilabel":
+            self.multilabel_selective = MultilabelSelective.from_json(stored, where)
+        elif stored is not None:
+            self.selective = SelectivePrediction.from_json(stored, where)
         self.session = OnnxPredictor(bundle.onnx_path)
 
     @cached_property
@@ -119,10 +138,12 @@ class ClassificationModel:
         images = read_inputs(inputs, self.spatial_dims, self.spatial_size, self.n_channels)
         probs = self.probabilities(images)
         deferrals = self.deferrals(probs)
+        label_sets = self.label_sets(probs)
         results: list[Result] = []
         for k, (path, image, p) in enumerate(zip(inputs, images, probs, strict=True)):
             result = self._result(path, k, image, p)
             result.deferral = deferrals[k]
+            result.label_sets = label_sets[k]
             if explain:
                 target = positive_index(self.operating) if self.task_type == "binary" else int(np.argmax(p))
                 heat = gradcam(self.network, gradcam_layer(self.network), image[None], [target])[0]
@@ -131,8 +152,19 @@ class ClassificationModel:
         return results
 
     def deferrals(self, probs: np.ndarray) -> list[Deferral | None]:
-        """Each case's prediction set and deferral under the bundle's stored rule (None where there is none)."""
-        if self.selective is None or self.task_type == "multilabel":
+        """Each case's prediction set and deferral under the bundle's stored rule (None where there is none).
+        Multi-label: the set is the labels certainly present, the confidence that of the least sure label."""
+        if self.multilabel_selective is not None:
+            rule = self.multilabel_selective
+            decided = self.decisions(probs)
+            m = rule.assess(probs, self.label_names, decided)
+            conf = multilabel_confidence(probs, decided)
+            target = 1 - rule.conformal.alpha
+            return [
+                Deferral([self.label_names[j] for j in np.flatnonzero(row)], float(c), bool(r), r, target)
+                for row, c, r in zip(m.present, conf, m.reasons, strict=True)
+            ]
+        if self.selective is None:
             return [None] * len(probs)
         decided = decided_labels(self.task_type, probs, self.operating)
         a = self.selective.assess(probs, decided)
@@ -140,6 +172,25 @@ class ClassificationModel:
         return [
             Deferral([self.label_names[j] for j in np.flatnonzero(s)], float(c), bool(r), r, target)
             for s, c, r in zip(a.sets, a.confidence, a.reasons, strict=True)
+        ]
+
+    def decisions(self, probs: np.ndarray) -> np.ndarray:
+        """Multi-label: ``(n, L)`` booleans, each label at or above its operating-point threshold."""
+        return np.asarray(np.asarray(probs) >= np.asarray(self.operating["thresholds"], float))
+
+    def label_sets(self, probs: np.ndarray) -> list[dict[str, list[str]] | None]:
+        """Multi-label: each case's labels certainly present, certainly absent and uncertain (None where no rule)."""
+        if self.multilabel_selective is None:
+            return [None] * len(probs)
+        sets = self.multilabel_selective.conformal.predict_sets(probs)
+        sure, names = certain(sets), self.label_names
+        return [
+            {
+                "present": [names[k] for k in np.flatnonzero(sure[i] & sets[i, :, 1])],
+                "absent": [names[k] for k in np.flatnonzero(sure[i] & sets[i, :, 0])],
+                "uncertain": [names[k] for k in np.flatnonzero(~sure[i])],
+            }
+            for i in range(len(sets))
         ]
 
     def _result(self, path: Path, index: int, image: np.ndarray, p: np.ndarray) -> ClassificationResult:
@@ -185,7 +236,9 @@ class ClassificationModel:
         """A TID 1500 SR of the class probabilities and, with a heatmap, a Secondary Capture of it over the
         full-resolution image, so a PACS viewer shows both beside the study."""
         from medsight.io.dicom import read_datasets, read_dicom_image
+        from medsight.serving.codes import bundle_codes
         from medsight.serving.dicom_objects import Finding, write_secondary_capture, write_sr
+        from medsight.serving.provenance import AlgorithmIdentity
 
         assert result.source is not None
         meta = self.bundle.meta
@@ -193,7 +246,13 @@ class ClassificationModel:
         model_name = f"medsight {meta['data']['source']} classifier"
         findings = [Finding(label=name, probability=float(p)) for name, p in result.probabilities.items()]
         written = {"sr": f"{result.stem}_findings_sr.dcm"}
-        write_sr(findings, [source], folder / written["sr"], model_name, str(meta["versions"]["medsight"]))
+        write_sr(
+            findings,
+            [source],
+            folder / written["sr"],
+            identity=AlgorithmIdentity.of(self.bundle, model_name),
+            codes=bundle_codes(meta),
+        )
         if result.heatmap is not None:
             picture = read_dicom_image(result.source, voi=True)
             if picture.ndim == 2:

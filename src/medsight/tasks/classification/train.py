@@ -23,7 +23,7 @@ from medsight.evaluation.calibration import TemperatureScaler
 from medsight.evaluation.conformal import DEFAULT_ALPHA
 from medsight.evaluation.metrics import binary_metrics, multiclass_metrics, multilabel_metrics
 from medsight.evaluation.operating_point import choose_threshold
-from medsight.evaluation.selective import SelectivePrediction
+from medsight.evaluation.selective import MultilabelSelective, SelectivePrediction
 from medsight.io.atomic import atomic_dir
 from medsight.runtime.onnx_export import export_onnx
 from medsight.tasks.classification.data import load, positive_class, val_split
@@ -94,7 +94,9 @@ def train(spec: str, out: Path, options: ClassificationOptions) -> dict[str, Any
     }
     if positive is not None:
         meta["positive_class"] = positive
-    if data.task_type != "multilabel":
+    if data.task_type == "multilabel":
+        meta["selective_prediction"] = fit_multilabel_selective(val, val_probs, options.alpha)
+    else:
         meta["selective_prediction"] = fit_selective(val, val_probs, operating, data.task_type, options.alpha)
     with atomic_dir(out) as tmp:
         torch.save(model.state_dict(), tmp / WEIGHTS)
@@ -178,11 +180,22 @@ def fit_selective(
 ) -> dict[str, Any]:
     """Conformal prediction sets and the deferral rule, calibrated on the validation split (single-label tasks);
     images of one patient are calibrated as one unit (see :mod:`medsight.evaluation.conformal`)."""
-    ids = val.patient_ids
-    groups = np.asarray(ids) if ids is not None and len(set(ids)) < len(ids) else None
     decided = decided_labels(task_type, probs, operating)
     a = DEFAULT_ALPHA if alpha is None else alpha
-    return SelectivePrediction.fit(probs, val.labels, decided, a, groups=groups).to_json()
+    return SelectivePrediction.fit(probs, val.labels, decided, a, groups=patient_groups(val)).to_json()
+
+
+def fit_multilabel_selective(val: SplitData, probs: np.ndarray, alpha: float | None) -> dict[str, Any]:
+    """One conformal threshold per label, calibrated on the validation split (patients as one unit, as for
+    single-label tasks); predict defers a case when any label is uncertain."""
+    a = DEFAULT_ALPHA if alpha is None else alpha
+    return MultilabelSelective.fit(probs, val.labels, a, groups=patient_groups(val)).to_json()
+
+
+def patient_groups(val: SplitData) -> np.ndarray | None:
+    """Patient ids as calibration groups when some patient has several images (None: every image its own unit)."""
+    ids = val.patient_ids
+    return np.asarray(ids) if ids is not None and len(set(ids)) < len(ids) else None
 
 
 def summary_metrics(
