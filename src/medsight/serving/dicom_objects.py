@@ -4,6 +4,12 @@ Every object is built by highdicom, so it is valid by construction and reference
 patient, study and frame of reference); every file is written atomically through :mod:`medsight.io.atomic`.
 Readers mirror the writers (``read_seg``, ``read_sr``), so a round trip can be checked.
 
+Findings and segments are coded through :mod:`medsight.serving.codes` (SNOMED CT / RadLex where a code exists,
+the bundle's own map first, the local scheme last and declared as such) and carry the algorithm's identity
+(:class:`medsight.serving.provenance.AlgorithmIdentity`: name, version, bundle checksum) as IHE AI Results asks.
+Sources that lack Type 2 attributes (PatientBirthDate, PatientSex, ...) are completed with empty values on a copy,
+so exported series with stripped headers still give valid objects.
+
 Masks are in *volume order*: ``mask[k]`` is slice ``k`` of ``medsight.io.dicom.read_series`` on the same
 source, i.e. sorted along the slice normal. The writer sorts the source datasets the same way, so the caller
 never has to track file order.
@@ -11,15 +17,16 @@ never has to track file order.
 
 from __future__ import annotations
 
+import copy
 import re
-from collections.abc import Sequence
+from collections.abc import Mapping, Sequence
 from dataclasses import dataclass, field
 from pathlib import Path
 
 import highdicom as hd
 import numpy as np
 from pydicom.dataset import Dataset
-from pydicom.sr.codedict import codes
+from pydicom.sr.codedict import codes as dicom_codes
 from pydicom.sr.coding import Code
 
 from medsight import __version__
@@ -28,9 +35,10 @@ from medsight.io import geometry as geo
 from medsight.io.atomic import atomic_path
 from medsight.io.dicom import Instance, Series, series_layout
 from medsight.io.geometry import Geometry
+from medsight.serving import codes as label_codes
+from medsight.serving.codes import LOCAL_SCHEME as LOCAL_SCHEME  # re-exported: writers' local scheme
+from medsight.serving.provenance import AlgorithmIdentity, identity_from_sr_parameters
 
-#: Coding scheme for model-specific labels that have no standard code (DICOM PS3.16 8.2: "99" prefix = local).
-LOCAL_SCHEME = "99MEDSIGHT"
 MANUFACTURER = "medsight"
 
 PathLike = str | Path
@@ -40,8 +48,9 @@ PathLike = str | Path
 class Label:
     """A segment or finding class: its name, and optionally standard codes (SNOMED CT, ...) for it.
 
-    Without codes the label gets a local code (scheme ``99MEDSIGHT``) whose meaning is the name, and the SEG
-    category "Tissue": valid DICOM that says honestly that the concept is the model's own.
+    Without codes the label is looked up in :mod:`medsight.serving.codes` (a bundle's map, then SNOMED CT /
+    RadLex); a label with no standard code gets a local code (scheme ``99MEDSIGHT``) whose meaning is the name:
+    valid DICOM that says honestly that the concept is the model's own.
     """
 
     name: str
@@ -50,14 +59,49 @@ class Label:
 
     def concept(self) -> hd.sr.CodedConcept:
         """The coded concept for this label."""
-        if self.code is not None:
-            return hd.sr.CodedConcept(self.code.value, self.code.scheme_designator, self.code.meaning)
-        value = re.sub(r"[^A-Za-z0-9_.-]+", "-", self.name.strip()).strip("-")[:16] or "label"
-        return hd.sr.CodedConcept(value, LOCAL_SCHEME, self.name[:64])
+        code = self.code or label_codes.local_code(self.name)
+        return hd.sr.CodedConcept(code.value, code.scheme_designator, code.meaning)
 
 
-def _label(value: str | Label) -> Label:
-    return value if isinstance(value, Label) else Label(str(value))
+def resolve_label(value: str | Label, overrides: Mapping[str, Code] | None = None) -> Label:
+    """The label with its code and category: given codes are kept, else the bundle map, defaults, local."""
+    label = value if isinstance(value, Label) else Label(str(value))
+    if label.code is not None:
+        return label
+    coded = label_codes.code_for(label.name, overrides)
+    return Label(label.name, coded.code, label.category or coded.category)
+
+
+#: Type 2 attributes of the Patient and General Study modules: required, empty when unknown (PS3.5 7.4.5).
+TYPE2_ATTRIBUTES = (
+    "PatientName",
+    "PatientID",
+    "PatientBirthDate",
+    "PatientSex",
+    "StudyDate",
+    "StudyTime",
+    "ReferringPhysicianName",
+    "StudyID",
+    "AccessionNumber",
+)
+
+
+def with_type2(datasets: Sequence[Dataset]) -> list[Dataset]:
+    """Shallow copies of ``datasets`` where every missing Type 2 attribute is present and empty.
+
+    Many exported series drop PatientBirthDate/PatientSex or leave StudyID empty; highdicom reads them from the
+    sources and would fail. The copies share pixel data with the originals, which are left untouched."""
+    out = []
+    for ds in datasets:
+        missing = [k for k in TYPE2_ATTRIBUTES if k not in ds]
+        if not missing:
+            out.append(ds)
+            continue
+        completed = copy.copy(ds)
+        for keyword in missing:
+            setattr(completed, keyword, None)
+        out.append(completed)
+    return out
 
 
 # --------------------------------------------------------------------------------------------------------
@@ -112,16 +156,19 @@ def write_seg(
     series_number: int = 9001,
     series_description: str = "medsight segmentation",
     omit_empty_frames: bool = False,
+    identity: AlgorithmIdentity | None = None,
+    codes: Mapping[str, Code] | None = None,
 ) -> Path:
     """Write a binary DICOM SEG of ``mask`` over its source series; returns the path.
 
     ``mask`` is ``[slice, row, column]`` in volume order (as ``read_series`` returns the source): bool for
     one label, or integers ``0..len(labels)`` where ``k`` means ``labels[k-1]``. Each label becomes a
     segment identified by the model's name and version. By default every source frame is encoded (also
-    empty ones) so that the SEG alone carries the source geometry.
+    empty ones) so that the SEG alone carries the source geometry. ``identity`` (name, version, bundle checksum)
+    overrides ``model_name``/``model_version``; ``codes`` is the bundle's label map (see :mod:`.codes`).
     """
     arr = np.asarray(mask)
-    names = [_label(v) for v in labels]
+    names = [resolve_label(v, codes) for v in labels]
     if not names:
         raise MedsightError("at least one label is needed")
     if arr.ndim == 2:
@@ -135,15 +182,15 @@ def write_seg(
     if arr.min(initial=0) < 0 or arr.max(initial=0) > len(names):
         raise MedsightError(f"mask values must lie in 0..{len(names)} (one per label)")
     order = volume_order(source_datasets)
-    sources, pixels = _source_aligned(arr, source_datasets, order)
-    algorithm = hd.AlgorithmIdentificationSequence(
-        name=model_name, family=codes.DCM.ArtificialIntelligence, version=model_version
-    )
+    sources, pixels = _source_aligned(arr, with_type2(source_datasets), order)
+    identity = identity or AlgorithmIdentity(model_name, model_version)
+    model_name = identity.name
+    algorithm = identity.seg_identification()
     descriptions = [
         hd.seg.SegmentDescription(
             segment_number=n,
             segment_label=label.name[:64],
-            segmented_property_category=label.category or codes.SCT.Tissue,
+            segmented_property_category=label.category or dicom_codes.SCT.Tissue,
             segmented_property_type=label.concept(),
             algorithm_type=hd.seg.SegmentAlgorithmTypeValues.AUTOMATIC,
             algorithm_identification=algorithm,
@@ -293,31 +340,44 @@ def write_sr(
     findings: Sequence[Finding],
     source_datasets: Sequence[Dataset],
     out_path: PathLike,
-    model_name: str,
-    model_version: str,
+    model_name: str = "medsight",
+    model_version: str = __version__,
     *,
     series_number: int = 9002,
     series_description: str = "medsight findings",
+    identity: AlgorithmIdentity | None = None,
+    codes: Mapping[str, Code] | None = None,
 ) -> Path:
     """Write a Comprehensive 3D SR holding a TID 1500 Measurement Report of ``findings``; returns the path.
 
     Each finding is a measurement group (TID 1501) with the class as its Finding (finding type), the
     probability as a NUM "Probability" (DCM 122157, unit 1), the model as Algorithm Name and
     Version, and references to its source images. The device observer is the model.
+
+    ``identity`` (IHE AIR provenance) overrides ``model_name``/``model_version`` and adds the bundle checksum as
+    TID 4019 Algorithm Parameters. Labels are coded through ``codes`` (the bundle's map) and
+    :mod:`medsight.serving.codes`; the model's own label text is kept as the group's Tracking Identifier, and the
+    coding schemes used (the local one described as medsight's own) are listed in Coding Scheme Identification.
     """
     if not source_datasets:
         raise MedsightError("an SR needs at least one source image to reference", out_path)
+    source_datasets = with_type2(source_datasets)
+    identity = identity or AlgorithmIdentity(model_name, model_version)
+    model_name, model_version = identity.name, identity.version
     groups: list[hd.sr.MeasurementsAndQualitativeEvaluations | hd.sr.PlanarROIMeasurementsAndQualitativeEvaluations]
     groups = []
-    algorithm = hd.sr.AlgorithmIdentification(name=model_name[:64], version=model_version[:64])
+    algorithm = identity.sr_identification()
+    used: list[Code] = [dicom_codes.DCM.Probability, dicom_codes.UCUM.NoUnits, dicom_codes.SCT.ImagingProcedure]
     for n, finding in enumerate(findings, start=1):
         p = float(finding.probability)
         if not 0.0 <= p <= 1.0:
             raise MedsightError(f"finding {n}: probability {p} is outside [0, 1]", out_path)
-        concept = _label(finding.label).concept()
-        tracking = hd.sr.TrackingIdentifier(uid=hd.UID(), identifier=f"finding {n}")
+        label = resolve_label(finding.label, codes)
+        concept = label.concept()
+        used.append(Code(concept.value, concept.scheme_designator, concept.meaning))
+        tracking = hd.sr.TrackingIdentifier(uid=hd.UID(), identifier=label.name[:64] or f"finding {n}")
         probability = hd.sr.Measurement(
-            name=codes.DCM.Probability, value=p, unit=codes.UCUM.NoUnits, algorithm_id=algorithm
+            name=dicom_codes.DCM.Probability, value=p, unit=dicom_codes.UCUM.NoUnits, algorithm_id=algorithm
         )
         if finding.box is not None or finding.point is not None:
             groups.append(
@@ -345,7 +405,7 @@ def write_sr(
             )
         )
     observer = hd.sr.ObserverContext(
-        observer_type=codes.DCM.Device,
+        observer_type=dicom_codes.DCM.Device,
         observer_identifying_attributes=hd.sr.DeviceObserverIdentifyingAttributes(
             uid=hd.UID(), name=model_name[:64], manufacturer_name=MANUFACTURER, model_name=model_version[:64]
         ),
@@ -354,7 +414,7 @@ def write_sr(
     def measurement_report(library: list[Dataset] | None) -> hd.sr.MeasurementReport:
         return hd.sr.MeasurementReport(
             observation_context=hd.sr.ObservationContext(observer_device_context=observer),
-            procedure_reported=codes.SCT.ImagingProcedure,
+            procedure_reported=dicom_codes.SCT.ImagingProcedure,
             imaging_measurements=groups,
             referenced_images=library,
         )
@@ -379,7 +439,17 @@ def write_sr(
         )
     except (ValueError, TypeError, AttributeError) as exc:
         raise MedsightError(f"cannot build DICOM SR: {exc}", out_path) from exc
+    sr.CodingSchemeIdentificationSequence = [
+        _scheme_item(item) for item in label_codes.coding_scheme_identification(used)
+    ]
     return _save(sr, out_path)
+
+
+def _scheme_item(values: Mapping[str, str]) -> Dataset:
+    item = Dataset()
+    for keyword, value in values.items():
+        setattr(item, keyword, value)
+    return item
 
 
 def _image_region(
@@ -435,6 +505,8 @@ class ReportedFinding:
     """A finding read back from an SR written by :func:`write_sr`.
 
     ``box`` / ``point`` are the finding's region in the convention of :class:`Finding` (None when it has none).
+    ``label`` is the model's label text (the Tracking Identifier), ``code`` the coded finding
+    ``(value, scheme, meaning)`` and ``model_checksum`` the bundle checksum from the Algorithm Parameters.
     """
 
     label: str
@@ -444,6 +516,8 @@ class ReportedFinding:
     referenced_sop_instance_uids: tuple[str, ...] = field(repr=False)
     box: tuple[float, float, float, float] | None = None
     point: tuple[float, float] | None = None
+    code: tuple[str, str, str] = ("", "", "")
+    model_checksum: str = ""
 
 
 def read_sr(path: PathLike) -> list[ReportedFinding]:
@@ -464,7 +538,7 @@ def read_sr(path: PathLike) -> list[ReportedFinding]:
     for group in groups:
         finding_type = group.finding_type
         probability = float("nan")
-        for m in group.get_measurements(name=codes.DCM.Probability):
+        for m in group.get_measurements(name=dicom_codes.DCM.Probability):
             probability = float(m.value)
         box: tuple[float, float, float, float] | None = None
         point: tuple[float, float] | None = None
@@ -472,15 +546,23 @@ def read_sr(path: PathLike) -> list[ReportedFinding]:
             box, point, uids = _region_of(group, path)
         else:
             uids = tuple(str(img.ReferencedSOPSequence[0].ReferencedSOPInstanceUID) for img in group.source_images)
+        meaning = str(finding_type.meaning) if finding_type is not None else ""
+        identifier = str(group.tracking_identifier or "")
         found.append(
             ReportedFinding(
-                label=str(finding_type.meaning) if finding_type is not None else "",
+                label=meaning if not identifier or re.fullmatch(r"finding \d+", identifier) else identifier,
                 probability=probability,
-                model_name=_text_item(group, codes.DCM.AlgorithmName),
-                model_version=_text_item(group, codes.DCM.AlgorithmVersion),
+                model_name=_text_item(group, dicom_codes.DCM.AlgorithmName),
+                model_version=_text_item(group, dicom_codes.DCM.AlgorithmVersion),
                 referenced_sop_instance_uids=uids,
                 box=box,
                 point=point,
+                code=(
+                    (str(finding_type.value), str(finding_type.scheme_designator), meaning)
+                    if finding_type is not None
+                    else ("", "", "")
+                ),
+                model_checksum=identity_from_sr_parameters(_text_items(group, dicom_codes.DCM.AlgorithmParameters)),
             )
         )
     return found
@@ -516,6 +598,24 @@ def _region_of(
         lo, hi = data.min(axis=0), data.max(axis=0)
         return (float(lo[0]), float(lo[1]), float(hi[0]), float(hi[1])), None, uids
     return None, None, uids  # CIRCLE / ELLIPSE / ... from other writers: not a box or point
+
+
+def _text_items(group: Sequence[Dataset], name: Code) -> list[str]:
+    """Values of every TEXT content item called ``name`` under the group (any depth: TID 4019 nests them)."""
+
+    def walk(items: Sequence[Dataset]) -> list[str]:
+        out: list[str] = []
+        for item in items:
+            concept = item.get("ConceptNameCodeSequence")
+            if concept and (concept[0].CodeValue, concept[0].CodingSchemeDesignator) == (
+                name.value,
+                name.scheme_designator,
+            ):
+                out.append(str(item.get("TextValue", "")))
+            out.extend(walk(item.get("ContentSequence", [])))
+        return out
+
+    return walk(group[0].get("ContentSequence", []) if len(group) else [])
 
 
 def _text_item(group: Sequence[Dataset], name: Code) -> str:

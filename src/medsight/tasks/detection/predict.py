@@ -169,7 +169,9 @@ class DetectionModel:
         (0, 0) = top-left corner of the top-left pixel) as they are. The per-axis factor below maps them onto
         Columns x Rows should the image read ever differ in size."""
         from medsight.io.dicom import read_datasets
+        from medsight.serving.codes import bundle_codes
         from medsight.serving.dicom_objects import Finding, write_sr
+        from medsight.serving.provenance import AlgorithmIdentity
 
         assert r.path is not None
         if not r.findings:
@@ -192,8 +194,8 @@ class DetectionModel:
             findings,
             [source],
             folder / name,
-            f"medsight {meta['data']['source']} detector",
-            str(meta["versions"]["medsight"]),
+            identity=AlgorithmIdentity.of(self.bundle, f"medsight {meta['data']['source']} detector"),
+            codes=bundle_codes(meta),
         )
         return {
             "sr": name,

@@ -186,15 +186,17 @@ class OutcomeModel:
 
     def _write_sr(self, r: OutcomeResult, path: Path) -> None:
         from medsight.io.dicom import read_datasets
+        from medsight.serving.codes import bundle_codes
         from medsight.serving.dicom_objects import Finding, write_sr
+        from medsight.serving.provenance import AlgorithmIdentity
 
         assert r.source is not None
         write_sr(
             [Finding(label=r.target, probability=r.probability)],
             [read_datasets([r.source])[0]],
             path,
-            f"medsight {self.bundle.meta['data']['source']} outcome",
-            str(self.bundle.meta["versions"]["medsight"]),
+            identity=AlgorithmIdentity.of(self.bundle, f"medsight {self.bundle.meta['data']['source']} outcome"),
+            codes=bundle_codes(self.bundle.meta),
         )
 
 

@@ -234,7 +234,9 @@ class SegmentationModel:
                 r.files["mask"] = name
             if src.kind == "dicom":
                 from medsight.io.dicom import read_datasets
+                from medsight.serving.codes import bundle_codes
                 from medsight.serving.dicom_objects import write_seg
+                from medsight.serving.provenance import AlgorithmIdentity
 
                 seg_name = f"{stem}_seg.dcm"
                 write_seg(
@@ -242,8 +244,10 @@ class SegmentationModel:
                     read_datasets(src.volume.files),
                     self.labels[1:],
                     folder / seg_name,
-                    model_name=f"medsight {self.bundle.meta['data']['source']} segmentation",
-                    model_version=str(self.bundle.meta["versions"]["medsight"]),
+                    identity=AlgorithmIdentity.of(
+                        self.bundle, f"medsight {self.bundle.meta['data']['source']} segmentation"
+                    ),
+                    codes=bundle_codes(self.bundle.meta),
                 )
                 r.dicom["seg"] = seg_name
             img, _unused, shown = view(src.image, None, r.mask)

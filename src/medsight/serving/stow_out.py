@@ -1,0 +1,126 @@
+"""Send result objects to a PACS by DICOMweb STOW-RS (PS3.18 10.5), and the two ways a destination fails.
+
+One request per call, ``multipart/related; type="application/dicom"`` with one part per file, so a study's
+result set arrives together. The response tells what happened per instance: a 200 stored all, a 202 stored some
+(the others carry a FailureReason), 409 stored none. Failures split into the two kinds the job queue needs:
+:class:`DestinationUnavailable` (connection refused, timeout, 5xx: retry later) and :class:`DestinationRejected`
+(4xx, 409: the same request will fail again, so it goes to the dead letters with the reason).
+"""
+
+from __future__ import annotations
+
+import uuid
+from collections.abc import Sequence
+from dataclasses import dataclass, field
+from pathlib import Path
+from typing import Any
+
+import httpx2 as httpx
+from pydicom.dataset import Dataset
+
+from medsight.errors import MedsightError
+
+#: PS3.18 Table 10.5.3-1 attribute tags in a STOW-RS response (JSON model).
+FAILED_SOP_SEQUENCE = "00081198"
+REFERENCED_SOP_SEQUENCE = "00081199"
+REFERENCED_SOP_INSTANCE_UID = "00081155"
+FAILURE_REASON = "00081197"
+WARNING_REASON = "00081196"
+
+
+class DestinationUnavailable(MedsightError):
+    """The destination could not be reached or failed on its side (connection, timeout, 5xx): retry later."""
+
+
+class DestinationRejected(MedsightError):
+    """The destination refused the request (4xx, 409): sending the same again will not help; do not retry."""
+
+
+@dataclass
+class StowReport:
+    """What the PACS said: instances stored and those that failed with their FailureReason (PS3.4 codes)."""
+
+    status: int
+    stored: list[str] = field(default_factory=list)
+    failed: dict[str, int] = field(default_factory=dict)
+    warnings: list[int] = field(default_factory=list)
+
+
+def multipart_body(parts: Sequence[bytes], boundary: str) -> bytes:
+    """A multipart/related body of ``application/dicom`` parts (PS3.18 8.6.1.2)."""
+    out = bytearray()
+    for part in parts:
+        out += f"--{boundary}\r\nContent-Type: application/dicom\r\n\r\n".encode()
+        out += part + b"\r\n"
+    out += f"--{boundary}--\r\n".encode()
+    return bytes(out)
+
+
+def stow(
+    url: str,
+    paths: Sequence[str | Path],
+    *,
+    token: str | None = None,
+    timeout_s: float = 30.0,
+    client: httpx.Client | None = None,
+) -> StowReport:
+    """POST ``paths`` to the STOW-RS endpoint ``url`` (e.g. ``http://pacs/dicom-web/studies``) in one request.
+
+    Raises :class:`DestinationUnavailable` on connection errors, timeouts and 5xx, :class:`DestinationRejected`
+    on 4xx (409 included) or when any instance failed, naming the FailureReason codes (never patient data)."""
+    if not paths:
+        raise MedsightError("STOW-RS: nothing to send")
+    parts = []
+    for p in paths:
+        try:
+            parts.append(Path(p).read_bytes())
+        except OSError as exc:
+            raise MedsightError(f"cannot read result file ({exc.strerror})", p) from exc
+    boundary = f"medsight-{uuid.uuid4().hex}"
+    headers = {
+        "Content-Type": f'multipart/related; type="application/dicom"; boundary={boundary}',
+        "Accept": "application/dicom+json",
+    }
+    if token:
+        headers["Authorization"] = f"Bearer {token}"
+    body = multipart_body(parts, boundary)
+    try:
+        if client is not None:
+            response = client.post(url, content=body, headers=headers, timeout=timeout_s)
+        else:
+            with httpx.Client(timeout=timeout_s) as own:
+                response = own.post(url, content=body, headers=headers)
+    except httpx.HTTPError as exc:  # connect/read errors and timeouts
+        raise DestinationUnavailable(f"STOW-RS destination unreachable ({type(exc).__name__})", url) from exc
+    report = _report(response)
+    if response.status_code >= 500:
+        raise DestinationUnavailable(f"STOW-RS destination failed with HTTP {response.status_code}", url)
+    if response.status_code >= 400 or report.failed:
+        reasons = ", ".join(f"{reason:#06x}" for reason in sorted(set(report.failed.values()))) or "none given"
+        raise DestinationRejected(
+            f"STOW-RS rejected: HTTP {response.status_code}, {len(report.failed)} of {len(paths)} instance(s) "
+            f"failed (FailureReason {reasons})",
+            url,
+        )
+    return report
+
+
+def _report(response: httpx.Response) -> StowReport:
+    """Parse the STOW-RS response body (DICOM JSON) when there is one; tolerate an empty or non-JSON body."""
+    report = StowReport(status=response.status_code)
+    try:
+        data: Any = response.json()
+    except ValueError:
+        return report
+    if isinstance(data, list):  # some servers wrap the one response dataset in a list
+        data = data[0] if data else {}
+    if not isinstance(data, dict):
+        return report
+    ds = Dataset.from_json(data)
+    for item in ds.get("ReferencedSOPSequence", []):
+        report.stored.append(str(item.get("ReferencedSOPInstanceUID", "")))
+        if "WarningReason" in item:
+            report.warnings.append(int(item.WarningReason))
+    for item in ds.get("FailedSOPSequence", []):
+        report.failed[str(item.get("ReferencedSOPInstanceUID", ""))] = int(item.get("FailureReason", 0xC000))
+    return report
