@@ -10,6 +10,7 @@ import argparse
 import json
 import time
 from datetime import UTC, datetime
+from pathlib import Path
 from typing import Any
 
 from medsight.serving.security import ROLE_HELP, ROLES, UserDirectory, open_user_directory
@@ -38,6 +39,9 @@ def register(subparsers: Any) -> None:
             help=f"the service's data folder holding its SQLite database (default: ./{DEFAULT_DATA_DIR})",
         )
         p.add_argument("--database-url", help="a SQLAlchemy URL instead of SQLite in the data folder")
+        p.add_argument(
+            "--config", type=Path, help="the service's site configuration: its data folder and database are used"
+        )
 
     add = actions.add_parser("add", help="create a user")
     add.add_argument("name")
@@ -62,7 +66,14 @@ def _when(stamp: float | None) -> str | None:
 
 def run(args: argparse.Namespace) -> int:
     """Do the action; 0 on success (a bad name, role or token id raises MedsightError, exit 2)."""
-    users: UserDirectory = open_user_directory(args.data_dir, args.database_url)
+    data_dir, database_url = args.data_dir, args.database_url
+    if args.config is not None:
+        from medsight.serving.config import load_config
+
+        site = load_config(args.config)
+        data_dir = site.service.data_dir
+        database_url = site.database.sqlalchemy_url() if site.database.kind == "postgresql" else None
+    users: UserDirectory = open_user_directory(data_dir, database_url)
     if args.action == "add":
         users.add_user(args.name, args.role)
         print(f"user {args.name} added ({args.role}); create a token with: medsight users token {args.name}")

@@ -17,7 +17,7 @@ import socketserver
 import threading
 import time
 import zlib
-from collections.abc import Callable
+from collections.abc import Callable, Iterable, Iterator
 from dataclasses import dataclass, field
 from io import BytesIO
 from typing import Any, Protocol
@@ -29,7 +29,11 @@ from pydicom.uid import UID
 from pynetdicom import AE, ALL_TRANSFER_SYNTAXES, AllStoragePresentationContexts, build_context, evt
 from pynetdicom.acse import ACSE
 from pynetdicom.association import Association
-from pynetdicom.sop_class import Verification  # type: ignore[attr-defined]
+from pynetdicom.sop_class import (  # type: ignore[attr-defined]
+    PatientRootQueryRetrieveInformationModelFind,
+    StudyRootQueryRetrieveInformationModelFind,
+    Verification,
+)
 from pynetdicom.transport import RequestHandler, ThreadedAssociationServer
 
 from medsight.errors import MedsightError
@@ -46,6 +50,10 @@ STATUS_OUT_OF_RESOURCES = 0xA700  # the sink could not write (disk full, I/O err
 STATUS_SOP_CLASS_MISMATCH = 0xA900  # the data set's SOP Class UID is not the one the request names
 STATUS_BAD_INSTANCE = 0xC000  # a required UID missing or inconsistent, or the sink refused the instance
 STATUS_STORE_FAILED = 0xC001  # the sink failed unexpectedly
+STATUS_PENDING = 0xFF00
+STATUS_FIND_CANCEL = 0xFE00
+STATUS_FIND_UNABLE = 0xC000  # unable to process (C-FIND)
+STATUS_FIND_UNSUPPORTED = 0xA900  # identifier does not match SOP class
 STATUS_CANNOT_DECODE = 0xC210  # the data set cannot be decoded in the negotiated transfer syntax
 
 REQUIRED_UIDS = ("SOPClassUID", "SOPInstanceUID", "StudyInstanceUID", "SeriesInstanceUID")
@@ -281,11 +289,18 @@ class DicomListener:
     """
 
     def __init__(
-        self, settings: ListenerSettings, sink: InstanceSink, *, on_stored: Callable[[object], None] | None = None
+        self,
+        settings: ListenerSettings,
+        sink: InstanceSink,
+        *,
+        on_stored: Callable[[object], None] | None = None,
+        finder: Callable[[Dataset, str], Iterable[Dataset]] | None = None,
     ) -> None:
         self.settings = settings
         self.sink = sink
         self.on_stored = on_stored
+        #: C-FIND (Study Root and Patient Root): ``finder(identifier, calling_ae)`` yields the matches.
+        self.finder = finder
         self.stats = ListenerStats()
         self._server: _Server | None = None
         self._thread: threading.Thread | None = None
@@ -311,10 +326,14 @@ class DicomListener:
         ae.network_timeout = s.network_timeout_s
         ae.maximum_pdu_size = s.max_pdu_size
         contexts = [build_context(uid, list(s.transfer_syntaxes)) for uid in s.sop_classes]
+        if self.finder is not None:
+            contexts += [build_context(StudyRootQueryRetrieveInformationModelFind),
+                         build_context(PatientRootQueryRetrieveInformationModelFind)]
         contexts.append(build_context(Verification))
         handlers: list[evt.EventHandlerType] = [
             (evt.EVT_C_ECHO, self._on_echo),
             (evt.EVT_C_STORE, self._on_store),
+            (evt.EVT_C_FIND, self._on_find),
             (evt.EVT_ESTABLISHED, self._on_established),
             (evt.EVT_CONN_CLOSE, self._on_closed),
         ]
@@ -409,6 +428,31 @@ class DicomListener:
                 counts.stored,
                 counts.failed,
             )
+
+    def _on_find(self, event: evt.Event) -> Iterator[tuple[int, Dataset | None]]:
+        """C-FIND: one pending response per match; failures name the problem, never patient data."""
+        if self.finder is None:
+            yield STATUS_FIND_UNSUPPORTED, None
+            return
+        try:
+            identifier = event.identifier
+            matches = self.finder(identifier, str(event.assoc.requestor.ae_title).strip())
+            for match in matches:
+                if event.is_cancelled:
+                    yield STATUS_FIND_CANCEL, None
+                    return
+                yield STATUS_PENDING, match
+        except MedsightError as exc:
+            LOG.info("C-FIND refused: %s", exc)
+            failure = Dataset()
+            failure.ErrorComment = str(exc)[:64]
+            yield STATUS_FIND_UNABLE, failure
+            return
+        except Exception as exc:  # any other failure: the SCU gets a status, the log the exception type only
+            LOG.error("C-FIND failed (%s)", type(exc).__name__)
+            yield STATUS_FIND_UNABLE, None
+            return
+        yield STATUS_SUCCESS, None
 
     def _on_echo(self, event: evt.Event) -> int:
         self.stats.count(echoes=1)

@@ -35,7 +35,6 @@ from sqlalchemy import (
     MetaData,
     String,
     Table,
-    create_engine,
     delete,
     insert,
     select,
@@ -286,15 +285,11 @@ def default_database_url(data_dir: str | Path) -> str:
 
 
 def open_user_directory(data_dir: str | Path, database_url: str | None = None) -> UserDirectory:
-    """The user directory of a service: ``database_url`` if given, else SQLite under ``data_dir``."""
-    if database_url is None:
-        Path(data_dir).mkdir(parents=True, exist_ok=True)
-        database_url = default_database_url(data_dir)
-    try:
-        engine = create_engine(database_url)
-    except Exception as exc:  # SQLAlchemy raises several types for a bad URL
-        raise MedsightError(f"cannot open the database: {exc}") from exc
-    return UserDirectory(engine)
+    """The user directory of a service: ``database_url`` if given, else SQLite under ``data_dir`` (the service's
+    own database, opened the same way: WAL, migrations)."""
+    from medsight.serving.database import open_database
+
+    return UserDirectory(open_database(database_url, Path(data_dir)))
 
 
 # ---- FastAPI -------------------------------------------------------------------------------------------------

@@ -1,0 +1,79 @@
+"""Prometheus metrics of the service: what an operator watches to see that nothing is stuck or lost.
+
+Queue depth per state is read from the job table at scrape time (a collector, not a counter the code must keep in
+step), so it is right after a restart too; latencies and failures are counted as jobs finish. Labels are model
+(route) and destination names only: never a UID or anything about a patient.
+"""
+
+from __future__ import annotations
+
+from collections.abc import Callable, Iterable, Mapping
+
+from prometheus_client import CollectorRegistry, Counter, Histogram, generate_latest
+from prometheus_client.core import GaugeMetricFamily
+from prometheus_client.registry import Collector
+
+#: Latency buckets (seconds) from a fast 2D classifier to a slow 3D segmentation on CPU.
+LATENCY_BUCKETS = (0.1, 0.25, 0.5, 1, 2, 3, 5, 10, 30, 60, 120, 300, 600)
+
+
+class _QueueCollector(Collector):
+    """Queue depth per job state and the age of the oldest queued job, read when scraped."""
+
+    def __init__(self, counts: Callable[[], Mapping[str, int]], oldest_age: Callable[[], float | None]) -> None:
+        self._counts = counts
+        self._oldest_age = oldest_age
+
+    def collect(self) -> Iterable[GaugeMetricFamily]:
+        depth = GaugeMetricFamily("medsight_jobs", "Jobs in the queue by state", labels=["state"])
+        for state, n in sorted(self._counts().items()):
+            depth.add_metric([state], n)
+        yield depth
+        age = self._oldest_age()
+        yield GaugeMetricFamily(
+            "medsight_oldest_queued_job_age_seconds",
+            "Age of the oldest job waiting to run (0 when none)",
+            value=0.0 if age is None else age,
+        )
+
+
+class ServiceMetrics:
+    """The service's registry (its own, so tests and several services in one process do not collide)."""
+
+    def __init__(self, counts: Callable[[], Mapping[str, int]], oldest_age: Callable[[], float | None]) -> None:
+        self.registry = CollectorRegistry()
+        self.registry.register(_QueueCollector(counts, oldest_age))
+        self.instances = Counter(
+            "medsight_instances_received", "DICOM instances stored", ["via"], registry=self.registry
+        )
+        self.rejected = Counter(
+            "medsight_instances_rejected", "DICOM instances refused", ["via"], registry=self.registry
+        )
+        self.studies = Counter("medsight_studies_completed", "Studies found complete", registry=self.registry)
+        self.job_latency = Histogram(
+            "medsight_job_seconds",
+            "Time a job ran, by kind and model or destination",
+            ["kind", "target"],
+            buckets=LATENCY_BUCKETS,
+            registry=self.registry,
+        )
+        self.study_latency = Histogram(
+            "medsight_study_result_seconds",
+            "From a study found complete to its results stored and sent, by model",
+            ["model"],
+            buckets=LATENCY_BUCKETS,
+            registry=self.registry,
+        )
+        self.failures = Counter(
+            "medsight_job_failures",
+            "Failed job attempts, by kind and model or destination",
+            ["kind", "target"],
+            registry=self.registry,
+        )
+        self.dead = Counter(
+            "medsight_jobs_dead", "Jobs moved to the dead-letter state", ["kind", "target"], registry=self.registry
+        )
+
+    def render(self) -> bytes:
+        """The Prometheus text exposition of every metric."""
+        return generate_latest(self.registry)

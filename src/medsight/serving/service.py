@@ -1,0 +1,346 @@
+"""``medsight serve``: one process with a DICOM listener, the HTTP API, a scheduler and workers.
+
+Workers are threads. Measured reason: inference runs in ONNX Runtime and DICOM I/O in C code that release the
+GIL, models stay loaded once per process (a worker process per model would hold a copy of each), and the queue in
+the database already makes the work crash-safe across restarts. A job that hangs is not waited on forever: each
+runs under the job timeout in its own thread; past the timeout the job is failed (and retried or dead-lettered)
+and the worker takes the next job.
+
+Start-up recovers what a crash left: jobs still marked running go back to the queue, and studies found complete
+whose jobs were never queued are queued (the dedupe keys make that idempotent). Shutdown (SIGTERM/SIGINT) stops
+taking instances and jobs, lets running jobs finish within a grace period and puts the rest back in the queue.
+"""
+
+from __future__ import annotations
+
+import concurrent.futures
+import dataclasses
+import functools
+import logging
+import os
+import signal
+import socket
+import threading
+import time
+from collections.abc import Callable
+from pathlib import Path
+from typing import Any
+
+from medsight.errors import MedsightError
+from medsight.serving.config import SiteConfig
+from medsight.serving.worker import EXPORT, INFERENCE, ModelCache, Retryable, WorkContext, run_export, run_inference
+
+log = logging.getLogger("medsight.serve")
+
+#: How often the scheduler looks for quiet studies and expired leases, and how often idle workers poll.
+TICK_S = 0.2
+
+
+class Service:
+    """The running service; ``start()`` returns once every listener is up, ``stop()`` shuts down gracefully."""
+
+    def __init__(self, config: SiteConfig, *, grace_s: float = 30.0) -> None:
+        from medsight.serving.audit import AuditLog
+        from medsight.serving.database import open_database
+        from medsight.serving.jobs import JobQueue
+        from medsight.serving.metrics import ServiceMetrics
+        from medsight.serving.security import UserDirectory
+        from medsight.serving.store import StudyStore
+
+        self.config = config
+        s = config.service
+        self.data_dir = Path(s.data_dir)
+        self.data_dir.mkdir(parents=True, exist_ok=True)
+        self.grace_s = grace_s
+        self.engine = open_database(
+            config.database.sqlalchemy_url() if config.database.kind != "sqlite" else None, self.data_dir
+        )
+        self.store = StudyStore(
+            self.engine,
+            self.data_dir / "instances",
+            min_free_bytes=s.min_free_mb * 1_000_000,
+            rerun_on_late=s.rerun_on_late,
+        )
+        self.queue = JobQueue(
+            self.engine,
+            timeout_s=s.job_timeout_s,
+            max_attempts=s.max_attempts,
+            backoff_s=s.backoff_s,
+            backoff_max_s=s.backoff_max_s,
+        )
+        self.users = UserDirectory(self.engine)
+        self.audit = AuditLog(self.data_dir / "audit.log")
+        self.metrics = ServiceMetrics(self.queue.counts, self.queue.oldest_queued_age)
+        self.models = ModelCache()
+        self.ctx = WorkContext(
+            config=config,
+            store=self.store,
+            queue=self.queue,
+            audit=self.audit,
+            metrics=self.metrics,
+            models=self.models,
+            results_dir=self.data_dir / "results",
+        )
+        self._stop = threading.Event()
+        self._threads: list[threading.Thread] = []
+        self._listener: Any = None
+        self._http: Any = None
+        self.worker_ids = [f"{socket.gethostname()}:{os.getpid()}:{i}" for i in range(s.workers)]
+        self.http_port = s.http_port
+        self.dicom_port = config.dicom.port
+
+    # -------------------------------------------------------------------------------------------- lifecycle
+
+    def start(self) -> None:
+        # One process per SQLite database: whatever it left running died with it. On PostgreSQL several service
+        # processes may share the queue, so only leases that expired are taken back.
+        if self.config.database.kind == "sqlite":
+            recovered = self.queue.requeue_running()
+        else:
+            recovered = self.queue.requeue_expired()
+        if recovered:
+            log.info("start-up: %d job(s) left running by a previous process put back in the queue", recovered)
+        self.models.preload([r.bundle for r in self.config.routes])
+        self._start_listener()
+        self._start_http()
+        self._spawn(self._schedule, "scheduler")
+        for wid in self.worker_ids:
+            self._spawn(functools.partial(self._work, wid), f"worker-{wid}")
+        log.info(
+            "ready: DICOM %s on %s:%d, HTTP on %s:%d",
+            self.config.dicom.ae_title,
+            self.config.dicom.host,
+            self.dicom_port,
+            self.config.service.host,
+            self.http_port,
+        )
+
+    def _spawn(self, target: Callable[[], None], name: str) -> None:
+        t = threading.Thread(target=target, name=name, daemon=True)
+        t.start()
+        self._threads.append(t)
+
+    def _start_listener(self) -> None:
+        from medsight.serving.dicom_query import StoreFinder
+        from medsight.serving.listener import AllowedPeer, DicomListener, ListenerSettings
+        from medsight.serving.routing import storage_sop_classes
+
+        d = self.config.dicom
+        settings = ListenerSettings(
+            ae_title=d.ae_title,
+            host=d.host,
+            port=d.port,
+            allow_any=d.allow_any,
+            allowed=[AllowedPeer(p.ae_title, p.host) for p in d.allowed],
+        )
+        wanted = storage_sop_classes(self.config)  # None: some route takes any class, so accept every one
+        if wanted is not None:
+            settings = dataclasses.replace(settings, sop_classes=sorted(wanted))
+        self._listener = DicomListener(
+            settings, self.store, on_stored=self._on_stored, finder=StoreFinder(self.store, self.audit)
+        )
+        self._listener.start()
+        self.dicom_port = self._listener.port
+
+    def _on_stored(self, stored: object) -> None:
+        self.metrics.instances.labels("dimse").inc()
+
+    def _start_http(self) -> None:
+        import uvicorn
+
+        from medsight.serving.http_api import create_app
+
+        app = create_app(
+            self.store,
+            self.users,
+            self.audit,
+            on_complete=self.complete_study,
+            metrics=self.metrics.render,
+            health=self.health,
+        )
+        s = self.config.service
+        kwargs: dict[str, Any] = {}
+        if self.config.tls is not None:
+            kwargs = {"ssl_certfile": str(self.config.tls.certificate), "ssl_keyfile": str(self.config.tls.key)}
+        sock = socket.socket(socket.AF_INET6 if ":" in s.host else socket.AF_INET, socket.SOCK_STREAM)
+        sock.setsockopt(socket.SOL_SOCKET, socket.SO_REUSEADDR, 1)
+        sock.bind((s.host, s.http_port))
+        self.http_port = sock.getsockname()[1]
+        server = uvicorn.Server(uvicorn.Config(app, log_level="warning", access_log=False, lifespan="off", **kwargs))
+        self._http = server
+        self._http_socket = sock
+        self._spawn(lambda: server.run(sockets=[sock]), "http")
+        deadline = time.monotonic() + 20
+        while not server.started:
+            if time.monotonic() > deadline:
+                raise MedsightError("the HTTP API did not start within 20 s")
+            time.sleep(0.02)
+
+    def stop(self) -> None:
+        """Stop taking work, let running jobs finish within the grace period, re-queue the rest."""
+        if self._stop.is_set():
+            return
+        log.info("shutting down: no new instances or jobs; running jobs get %g s", self.grace_s)
+        if self._listener is not None:
+            self._listener.stop()
+        self._stop.set()
+        deadline = time.monotonic() + self.grace_s
+        for t in self._threads:
+            if t.name.startswith("worker-"):
+                t.join(max(0.0, deadline - time.monotonic()))
+        requeued = sum(self.queue.requeue_running(w) for w in self.worker_ids)
+        if requeued:
+            log.info("shutdown: %d unfinished job(s) put back in the queue", requeued)
+        if self._http is not None:
+            self._http.should_exit = True
+        for t in self._threads:
+            if not t.name.startswith("worker-"):
+                t.join(5)
+        self.engine.dispose()
+
+    def serve_forever(self) -> None:
+        """Run until SIGTERM or SIGINT."""
+        done = threading.Event()
+
+        def handler(signum: int, frame: object) -> None:
+            done.set()
+
+        signal.signal(signal.SIGTERM, handler)
+        signal.signal(signal.SIGINT, handler)
+        self.start()
+        while not done.wait(0.5):
+            pass
+        self.stop()
+
+    # -------------------------------------------------------------------------------------------- scheduling
+
+    def health(self) -> dict[str, Any]:
+        return {
+            "status": "ok" if not self._stop.is_set() else "stopping",
+            "dicom": {"ae_title": self.config.dicom.ae_title, "port": self.dicom_port},
+            "jobs": self.queue.counts(),
+            "routes": [r.name for r in self.config.routes],
+        }
+
+    def complete_study(self, study_uid: str) -> bool:
+        """The explicit completion call (API): mark complete and queue its jobs now."""
+        if not self.store.mark_complete(study_uid):
+            return False
+        self._queue_study(study_uid)
+        return True
+
+    def _schedule(self) -> None:
+        quiet = self.config.service.quiet_period_s
+        for uid in self.store.studies_in_state("complete"):
+            self._queue_study(uid)
+        while not self._stop.wait(TICK_S):
+            try:
+                for uid in self.store.complete_quiet_studies(quiet):
+                    self.metrics.studies.inc()
+                    self._queue_study(uid)
+                self.queue.requeue_expired()
+            except Exception:  # the scheduler must outlive a database hiccup
+                log.exception("scheduler tick failed")
+
+    def _queue_study(self, study_uid: str) -> None:
+        from medsight.serving.routing import SeriesInfo, plan_jobs
+
+        study = self.store.study(study_uid)
+        if study is None:
+            return
+        infos = [
+            SeriesInfo(
+                series_uid=s.series_uid,
+                modality=s.modality or "",
+                sop_class_uids=tuple(s.sop_classes),
+                n_instances=s.n_instances,
+                body_part=s.body_part or "",
+                series_description=s.series_description or "",
+                calling_ae=s.calling_ae or "",
+            )
+            for s in self.store.series(study_uid)
+            if not s.is_result
+        ]
+        rerun = study.rerun_count
+        for match in plan_jobs(self.config, infos):
+            self.queue.enqueue(
+                INFERENCE,
+                study_uid,
+                match.route,
+                {"series": list(match.series_uids), "apply_per": match.per},
+                dedupe_key=f"{study_uid}/{match.route}/{rerun}",
+            )
+        self.ctx.completed_at[study_uid] = time.time()
+        self.store.mark_processed(study_uid)
+
+    # -------------------------------------------------------------------------------------------- working
+
+    def _work(self, worker: str) -> None:
+        pool = concurrent.futures.ThreadPoolExecutor(max_workers=1, thread_name_prefix=f"job-{worker}")
+        while not self._stop.is_set():
+            job = self.queue.claim(worker)
+            if job is None:
+                self._stop.wait(TICK_S)
+                continue
+            _test_hold(self._stop)
+            if self._stop.is_set():
+                break  # claimed as shutdown began: not started, so stop() puts it back in the queue
+            started = time.monotonic()
+            runner = run_inference if job.kind == INFERENCE else run_export
+            future = pool.submit(runner, self.ctx, job)
+            try:
+                result = future.result(timeout=self.config.service.job_timeout_s)
+            except concurrent.futures.TimeoutError:
+                # the thread cannot be killed: leave it and give the worker a fresh one
+                pool.shutdown(wait=False, cancel_futures=True)
+                pool = concurrent.futures.ThreadPoolExecutor(max_workers=1, thread_name_prefix=f"job-{worker}")
+                timeout = self.config.service.job_timeout_s
+                self._failed(job, f"timed out after {timeout:g} s", retryable=True, worker=worker)
+                continue
+            except Retryable as exc:
+                self._failed(job, str(exc), retryable=True, worker=worker)
+                continue
+            except MedsightError as exc:
+                self._failed(job, str(exc), retryable=False, worker=worker)
+                continue
+            except Exception as exc:  # a bug or an unexpected library error: retried, then dead-lettered
+                log.exception("job %s (%s %s) failed", job.id, job.kind, job.target)
+                self._failed(job, f"{type(exc).__name__}: {exc}", retryable=True, worker=worker)
+                continue
+            self.queue.complete(job.id, result, worker=worker)
+            self.metrics.job_latency.labels(job.kind, job.target).observe(time.monotonic() - started)
+            if job.kind == EXPORT or not result.get("exports"):
+                t0 = self.ctx.completed_at.get(job.study_uid)
+                model = job.payload.get("route", job.target)
+                if t0 is not None and (job.kind == INFERENCE or _all_exports_done(self, job)):
+                    self.metrics.study_latency.labels(model).observe(time.time() - t0)
+            log.info("job %s done: %s %s", job.id, job.kind, job.target)
+        pool.shutdown(wait=False, cancel_futures=True)
+
+    def _failed(self, job: Any, error: str, *, retryable: bool, worker: str) -> None:
+        updated = self.queue.fail(job.id, error, retryable=retryable, worker=worker)
+        self.metrics.failures.labels(job.kind, job.target).inc()
+        state = getattr(updated.state, "value", updated.state)
+        if state == "dead":
+            self.metrics.dead.labels(job.kind, job.target).inc()
+            log.error(
+                "job %s (%s %s) is dead after %d attempt(s): %s", job.id, job.kind, job.target, updated.attempts, error
+            )
+        else:
+            log.warning("job %s (%s %s) failed (attempt %d): %s", job.id, job.kind, job.target, updated.attempts, error)
+
+
+def _test_hold(stop: threading.Event) -> None:
+    """Test seam: while ``$MEDSIGHT_TEST_HOLD_JOBS/hold`` exists a claimed job waits (running, lease held), so a
+    test can kill the process while a job runs. Unset in production: one environment lookup per job."""
+    folder = os.environ.get("MEDSIGHT_TEST_HOLD_JOBS")
+    if not folder:
+        return
+    (Path(folder) / "claimed").touch()
+    while (Path(folder) / "hold").exists() and not stop.is_set():
+        time.sleep(0.05)
+
+
+def _all_exports_done(service: Service, job: Any) -> bool:
+    siblings = service.queue.list(study_uid=job.study_uid)
+    return all(getattr(j.state, "value", j.state) == "done" for j in siblings if j.kind == EXPORT)
