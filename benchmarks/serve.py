@@ -110,6 +110,7 @@ def main() -> None:
     parser.add_argument("--latency-studies", type=int, default=20)
     parser.add_argument("--sustained-studies", type=int, default=50)
     parser.add_argument("--workers", type=int, default=1)
+    parser.add_argument("--results", type=Path, default=RESULTS, help="where to write the results (JSON)")
     args = parser.parse_args()
     data = ms_config.data_root()
     bundle = args.bundle.resolve()
@@ -248,7 +249,7 @@ outputs = ["sr"]
         },
         "metrics_excerpt": [ln for ln in metrics.splitlines() if ln.startswith("medsight_jobs{")],
     }
-    write_json(RESULTS, doc)
+    write_json(args.results, doc)
     print(json.dumps({k: doc[k] for k in ("receive", "latency_cr_to_sr_in_orthanc_s", "sustained")}, indent=1))
 
 

@@ -22,7 +22,12 @@ from pydicom.uid import generate_uid
 
 from medsight.cli import main
 from serving.orthanc_peer import ORTHANC_AET, SENDER_AET, Orthanc, free_port, in_namespace, orthanc, require, run
-from serving.test_service_type2 import dciodvfy
+from serving.test_service_type2 import (
+    MR_SERIES,
+    dciodvfy,
+    strip,
+    tiny_bundle,  # noqa: F401  (a tiny real segmentation bundle, as a fixture)
+)
 
 MEDSIGHT = str(Path(sys.executable).with_name("medsight"))
 CR = ("dicom_samples", "pydicom_data", "RG3_J2KR.dcm")
@@ -35,6 +40,11 @@ def bundle(tmp_path_factory: pytest.TempPathFactory, shared_data: Path) -> Path:
     out = tmp_path_factory.mktemp("bundle") / "bundle"
     assert main(["train", "--task", "classification", "medmnist:breastmnist", "--out", str(out), "--epochs", "1"]) == 0
     return out
+
+
+@pytest.fixture(scope="module")
+def seg_bundle(tiny_bundle: Path) -> Path:  # noqa: F811
+    return tiny_bundle
 
 
 @pytest.fixture(scope="module")
@@ -166,6 +176,13 @@ send_to = ["late"]
 outputs = ["sr"]
 
 [[routes]]
+name = "mr"
+bundle = "%(seg_bundle)s"
+match.modality = ["MR"]
+send_to = ["pacs"]
+outputs = ["seg"]
+
+[[routes]]
 name = "ct"
 bundle = "%(bundle)s"
 match.modality = ["CT"]
@@ -175,10 +192,10 @@ outputs = ["sr"]
 """
 
 
-def _config(pacs: Orthanc, bundle: Path, late_port: int) -> str:
+def _config(pacs: Orthanc, bundle: Path, late_port: int, segmentation: Path) -> str:
     return CONFIG % {
         "orthanc_ae": ORTHANC_AET, "orthanc_port": pacs.dicom_port, "sender_ae": SENDER_AET, "late_port": late_port,
-        "bundle": bundle,
+        "bundle": bundle, "seg_bundle": segmentation,
     }
 
 
@@ -220,10 +237,12 @@ def _wait(what: str, check: object, timeout: float = 180.0) -> None:
 
 
 @pytest.fixture(scope="module")
-def service(pacs: Orthanc, bundle: Path, tmp_path_factory: pytest.TempPathFactory) -> Iterator[ServiceProcess]:
+def service(
+    pacs: Orthanc, bundle: Path, seg_bundle: Path, tmp_path_factory: pytest.TempPathFactory
+) -> Iterator[ServiceProcess]:
     folder = tmp_path_factory.mktemp("service")
     late_port = free_port(pacs.ns)
-    svc = ServiceProcess(pacs.ns, folder, _config(pacs, bundle, late_port))
+    svc = ServiceProcess(pacs.ns, folder, _config(pacs, bundle, late_port, seg_bundle))
     svc.late_port = late_port  # type: ignore[attr-defined]
     svc.start()
     try:
@@ -263,6 +282,40 @@ def test_cr_studies_come_back_as_valid_srs_in_orthanc_exactly_once(
     assert 'medsight_jobs{state="done"}' in metrics and "medsight_instances_received_total" in metrics
     audit = (service.folder / "data" / "audit.log").read_text()
     assert "result sent" in audit and "RG3" not in audit
+
+
+def test_a_stripped_mr_series_comes_back_as_a_valid_seg_in_orthanc(
+    service: ServiceProcess, pacs: Orthanc, shared_data: Path, tmp_path: Path
+) -> None:
+    """An MR series whose files lack PatientBirthDate/PatientSex and carry an empty SeriesNumber (as many exports
+    do) is segmented by the route's 3D model; the SEG Orthanc holds is dciodvfy-clean and keeps those Type 2
+    attributes, present and empty."""
+    from medsight.io.dicom import read_series
+
+    study, series = generate_uid(), generate_uid()
+    folder = tmp_path / "mr"
+    folder.mkdir()
+    for path in read_series(shared_data / "udacity_brain_mr_dicom" / "Study3" / MR_SERIES[0]).files:
+        ds = strip(pydicom.dcmread(path))
+        ds.StudyInstanceUID, ds.SeriesInstanceUID, ds.SOPInstanceUID = study, series, generate_uid()
+        ds.file_meta.MediaStorageSOPInstanceUID = ds.SOPInstanceUID
+        ds.save_as(folder / path.name, enforce_file_format=True)
+    sent = _storescu(service.ns, service.dicom_port, sorted(folder.iterdir()))
+    assert sent.returncode == 0, sent.stderr
+
+    def segs() -> list[str]:
+        q = {"Level": "Instance", "Query": {"StudyInstanceUID": study, "Modality": "SEG"}}
+        return list(pacs.post("/tools/find", q).json())
+
+    _wait("the SEG in Orthanc", lambda: len(segs()) == 1, timeout=300)
+    (seg_id,) = segs()
+    back = tmp_path / "seg.dcm"
+    back.write_bytes(pacs.get(f"/instances/{seg_id}/file").content)
+    errors, _ = dciodvfy(back)
+    assert errors == [], errors
+    seg = pydicom.dcmread(back)
+    assert seg.ReferencedSeriesSequence[0].SeriesInstanceUID == series
+    assert "PatientBirthDate" in seg and not seg.PatientBirthDate and "PatientSex" in seg
 
 
 def test_a_destination_that_is_down_gets_its_results_when_it_comes_back(
@@ -325,11 +378,11 @@ def test_bad_input_is_refused_with_a_reason_and_nothing_else_is_disturbed(
 
 
 def test_kill_9_while_receiving_and_while_a_job_runs_loses_nothing_and_duplicates_nothing(
-    pacs: Orthanc, bundle: Path, shared_data: Path, tmp_path: Path
+    pacs: Orthanc, bundle: Path, seg_bundle: Path, shared_data: Path, tmp_path: Path
 ) -> None:
     hold = tmp_path / "hold"
     hold.mkdir()
-    svc = ServiceProcess(pacs.ns, tmp_path, _config(pacs, bundle, free_port(pacs.ns)),
+    svc = ServiceProcess(pacs.ns, tmp_path, _config(pacs, bundle, free_port(pacs.ns), seg_bundle),
                          env={"MEDSIGHT_TEST_HOLD_JOBS": str(hold)})
     svc.start()
     try:

@@ -9,6 +9,7 @@ titles, the peer address, the SOP class, the status and counts, never a patient 
 from __future__ import annotations
 
 import errno
+import inspect
 import ipaddress
 import logging
 import re
@@ -301,6 +302,8 @@ class DicomListener:
         self.on_stored = on_stored
         #: C-FIND (Study Root and Patient Root): ``finder(identifier, calling_ae)`` yields the matches.
         self.finder = finder
+        #: Whether the sink stores the received stream as is (``encoded=``), e.g. StudyStore: no re-encoding.
+        self._sink_takes_encoded = "encoded" in inspect.signature(sink.store).parameters
         self.stats = ListenerStats()
         self._server: _Server | None = None
         self._thread: threading.Thread | None = None
@@ -488,7 +491,7 @@ class DicomListener:
     def _store(self, event: evt.Event, counts: _AssociationCounts, sop_class: str, sop_instance: str) -> Dataset | int:
         """Decode, check the UIDs, hand to the sink; the status to send back."""
         try:
-            dataset = _decode(event)
+            dataset, encoded = _decode(event)
             values = {k: str(dataset.get(k, "") or "").strip() for k in REQUIRED_UIDS}
         except Exception as exc:  # pydicom raises many kinds on a corrupt stream; none may reach the peer as 0xC211
             LOG.debug("cannot decode data set: %s", type(exc).__name__)
@@ -501,7 +504,11 @@ class DicomListener:
         if sop_instance and values["SOPInstanceUID"] != sop_instance:
             return _status(STATUS_BAD_INSTANCE, "SOP Instance UID differs from the C-STORE request")
         try:
-            stored = self.sink.store(dataset, calling_ae=counts.calling_ae, peer=counts.peer)
+            if encoded is not None and self._sink_takes_encoded:
+                store: Any = self.sink.store  # a sink with the optional encoded= of StudyStore.store
+                stored = store(dataset, calling_ae=counts.calling_ae, peer=counts.peer, encoded=encoded)
+            else:
+                stored = self.sink.store(dataset, calling_ae=counts.calling_ae, peer=counts.peer)
         except MedsightError as exc:
             if _is_disk_problem(exc):
                 LOG.error("cannot store instance (out of resources): %s", exc.problem)
@@ -522,20 +529,23 @@ class DicomListener:
         return STATUS_SUCCESS
 
 
-def _decode(event: evt.Event) -> Dataset:
-    """The C-STORE data set, refusing a truncated stream (pydicom alone would quietly cut the last value short)."""
+def _decode(event: evt.Event) -> tuple[Dataset, bytes | None]:
+    """The C-STORE data set, refusing a truncated stream (pydicom alone would quietly cut the last value short),
+    and the stream exactly as received (None when pynetdicom spooled it to a file), so the sink can store it
+    without re-encoding."""
     stream = getattr(event.request, "DataSet", None)
+    received: bytes | None = None
     if not isinstance(stream, BytesIO):  # received chunked to a file (STORE_RECV_CHUNKED_DATASET): pynetdicom reads
         dataset = event.dataset
     else:
         syntax = UID(event.context.transfer_syntax)
-        raw = stream.getvalue()
+        raw = received = stream.getvalue()
         if syntax.is_deflated:
             raw = zlib.decompress(raw, -zlib.MAX_WBITS)
         _check_complete(raw, syntax.is_implicit_VR, syntax.is_little_endian)
         dataset = read_dataset(BytesIO(raw), syntax.is_implicit_VR, syntax.is_little_endian)
     dataset.file_meta = event.file_meta
-    return dataset
+    return dataset, received
 
 
 def _check_complete(raw: bytes, implicit_vr: bool, little_endian: bool) -> None:
