@@ -415,6 +415,8 @@ def test_kill_9_while_receiving_and_while_a_job_runs_loses_nothing_and_duplicate
         reader.join(300)
         sender.wait(60)
         assert killed.is_set() and 30 <= len(acknowledged) < 100
+        # jobs wait at the gate from now on: the restarted service finds the study quiet at once and claims its job
+        (hold / "hold").touch()
         svc.start()
         with svc.db() as db:
             stored = {r[0] for r in db.execute("SELECT sop_uid FROM instances WHERE study_uid=?", (study,))}
@@ -424,7 +426,6 @@ def test_kill_9_while_receiving_and_while_a_job_runs_loses_nothing_and_duplicate
             kept = svc.folder / "data" / "instances" / study / series / f"{sop}.dcm"
             assert pydicom.dcmread(kept).SOPInstanceUID == sop
         # the rest of the series (and the acknowledged ones again), then one result set: one SR per CT instance
-        (hold / "hold").touch()
         assert _storescu(svc.ns, svc.dicom_port, files).returncode == 0
         _wait("a job to be claimed", lambda: (hold / "claimed").exists())
         # 2. kill -9 while that job runs
