@@ -5,8 +5,9 @@ DICOMweb plugin as the destination PACS, ``medsight serve`` (the demo-style rout
 bundle → SR sent to Orthanc by C-STORE), and dcmtk ``storescu`` as the modality.
 
 1. Receive rate: N copies of the shared CT slice ``693_UNCR.dcm`` (512 x 512, 16 bit, 526 kB; fresh UIDs each
-   repeat) sent with one ``storescu`` association to medsight
-   and, in the same repeat, to Orthanc; instances/s for each and the ratio (goal >= 150/s and >= 0.7x Orthanc).
+   repeat) sent with one ``storescu`` association to medsight, to Orthanc and to dcmtk's reference receiver ``storescp``
+   (files only, no index, no fsync); instances/s for each and the ratio (goal >= 150/s and >= 0.7x
+   Orthanc). Then the cost of one acknowledgement's parts on this disk (``store_cost_ms``).
 2. Latency: a CR study (the shared JPEG 2000 CR ``RG3_J2KR.dcm``, fresh UIDs) sent; the clock starts when
    ``storescu`` has its last acknowledgement and the study is completed by the API (so the quiet period is
    excluded) and stops when Orthanc holds the SR (polled every 20 ms). p50/p95 (goal p95 <= 3 s on CPU).
@@ -21,6 +22,7 @@ from __future__ import annotations
 import argparse
 import json
 import os
+import shutil
 import statistics
 import subprocess
 import sys
@@ -34,6 +36,7 @@ import pydicom
 from pydicom.uid import generate_uid
 
 ROOT = Path(__file__).resolve().parents[1]
+sys.path.insert(0, str(ROOT / "tests"))
 sys.path.insert(0, str(ROOT / "tests" / "serving"))
 sys.path.insert(0, str(Path(__file__).resolve().parent))
 
@@ -80,6 +83,56 @@ def make_cr(data: Path, out: Path, n: int) -> list[tuple[str, Path]]:
         ds.save_as(path, enforce_file_format=True)
         made.append((str(ds.StudyInstanceUID), path))
     return made
+
+
+def store_cost(data: Path, folder: Path, n: int = 200) -> dict[str, Any]:
+    """Milliseconds per instance for the parts of an acknowledgement, on this disk: StudyStore.store with the
+    stream as received (what the listener does), the same re-encoding each instance with pydicom, and a bare
+    write + fsync + rename of the same number of bytes (the floor)."""
+    import io
+
+    from pydicom.filebase import DicomFileLike
+    from pydicom.filereader import read_dataset
+    from pydicom.filewriter import write_dataset
+
+    from medsight.serving.database import open_database
+    from medsight.serving.store import StudyStore
+
+    template = pydicom.dcmread(data / "dicom_samples" / "pydicom_data" / "693_UNCR.dcm")
+    out: dict[str, Any] = {"n": n}
+    for mode in ("as_received", "re_encoded"):
+        store = StudyStore(open_database(None, folder / mode), folder / mode / "instances")
+        study, series = generate_uid(), generate_uid()
+        items = []
+        for _ in range(n):
+            ds = template.copy()
+            ds.StudyInstanceUID, ds.SeriesInstanceUID, ds.SOPInstanceUID = study, series, generate_uid()
+            ds.file_meta.MediaStorageSOPInstanceUID = ds.SOPInstanceUID
+            buffer = io.BytesIO()
+            fp = DicomFileLike(buffer)
+            fp.is_little_endian, fp.is_implicit_VR = True, False
+            write_dataset(fp, ds)
+            received = read_dataset(io.BytesIO(buffer.getvalue()), False, True)
+            received.file_meta = ds.file_meta
+            items.append((received, buffer.getvalue()))
+        started = time.perf_counter()
+        for ds, raw in items:
+            store.store(ds, calling_ae="BENCH", peer="local", encoded=raw if mode == "as_received" else None)
+        out[f"study_store_{mode}"] = 1000 * (time.perf_counter() - started) / n
+        size = len(items[0][1])
+    payload = os.urandom(size)
+    started = time.perf_counter()
+    for i in range(n):
+        tmp = folder / f"raw_{i}.tmp"
+        with open(tmp, "wb") as f:
+            f.write(payload)
+            f.flush()
+            os.fsync(f.fileno())
+        os.replace(tmp, folder / f"raw_{i}.dcm")
+    out["bare_write_fsync_rename"] = 1000 * (time.perf_counter() - started) / n
+    out["bytes"] = size
+    shutil.rmtree(folder, ignore_errors=True)
+    return out
 
 
 def storescu(ns: str, port: int, called: str, files: list[Path] | Path, j2k: bool = False) -> float:
@@ -174,14 +227,25 @@ outputs = ["sr"]
                             raise SystemExit(f"medsight serve did not start: {(tmp / 'serve.log').read_text()[-3000:]}")
                         time.sleep(0.2)
                 # 1. receive rate
-                rates: dict[str, list[float]] = {"medsight": [], "orthanc": []}
+                rates: dict[str, list[float]] = {"medsight": [], "orthanc": [], "storescp": []}
+                scp_port = orthanc_peer.free_port(ns)
+                scp_dir = tmp / "storescp"
+                scp_dir.mkdir()
+                storescp = subprocess.Popen(  # dcmtk's own receiver: files only, no index, no fsync
+                    ["ip", "netns", "exec", ns, "storescp", "-aet", "STORESCP", "-od", str(scp_dir), str(scp_port)],
+                    stdout=subprocess.DEVNULL, stderr=subprocess.STDOUT, start_new_session=True,
+                )
+                time.sleep(1)
                 for r in range(args.repeats):
                     for name, port, called in (("medsight", dicom_port, "MEDSIGHT"),
-                                               ("orthanc", pacs.dicom_port, orthanc_peer.ORTHANC_AET)):
+                                               ("orthanc", pacs.dicom_port, orthanc_peer.ORTHANC_AET),
+                                               ("storescp", scp_port, "STORESCP")):
                         folder = make_ct(data, tmp / f"ct_{name}", args.instances)
                         wall = storescu(ns, port, called, folder)
                         rates[name].append(args.instances / wall)
                         print(f"repeat {r}: {name} {args.instances / wall:.1f} instances/s ({wall:.2f} s)", flush=True)
+                storescp.terminate()
+                storescp.wait(30)
                 # 2. latency
                 headers = {"Authorization": f"Bearer {token}"}
                 latencies = []
@@ -232,8 +296,10 @@ outputs = ["sr"]
             "medsight_instances_per_s": {"value": med["medsight"], "runs": rates["medsight"]},
             "orthanc_instances_per_s": {"value": med["orthanc"], "runs": rates["orthanc"]},
             "ratio_medsight_to_orthanc": med["medsight"] / med["orthanc"],
+            "dcmtk_storescp_instances_per_s": {"value": med["storescp"], "runs": rates["storescp"]},
             "goal": ">= 150 instances/s and >= 0.7x Orthanc",
         },
+        "store_cost_ms": store_cost(data, Path(tempfile.mkdtemp(prefix="medsight_store_cost_"))),
         "latency_cr_to_sr_in_orthanc_s": {
             "n": len(lat),
             "p50": float(np.percentile(lat, 50)),

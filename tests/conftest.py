@@ -8,6 +8,7 @@ from pathlib import Path
 import pytest
 
 from medsight.config import data_root
+from needs import unavailable
 
 
 def _shared_data_root() -> Path | None:
@@ -23,10 +24,7 @@ def shared_data() -> Path:
     """The shared real data root. Missing data is a failure under CI and a loud skip elsewhere."""
     root = _shared_data_root()
     if root is None:
-        message = f"shared data not found (set MEDSIGHT_DATA; looked at {data_root()} and ../shared/data)"
-        if os.environ.get("CI"):
-            pytest.fail(message)
-        pytest.skip(message)
+        unavailable(f"shared data not found (set MEDSIGHT_DATA; looked at {data_root()} and ../shared/data)")
     os.environ.setdefault("MEDSIGHT_DATA", str(root))
     return root
 

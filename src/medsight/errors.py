@@ -15,3 +15,13 @@ class MedsightError(Exception):
         self.problem = problem
         self.path = None if path is None else str(path)
         super().__init__(f"{self.path}: {problem}" if self.path else problem)
+
+
+class DestinationUnavailable(MedsightError):
+    """A result destination (PACS, DICOMweb, FHIR, HL7) could not be reached, broke off or failed on its side
+    (connection refused, timeout, HTTP 5xx, HL7 AE): nothing is wrong with what was sent, so the queue retries."""
+
+
+class DestinationRejected(MedsightError):
+    """A destination understood and refused what was sent (HTTP 4xx/409, HL7 AR, a failure status): sending the same
+    again will not help, so it is not retried."""

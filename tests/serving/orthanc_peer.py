@@ -5,7 +5,7 @@ interface is ``lo``: nothing outside this machine, nor anything else on it, can 
 it runs in the namespace too: :func:`in_namespace` moves the *current thread* into the namespace with
 ``setns(CLONE_NEWNET)`` (threads and subprocesses started inside inherit it) and moves it back on exit;
 :func:`run` is ``ip netns exec``. :func:`orthanc` starts Orthanc and always stops it and deletes the namespace,
-also when the test fails. A missing tool (Orthanc, the plugin, ``ip``) is a test failure, never a skip.
+also when the test fails. A missing tool (Orthanc, the plugin, ``ip``) fails the test under CI (tests/needs.py).
 """
 
 from __future__ import annotations
@@ -14,7 +14,6 @@ import ctypes
 import json
 import os
 import secrets
-import shutil
 import socket
 import subprocess
 import time
@@ -27,6 +26,8 @@ from typing import Any
 import httpx2 as httpx
 import pytest
 
+from needs import tool
+
 ORTHANC = "/usr/sbin/Orthanc"
 DICOMWEB_PLUGIN = "/usr/share/orthanc/plugins/libOrthancDicomWeb.so"
 CLONE_NEWNET = 0x40000000
@@ -35,12 +36,9 @@ ORTHANC_AET = "ORTHANC"
 SENDER_AET = "MEDSIGHT"
 
 
-def require(tool: str) -> str:
-    """The tool's path; a missing tool fails the test (the service's tests need the real peer)."""
-    path = tool if os.path.isabs(tool) and os.path.exists(tool) else shutil.which(tool)
-    if not path:
-        pytest.fail(f"{tool} not found: `make tools` installs dcmtk, orthanc, orthanc-dicomweb and iproute2")
-    return path
+def require(name: str) -> str:
+    """The tool's path (Orthanc, its plugin, ``ip``, dcmtk): ``make tools`` installs them."""
+    return tool(name, "dcmtk orthanc orthanc-dicomweb iproute2")
 
 
 @contextmanager

@@ -19,7 +19,7 @@ import uuid
 from collections.abc import Sequence
 from pathlib import Path
 
-import pytest
+from needs import unavailable
 
 #: The unprivileged account the server runs as when the tests run as root.
 TEST_USER_CANDIDATES = ("postgres", "medsight-test")
@@ -40,10 +40,7 @@ def require_binaries() -> tuple[Path, Path]:
     """The binaries, or a failure under CI / a loud skip elsewhere (as tests/conftest.py does for data)."""
     found = find_binaries()
     if found is None:
-        message = "PostgreSQL (initdb, pg_ctl) not found: apt-get install postgresql (make tools does)"
-        if os.environ.get("CI"):
-            pytest.fail(message)
-        pytest.skip(message)
+        unavailable("PostgreSQL (initdb, pg_ctl) not found: apt-get install postgresql (make tools does)")
     return found
 
 

@@ -2,7 +2,6 @@
 
 from __future__ import annotations
 
-import os
 import shutil
 import socket
 import subprocess
@@ -13,48 +12,18 @@ from pathlib import Path
 
 import numpy as np
 import pytest
-from pydicom import dcmread, dcmwrite
+from pydicom import dcmread
 from pydicom.dataset import Dataset
 
-from medsight.errors import MedsightError
-from medsight.serving.dicom_send import DestinationUnavailable, RemoteNode, echo, send_instances
+from medsight.errors import DestinationUnavailable, MedsightError
+from medsight.serving.dicom_send import RemoteNode, echo, send_instances
 from medsight.serving.listener import AllowedPeer, DicomListener, ListenerSettings, free_port
+from needs import tool
+from serving.part10_sink import Part10Sink
 
 SAMPLES = ["pydicom_test_files/CT_small.dcm", "pydicom_test_files/MR_small.dcm", "pydicom_data/RG3_J2KR.dcm",
            "pydicom_data/OBXXXX1A_rle.dcm", "pydicom_test_files/reportsi.dcm", "pydicom_test_files/liver_1frame.dcm"]
 UNCOMPRESSED = {"1.2.840.10008.1.2", "1.2.840.10008.1.2.1"}
-
-
-def tool(name: str) -> str:
-    """A dcmtk tool's path; a missing one fails the test (never skips)."""
-    exe = shutil.which(name)
-    if exe is None:
-        pytest.fail(f"{name} not found: apt-get install dcmtk (make tools)")
-    return exe
-
-
-class Part10Sink:
-    """A real sink: each instance as a Part-10 file named by its SOP Instance UID, file and folder fsynced."""
-
-    def __init__(self, root: Path, refuse: str | None = None) -> None:
-        self.root = root
-        self.refuse = refuse  # a SOP Instance UID to refuse, as a store refuses a bad instance
-        root.mkdir(parents=True, exist_ok=True)
-
-    def store(self, dataset: Dataset, *, calling_ae: str, peer: str) -> object:
-        if dataset.SOPInstanceUID == self.refuse:
-            raise MedsightError("instance refused by the test store")
-        path = self.root / f"{dataset.SOPInstanceUID}.dcm"
-        with open(path, "wb") as f:
-            dcmwrite(f, dataset, enforce_file_format=True)
-            f.flush()
-            os.fsync(f.fileno())
-        folder = os.open(self.root, os.O_RDONLY)
-        try:
-            os.fsync(folder)
-        finally:
-            os.close(folder)
-        return path
 
 
 @pytest.fixture

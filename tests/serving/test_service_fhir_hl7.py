@@ -19,12 +19,12 @@ import hl7
 import pytest
 from fhir.resources.R4B.diagnosticreport import DiagnosticReport
 
+from medsight.errors import DestinationRejected, DestinationUnavailable
 from medsight.serving.codes import bundle_codes
 from medsight.serving.dicom_objects import Finding
 from medsight.serving.fhir_out import StudyInfo, diagnostic_report, post_report
 from medsight.serving.hl7_out import END, START, Patient, oru_r01, send_mllp
 from medsight.serving.provenance import AlgorithmIdentity
-from medsight.serving.stow_out import DestinationRejected, DestinationUnavailable
 
 IDENTITY = AlgorithmIdentity("medsight pneumoniamnist classification", "0.9.0", "cd" * 32)
 FINDINGS = [Finding("pneumonia", 0.83), Finding("normal", 0.17)]

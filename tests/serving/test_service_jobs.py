@@ -19,23 +19,6 @@ from sqlalchemy import Connection, Engine, text
 from medsight.errors import MedsightError
 from medsight.serving.database import migrate, open_database, schema_versions
 from medsight.serving.jobs import JobQueue, JobState
-from serving.postgres_peer import PostgresServer
-
-
-@pytest.fixture(scope="module")
-def postgres_server() -> Iterator[PostgresServer]:
-    """One real PostgreSQL for the module, on 127.0.0.1 and a free port, stopped (-m immediate) at the end."""
-    server = PostgresServer()
-    try:
-        yield server
-    finally:
-        server.stop()
-
-
-@pytest.fixture
-def postgres_url(postgres_server: PostgresServer) -> str:
-    """A fresh, empty database on the module's server."""
-    return postgres_server.new_database()
 
 
 @pytest.fixture(params=["sqlite", "postgresql"])

@@ -4,7 +4,6 @@ from __future__ import annotations
 
 import errno
 import logging
-import os
 import shutil
 import subprocess
 import threading
@@ -13,7 +12,7 @@ from contextlib import contextmanager
 from pathlib import Path
 
 import pytest
-from pydicom import dcmread, dcmwrite
+from pydicom import dcmread
 from pydicom.dataset import Dataset
 from pynetdicom import AE, _config
 from pynetdicom.association import Association
@@ -29,6 +28,8 @@ from medsight.serving.listener import (
     DicomListener,
     ListenerSettings,
 )
+from needs import tool
+from serving.part10_sink import Part10Sink
 
 SAMPLES = {  # name in the sample set -> what it covers
     "pydicom_test_files/CT_small.dcm": "CT, explicit LE",
@@ -39,39 +40,6 @@ SAMPLES = {  # name in the sample set -> what it covers
 }
 PADDING = 0xFFFCFFFC
 CT_PATIENT = ("CompressedSamples^CT1", "1CT1")  # CT_small's PatientName and PatientID: must never reach a log
-
-
-def tool(name: str) -> str:
-    """A dcmtk tool's path; a missing one fails the test (never skips)."""
-    exe = shutil.which(name)
-    if exe is None:
-        pytest.fail(f"{name} not found: apt-get install dcmtk (make tools)")
-    return exe
-
-
-class Part10Sink:
-    """A real sink: each instance as a Part-10 file named by its SOP Instance UID, file and folder fsynced."""
-
-    def __init__(self, root: Path) -> None:
-        self.root = root
-        root.mkdir(parents=True, exist_ok=True)
-        self.calls: list[tuple[str, str]] = []
-
-    def store(self, dataset: Dataset, *, calling_ae: str, peer: str) -> object:
-        path = self.root / f"{dataset.SOPInstanceUID}.dcm"
-        partial = path.with_suffix(".partial")
-        with open(partial, "wb") as f:
-            dcmwrite(f, dataset, enforce_file_format=True)
-            f.flush()
-            os.fsync(f.fileno())
-        os.replace(partial, path)
-        folder = os.open(self.root, os.O_RDONLY)
-        try:
-            os.fsync(folder)
-        finally:
-            os.close(folder)
-        self.calls.append((calling_ae, peer))
-        return path
 
 
 def same_content(a: Dataset, b: Dataset) -> bool:
@@ -221,7 +189,7 @@ class FailingSink:
     def __init__(self, error: BaseException) -> None:
         self.error = error
 
-    def store(self, dataset: Dataset, *, calling_ae: str, peer: str) -> object:
+    def store(self, dataset: Dataset, *, calling_ae: str, peer: str, encoded: bytes | None = None) -> object:
         raise self.error
 
 
@@ -256,7 +224,7 @@ class BlockingSink(Part10Sink):
         self.entered = threading.Event()
         self.release = threading.Event()
 
-    def store(self, dataset: Dataset, *, calling_ae: str, peer: str) -> object:
+    def store(self, dataset: Dataset, *, calling_ae: str, peer: str, encoded: bytes | None = None) -> object:
         self.entered.set()
         assert self.release.wait(30)
         return super().store(dataset, calling_ae=calling_ae, peer=peer)

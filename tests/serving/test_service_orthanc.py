@@ -13,10 +13,11 @@ import pydicom
 import pytest
 from pydicom.dataset import Dataset
 
+from medsight.errors import DestinationRejected, DestinationUnavailable
 from medsight.io.dicom import read_datasets, read_series
 from medsight.serving.dicom_objects import Finding, read_seg, read_sr, write_seg, write_sr
 from medsight.serving.provenance import AlgorithmIdentity
-from medsight.serving.stow_out import DestinationRejected, DestinationUnavailable, stow
+from medsight.serving.stow_out import stow
 from serving.orthanc_peer import ORTHANC_AET, SENDER_AET, Orthanc, in_namespace, orthanc, require, run
 from serving.test_service_type2 import dciodvfy
 

@@ -23,17 +23,11 @@ from pydicom.uid import generate_uid
 from medsight.cli import main
 from medsight.serving.config import load_config
 from medsight.serving.service import Service
+from needs import tool
 from serving.test_service_fhir_hl7 import fhir_server, mllp_peer  # noqa: F401  (real peers as fixtures)
 
 MEDSIGHT = str(Path(sys.executable).with_name("medsight"))
 CR = ("dicom_samples", "pydicom_data", "RG3_J2KR.dcm")
-
-
-def _tool(name: str) -> str:
-    path = shutil.which(name)
-    if path is None:
-        pytest.fail(f"{name} not found: `make tools` installs it")
-    return path
 
 
 def _free_port() -> int:
@@ -93,7 +87,7 @@ def _cr(shared: Path, out: Path) -> tuple[str, Path]:
 
 def _send(port: int, *files: Path) -> subprocess.CompletedProcess[str]:
     return subprocess.run(
-        [_tool("storescu"), "-v", "-nh", "-xv", "-aec", "MEDSIGHT", "127.0.0.1", str(port), *map(str, files)],
+        [tool("storescu"), "-v", "-nh", "-xv", "-aec", "MEDSIGHT", "127.0.0.1", str(port), *map(str, files)],
         capture_output=True, text=True, timeout=120,
     )
 
@@ -123,7 +117,7 @@ def test_a_study_is_processed_and_logs_hold_no_patient_identifier(
     assert logged and all(value not in logged for value in identifiers if len(value) > 2)
     # findscu (C-FIND, Study Root) finds the study and, at series level, our SR series beside the CR
     found = subprocess.run(
-        [_tool("findscu"), "-v", "-S", "-aec", "MEDSIGHT", "127.0.0.1", str(running.dicom_port),
+        [tool("findscu"), "-v", "-S", "-aec", "MEDSIGHT", "127.0.0.1", str(running.dicom_port),
          "-k", "QueryRetrieveLevel=SERIES", "-k", f"StudyInstanceUID={study}", "-k", "Modality", "-k",
          "SeriesInstanceUID"],
         capture_output=True, text=True, timeout=60,
@@ -169,8 +163,8 @@ def test_shutdown_puts_a_running_job_back_and_the_next_start_finishes_it(
 def test_tls_serves_https_only(tmp_path: Path, bundle: Path) -> None:
     key, cert = tmp_path / "key.pem", tmp_path / "cert.pem"
     made = subprocess.run(
-        [_tool("openssl"), "req", "-x509", "-newkey", "rsa:2048", "-nodes", "-keyout", str(key), "-out", str(cert),
-         "-days", "1", "-subj", "/CN=127.0.0.1", "-addext", "subjectAltName=IP:127.0.0.1"],
+        [tool("openssl", "openssl"), "req", "-x509", "-newkey", "rsa:2048", "-nodes", "-keyout", str(key), "-out",
+         str(cert), "-days", "1", "-subj", "/CN=127.0.0.1", "-addext", "subjectAltName=IP:127.0.0.1"],
         capture_output=True, text=True,
     )
     assert made.returncode == 0, made.stderr

@@ -19,37 +19,7 @@ from medsight.serving.routing import (
     series_from_datasets,
     storage_sop_classes,
 )
-from medsight.training.bundle import FORMAT, now_iso, write_bundle_json
-
-
-def make_bundle(folder: Path, task: str, dims: int) -> None:
-    """A minimal bundle load_bundle accepts (bundle.json checked against the schema, a weights file)."""
-    folder.mkdir(parents=True)
-    size = [28] * dims
-    write_bundle_json(
-        folder,
-        {
-            "format": FORMAT,
-            "task": task,
-            "task_type": "binary" if task == "classification" else "semantic",
-            "label_names": ["normal", "abnormal"],
-            "input": {"spatial_dims": dims, "n_channels": 1, "spatial_size": size, "patch_size": size,
-                      "spacing": [1.0] * dims, "layout": "N,C,H,W", "dtype": "float32"},
-            "network": {"name": "monai.networks.nets.DenseNet121", "kwargs": {}},
-            "data": {"source": "test"},
-            "training": {"seed": 0, "epochs_run": 1, "stopped_by": "epochs", "seconds": 1.0},
-            "metrics": {"val": {}},
-            "versions": {"medsight": "test", "torch": "test"},
-            "created": now_iso(),
-            "onnx": {},
-            "calibration": {"temperature": 1.0},
-            "operating_point": {"threshold": 0.5},
-            "plan": {},
-            "postprocessing": {},
-        },
-    )  # fmt: skip
-    (folder / "model.pt").write_bytes(b"")
-
+from serving.test_service_config import make_bundle
 
 SITE = """
 [dicom]

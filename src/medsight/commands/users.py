@@ -72,7 +72,7 @@ def run(args: argparse.Namespace) -> int:
 
         site = load_config(args.config)
         data_dir = site.service.data_dir
-        database_url = site.database.sqlalchemy_url() if site.database.kind == "postgresql" else None
+        database_url = site.database.sqlalchemy_url()
     users: UserDirectory = open_user_directory(data_dir, database_url)
     if args.action == "add":
         users.add_user(args.name, args.role)

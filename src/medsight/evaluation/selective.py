@@ -500,11 +500,7 @@ def card_section(u: dict[str, Any] | None, figures: list[Figure], unit: str = "c
         ["measure", "value (95% CI)"],
         ["empirical coverage of the prediction sets", fmt(m["coverage"])],
         ["mean prediction-set size", fmt(m["mean_set_size"], 2)],
-        ["share deferred to the radiologist", fmt(m["share_deferred"])],
-        ["error rate of kept cases", fmt(m["error_kept"])],
-        ["error rate of deferred cases", fmt(m["error_deferred"])],
-        ["error rate with nothing deferred", fmt(m["error_all"])],
-        ["AURC (area under the risk-coverage curve)", f"{u['aurc']:.4f}"],
+        *_deferral_rows(m, u["aurc"]),
     ]
     reasons = "; ".join(f"{k}: {v}" for k, v in u["reasons"].items()) or "none"
     sizes = ", ".join(f"size {k}: {v}" for k, v in u["set_size_counts"].items())
@@ -517,6 +513,17 @@ def card_section(u: dict[str, Any] | None, figures: list[Figure], unit: str = "c
         + html.escape(f"{u['deferred']} of {u['n']} deferred. Reasons: {reasons}. Sets: {sizes}.")
         + "</p>",
     )
+
+
+def _deferral_rows(m: dict[str, Any], aurc: float) -> list[list[Any]]:
+    """The rows both card sections share: how much is deferred and how often kept and deferred cases err."""
+    return [
+        ["share deferred to the radiologist", fmt(m["share_deferred"])],
+        ["error rate of kept cases", fmt(m["error_kept"])],
+        ["error rate of deferred cases", fmt(m["error_deferred"])],
+        ["error rate with nothing deferred", fmt(m["error_all"])],
+        ["AURC (area under the risk-coverage curve)", f"{aurc:.4f}"],
+    ]
 
 
 def _multilabel_section(u: dict[str, Any], figures: list[Figure], unit: str) -> Section:
@@ -538,11 +545,7 @@ def _multilabel_section(u: dict[str, Any], figures: list[Figure], unit: str) -> 
         *[[f"empirical coverage: {name}", fmt(v)] for name, v in u["coverage_per_label"].items()],
         ["empirical coverage: every label of a case", fmt(m["coverage"])],
         ["mean uncertain labels per case", fmt(m["mean_uncertain_labels"], 2)],
-        ["share deferred to the radiologist", fmt(m["share_deferred"])],
-        ["error rate of kept cases", fmt(m["error_kept"])],
-        ["error rate of deferred cases", fmt(m["error_deferred"])],
-        ["error rate with nothing deferred", fmt(m["error_all"])],
-        ["AURC (area under the risk-coverage curve)", f"{u['aurc']:.4f}"],
+        *_deferral_rows(m, u["aurc"]),
     ]
     reasons = "; ".join(f"{k}: {v}" for k, v in u["reasons"].items()) or "none"
     return Section(

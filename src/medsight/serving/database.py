@@ -20,6 +20,7 @@ from pathlib import Path
 from typing import Any
 
 from sqlalchemy import Column, Connection, Engine, Float, Integer, MetaData, String, Table, create_engine, event, select
+from sqlalchemy.dialects import postgresql, sqlite
 from sqlalchemy.engine import URL, make_url
 from sqlalchemy.exc import ArgumentError, NoSuchModuleError, OperationalError, SQLAlchemyError
 
@@ -178,3 +179,8 @@ def schema_versions(engine: Engine) -> dict[str, int]:
         if not engine.dialect.has_table(conn, "schema_version"):
             return {}
         return {r.component: int(r.version) for r in conn.execute(select(schema_version))}
+
+
+def insert(conn: Connection, table: Table) -> Any:
+    """The dialect's INSERT on ``table``: it has ``on_conflict_do_nothing`` on both SQLite and PostgreSQL."""
+    return (postgresql if conn.dialect.name == "postgresql" else sqlite).insert(table)

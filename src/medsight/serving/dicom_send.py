@@ -23,17 +23,13 @@ from pynetdicom.presentation import PresentationContext
 from pynetdicom.sop_class import Verification  # type: ignore[attr-defined]
 from pynetdicom.status import code_to_category
 
-from medsight.errors import MedsightError
+from medsight.errors import DestinationUnavailable, MedsightError
 from medsight.serving.listener import check_ae_title
 
 LOG = logging.getLogger(__name__)
 
 MAX_CONTEXTS = 128  # presentation contexts one association may propose (odd IDs 1..255)
 _UNCOMPRESSED = (ExplicitVRLittleEndian, ImplicitVRLittleEndian)
-
-
-class DestinationUnavailable(MedsightError):
-    """The destination could not be reached or broke off: nothing is wrong with the instances, retry later."""
 
 
 @dataclass(frozen=True)

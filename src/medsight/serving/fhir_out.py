@@ -24,10 +24,10 @@ from pydantic import ValidationError
 from pydicom.dataset import Dataset
 from pydicom.sr.coding import Code
 
-from medsight.errors import MedsightError
+from medsight.errors import DestinationRejected, MedsightError
 from medsight.serving.dicom_objects import Finding, resolve_label
 from medsight.serving.provenance import AlgorithmIdentity
-from medsight.serving.stow_out import DestinationRejected, DestinationUnavailable
+from medsight.serving.stow_out import post
 
 #: FHIR code systems for DICOM coding scheme designators (HL7 terminology; RadLex's is its own URL).
 SYSTEMS = {
@@ -161,17 +161,8 @@ def post_report(
     headers = {"Content-Type": "application/fhir+json", "Accept": "application/fhir+json"}
     if token:
         headers["Authorization"] = f"Bearer {token}"
-    body = report.model_dump_json(exclude_none=True)
-    try:
-        if client is not None:
-            response = client.post(target, content=body, headers=headers, timeout=timeout_s)
-        else:
-            with httpx.Client(timeout=timeout_s) as own:
-                response = own.post(target, content=body, headers=headers)
-    except httpx.HTTPError as exc:
-        raise DestinationUnavailable(f"FHIR server unreachable ({type(exc).__name__})", target) from exc
-    if response.status_code >= 500:
-        raise DestinationUnavailable(f"FHIR server failed with HTTP {response.status_code}", target)
+    body = report.model_dump_json(exclude_none=True).encode()
+    response = post(target, body, headers, what="FHIR server", timeout_s=timeout_s, client=client)
     if response.status_code >= 400:
         raise DestinationRejected(
             f"FHIR server rejected the report: HTTP {response.status_code} {_outcome(response)}".rstrip(), target

@@ -17,11 +17,10 @@ from dataclasses import dataclass
 import hl7
 from pydicom.sr.coding import Code
 
-from medsight.errors import MedsightError
+from medsight.errors import DestinationRejected, DestinationUnavailable, MedsightError
 from medsight.serving.codes import local_code
 from medsight.serving.dicom_objects import Finding, resolve_label
 from medsight.serving.provenance import AlgorithmIdentity
-from medsight.serving.stow_out import DestinationRejected, DestinationUnavailable
 
 START, END = b"\x0b", b"\x1c\x0d"
 #: HL7 escape sequences for the delimiters (v2.5 2.7.4), so free text cannot break the message structure.

@@ -41,10 +41,9 @@ from sqlalchemy import (
     select,
     update,
 )
-from sqlalchemy.dialects import postgresql, sqlite
 
 from medsight.errors import MedsightError
-from medsight.serving.database import migrate, write_transaction
+from medsight.serving.database import insert, migrate, write_transaction
 
 #: Longest error text kept per job (the newest attempt's).
 MAX_ERROR_CHARS = 2000
@@ -185,7 +184,7 @@ class JobQueue:
                 new_id = conn.execute(jobs_table.insert().values(**values).returning(j.id)).scalar_one()
                 return self._get(conn, new_id)
             if not rerun:
-                conn.execute(_insert(conn).values(dedupe_key=dedupe_key, **values).on_conflict_do_nothing())
+                conn.execute(insert(conn, jobs_table).values(dedupe_key=dedupe_key, **values).on_conflict_do_nothing())
                 found = conn.execute(select(jobs_table).where(j.dedupe_key == dedupe_key)).one()
                 return _job(found)
             prefix = f"{dedupe_key}#rerun"
@@ -194,7 +193,10 @@ class JobQueue:
             while True:  # another process may take the same suffix between our count and insert
                 n += 1
                 new_id = conn.execute(
-                    _insert(conn).values(dedupe_key=f"{prefix}{n}", **values).on_conflict_do_nothing().returning(j.id)
+                    insert(conn, jobs_table)
+                    .values(dedupe_key=f"{prefix}{n}", **values)
+                    .on_conflict_do_nothing()
+                    .returning(j.id)
                 ).scalar_one_or_none()
                 if new_id is not None:
                     return self._get(conn, new_id)
@@ -408,8 +410,3 @@ def _job(row: Any) -> Job:
         created=float(row.created),
         updated=float(row.updated),
     )
-
-
-def _insert(conn: Connection) -> Any:
-    """The dialect's INSERT on the jobs table (``on_conflict_do_nothing`` on SQLite and PostgreSQL)."""
-    return (postgresql if conn.dialect.name == "postgresql" else sqlite).insert(jobs_table)

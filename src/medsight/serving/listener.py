@@ -9,7 +9,6 @@ titles, the peer address, the SOP class, the status and counts, never a patient 
 from __future__ import annotations
 
 import errno
-import inspect
 import ipaddress
 import logging
 import re
@@ -69,10 +68,11 @@ class InstanceSink(Protocol):
     """Stores one received instance durably (file fsynced and recorded) before returning.
 
     Raises MedsightError for an instance it refuses, OSError (or a MedsightError that mentions the disk) when it
-    cannot write; the listener turns these into DIMSE failure statuses.
+    cannot write; the listener turns these into DIMSE failure statuses. ``encoded`` is the data set as received
+    (its file meta's transfer syntax, no file meta; None when pynetdicom spooled it): a sink may write it as is.
     """
 
-    def store(self, dataset: Dataset, *, calling_ae: str, peer: str) -> object: ...
+    def store(self, dataset: Dataset, *, calling_ae: str, peer: str, encoded: bytes | None = None) -> object: ...
 
 
 def check_ae_title(title: str, what: str) -> str:
@@ -302,8 +302,6 @@ class DicomListener:
         self.on_stored = on_stored
         #: C-FIND (Study Root and Patient Root): ``finder(identifier, calling_ae)`` yields the matches.
         self.finder = finder
-        #: Whether the sink stores the received stream as is (``encoded=``), e.g. StudyStore: no re-encoding.
-        self._sink_takes_encoded = "encoded" in inspect.signature(sink.store).parameters
         self.stats = ListenerStats()
         self._server: _Server | None = None
         self._thread: threading.Thread | None = None
@@ -504,11 +502,7 @@ class DicomListener:
         if sop_instance and values["SOPInstanceUID"] != sop_instance:
             return _status(STATUS_BAD_INSTANCE, "SOP Instance UID differs from the C-STORE request")
         try:
-            if encoded is not None and self._sink_takes_encoded:
-                store: Any = self.sink.store  # a sink with the optional encoded= of StudyStore.store
-                stored = store(dataset, calling_ae=counts.calling_ae, peer=counts.peer, encoded=encoded)
-            else:
-                stored = self.sink.store(dataset, calling_ae=counts.calling_ae, peer=counts.peer)
+            stored = self.sink.store(dataset, calling_ae=counts.calling_ae, peer=counts.peer, encoded=encoded)
         except MedsightError as exc:
             if _is_disk_problem(exc):
                 LOG.error("cannot store instance (out of resources): %s", exc.problem)

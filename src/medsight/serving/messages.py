@@ -2,7 +2,7 @@
 
 Why written at inference time rather than when sending: the export job then re-sends the same bytes after any
 failure (the same report id, the same HL7 control id), so a record system that receives it twice can tell.
-Findings come from each result's JSON entry, the same document ``predictions.json`` holds: probabilities per label
+Findings come from the job's ``predictions.json`` entries: probabilities per label
 (classification, outcome), boxes with scores (detection) or label amounts (segmentation, reported as present with
 probability 1 when the mask holds any of the label). Patient identifiers go out only when the destination is
 configured as identified; by default the report carries the Study Instance UID alone.
@@ -12,27 +12,25 @@ from __future__ import annotations
 
 from collections.abc import Sequence
 from pathlib import Path
-from typing import TYPE_CHECKING
+from typing import TYPE_CHECKING, Any
 
 import pydicom
 
 from medsight.io.atomic import atomic_path
 
 if TYPE_CHECKING:
-    from medsight.runtime.results import Result
     from medsight.serving.config import Route
     from medsight.serving.dicom_objects import Finding
     from medsight.serving.jobs import Job
     from medsight.serving.worker import WorkContext
 
 
-def findings_of(results: Sequence[Result]) -> list[Finding]:
-    """One finding per label and result (the decided or every label with its probability)."""
+def findings_of(entries: Sequence[dict[str, Any]]) -> list[Finding]:
+    """One finding per label and ``predictions.json`` entry (every label with its probability)."""
     from medsight.serving.dicom_objects import Finding
 
     found: list[Finding] = []
-    for r in results:
-        entry = r.to_json()
+    for entry in entries:
         if "probabilities" in entry:
             for label, p in entry["probabilities"].items():
                 found.append(Finding(str(label), float(p)))
@@ -47,7 +45,7 @@ def findings_of(results: Sequence[Result]) -> list[Finding]:
 
 
 def write(
-    ctx: WorkContext, job: Job, route: Route, out: Path, results: Sequence[Result], wanted: set[str]
+    ctx: WorkContext, job: Job, route: Route, out: Path, entries: Sequence[dict[str, Any]], wanted: set[str]
 ) -> dict[str, Path]:
     """Write ``fhir.json`` and/or ``oru.hl7`` into ``out``; returns kind → path."""
     from medsight.serving.provenance import AlgorithmIdentity
@@ -55,7 +53,7 @@ def write(
     identity = AlgorithmIdentity.from_bundle(route.bundle)
     first = ctx.store.instances(job.study_uid)[0]
     header = pydicom.dcmread(first.path, stop_before_pixels=True)
-    findings = findings_of(results)
+    findings = findings_of(entries)
     written: dict[str, Path] = {}
     if "fhir" in wanted:
         from medsight.serving.fhir_out import StudyInfo, diagnostic_report

@@ -44,10 +44,8 @@ class ServiceMetrics:
         self.registry = CollectorRegistry()
         self.registry.register(_QueueCollector(counts, oldest_age))
         self.instances = Counter(
-            "medsight_instances_received", "DICOM instances stored", ["via"], registry=self.registry
-        )
-        self.rejected = Counter(
-            "medsight_instances_rejected", "DICOM instances refused", ["via"], registry=self.registry
+            "medsight_instances_received", "DICOM instances stored through the DICOM listener (C-STORE)",
+            registry=self.registry,
         )
         self.studies = Counter("medsight_studies_completed", "Studies found complete", registry=self.registry)
         self.job_latency = Histogram(

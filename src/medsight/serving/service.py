@@ -52,9 +52,7 @@ class Service:
         self.data_dir = Path(s.data_dir)
         self.data_dir.mkdir(parents=True, exist_ok=True)
         self.grace_s = grace_s
-        self.engine = open_database(
-            config.database.sqlalchemy_url() if config.database.kind != "sqlite" else None, self.data_dir
-        )
+        self.engine = open_database(config.database.sqlalchemy_url(), self.data_dir)
         self.store = StudyStore(
             self.engine,
             self.data_dir / "instances",
@@ -143,7 +141,7 @@ class Service:
         self.dicom_port = self._listener.port
 
     def _on_stored(self, stored: object) -> None:
-        self.metrics.instances.labels("dimse").inc()
+        self.metrics.instances.inc()
 
     def _start_http(self) -> None:
         import uvicorn
@@ -270,7 +268,6 @@ class Service:
                 {"series": list(match.series_uids), "apply_per": match.per},
                 dedupe_key=f"{study_uid}/{match.route}/{rerun}",
             )
-        self.ctx.completed_at[study_uid] = time.time()
         self.store.mark_processed(study_uid)
 
     # -------------------------------------------------------------------------------------------- working
@@ -310,10 +307,10 @@ class Service:
             self.queue.complete(job.id, result, worker=worker)
             self.metrics.job_latency.labels(job.kind, job.target).observe(time.monotonic() - started)
             if job.kind == EXPORT or not result.get("exports"):
-                t0 = self.ctx.completed_at.get(job.study_uid)
+                study = self.store.study(job.study_uid)
                 model = job.payload.get("route", job.target)
-                if t0 is not None and (job.kind == INFERENCE or _all_exports_done(self, job)):
-                    self.metrics.study_latency.labels(model).observe(time.time() - t0)
+                if study and study.completed_at and (job.kind == INFERENCE or _all_exports_done(self, job)):
+                    self.metrics.study_latency.labels(model).observe(time.time() - study.completed_at)
             log.info("job %s done: %s %s", job.id, job.kind, job.target)
         pool.shutdown(wait=False, cancel_futures=True)
 

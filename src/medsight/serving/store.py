@@ -49,11 +49,10 @@ from sqlalchemy import (
     select,
     update,
 )
-from sqlalchemy.dialects import postgresql, sqlite
 from sqlalchemy.sql.elements import ColumnElement
 
 from medsight.errors import MedsightError
-from medsight.serving.database import migrate, write_transaction
+from medsight.serving.database import insert, migrate, write_transaction
 
 RECEIVING, COMPLETE, PROCESSED = "receiving", "complete", "processed"
 STATES = (RECEIVING, COMPLETE, PROCESSED)
@@ -383,7 +382,7 @@ class StudyStore:
             "referring_physician": _text(ds, "ReferringPhysicianName"),
         }
         conn.execute(
-            _insert(conn, studies_table)
+            insert(conn, studies_table)
             .values(
                 study_uid=study_uid,
                 state=PROCESSED if result else RECEIVING,
@@ -421,7 +420,7 @@ class StudyStore:
             "is_result": result,
         }
         conn.execute(
-            _insert(conn, series_table)
+            insert(conn, series_table)
             .values(study_uid=study_uid, series_uid=series_uid, first_received=now, **series_values)
             .on_conflict_do_nothing()
         )
@@ -719,9 +718,6 @@ def _int(ds: Dataset, keyword: str) -> int | None:
         return None
 
 
-def _insert(conn: Connection, table: Table) -> Any:
-    """The dialect's INSERT, which has ``on_conflict_do_nothing`` on both SQLite and PostgreSQL."""
-    return (postgresql if conn.dialect.name == "postgresql" else sqlite).insert(table)
 
 
 def _text_match(column: Any, pattern: str) -> ColumnElement[bool]:

@@ -18,7 +18,7 @@ from typing import Any
 import httpx2 as httpx
 from pydicom.dataset import Dataset
 
-from medsight.errors import MedsightError
+from medsight.errors import DestinationRejected, DestinationUnavailable, MedsightError
 
 #: PS3.18 Table 10.5.3-1 attribute tags in a STOW-RS response (JSON model).
 FAILED_SOP_SEQUENCE = "00081198"
@@ -26,14 +26,6 @@ REFERENCED_SOP_SEQUENCE = "00081199"
 REFERENCED_SOP_INSTANCE_UID = "00081155"
 FAILURE_REASON = "00081197"
 WARNING_REASON = "00081196"
-
-
-class DestinationUnavailable(MedsightError):
-    """The destination could not be reached or failed on its side (connection, timeout, 5xx): retry later."""
-
-
-class DestinationRejected(MedsightError):
-    """The destination refused the request (4xx, 409): sending the same again will not help; do not retry."""
 
 
 @dataclass
@@ -54,6 +46,24 @@ def multipart_body(parts: Sequence[bytes], boundary: str) -> bytes:
         out += part + b"\r\n"
     out += f"--{boundary}--\r\n".encode()
     return bytes(out)
+
+
+def post(
+    url: str, body: bytes, headers: dict[str, str], *, what: str, timeout_s: float, client: httpx.Client | None
+) -> httpx.Response:
+    """One POST to a result destination; connection errors, timeouts and 5xx raise :class:`DestinationUnavailable`
+    (the queue retries), any other answer is returned for the caller to read."""
+    try:
+        if client is not None:
+            response = client.post(url, content=body, headers=headers, timeout=timeout_s)
+        else:
+            with httpx.Client(timeout=timeout_s) as own:
+                response = own.post(url, content=body, headers=headers)
+    except httpx.HTTPError as exc:  # connect/read errors and timeouts
+        raise DestinationUnavailable(f"{what} unreachable ({type(exc).__name__})", url) from exc
+    if response.status_code >= 500:
+        raise DestinationUnavailable(f"{what} failed with HTTP {response.status_code}", url)
+    return response
 
 
 def stow(
@@ -84,17 +94,8 @@ def stow(
     if token:
         headers["Authorization"] = f"Bearer {token}"
     body = multipart_body(parts, boundary)
-    try:
-        if client is not None:
-            response = client.post(url, content=body, headers=headers, timeout=timeout_s)
-        else:
-            with httpx.Client(timeout=timeout_s) as own:
-                response = own.post(url, content=body, headers=headers)
-    except httpx.HTTPError as exc:  # connect/read errors and timeouts
-        raise DestinationUnavailable(f"STOW-RS destination unreachable ({type(exc).__name__})", url) from exc
+    response = post(url, body, headers, what="STOW-RS destination", timeout_s=timeout_s, client=client)
     report = _report(response)
-    if response.status_code >= 500:
-        raise DestinationUnavailable(f"STOW-RS destination failed with HTTP {response.status_code}", url)
     if response.status_code >= 400 or report.failed:
         reasons = ", ".join(f"{reason:#06x}" for reason in sorted(set(report.failed.values()))) or "none given"
         raise DestinationRejected(

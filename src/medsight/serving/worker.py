@@ -19,13 +19,13 @@ import logging
 import threading
 import time
 from collections.abc import Sequence
-from dataclasses import dataclass, field
+from dataclasses import dataclass
 from pathlib import Path
 from typing import TYPE_CHECKING, Any
 
 import pydicom
 
-from medsight.errors import MedsightError
+from medsight.errors import DestinationUnavailable, MedsightError
 
 if TYPE_CHECKING:
     from medsight.serving.audit import AuditLog
@@ -80,7 +80,6 @@ class WorkContext:
     metrics: ServiceMetrics
     models: ModelCache
     results_dir: Path
-    completed_at: dict[str, float] = field(default_factory=dict)
 
     def route(self, name: str) -> Route:
         try:
@@ -115,24 +114,29 @@ def inference_inputs(ctx: WorkContext, job: Job) -> list[Path]:
 
 
 def run_inference(ctx: WorkContext, job: Job) -> dict[str, Any]:
-    """Run the route's model on the job's series; write and store the results; queue one export per destination."""
+    """Run the route's model on the job's series; write and store the results; queue one export per destination.
+
+    The result folder is written once (atomically, with ``predictions.json``). A job that runs again after a crash
+    finds it and sends those same objects (same UIDs) instead of predicting anew.
+    """
     from medsight import runtime
 
     route = ctx.route(job.target)
-    model = ctx.models.get(route.bundle)
-    inputs = inference_inputs(ctx, job)
-    started = time.monotonic()
-    results = model.predict(inputs, explain="sc" in route.outputs)
     out = ctx.results_dir / job.study_uid / f"{route.name}-{job.id}"
+    started = time.monotonic()
     if not out.exists():
+        model = ctx.models.get(route.bundle)
+        results = model.predict(inference_inputs(ctx, job), explain="sc" in route.outputs)
         runtime.write_predictions(model, results, out)
-    files: list[str] = []
-    for r in results:
-        for kind, name in r.dicom.items():
-            if DICOM_OUTPUT.get(kind) in route.outputs:
-                files.append(str((out / name).relative_to(ctx.results_dir)))
-    extra = write_messages(ctx, job, route, out, results)
-    for rel in files:
+    entries: list[dict[str, Any]] = json.loads((out / "predictions.json").read_text(encoding="utf-8"))["predictions"]
+    by_output: dict[str, list[str]] = {}
+    for entry in entries:
+        for kind, name in entry.get("dicom", {}).items():
+            output = DICOM_OUTPUT.get(kind)
+            if output in route.outputs:
+                by_output.setdefault(output, []).append(str((out / name).relative_to(ctx.results_dir)))
+    messages = write_messages(ctx, job, route, out, entries)
+    for rel in (f for files in by_output.values() for f in files):
         ds = pydicom.dcmread(ctx.results_dir / rel)
         ctx.store.store(ds, calling_ae=ctx.config.dicom.ae_title, peer="medsight", result=True)
     exports = []
@@ -141,42 +145,34 @@ def run_inference(ctx: WorkContext, job: Job) -> dict[str, Any]:
         payload = {
             "route": route.name,
             "inference_job": job.id,
-            "files": [f for f in files if _kind_of(f) in dest.takes],
-            "messages": {k: v for k, v in extra.items() if k in dest.takes},
+            "files": [f for output in sorted(dest.takes) for f in by_output.get(output, [])],
+            "messages": {k: v for k, v in messages.items() if k in dest.takes},
         }
         if not payload["files"] and not payload["messages"]:
             continue
         e = ctx.queue.enqueue(EXPORT, job.study_uid, dest_name, payload, dedupe_key=f"{job.dedupe_key}>{dest_name}")
         exports.append(e.id)
-    deferred = sum(1 for r in results if r.deferral is not None and r.deferral.defer_to_radiologist)
     return {
-        "results": len(results),
-        "deferred": deferred,
-        "files": files,
-        "messages": extra,
+        "results": len(entries),
+        "deferred": sum(1 for e in entries if e.get("defer_to_radiologist")),
+        "files": [f for files in by_output.values() for f in files],
+        "messages": messages,
         "exports": exports,
         "seconds": round(time.monotonic() - started, 3),
         "out": str(out.relative_to(ctx.results_dir)),
     }
 
 
-def _kind_of(rel: str) -> str:
-    name = Path(rel).name
-    if name.endswith("_seg.dcm"):
-        return "seg"
-    if name.endswith("_sc.dcm"):
-        return "sc"
-    return "sr"
-
-
-def write_messages(ctx: WorkContext, job: Job, route: Route, out: Path, results: Sequence[Any]) -> dict[str, str]:
+def write_messages(
+    ctx: WorkContext, job: Job, route: Route, out: Path, entries: Sequence[dict[str, Any]]
+) -> dict[str, str]:
     """FHIR DiagnosticReport and HL7 ORU files for the destinations that take them (paths relative to results)."""
     wanted = {o for o in route.outputs if o in ("fhir", "hl7")}
     if not wanted:
         return {}
     from medsight.serving import messages
 
-    written = messages.write(ctx, job, route, out, results, wanted)
+    written = messages.write(ctx, job, route, out, entries, wanted)
     return {k: str(v.relative_to(ctx.results_dir)) for k, v in written.items()}
 
 
@@ -223,12 +219,8 @@ def run_export(ctx: WorkContext, job: Job) -> dict[str, Any]:
             assert dest.host and dest.port
             send_mllp(dest.host, dest.port, messages["hl7"].read_text())
             sent["messages"] = 1
-    except Retryable:
-        raise
-    except MedsightError as exc:
-        if _is_retryable(exc):
-            raise Retryable(f"{dest.name}: {exc}") from exc
-        raise
+    except DestinationUnavailable as exc:
+        raise Retryable(f"{dest.name}: {exc}") from exc
     ctx.audit.append(
         actor="medsight",
         action="result sent",
@@ -236,10 +228,3 @@ def run_export(ctx: WorkContext, job: Job) -> dict[str, Any]:
         outcome="ok",
     )
     return sent
-
-
-def _is_retryable(exc: BaseException) -> bool:
-    """Outages and timeouts are retried; a destination that understood and refused is not."""
-    return type(exc).__name__ in {"DestinationUnavailable", "RetryableSendError", "Retryable"} or bool(
-        getattr(exc, "retryable", False)
-    )
