@@ -131,6 +131,25 @@ def test_a_study_is_processed_and_logs_hold_no_patient_identifier(
     assert running.store.study(study).state == "processed"  # type: ignore[union-attr]
 
 
+def test_an_inference_job_run_again_sends_the_result_set_it_already_wrote(
+    running: Service, shared_data: Path, tmp_path: Path
+) -> None:
+    """A worker that crashed after writing a job's results but before completing it: the job runs again, finds the
+    folder and lists (and would send) those same objects, with their UIDs, rather than nothing or a second set."""
+    from medsight.serving.worker import run_inference
+
+    study, path = _cr(shared_data, tmp_path / "cr.dcm")
+    _send(running.dicom_port, path)
+    _wait("the inference job", lambda: running.queue.counts().get("done", 0) == 1)
+    (job,) = running.queue.list(study_uid=study)
+    assert job.result is not None and job.result["files"]
+    again = run_inference(running.ctx, job)
+    assert again["files"] == job.result["files"] and again["results"] == job.result["results"]
+    sr_uids = {str(pydicom.dcmread(running.ctx.results_dir / f).SOPInstanceUID) for f in again["files"]}
+    assert len(sr_uids) == len(again["files"])
+    assert len([s for s in running.store.series(study) if s.is_result]) == 1  # stored once, not twice
+
+
 def test_shutdown_puts_a_running_job_back_and_the_next_start_finishes_it(
     tmp_path: Path, bundle: Path, shared_data: Path, monkeypatch: pytest.MonkeyPatch
 ) -> None:
