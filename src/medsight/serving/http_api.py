@@ -11,7 +11,12 @@ Routes (PS3.18 where DICOMweb; every ``/dicomweb`` and ``/api`` route needs a be
   QIDO-RS, viewer: ``application/dicom+json`` with the attributes of PS3.18 Table 6.7.1-2/-2a/-2b.
 - ``GET /dicomweb/studies/{study}[/series/{series}[/instances/{sop}]]`` WADO-RS, viewer: the instances as
   stored, ``multipart/related; type="application/dicom"``; ``.../metadata``: DICOM JSON without bulk data;
-  ``.../instances/{sop}/rendered`` and ``.../frames/{n}/rendered``: a PNG after the Modality and VOI LUTs.
+  ``.../instances/{sop}/rendered`` and ``.../frames/{n}/rendered``: a PNG after the Modality and VOI LUTs;
+  ``.../instances/{sop}/frames/{list}``: the raw frames (``1,3,5``), ``multipart/related;
+  type="application/octet-stream"``, one part per frame: as stored when the Accept header allows
+  ``transfer-syntax=*`` (what browser viewers such as Cornerstone3D ask for), else Explicit VR Little Endian.
+- ``GET /workstation/`` (no token: static files holding no patient data; the page logs in to get one): the
+  review workstation built from ``web/workstation`` by ``make web``; a 404 page saying so when it is not built.
 - ``POST /api/studies/{study}/complete`` admin: the study is complete now (``on_complete``).
 - ``GET /healthz`` (no token; no patient data) and ``GET /metrics`` (Prometheus text). ``/metrics`` needs no
   token either: it holds counts and latencies only, and scrapers rarely carry tokens; the service listens on
@@ -38,7 +43,8 @@ import numpy as np
 import pydicom
 from fastapi import Depends, FastAPI, HTTPException, Request
 from fastapi.concurrency import run_in_threadpool
-from fastapi.responses import JSONResponse, Response, StreamingResponse
+from fastapi.responses import HTMLResponse, JSONResponse, Response, StreamingResponse
+from fastapi.staticfiles import StaticFiles
 from pydicom.datadict import dictionary_VR, keyword_for_tag, tag_for_keyword
 from pydicom.dataelem import DataElement
 from pydicom.dataset import Dataset
@@ -419,14 +425,21 @@ def create_app(
     on_complete: Callable[[str], bool] | None = None,
     metrics: Callable[[], bytes] | None = None,
     health: Callable[[], dict[str, Any]] | None = None,
+    workstation_dir: Path | None = None,
 ) -> FastAPI:
     """The service's HTTP app over ``store``, admitting requests by ``users`` and recording them in ``audit``.
 
     ``on_complete(study_uid)`` is called by ``POST /api/studies/{study}/complete`` and returns whether the
     study was newly completed (queued); ``metrics()`` returns Prometheus text; ``health()`` a JSON-ready dict
-    whose ``status`` is ``"ok"`` when healthy (anything else answers 503).
+    whose ``status`` is ``"ok"`` when healthy (anything else answers 503). ``workstation_dir`` is the built
+    workstation (default :data:`WORKSTATION_DIST`), served under ``/workstation/``.
     """
     app = FastAPI(title="medsight service", description=__doc__)
+    app.mount(
+        "/workstation",
+        WorkstationFiles(directory=workstation_dir or WORKSTATION_DIST, html=True, check_dir=False),
+        name="workstation",
+    )
 
     def refused(request: Request, actor: str, status: int, reason: str) -> None:
         audit.append(
@@ -814,7 +827,133 @@ def create_app(
             raise HTTPException(status_code=400, detail=f"a rendered frame is one number from 1, not {frame!r}")
         return rendered(request, who, study, series, sop, int(frame))
 
+    @app.get(
+        "/dicomweb/studies/{study}/series/{series}/instances/{sop}/frames/{frames}",
+        summary="WADO-RS: raw frames (1-based list), multipart/related application/octet-stream (viewer)",
+    )
+    def retrieve_frames(request: Request, study: str, series: str, sop: str, frames: str, who: Viewer) -> Response:
+        path = instance_file(who, "wado.frames", study, series, sop)
+        target = {"study": study, "series": series, "instance": sop, "frames": frames}
+        if not re.fullmatch(r"[1-9]\d*(,[1-9]\d*)*", frames):
+            record(who, "wado.frames", target, "400")
+            raise HTTPException(
+                status_code=400, detail=f"frames are numbers from 1 separated by commas, not {frames!r}"
+            )
+        as_stored = accepts_frames(request.headers.get("accept", ""))
+        if as_stored is None:
+            record(who, "wado.frames", target, "406")
+            raise HTTPException(
+                status_code=406, detail='frames are returned as multipart/related; type="application/octet-stream" only'
+            )
+        try:
+            data, syntax = frame_bytes(path, [int(n) for n in frames.split(",")], as_stored=as_stored)
+        except LookupError as exc:
+            record(who, "wado.frames", target, "not_found")
+            raise HTTPException(status_code=404, detail=str(exc)) from None
+        except MedsightError as exc:
+            record(who, "wado.frames", target, "400")
+            raise HTTPException(status_code=400, detail=f"cannot read frames of this instance: {exc.problem}") from None
+        record(who, "wado.frames", target)
+        boundary = secrets.token_hex(16)
+        part = f"--{boundary}\r\nContent-Type: application/octet-stream; transfer-syntax={syntax}\r\n\r\n"
+        body = b"".join(part.encode("ascii") + frame + b"\r\n" for frame in data) + f"--{boundary}--\r\n".encode()
+        return Response(
+            body,
+            media_type=f'multipart/related; type="application/octet-stream"; transfer-syntax={syntax}; '
+            f"boundary={boundary}",
+        )
+
     return app
+
+
+#: Where ``make web`` builds the workstation (``web/workstation/dist`` in the checkout).
+WORKSTATION_DIST = Path(__file__).resolve().parents[3] / "web" / "workstation" / "dist"
+
+_NOT_BUILT = """<!doctype html><html><head><meta charset="utf-8"><title>Workstation not built</title></head>
+<body style="font-family:sans-serif;max-width:40em;margin:3em auto">
+<h1>The review workstation is not built</h1>
+<p>This service serves the workstation from <code>web/workstation/dist</code>, which does not exist yet.
+Run <code>make web</code> in the medsight checkout (it runs <code>npm ci</code> and the build), then reload
+this page. The DICOMweb and <code>/api</code> routes work without it.</p></body></html>"""
+
+
+class WorkstationFiles(StaticFiles):
+    """The built workstation's static files, or a 404 page that says how to build it (not a bare 404)."""
+
+    async def check_config(self) -> None:
+        if Path(str(self.directory)).is_dir():  # a missing build is answered by get_response, not a crash
+            await super().check_config()
+
+    async def get_response(self, path: str, scope: Any) -> Response:
+        directory = Path(str(self.directory))
+        if not (directory / "index.html").is_file():
+            return HTMLResponse(_NOT_BUILT, status_code=404)
+        return await super().get_response(path, scope)
+
+
+def accepts_frames(header: str) -> bool | None:
+    """Whether frames may be sent as stored (``transfer-syntax=*``), must be uncompressed (False), or the Accept
+    header allows no octet-stream at all (None). No header, ``*/*`` or no transfer-syntax mean PS3.18's default,
+    Explicit VR Little Endian."""
+    if not header.strip():
+        return False
+    allowed: bool | None = None
+    for item in header.split(","):
+        media = parse_media_type(item)
+        if media.params.get("q") in ("0", "0.0", "0.00", "0.000"):
+            continue
+        if media.type == "multipart/related":
+            if media.params.get("type", "application/octet-stream") not in ("application/octet-stream", "*/*"):
+                continue
+        elif media.type not in ("*/*", "multipart/*", "application/octet-stream"):
+            continue
+        if media.params.get("transfer-syntax") == "*":
+            return True
+        allowed = False
+    return allowed
+
+
+def frame_bytes(path: Path, frames: Sequence[int], *, as_stored: bool) -> tuple[list[bytes], str]:
+    """The pixel bytes of ``frames`` (1-based) and their transfer syntax UID.
+
+    Encapsulated (compressed) pixel data goes out as stored when ``as_stored``; otherwise, and for big endian,
+    pydicom decodes it and the frames go out as Explicit VR Little Endian. Native little-endian frames are sliced
+    from the file; 1-bit frames (binary SEG) are re-packed so that each starts on a byte. ``LookupError`` for a
+    frame out of range, ``MedsightError`` for an instance without pixel data.
+    """
+    from pydicom.encaps import generate_frames
+    from pydicom.pixels import pack_bits, unpack_bits
+    from pydicom.uid import ExplicitVRLittleEndian
+
+    ds = pydicom.dcmread(path)
+    if "PixelData" not in ds:
+        raise MedsightError("the instance has no pixel data (PixelData)", path)
+    n = int(ds.get("NumberOfFrames", 1) or 1)
+    bad = [f for f in frames if not 1 <= f <= n]
+    if bad:
+        raise LookupError(f"frame {bad[0]} out of range: this instance has {n} frame(s), numbered from 1")
+    syntax = ds.file_meta.TransferSyntaxUID
+    if syntax.is_encapsulated and as_stored:
+        stored = list(generate_frames(ds.PixelData, number_of_frames=n))
+        return [stored[f - 1] for f in frames], str(syntax)
+    rows, cols, samples = int(ds.Rows), int(ds.Columns), int(ds.get("SamplesPerPixel", 1))
+    bits = int(ds.BitsAllocated)
+    if bits == 1:
+        flat = unpack_bits(ds.PixelData)
+        size = rows * cols * samples
+        return [pack_bits(flat[(f - 1) * size : f * size]) for f in frames], str(ExplicitVRLittleEndian)
+    if not syntax.is_encapsulated and syntax.is_little_endian:
+        size = rows * cols * samples * bits // 8
+        raw = ds.PixelData  # implicit and explicit VR little endian frames are the same bytes
+        return [bytes(raw[(f - 1) * size : f * size]) for f in frames], str(ExplicitVRLittleEndian)
+    try:
+        pixels = ds.pixel_array
+    except Exception as exc:  # a codec pydicom lacks: say so instead of a bare 500
+        raise MedsightError(f"cannot decode {syntax.name}: {exc}", path) from exc
+    if n == 1:
+        pixels = pixels[None]
+    out = [np.ascontiguousarray(pixels[f - 1]).astype(pixels.dtype.newbyteorder("<")).tobytes() for f in frames]
+    return out, str(ExplicitVRLittleEndian)
 
 
 def _failed_item(ds: Dataset | None, reason: int) -> Dataset:
