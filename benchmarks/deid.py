@@ -3,7 +3,10 @@ loop, and the recall of the OCR text detection on text burned into the shared sa
 
 dicognito and the plain loop run in one process, so the clean per-core comparison is medsight with 1 worker
 (a single process, no pool); the 2-worker run gives the overall speed and its per-core rate (files/s per
-worker). All four speed runs happen in this one run, on the same >= 1000 copies of the brain MR files (each copy
+worker). Every run also records the CPU seconds it used (all its processes), so files per CPU second compares
+the tools per core independently of how well this virtual machine runs two processes at once (measured too:
+``machine_two_process_scaling``, two pure-Python jobs in two processes vs one after the other).
+All four speed runs happen in this one run, on the same >= 1000 copies of the brain MR files (each copy
 given fresh UIDs first, since dicognito names its outputs by UID), so the machine's noise hits all alike.
 Figures, command, commit, date and the machine's load go to benchmarks/results/deid.json.
 
@@ -62,12 +65,43 @@ def plain_loop(src: Path, dst: Path) -> None:
         pydicom.dcmread(f).save_as(dst / f.name)
 
 
+#: CPU seconds of each timed run (this process and the children it waited for: pool workers, dicognito)
+CPU_SECONDS: dict[str, float] = {}
+
+
+def _cpu() -> float:
+    t = os.times()
+    return t.user + t.system + t.children_user + t.children_system
+
+
 def timed(label: str, n: int, fn: object) -> float:
-    start = time.perf_counter()
+    """Files per wall-clock second; the CPU seconds spent (all processes) go to CPU_SECONDS[label]."""
+    cpu, start = _cpu(), time.perf_counter()
     fn()  # type: ignore[operator]
     rate = n / (time.perf_counter() - start)
-    print(f"{label:<34} {rate:8.1f} files/s", flush=True)
+    CPU_SECONDS[label] = _cpu() - cpu
+    print(f"{label:<34} {rate:8.1f} files/s  {n / CPU_SECONDS[label]:8.1f} files per CPU second", flush=True)
     return rate
+
+
+def _spin(_: int) -> float:
+    start, x = time.perf_counter(), 0
+    for i in range(4_000_000):
+        x += i * i
+    return time.perf_counter() - start
+
+
+def two_process_scaling() -> float:
+    """How much faster two processes finish two equal pure-Python jobs than one process does one after the other
+    (2.0 = two real cores): the ceiling for any 2-worker speed-up on this machine at this moment."""
+    import multiprocessing
+
+    one = _spin(0) + _spin(1)
+    with multiprocessing.get_context("fork").Pool(2) as pool:
+        start = time.perf_counter()
+        pool.map(_spin, [0, 1])
+        two = time.perf_counter() - start
+    return one / two
 
 
 def main() -> None:
@@ -100,6 +134,14 @@ def main() -> None:
               f"{'all' if written == written1 == n else 'NOT all'} of them")
         single = med1 / cog
         per_core = med / args.workers / cog
+        cpu_rate = {k: n / v for k, v in CPU_SECONDS.items()}
+        cog_cpu = cpu_rate["dicognito 0.19 (1 proc)"]
+        cpu_ratio = {"medsight_1_worker": cpu_rate["medsight deid (1 worker)"] / cog_cpu,
+                     f"medsight_{args.workers}_workers": cpu_rate[f"medsight deid ({args.workers} workers)"] / cog_cpu}
+        scaling = two_process_scaling()
+        print(f"per CPU second: medsight 1 worker {cpu_ratio['medsight_1_worker']:.2f}x dicognito, "
+              f"{args.workers} workers {cpu_ratio[f'medsight_{args.workers}_workers']:.2f}x; "
+              f"this machine runs 2 processes {scaling:.2f}x as fast as 1")
         print(f"per core, 1 worker: medsight {med1:.1f} files/s = {single:.2f}x dicognito "
               f"({med1 / plain:.2f}x the plain loop)")
         print(f"per core, {args.workers} workers: medsight {med / args.workers:.1f} files/s per worker = "
@@ -136,6 +178,9 @@ def main() -> None:
         "files_per_second": {"plain_pydicom_1_process": round(plain, 1), "dicognito_0_19_1_process": round(cog, 1),
                              "medsight_1_worker": round(med1, 1),
                              f"medsight_{args.workers}_workers": round(med, 1)},
+        "files_per_cpu_second": {k: round(v, 1) for k, v in cpu_rate.items()},
+        "per_cpu_second_over_dicognito": {k: round(v, 2) for k, v in cpu_ratio.items()},
+        "machine_two_process_scaling": round(scaling, 2),
         "medsight_1_worker_over_dicognito": round(single, 2),
         f"medsight_{args.workers}_workers_per_core_over_dicognito": round(per_core, 2),
         f"medsight_{args.workers}_workers_over_dicognito": round(med / cog, 2),

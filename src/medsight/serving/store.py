@@ -45,6 +45,7 @@ from sqlalchemy import (
     Table,
     Text,
     and_,
+    bindparam,
     func,
     select,
     update,
@@ -211,6 +212,54 @@ TEXT_FILTERS = {
 OTHER_FILTERS = ("study_uid", "study_uids", "study_date", "modality", "modalities_in_study", "state")
 
 
+#: The study columns filled from the data set's attributes (Type 2/3: kept as None when absent or empty).
+STUDY_ATTRIBUTES = {
+    "patient_id": "PatientID",
+    "patient_name": "PatientName",
+    "patient_birth_date": "PatientBirthDate",
+    "patient_sex": "PatientSex",
+    "accession_number": "AccessionNumber",
+    "study_date": "StudyDate",
+    "study_time": "StudyTime",
+    "study_description": "StudyDescription",
+    "referring_physician": "ReferringPhysicianName",
+}
+
+
+def _binds(table: Table, *skip: str) -> dict[str, Any]:
+    return {c.name: bindparam(c.name) for c in table.columns if c.name not in skip}
+
+
+@dataclass(frozen=True)
+class _Statements:
+    """The store's per-instance statements, with bound parameters, built once per store and dialect."""
+
+    select_study: Any
+    insert_study: Any
+    touch_study: Any
+    select_old: Any
+    insert_series: Any
+    insert_instance: Any
+    update_instance: Any
+
+    @classmethod
+    def build(cls, conn: Connection) -> _Statements:
+        s, i = studies_table.c, instances_table.c
+        return cls(
+            select_study=select(studies_table).where(s.study_uid == bindparam("b_study")).with_for_update(),
+            insert_study=insert(conn, studies_table).values(_binds(studies_table)).on_conflict_do_nothing(),
+            touch_study=update(studies_table)
+            .where(s.study_uid == bindparam("b_study"))
+            .values(last_received=bindparam("last_received")),
+            select_old=select(i.path).where(i.sop_uid == bindparam("b_sop")).with_for_update(),
+            insert_series=insert(conn, series_table).values(_binds(series_table)).on_conflict_do_nothing(),
+            insert_instance=instances_table.insert().values(_binds(instances_table)),
+            update_instance=update(instances_table)
+            .where(i.sop_uid == bindparam("b_sop"))
+            .values(_binds(instances_table, "sop_uid")),
+        )
+
+
 class StudyStore:
     """Received instances on disk under ``root`` plus their rows in ``engine``'s database.
 
@@ -237,6 +286,7 @@ class StudyStore:
             self.root.mkdir(parents=True, exist_ok=True)
         except OSError as exc:
             raise MedsightError(f"cannot create the instance folder: {exc.strerror}", self.root) from None
+        self._sql: _Statements | None = None
         migrate(engine, "store", MIGRATIONS)
         self.sweep_temporary()
 
@@ -368,38 +418,37 @@ class StudyStore:
         result: bool,
         now: float,
     ) -> tuple[Path | None, bool, bool, bool, str]:
-        """Upsert study, series and instance in one transaction; apply the late-instance rule."""
-        s = studies_table.c
-        study_values = {
-            "patient_id": _text(ds, "PatientID"),
-            "patient_name": _text(ds, "PatientName"),
-            "patient_birth_date": _text(ds, "PatientBirthDate"),
-            "patient_sex": _text(ds, "PatientSex"),
-            "accession_number": _text(ds, "AccessionNumber"),
-            "study_date": _text(ds, "StudyDate"),
-            "study_time": _text(ds, "StudyTime"),
-            "study_description": _text(ds, "StudyDescription"),
-            "referring_physician": _text(ds, "ReferringPhysicianName"),
-        }
-        conn.execute(
-            insert(conn, studies_table)
-            .values(
-                study_uid=study_uid,
-                state=PROCESSED if result else RECEIVING,
-                first_received=now,
-                last_received=now,
-                rerun_count=0,
-                late_count=0,
-                **study_values,
+        """Upsert study, series and instance in one transaction; apply the late-instance rule.
+
+        The statements are built once (``_Statements``): building and cache-keying them per instance cost more
+        than running them. A study's text attributes are read from the data set only when its row lacks them.
+        """
+        sql = self._statements(conn)
+        row = conn.execute(sql.select_study, {"b_study": study_uid}).one_or_none()
+        if row is None:
+            values = {k: _text(ds, STUDY_ATTRIBUTES[k]) for k in STUDY_ATTRIBUTES}
+            conn.execute(
+                sql.insert_study,
+                {
+                    "study_uid": study_uid,
+                    "state": PROCESSED if result else RECEIVING,
+                    "first_received": now,
+                    "last_received": now,
+                    "rerun_count": 0,
+                    "late_count": 0,
+                    "completed_at": None,
+                    **values,
+                },
             )
-            .on_conflict_do_nothing()
-        )
-        row = conn.execute(select(studies_table).where(s.study_uid == study_uid).with_for_update()).one()
-        old = conn.execute(
-            select(instances_table.c.path).where(instances_table.c.sop_uid == sop_uid).with_for_update()
-        ).scalar_one_or_none()
+            row = conn.execute(sql.select_study, {"b_study": study_uid}).one()
+        old = conn.execute(sql.select_old, {"b_sop": sop_uid}).scalar_one_or_none()
         state, late, rerun = row.state, False, False
-        changes: dict[str, Any] = {k: v for k, v in study_values.items() if v is not None and getattr(row, k) is None}
+        changes: dict[str, Any] = {}
+        for column, keyword in STUDY_ATTRIBUTES.items():
+            if getattr(row, column) is None:
+                value = _text(ds, keyword)
+                if value is not None:
+                    changes[column] = value
         if not result:
             changes["last_received"] = max(now, row.last_received)
             if row.state != RECEIVING:
@@ -408,39 +457,46 @@ class StudyStore:
                 if self.rerun_on_late:
                     rerun, state = True, RECEIVING
                     changes.update(state=RECEIVING, rerun_count=row.rerun_count + 1, completed_at=None)
-        if changes:
-            conn.execute(update(studies_table).where(s.study_uid == study_uid).values(**changes))
-        series_values = {
-            "modality": _text(ds, "Modality"),
-            "body_part": _text(ds, "BodyPartExamined"),
-            "series_description": _text(ds, "SeriesDescription"),
-            "series_number": _int(ds, "SeriesNumber"),
-            "calling_ae": calling_ae.strip() or None,
-            "peer": peer or None,
-            "is_result": result,
-        }
+        if list(changes) == ["last_received"]:
+            conn.execute(sql.touch_study, {"b_study": study_uid, "last_received": changes["last_received"]})
+        elif changes:
+            conn.execute(update(studies_table).where(studies_table.c.study_uid == study_uid).values(**changes))
         conn.execute(
-            insert(conn, series_table)
-            .values(study_uid=study_uid, series_uid=series_uid, first_received=now, **series_values)
-            .on_conflict_do_nothing()
+            sql.insert_series,
+            {
+                "study_uid": study_uid,
+                "series_uid": series_uid,
+                "first_received": now,
+                "modality": _text(ds, "Modality"),
+                "body_part": _text(ds, "BodyPartExamined"),
+                "series_description": _text(ds, "SeriesDescription"),
+                "series_number": _int(ds, "SeriesNumber"),
+                "calling_ae": calling_ae.strip() or None,
+                "peer": peer or None,
+                "is_result": result,
+            },
         )
-        rel = target.relative_to(self.root).as_posix()
         instance_values = {
             "study_uid": study_uid,
             "series_uid": series_uid,
             "sop_class_uid": sop_class_uid,
             "instance_number": _int(ds, "InstanceNumber"),
             "transfer_syntax": transfer_syntax,
-            "path": rel,
+            "path": target.relative_to(self.root).as_posix(),
             "size": size,
             "received": now,
             "is_result": result,
         }
         if old is None:
-            conn.execute(instances_table.insert().values(sop_uid=sop_uid, **instance_values))
+            conn.execute(sql.insert_instance, {"sop_uid": sop_uid, **instance_values})
         else:
-            conn.execute(update(instances_table).where(instances_table.c.sop_uid == sop_uid).values(**instance_values))
+            conn.execute(sql.update_instance, {"b_sop": sop_uid, **instance_values})
         return (None if old is None else self.root / old), old is not None, late, rerun, state
+
+    def _statements(self, conn: Connection) -> _Statements:
+        if self._sql is None:
+            self._sql = _Statements.build(conn)
+        return self._sql
 
     def _has_row(self, sop_uid: str, target: Path) -> bool:
         try:
