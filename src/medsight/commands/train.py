@@ -24,6 +24,7 @@ OPTION_FLAGS = (
     "positive",
     "alpha",
     "split_seed",
+    "init",
 )
 
 
@@ -92,14 +93,26 @@ def register(sub: argparse._SubParsersAction) -> None:
         f"training seed (default ${SPLIT_SEED_ENV} or {SPLIT_SEED}); recorded in the bundle and used by evaluate. "
         "Segmentation uses its stored folds (--fold) instead",
     )
+    p.add_argument(
+        "--init",
+        type=Path,
+        metavar="BUNDLE",
+        help="classification, segmentation: fine-tune from BUNDLE's weights (same task, labels and network; "
+        "segmentation also keeps its plan); the new bundle records BUNDLE's checksum as its parent. See "
+        "docs/feedback.md",
+    )
     p.set_defaults(func=run)
 
 
 def run(args: argparse.Namespace) -> int:
-    name = args.task or tasks.detect(args.data)
+    name = args.task or (_parent_task(args.init) if args.init is not None else tasks.detect(args.data))
     task = tasks.get(name)
     given = {k: getattr(args, k) for k in OPTION_FLAGS if getattr(args, k, None) is not None}
     options = task.Options.from_mapping(given, name)
+    if args.init is not None:  # refuse a parent of another task before any data are read
+        from medsight.training.warm_start import open_parent
+
+        open_parent(args.init, name)
     meta = task.train(args.data, args.out, options)
     print(f"bundle: {args.out}")
     val = meta.get("metrics", {}).get("val", {})
@@ -108,3 +121,10 @@ def run(args: argparse.Namespace) -> int:
     for warning in meta.get("training", {}).get("warnings", []):
         print(f"warning: {warning}")
     return 0
+
+
+def _parent_task(bundle: Path) -> str:
+    """The task of the bundle to fine-tune from: a fine-tuned model does what its parent does."""
+    from medsight.training.bundle import load_bundle
+
+    return load_bundle(bundle).task

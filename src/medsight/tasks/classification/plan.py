@@ -23,6 +23,7 @@ import logging
 import math
 import time
 from dataclasses import dataclass
+from pathlib import Path
 from typing import Any, Literal
 
 from medsight.data.dataset import ClassificationData
@@ -56,6 +57,8 @@ class ClassificationOptions(TrainOptions):
     alpha: float | None = None
     #: Seed of the derived train/val/test split (default $MEDSIGHT_SPLIT_SEED or 0); never the training seed.
     split_seed: int | None = None
+    #: Fine-tune from this bundle's weights (same task, labels and network; training/warm_start.py).
+    init: Path | None = None
 
     def __post_init__(self) -> None:
         if self.alpha is not None and not 0 < self.alpha < 1:

@@ -19,6 +19,7 @@ from medsight.data import splits
 from medsight.data.dataset import ClassificationData, SplitData
 from medsight.data.fingerprint import case_hashes, training_record
 from medsight.data.fingerprint_stats import array_samples, distribution_fingerprint
+from medsight.errors import MedsightError
 from medsight.evaluation.calibration import TemperatureScaler
 from medsight.evaluation.conformal import DEFAULT_ALPHA
 from medsight.evaluation.metrics import binary_metrics, multiclass_metrics, multilabel_metrics
@@ -26,11 +27,12 @@ from medsight.evaluation.operating_point import choose_threshold
 from medsight.evaluation.selective import MultilabelSelective, SelectivePrediction
 from medsight.io.atomic import atomic_dir
 from medsight.runtime.onnx_export import export_onnx
-from medsight.tasks.classification.data import load, positive_class, val_split
+from medsight.tasks.classification.data import load, load_like, positive_class, val_split
 from medsight.tasks.classification.network import build_network, loss_fn, probabilities
 from medsight.tasks.classification.plan import ClassificationOptions, ClassificationPlan, ClassificationPlanner
 from medsight.tasks.classification.predict import decided_labels
 from medsight.tasks.classification.steps import EVAL_BATCH, epoch_batches, loader, make_step
+from medsight.training import warm_start
 from medsight.training.bundle import FORMAT, ONNX, WEIGHTS, library_versions, now_iso, write_bundle_json
 from medsight.training.engine import (
     EarlyStopping,
@@ -56,8 +58,9 @@ def train(spec: str, out: Path, options: ClassificationOptions) -> dict[str, Any
     torch.set_num_threads(config.num_threads())
     device = config.device()
     split_seed = splits.split_seed(options.split_seed)  # which cases are tested never depends on the training seed
-    data = load(spec, split_seed)
-    positive = positive_class(data, options.positive)
+    parent = warm_start.open_parent(options.init, "classification") if options.init is not None else None
+    data = load(spec, split_seed) if parent is None else _load_for(parent, spec, split_seed)
+    positive = positive_class(data, options.positive or (parent.bundle.meta.get("positive_class") if parent else None))
     train_split, val = data.split("train"), val_split(data)
     log.info(
         "training %s: %s, %d labels, %d train / %d val images of %s",
@@ -75,6 +78,10 @@ def train(spec: str, out: Path, options: ClassificationOptions) -> dict[str, Any
 
     seed_everything(options.seed)  # the measurement drew random numbers: start training from the seed again
     model = build_network(plan.network.kwargs())
+    if parent is not None:
+        warm_start.check_network(parent, plan.network.name, plan.network.kwargs())
+        warm_start.load_weights(parent, model)
+        log.info("fine-tuning from %s (bundle sha256 %s)", parent.path, parent.checksum[:12])
     state = fit(model, data, plan, options.seed)
     model.cpu().eval()
     val_logits = predict_logits(model, val.images, "cpu", EVAL_BATCH)
@@ -94,6 +101,8 @@ def train(spec: str, out: Path, options: ClassificationOptions) -> dict[str, Any
     }
     if positive is not None:
         meta["positive_class"] = positive
+    if parent is not None:
+        meta["parent"] = parent.record()
     if data.task_type == "multilabel":
         meta["selective_prediction"] = fit_multilabel_selective(val, val_probs, options.alpha)
     else:
@@ -111,6 +120,15 @@ def train(spec: str, out: Path, options: ClassificationOptions) -> dict[str, Any
         plan.expected_seconds,
     )
     return meta
+
+
+def _load_for(parent: warm_start.Parent, spec: str, split_seed: int) -> ClassificationData:
+    """``spec`` prepared as the parent's model takes it (size, channels, labels, task type), or an error naming
+    the parent bundle and the mismatch."""
+    try:
+        return load_like(parent.bundle, spec, split_seed)
+    except MedsightError as exc:
+        raise parent.fail(f"the data do not fit it ({exc})") from exc
 
 
 def fit(model: nn.Module, data: ClassificationData, plan: ClassificationPlan, seed: int) -> State:

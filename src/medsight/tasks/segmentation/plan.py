@@ -54,6 +54,8 @@ class SegmentationOptions(TrainOptions):
     plan: Path | None = None
     fold: int | None = None
     max_cases: int | None = None
+    #: Fine-tune from this bundle: its plan and weights, with these options applied (training/warm_start.py).
+    init: Path | None = None
 
 
 @dataclass(frozen=True)

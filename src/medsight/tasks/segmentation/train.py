@@ -55,6 +55,7 @@ from medsight.tasks.segmentation.plan import (
 )
 from medsight.tasks.segmentation.threads import ThreadTuner
 from medsight.tasks.segmentation.uncertainty import Mirrors, choose_threshold, disagreement
+from medsight.training import warm_start
 from medsight.training.bundle import FORMAT, ONNX, WEIGHTS, library_versions, now_iso, write_bundle_json
 from medsight.training.engine import Engine, LRSchedule, Progress, State, TimeBudget, Validate, prefetch
 from medsight.training.seed import seed_everything
@@ -64,8 +65,10 @@ log = logging.getLogger("medsight")
 GRAD_CLIP = 12.0
 
 
-def resolve_plan(fp: dict[str, Any], device: str, options: SegmentationOptions) -> SegmentationPlan:
-    """The planned defaults with the override file and the options applied.
+def resolve_plan(
+    fp: dict[str, Any], device: str, options: SegmentationOptions, base: SegmentationPlan | None = None
+) -> SegmentationPlan:
+    """The planned defaults (or ``base``, a fine-tuned parent's plan) with the override file and the options applied.
 
     ``--epochs`` alone trains that many epochs with no time limit; ``--time-budget`` alone trains until the budget
     (up to nnU-Net's 1000 epochs); neither keeps the plan's measured default (epochs and budget).
@@ -73,7 +76,7 @@ def resolve_plan(fp: dict[str, Any], device: str, options: SegmentationOptions) 
     overrides = read_overrides(options.plan)
     if options.batch_size is not None:
         overrides["batch_size"] = int(options.batch_size)
-    plan = make_plan(fp, device, overrides)
+    plan = make_plan(fp, device, overrides) if base is None else base.with_overrides(overrides)
     changes: dict[str, Any] = {}
     if options.lr is not None:
         changes["optimizer"] = {"lr": float(options.lr)}
@@ -97,7 +100,8 @@ def train(data: str, out: Path, options: SegmentationOptions) -> dict[str, Any]:
         train_ids, val_ids = train_ids[: options.max_cases], val_ids[: max(1, options.max_cases // 4)]
     cases = read_cases(ds, train_ids + val_ids)
     fp = fingerprint(ds, [cases[i] for i in train_ids + val_ids])
-    plan = resolve_plan(fp, device, options)
+    parent = _parent(options, ds)
+    plan = resolve_plan(fp, device, options, parent.bundle.plan(SegmentationPlan) if parent else None)
     words = describe(plan, fp)
     log.info("plan for %s (%s layout, %s):", ds.name, ds.layout, ", ".join(ds.labels.values()))
     for line in [*ds.notes, *words]:
@@ -111,6 +115,10 @@ def train(data: str, out: Path, options: SegmentationOptions) -> dict[str, Any]:
     log.info("preprocessed %d training cases in %.1f s (%d from the cache)", len(items), prepared, hits)
     seed_everything(options.seed)  # the weights depend on the seed only, not on what ran before
     model = network.build(plan)
+    if parent is not None:  # the parent's plan (spacing, normalisation, patch, network) with the options applied
+        warm_start.check_network(parent, NETWORK, plan.network.kwargs())
+        warm_start.load_weights(parent, model)
+        log.info("fine-tuning from %s (bundle sha256 %s)", parent.path, parent.checksum[:12])
     val_cases = [cases[i] for i in val_ids]
     state = _fit(model, PatchSampler(items, plan, options.seed), val_cases, plan, device)
     model.cpu().eval()
@@ -149,12 +157,28 @@ def train(data: str, out: Path, options: SegmentationOptions) -> dict[str, Any]:
             "until_bundle_s": round(time.monotonic() - started, 1),
         }
         meta |= {"postprocessing": post, "metrics": {"val": val_metrics}, "onnx": onnx, "uncertainty": review}
+        if parent is not None:
+            meta["parent"] = parent.record()
         write_json(tmp / "splits.json", folds.to_json())
         write_json(tmp / "plan.json", plan.to_json())
         write_text(tmp / "plan.txt", "\n".join(words) + "\n")
         write_bundle_json(tmp, meta)
     log.info("bundle written to %s (%d epochs, %.0f s)", out, state.epoch, seconds)
     return meta
+
+
+def _parent(options: SegmentationOptions, ds: SegmentationDataset) -> warm_start.Parent | None:
+    """The bundle to fine-tune from, checked against the data: same labels, dimensions and channels."""
+    if options.init is None:
+        return None
+    parent = warm_start.open_parent(options.init, "segmentation")
+    warm_start.check_labels(parent, [ds.labels.get(k, f"label_{k}") for k in range(ds.n_classes)])
+    taken = parent.bundle.input
+    if taken["spatial_dims"] != ds.spatial_dims:
+        raise parent.fail(f"it takes {taken['spatial_dims']}D images, the data are {ds.spatial_dims}D")
+    if len(ds.channel_names) and len(ds.channel_names) != taken["n_channels"]:
+        raise parent.fail(f"it takes {taken['n_channels']} channel(s), the data have {len(ds.channel_names)}")
+    return parent
 
 
 def _postprocessing(
