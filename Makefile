@@ -14,7 +14,7 @@ export PYTHONUNBUFFERED := 1
 
 DEMO_OUT ?= demo_out
 
-.PHONY: demo test venv lint typecheck unit tools clean benchmarks
+.PHONY: demo test venv lint typecheck unit tools clean benchmarks web
 
 venv: $(STAMP)
 
@@ -25,10 +25,21 @@ $(STAMP): requirements.txt pyproject.toml
 	$(PY) -m pip install --quiet --no-deps --no-build-isolation -e .
 	touch $(STAMP)
 
+# The review workstation (web/workstation): npm fetches the pinned packages (package-lock.json) and vite builds
+# dist/, which `medsight serve` serves under /workstation/. Neither node_modules nor dist is committed.
+WEB := web/workstation
+web: $(WEB)/dist/index.html
+
+$(WEB)/dist/index.html: $(WEB)/package.json $(WEB)/package-lock.json $(WEB)/index.html $(WEB)/vite.config.ts \
+		$(WEB)/tsconfig.json $(wildcard $(WEB)/src/*)
+	@command -v npm >/dev/null || { echo "npm not found: install Node 20 and npm to build the workstation"; exit 2; }
+	cd $(WEB) && npm ci --no-audit --no-fund && npm run build
+
 # Debian tools the tests use: dciodvfy (dicom3tools) validates every DICOM object we write;
 # tesseract-ocr reads burned-in text for `medsight deid --detect-text`; dcmtk (storescu, echoscu, findscu) and
 # Orthanc + its DICOMweb plugin are the real peers of the service tests; PostgreSQL (started by the tests as an
 # unprivileged user on 127.0.0.1) is the second database the job queue and study store are tested on.
+# Chromium is the browser Playwright drives in the workstation tests (tests/workstation).
 tools:
 	@if ! command -v dciodvfy >/dev/null; then \
 	  if [ "$$(id -u)" = 0 ]; then \
@@ -48,6 +59,12 @@ tools:
 	      || echo "WARNING: could not install postgresql; the job-queue tests on PostgreSQL will FAIL"; \
 	  else echo "WARNING: PostgreSQL missing and not root: run 'apt-get install postgresql'; queue tests will FAIL"; fi; \
 	fi
+	@if ! command -v chromium >/dev/null; then \
+	  if [ "$$(id -u)" = 0 ]; then \
+	    (apt-get update -qq && DEBIAN_FRONTEND=noninteractive apt-get install -y -qq chromium >/dev/null) \
+	      || echo "WARNING: could not install chromium; the workstation's browser tests will FAIL"; \
+	  else echo "WARNING: chromium missing and not root: run 'apt-get install chromium'; browser tests will FAIL"; fi; \
+	fi
 	@if ! command -v tesseract >/dev/null; then \
 	  if [ "$$(id -u)" = 0 ]; then \
 	    (apt-get update -qq && DEBIAN_FRONTEND=noninteractive apt-get install -y -qq tesseract-ocr tesseract-ocr-eng >/dev/null) \
@@ -61,12 +78,12 @@ lint: $(STAMP)
 typecheck: $(STAMP)
 	$(VENV)/bin/mypy
 
-unit: $(STAMP) tools
+unit: $(STAMP) tools web
 	$(VENV)/bin/pytest -q -n 2 --dist loadfile
 
 test: lint typecheck unit
 
-demo: $(STAMP)
+demo: $(STAMP) web
 	@test -n "$$MEDSIGHT_DATA" || { echo "MEDSIGHT_DATA is not set and ../shared/data is missing"; exit 2; }
 	$(VENV)/bin/medsight train medmnist:pneumoniamnist --out $(DEMO_OUT)/pneumonia_bundle --seed 0 --time-budget 300
 	$(VENV)/bin/medsight evaluate $(DEMO_OUT)/pneumonia_bundle medmnist:pneumoniamnist --split test --out $(DEMO_OUT)/evaluation
