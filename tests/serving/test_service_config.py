@@ -200,7 +200,7 @@ name = "typo"
         "service.backoff_max_s: 5 is less than backoff_s (10)",
         "service.http_port: must be an integer, not a string ('8080')",
         "service.workers: 0 is not a worker count (>= 1)",
-        'service.worker_mode: "threads" is not one of "thread" (did you mean "thread"?)',
+        'service.worker_mode: "threads" is not one of "thread" or "process" (did you mean "thread"?)',
         "service.quiet_period_s: -1 must be 0 or more",
         "service.rerun_on_late: must be true or false, not a string ('yes')",
         "service.job_timeout_s: 0 must be greater than 0",

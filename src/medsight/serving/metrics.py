@@ -8,6 +8,7 @@ step), so it is right after a restart too; latencies and failures are counted as
 from __future__ import annotations
 
 from collections.abc import Callable, Iterable, Mapping
+from typing import Any
 
 from prometheus_client import CollectorRegistry, Counter, Histogram, generate_latest
 from prometheus_client.core import GaugeMetricFamily
@@ -75,3 +76,45 @@ class ServiceMetrics:
     def render(self) -> bytes:
         """The Prometheus text exposition of every metric."""
         return generate_latest(self.registry)
+
+
+class _RelayedChild:
+    def __init__(self, events: Any, name: str, labels: tuple[str, ...]) -> None:
+        self._events, self._name, self._labels = events, name, labels
+
+    def observe(self, value: float) -> None:
+        self._events.put((self._name, self._labels, "observe", float(value)))
+
+    def inc(self, amount: float = 1.0) -> None:
+        self._events.put((self._name, self._labels, "inc", float(amount)))
+
+
+class _Relayed:
+    def __init__(self, events: Any, name: str) -> None:
+        self._events, self._name = events, name
+
+    def labels(self, *labels: str) -> _RelayedChild:
+        return _RelayedChild(self._events, self._name, tuple(str(v) for v in labels))
+
+
+class RelayedMetrics:
+    """What a worker process records, sent to the service process (whose registry ``/metrics`` shows).
+
+    A worker process has no registry of its own that anyone scrapes; it puts each observation on a
+    ``multiprocessing`` queue and :func:`apply_relayed` applies it to the service's :class:`ServiceMetrics`.
+    """
+
+    RELAYED = ("job_latency", "study_latency", "failures", "dead")
+
+    def __init__(self, events: Any) -> None:
+        self.job_latency = _Relayed(events, "job_latency")
+        self.study_latency = _Relayed(events, "study_latency")
+        self.failures = _Relayed(events, "failures")
+        self.dead = _Relayed(events, "dead")
+
+
+def apply_relayed(metrics: ServiceMetrics, event: tuple[str, tuple[str, ...], str, float]) -> None:
+    """Apply one observation a worker process relayed (anything else is ignored: it came from our own code)."""
+    name, labels, method, value = event
+    if name in RelayedMetrics.RELAYED and method in ("observe", "inc"):
+        getattr(getattr(metrics, name).labels(*labels), method)(value)
