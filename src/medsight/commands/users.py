@@ -1,13 +1,16 @@
 """``medsight users``: the people and tokens allowed into the service's HTTP API.
 
 ``add NAME --role R`` creates a user, ``token NAME`` prints a new token once (only its hash is kept),
-``revoke TOKEN_ID`` stops a token, ``list`` shows users and their tokens' ids and states, never a secret.
+``password NAME`` sets the log-in password of the review workstation (read from stdin; only a scrypt hash is
+kept), ``revoke TOKEN_ID`` stops a token, ``list`` shows users and their tokens' ids and states, never a secret.
 """
 
 from __future__ import annotations
 
 import argparse
+import getpass
 import json
+import sys
 import time
 from datetime import UTC, datetime
 from pathlib import Path
@@ -51,6 +54,15 @@ def register(subparsers: Any) -> None:
     token.add_argument("name")
     token.add_argument("--expires-days", type=float, help="lifetime in days (default: until revoked)")
     common(token)
+    password = actions.add_parser(
+        "password",
+        help="set a user's log-in password (workstation); read from stdin, or asked twice on a terminal",
+    )
+    password.add_argument("name")
+    password.add_argument(
+        "--password-stdin", action="store_true", help="read the password from the first line of stdin"
+    )
+    common(password)
     revoke = actions.add_parser("revoke", help="revoke a token by its id (the part before the dot)")
     revoke.add_argument("token_id")
     common(revoke)
@@ -62,6 +74,18 @@ def register(subparsers: Any) -> None:
 
 def _when(stamp: float | None) -> str | None:
     return None if stamp is None else datetime.fromtimestamp(stamp, UTC).isoformat(timespec="seconds")
+
+
+def _read_password(from_stdin: bool) -> str:
+    """The new password: the first line of stdin when piped (or asked), else typed twice without echo."""
+    from medsight.errors import MedsightError
+
+    if from_stdin or not sys.stdin.isatty():
+        return sys.stdin.readline().rstrip("\r\n")
+    first = getpass.getpass("new password: ")
+    if getpass.getpass("again: ") != first:
+        raise MedsightError("the two passwords differ; nothing changed")
+    return first
 
 
 def run(args: argparse.Namespace) -> int:
@@ -82,6 +106,9 @@ def run(args: argparse.Namespace) -> int:
         secret = users.create_token(args.name, expires_in_s=expires)
         print(f"token for {args.name} (shown once; send it as 'Authorization: Bearer <token>'):")
         print(secret)
+    elif args.action == "password":
+        users.set_password(args.name, _read_password(args.password_stdin))
+        print(f"password of {args.name} set; log in at /api/login (the workstation's log-in page)")
     elif args.action == "revoke":
         users.revoke(args.token_id)
         print(f"token {args.token_id} revoked")

@@ -41,7 +41,7 @@ from typing import Annotated, Any, Protocol
 
 import numpy as np
 import pydicom
-from fastapi import Depends, FastAPI, HTTPException, Request
+from fastapi import APIRouter, Depends, FastAPI, HTTPException, Request
 from fastapi.concurrency import run_in_threadpool
 from fastapi.responses import HTMLResponse, JSONResponse, Response, StreamingResponse
 from fastapi.staticfiles import StaticFiles
@@ -426,13 +426,15 @@ def create_app(
     metrics: Callable[[], bytes] | None = None,
     health: Callable[[], dict[str, Any]] | None = None,
     workstation_dir: Path | None = None,
+    routers: Sequence[Callable[[Authorizer], APIRouter]] = (),
 ) -> FastAPI:
     """The service's HTTP app over ``store``, admitting requests by ``users`` and recording them in ``audit``.
 
     ``on_complete(study_uid)`` is called by ``POST /api/studies/{study}/complete`` and returns whether the
     study was newly completed (queued); ``metrics()`` returns Prometheus text; ``health()`` a JSON-ready dict
     whose ``status`` is ``"ok"`` when healthy (anything else answers 503). ``workstation_dir`` is the built
-    workstation (default :data:`WORKSTATION_DIST`), served under ``/workstation/``.
+    workstation (default :data:`WORKSTATION_DIST`), served under ``/workstation/``. Each of ``routers`` is called
+    with the app's :class:`Authorizer` and its routes are added (the review routes, :mod:`medsight.review.api`).
     """
     app = FastAPI(title="medsight service", description=__doc__)
     app.mount(
@@ -447,6 +449,8 @@ def create_app(
         )
 
     auth = Authorizer(users, on_refused=refused)
+    for make_router in routers:
+        app.include_router(make_router(auth))
     Viewer = Annotated[Principal, Depends(auth.require("viewer"))]
     Admin = Annotated[Principal, Depends(auth.require("admin"))]
 

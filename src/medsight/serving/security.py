@@ -28,6 +28,7 @@ from fastapi import Depends, HTTPException, Request
 from fastapi.security import HTTPAuthorizationCredentials, HTTPBearer
 from sqlalchemy import (
     Column,
+    Connection,
     Engine,
     Float,
     ForeignKey,
@@ -37,6 +38,7 @@ from sqlalchemy import (
     Table,
     delete,
     insert,
+    inspect,
     select,
     update,
 )
@@ -56,7 +58,8 @@ ROLE_HELP = {
 }
 
 #: Bump when the tables change (the migration list in :func:`_ensure_schema` grows by one step).
-SCHEMA_VERSION = 1
+#: 2: ``medsight_users.password_scrypt`` (log-in passwords for the review workstation).
+SCHEMA_VERSION = 2
 
 _NAME = re.compile(r"^[A-Za-z0-9][A-Za-z0-9._@-]{0,63}$")
 _TOKEN_ID = re.compile(r"^[0-9a-f]{12}$")
@@ -68,6 +71,7 @@ users_table = Table(
     Column("name", String(64), primary_key=True),
     Column("role", String(16), nullable=False),
     Column("created_at", Float, nullable=False),
+    Column("password_scrypt", String(200), nullable=True),
 )
 tokens_table = Table(
     "medsight_tokens",
@@ -181,6 +185,30 @@ class UserDirectory:
             if conn.execute(delete(users_table).where(users_table.c.name == name)).rowcount == 0:
                 raise MedsightError(f"no user {name!r}")
 
+    def set_password(self, name: str, password: str) -> None:
+        """Store a scrypt hash of ``password`` for ``name`` (see :mod:`medsight.review.passwords`)."""
+        from medsight.review.passwords import hash_password, password_problem
+
+        problem = password_problem(password)
+        if problem:
+            raise MedsightError(problem)
+        encoded = hash_password(password)
+        with self.engine.begin() as conn:
+            done = conn.execute(update(users_table).where(users_table.c.name == name).values(password_scrypt=encoded))
+            if done.rowcount == 0:
+                raise MedsightError(f"no user {name!r}; add it first with `medsight users add`")
+
+    def verify_password(self, name: str, password: str) -> str | None:
+        """The user's role when ``password`` is theirs, else None (unknown users cost the same as wrong passwords)."""
+        from medsight.review.passwords import verify_password
+
+        with self.engine.connect() as conn:
+            row = conn.execute(
+                select(users_table.c.role, users_table.c.password_scrypt).where(users_table.c.name == name)
+            ).first()
+        ok = verify_password(row.password_scrypt if row is not None else None, password)
+        return str(row.role) if ok and row is not None else None
+
     def create_token(self, name: str, *, expires_in_s: float | None = None) -> str:
         """A new token for ``name``; the returned string is the only copy of its secret."""
         if expires_in_s is not None and expires_in_s <= 0:
@@ -262,8 +290,19 @@ class UserDirectory:
         return Principal(user=row.user_name, role=row.role, token_id=token_id)
 
 
+def _add_password_column(conn: Connection) -> None:
+    """Step 2: the password hash column, on a users table created by version 1."""
+    columns = {c["name"] for c in inspect(conn).get_columns(users_table.name)}
+    if "password_scrypt" not in columns:
+        conn.exec_driver_sql(f"ALTER TABLE {users_table.name} ADD COLUMN password_scrypt VARCHAR(200)")
+
+
+#: Steps from version n to n + 1, in order (append, never edit); a new database gets the tables at the newest.
+_UPGRADES: tuple[Callable[[Connection], None], ...] = (_add_password_column,)
+
+
 def _ensure_schema(engine: Engine) -> None:
-    """Create the tables once and refuse a database written by a newer medsight."""
+    """Create the tables once, upgrade an older database, and refuse one written by a newer medsight."""
     _metadata.create_all(engine)
     with engine.begin() as conn:
         found = conn.execute(
@@ -272,6 +311,12 @@ def _ensure_schema(engine: Engine) -> None:
         if found is None:
             with contextlib.suppress(IntegrityError):  # another process created it at the same moment
                 conn.execute(insert(_schema_table).values(component="security", version=SCHEMA_VERSION))
+        elif found < SCHEMA_VERSION:
+            for step in _UPGRADES[found - 1 :]:
+                step(conn)
+            conn.execute(
+                update(_schema_table).where(_schema_table.c.component == "security").values(version=SCHEMA_VERSION)
+            )
         elif found > SCHEMA_VERSION:
             raise MedsightError(
                 f"the users database has schema version {found}, newer than this medsight ({SCHEMA_VERSION}); "
