@@ -239,6 +239,13 @@ class Route:
 
 
 @dataclass(frozen=True)
+class ReviewConfig:
+    """[review]: where the reader's objects (the verdict SR, an edited mask's SEG) are sent."""
+
+    send_to: tuple[str, ...] = ()
+
+
+@dataclass(frozen=True)
 class SiteConfig:
     """The whole checked configuration. ``source`` is the file it came from (None for the default)."""
 
@@ -250,6 +257,7 @@ class SiteConfig:
     destinations: tuple[Destination, ...]
     routes: tuple[Route, ...]
     warnings: tuple[str, ...] = field(default=())
+    review: ReviewConfig = field(default_factory=ReviewConfig)
 
     def destination(self, name: str) -> Destination:
         for d in self.destinations:
@@ -566,17 +574,22 @@ class _Checker:
         return (p if p.is_absolute() else self.base / p).resolve()
 
     def run(self) -> SiteConfig:
-        top = _Table(self.raw, "", self.problems, ["service", "database", "dicom", "tls", "destinations", "routes"])
+        top = _Table(
+            self.raw, "", self.problems, ["service", "database", "dicom", "tls", "destinations", "routes", "review"]
+        )
         service = self.service(top.table("service"))
         database = self.database(top.table("database"), service.data_dir)
         dicom = self.dicom(top.table("dicom"))
         tls = self.tls(top.table("tls"))
         destinations = self.destinations(top.tables("destinations"), dicom)
         routes = self.routes(top, destinations)
+        review = self.review(top.table("review"), destinations)
         self.cross_checks(service, dicom, tls)
         if self.problems:
             raise ConfigError(self.problems, self.source)
-        return SiteConfig(self.source, service, database, dicom, tls, destinations, routes, tuple(self.warnings))
+        return SiteConfig(
+            self.source, service, database, dicom, tls, destinations, routes, tuple(self.warnings), review
+        )
 
     # ---------------------------------------------------------------------------------------------- sections
 
@@ -916,6 +929,20 @@ class _Checker:
                 )
             )
         return tuple(out)
+
+    def review(self, raw: Mapping[str, Any] | None, destinations: tuple[Destination, ...]) -> ReviewConfig:
+        """[review] send_to: destinations that take DICOM objects (the reader's SR and SEG)."""
+        t = _Table(raw or {}, "review", self.problems, ["send_to"])
+        by_name = {d.name: d for d in destinations}
+        send_to = t.strings("send_to")
+        for dest in send_to:
+            if dest not in by_name:
+                hint = _suggest(dest, list(by_name), quoted=True)
+                t.add("send_to", f'destination "{dest}" is not defined in [[destinations]]{hint}')
+            elif "sr" not in by_name[dest].takes:
+                kind = by_name[dest].kind
+                t.add("send_to", f'destination "{dest}" is {kind}; the reader\'s SR and SEG need a DICOM one')
+        return ReviewConfig(send_to=tuple(dict.fromkeys(send_to)))
 
     def match(self, route: _Table) -> Match:
         raw = route.table("match")

@@ -155,6 +155,7 @@ class Service:
             on_complete=self.complete_study,
             metrics=self.metrics.render,
             health=self.health,
+            routers=[self.review_backend().router],
         )
         s = self.config.service
         kwargs: dict[str, Any] = {}
@@ -173,6 +174,22 @@ class Service:
             if time.monotonic() > deadline:
                 raise MedsightError("the HTTP API did not start within 20 s")
             time.sleep(0.02)
+
+    def review_backend(self) -> Any:
+        """The review workstation's routes over this service (medsight.review.api): verdicts go to ``[review]``."""
+        from medsight.review.api import ReviewBackend
+
+        return ReviewBackend(
+            engine=self.engine,
+            store=self.store,
+            audit=self.audit,
+            users=self.users,
+            results_dir=self.ctx.results_dir,
+            queue=self.queue,
+            models=lambda: {r.name: r.bundle for r in self.config.routes},
+            send_to=self.config.review.send_to,
+            ae_title=self.config.dicom.ae_title,
+        )
 
     def stop(self) -> None:
         """Stop taking work, let running jobs finish within the grace period, re-queue the rest."""
