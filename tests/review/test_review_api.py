@@ -210,7 +210,7 @@ def test_verdicts_write_store_audit_and_queue_the_readers_objects(site: Site) ->
     (sent,) = job.payload["files"]
     assert pydicom.dcmread(site.service.ctx.results_dir / sent).SOPInstanceUID == made["reader_sr_sop_uid"]
     # Edits: another label, boxes, and a mask that becomes a SEG.
-    other = [n for n in finding["label_names"] if n != finding["label"]][0]
+    other = next(n for n in finding["label_names"] if n != finding["label"])
     label = site.client.post(
         url,
         json={"finding_id": finding["finding_id"], "decision": "edit", "edit": {"label": other}},
