@@ -24,13 +24,27 @@ def cache_root() -> Path:
 
 @lru_cache(maxsize=1)
 def device() -> str:
-    """``cuda`` when a GPU is present (and not disabled with ``MEDSIGHT_DEVICE=cpu``), else ``cpu``."""
-    forced = os.environ.get("MEDSIGHT_DEVICE")
-    if forced:
-        return forced
+    """``cuda`` when a GPU is present (and not disabled with ``MEDSIGHT_DEVICE=cpu``), else ``cpu``.
+
+    Asking for CUDA (``MEDSIGHT_DEVICE=cuda`` or ``cuda:N``) where there is none is an error that says so, not a
+    crash deep inside PyTorch at the first tensor moved.
+    """
     import torch
 
-    return "cuda" if torch.cuda.is_available() else "cpu"
+    from medsight.errors import MedsightError
+
+    forced = os.environ.get("MEDSIGHT_DEVICE", "").strip().lower()
+    if not forced:
+        return "cuda" if torch.cuda.is_available() else "cpu"
+    if forced == "cpu":
+        return "cpu"
+    if forced == "cuda" or (forced.startswith("cuda:") and forced[5:].isdigit()):
+        if not torch.cuda.is_available():
+            raise MedsightError(f"MEDSIGHT_DEVICE={forced} but this machine has no CUDA GPU (unset it to use the CPU)")
+        if ":" in forced and int(forced[5:]) >= torch.cuda.device_count():
+            raise MedsightError(f"MEDSIGHT_DEVICE={forced} but there are {torch.cuda.device_count()} CUDA GPU(s)")
+        return forced
+    raise MedsightError(f"MEDSIGHT_DEVICE must be cpu, cuda or cuda:N (got {forced!r})")
 
 
 def num_threads() -> int:

@@ -88,6 +88,8 @@ def fit(
     loader = DataLoader(train_set, batch_size=config.batch_size, shuffle=True, generator=generator, drop_last=False)
     optimizer = torch.optim.AdamW(model.parameters(), lr=config.lr, weight_decay=config.weight_decay)
 
+    loss = loss.to(device)  # a class-balanced loss holds its weights as buffers: they go where the batches go
+
     def step(batch: tuple[torch.Tensor, torch.Tensor]) -> tuple[torch.Tensor, dict[str, float]]:
         xb, yb = batch
         return loss(model(xb.to(device, non_blocking=True)), yb.to(device, non_blocking=True)), {}
