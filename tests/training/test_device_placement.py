@@ -68,3 +68,14 @@ def test_asking_for_cuda_without_a_gpu_is_a_clear_error(monkeypatch: pytest.Monk
     config.device.cache_clear()
     assert config.device() == "cpu"
     config.device.cache_clear()
+
+
+def test_3d_inference_runs_on_the_gpu_when_onnx_runtime_cannot() -> None:
+    """On an H100, evaluation ran on ONNX Runtime's CPU provider (2-2.5 s per Hippocampus case): with a GPU and a
+    CPU-only ONNX Runtime, PyTorch on CUDA runs the model instead."""
+    from medsight.tasks.segmentation.predict import inference_engine
+
+    assert inference_engine("cuda", True, ["CPUExecutionProvider"]) == "torch"
+    assert inference_engine("cuda:0", True, ["CUDAExecutionProvider", "CPUExecutionProvider"]) == "onnx"
+    assert inference_engine("cpu", True, ["CPUExecutionProvider"]) == "onnx"
+    assert inference_engine("cpu", False, ["CPUExecutionProvider"]) == "torch"

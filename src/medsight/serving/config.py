@@ -30,7 +30,7 @@ import tomllib
 from medsight.errors import MedsightError
 
 #: Workers are threads (docs/service.md says why); the key exists so a site file can state it.
-WorkerMode = Literal["thread"]
+WorkerMode = Literal["thread", "process"]
 LogFormat = Literal["text", "json"]
 DestinationKind = Literal["dicom", "dicomweb", "fhir", "hl7"]
 ApplyPer = Literal["auto", "instance", "series"]
@@ -611,7 +611,7 @@ class _Checker:
             host=host,
             http_port=t.integer("http_port", DEFAULT_HTTP_PORT, 1, 65535, "a port"),
             workers=t.integer("workers", 1, 1, None, "a worker count"),
-            worker_mode=cast(WorkerMode, t.choice("worker_mode", "thread", ["thread"])),
+            worker_mode=cast(WorkerMode, t.choice("worker_mode", "thread", ["thread", "process"])),
             quiet_period_s=t.number("quiet_period_s", 10.0),
             rerun_on_late=t.boolean("rerun_on_late", False),
             job_timeout_s=t.number("job_timeout_s", 300.0, positive=True),

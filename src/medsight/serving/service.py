@@ -1,10 +1,13 @@
 """``medsight serve``: one process with a DICOM listener, the HTTP API, a scheduler and workers.
 
-Workers are threads. Measured reason: inference runs in ONNX Runtime and DICOM I/O in C code that release the
-GIL, models stay loaded once per process (a worker process per model would hold a copy of each), and the queue in
-the database already makes the work crash-safe across restarts. A job that hangs is not waited on forever: each
-runs under the job timeout in its own thread; past the timeout the job is failed (and retried or dead-lettered)
-and the worker takes the next job.
+Workers are threads by default. Measured reason: inference runs in ONNX Runtime and DICOM I/O in C code that
+release the GIL, models stay loaded once per process (a worker process per model would hold a copy of each), and
+the queue in the database already makes the work crash-safe across restarts. ``worker_mode = "process"`` runs each
+worker in a process of its own instead (for work that holds the GIL, or to spread over the cores of a bigger
+node): each takes jobs from the same database with row locks (``SELECT ... FOR UPDATE SKIP LOCKED`` on
+PostgreSQL, ``BEGIN IMMEDIATE`` on SQLite), so no job runs twice, and relays its metrics to this process.
+A job that hangs is not waited on forever: each runs under the job timeout in its own thread; past the timeout the
+job is failed (and retried or dead-lettered) and the worker takes the next job.
 
 Start-up recovers what a crash left: jobs still marked running go back to the queue, and studies found complete
 whose jobs were never queued are queued (the dedupe keys make that idempotent). Shutdown (SIGTERM/SIGINT) stops
@@ -83,6 +86,8 @@ class Service:
         self._threads: list[threading.Thread] = []
         self._listener: Any = None
         self._http: Any = None
+        self._processes: list[Any] = []  # worker processes (worker_mode = "process")
+        self._process_stop: Any = None
         self.worker_ids = [f"{socket.gethostname()}:{os.getpid()}:{i}" for i in range(s.workers)]
         self.http_port = s.http_port
         self.dicom_port = config.dicom.port
@@ -102,8 +107,11 @@ class Service:
         self._start_listener()
         self._start_http()
         self._spawn(self._schedule, "scheduler")
-        for wid in self.worker_ids:
-            self._spawn(functools.partial(self._work, wid), f"worker-{wid}")
+        if self.config.service.worker_mode == "process":
+            self._start_worker_processes()
+        else:
+            for wid in self.worker_ids:
+                self._spawn(functools.partial(self._work, wid), f"worker-{wid}")
         log.info(
             "ready: DICOM %s on %s:%d, HTTP on %s:%d",
             self.config.dicom.ae_title,
@@ -112,6 +120,38 @@ class Service:
             self.config.service.host,
             self.http_port,
         )
+
+    def _start_worker_processes(self) -> None:
+        """One process per worker (``spawn``: a fork would copy this process's threads' locks), and a thread that
+        applies the metrics they relay."""
+        import multiprocessing
+
+        from medsight.serving.metrics import apply_relayed
+
+        mp = multiprocessing.get_context("spawn")
+        self._process_stop = mp.Event()
+        events = mp.Queue()
+        for wid in self.worker_ids:
+            process = mp.Process(
+                target=run_worker_process,
+                args=(self.config, wid, self._process_stop, events, self.grace_s),
+                name=f"medsight-worker-{wid}",
+            )
+            process.start()
+            self._processes.append(process)
+
+        def relay() -> None:
+            import queue
+
+            while not (self._stop.is_set() and not any(p.is_alive() for p in self._processes)):
+                try:
+                    apply_relayed(self.metrics, events.get(timeout=0.2))
+                except queue.Empty:
+                    continue
+                except Exception:  # a malformed event must not stop the relay
+                    log.exception("cannot apply a worker process's metrics")
+
+        self._spawn(relay, "metrics-relay")
 
     def _spawn(self, target: Callable[[], None], name: str) -> None:
         t = threading.Thread(target=target, name=name, daemon=True)
@@ -203,6 +243,14 @@ class Service:
         for t in self._threads:
             if t.name.startswith("worker-"):
                 t.join(max(0.0, deadline - time.monotonic()))
+        if self._process_stop is not None:
+            self._process_stop.set()
+            for p in self._processes:
+                p.join(max(0.0, deadline - time.monotonic()))
+            for p in self._processes:
+                if p.is_alive():  # past the grace period: stop it; its job goes back to the queue below
+                    p.terminate()
+                    p.join(5)
         requeued = sum(self.queue.requeue_running(w) for w in self.worker_ids)
         if requeued:
             log.info("shutdown: %d unfinished job(s) put back in the queue", requeued)
@@ -234,6 +282,15 @@ class Service:
             "status": "ok" if not self._stop.is_set() else "stopping",
             "dicom": {"ae_title": self.config.dicom.ae_title, "port": self.dicom_port},
             "jobs": self.queue.counts(),
+            "workers": {
+                "mode": self.config.service.worker_mode,
+                "count": len(self.worker_ids),
+                "alive": (
+                    sum(1 for p in self._processes if p.is_alive())
+                    if self._processes
+                    else sum(1 for t in self._threads if t.name.startswith("worker-") and t.is_alive())
+                ),
+            },
             "routes": [r.name for r in self.config.routes],
         }
 
@@ -342,6 +399,32 @@ class Service:
             )
         else:
             log.warning("job %s (%s %s) failed (attempt %d): %s", job.id, job.kind, job.target, updated.attempts, error)
+
+
+def run_worker_process(config: SiteConfig, worker: str, stop: Any, events: Any, grace_s: float) -> None:
+    """A worker process's life: open the database, store and models, take jobs until the service says stop.
+
+    Signals are the service process's to handle (it tells every worker to stop through ``stop``); observations go
+    back to it through ``events`` (:class:`~medsight.serving.metrics.RelayedMetrics`).
+    """
+    from medsight.serving.metrics import RelayedMetrics
+
+    signal.signal(signal.SIGINT, signal.SIG_IGN)
+    signal.signal(signal.SIGTERM, signal.SIG_IGN)
+    logging.basicConfig(level=logging.INFO, format=f"%(asctime)s %(levelname)s worker {worker}: %(message)s")
+    host = Service(config, grace_s=grace_s)
+    host.metrics = RelayedMetrics(events)  # type: ignore[assignment]  # the four metrics a worker records
+    host.models.preload([r.bundle for r in config.routes])
+
+    def watch() -> None:
+        stop.wait()
+        host._stop.set()
+
+    threading.Thread(target=watch, name="stop-watch", daemon=True).start()
+    try:
+        host._work(worker)
+    finally:
+        host.engine.dispose()
 
 
 def _test_hold(stop: threading.Event) -> None:
