@@ -79,3 +79,26 @@ def test_3d_inference_runs_on_the_gpu_when_onnx_runtime_cannot() -> None:
     assert inference_engine("cuda:0", True, ["CUDAExecutionProvider", "CPUExecutionProvider"]) == "onnx"
     assert inference_engine("cpu", True, ["CPUExecutionProvider"]) == "onnx"
     assert inference_engine("cpu", False, ["CPUExecutionProvider"]) == "torch"
+
+
+def test_loader_workers_augment_differently_and_reproducibly() -> None:
+    """On a GPU the augmentation runs in worker processes (it held an H100 to about 600 images/s on one core).
+    Each worker must get its own random state (copies of one seeded chain would augment every worker's batches
+    alike) and the same seed must give the same batches run after run."""
+    from medsight.tasks.classification.steps import loader, loader_workers
+    from medsight.transforms import augmentation
+
+    assert loader_workers("cpu", 16) == 0
+    assert loader_workers("cuda", 16) == 8 and loader_workers("cuda:0", 2) == 1 and loader_workers("cuda", None) == 1
+    images = np.tile(np.linspace(0, 1, 28 * 28, dtype=np.float32).reshape(1, 1, 28, 28), (8, 1, 1, 1))
+    labels = np.zeros(8, dtype=np.int64)
+
+    def batches() -> list[np.ndarray]:
+        chain = augmentation("xray", 2, seed=0)
+        return [x.numpy() for x, _ in loader(images, labels, chain, batch_size=2, seed=0, workers=2)]
+
+    first, again = batches(), batches()
+    assert all(np.array_equal(a, b) for a, b in zip(first, again, strict=True))  # reproducible
+    # batches 0 and 1 come from workers 0 and 1 (identical inputs): a plain torch DataLoader, whose workers copy
+    # one random state, makes them equal
+    assert not np.array_equal(first[0], first[1])

@@ -7,6 +7,7 @@ augmentation and device), so the epochs it plans and the time it announces come 
 from __future__ import annotations
 
 import copy
+import os
 import time
 from collections.abc import Callable, Iterator
 from dataclasses import dataclass
@@ -38,11 +39,48 @@ def make_step(
     return step
 
 
-def loader(images: np.ndarray, labels: np.ndarray, augment: Callable | None, batch_size: int, seed: int) -> DataLoader:
-    """Shuffled, augmented batches; the generator is seeded so the same seed gives the same batches."""
+def loader_workers(device: str, cpus: int | None) -> int:
+    """Processes that augment batches beside training: none on the CPU (they would take the cores the model
+    trains on), and on a GPU all but one core, at most 8.
+
+    Measured on an H100 with augmentation in the training process: PneumoniaMNIST trained at about 600 images/s
+    (7.9 s per epoch), with the GPU waiting on per-image augmentation on one CPU core.
+    """
+    if not device.startswith("cuda"):
+        return 0
+    return max(1, min(8, (cpus or 1) - 1))
+
+
+def loader(
+    images: np.ndarray,
+    labels: np.ndarray,
+    augment: Callable | None,
+    batch_size: int,
+    seed: int,
+    device: str = "cpu",
+    workers: int | None = None,
+) -> DataLoader:
+    """Shuffled, augmented batches; the generator is seeded so the same seed gives the same batches.
+
+    With worker processes (``workers``, default :func:`loader_workers`) MONAI's DataLoader gives each worker its
+    own random state for the augmentation, derived from the seeded generator: batches differ between workers and
+    are the same from run to run. On CUDA, batches come in pinned memory for asynchronous copies.
+    """
+    from monai.data import DataLoader as MonaiDataLoader
+
+    n_workers = loader_workers(device, os.cpu_count()) if workers is None else workers
     generator = torch.Generator().manual_seed(seed)
-    return DataLoader(
-        AugmentedArrays(images, labels, augment), batch_size=batch_size, shuffle=True, generator=generator
+    data = AugmentedArrays(images, labels, augment)
+    if n_workers == 0:
+        return DataLoader(data, batch_size=batch_size, shuffle=True, generator=generator)
+    return MonaiDataLoader(
+        data,
+        batch_size=batch_size,
+        shuffle=True,
+        generator=generator,
+        num_workers=n_workers,
+        pin_memory=device.startswith("cuda"),
+        persistent_workers=True,
     )
 
 
@@ -82,7 +120,7 @@ def measure_speed(
     amp = device.startswith("cuda")
     scaler = torch.amp.GradScaler("cuda", enabled=amp)
     n = min(len(images), batch_size * (max_iterations + 1))
-    batches = iter(loader(images[:n], labels[:n], augment, batch_size, seed=0))
+    batches = iter(loader(images[:n], labels[:n], augment, batch_size, seed=0, device=device))
 
     def one() -> bool:
         batch = next(batches, None)
@@ -108,7 +146,7 @@ def measure_speed(
     per_iteration = (time.monotonic() - started) / max(timed, 1)
     if timed == 0:  # fewer than two batches of training data: the warm-up is the only measure
         started = time.monotonic()
-        batches = iter(loader(images[:n], labels[:n], augment, batch_size, seed=0))
+        batches = iter(loader(images[:n], labels[:n], augment, batch_size, seed=0, device=device))
         one()
         per_iteration = time.monotonic() - started
     sample = val_images[: min(len(val_images), 64)]

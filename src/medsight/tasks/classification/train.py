@@ -135,7 +135,7 @@ def fit(model: nn.Module, data: ClassificationData, plan: ClassificationPlan, se
     """Run the engine: warm-up + cosine, validation AUC every epoch, best weights kept, early stopping, budget."""
     train_split, val = data.split("train"), val_split(data)
     augment = augmentation(data.modality, data.spatial_dims, seed)
-    batches = loader(train_split.images, train_split.labels, augment, plan.batch_size, seed)
+    batches = loader(train_split.images, train_split.labels, augment, plan.batch_size, seed, plan.device)
     optimizer = torch.optim.AdamW(model.parameters(), lr=plan.lr, weight_decay=plan.weight_decay)
     loss = loss_fn(data.task_type, train_split.labels, plan.balanced_loss)
     device = plan.device
