@@ -7,7 +7,12 @@ bundle → SR sent to Orthanc by C-STORE), and dcmtk ``storescu`` as the modalit
 1. Receive rate: N copies of the shared CT slice ``693_UNCR.dcm`` (512 x 512, 16 bit, 526 kB; fresh UIDs each
    repeat) sent with one ``storescu`` association to medsight, to Orthanc and to dcmtk's reference receiver ``storescp``
    (files only, no index, no fsync); instances/s for each and the ratio (goal >= 150/s and >= 0.7x
-   Orthanc). Then the cost of one acknowledgement's parts on this disk (``store_cost_ms``).
+   Orthanc). dcmtk programs (storescu, storescp and Orthanc, which uses dcmtk's network layer) run with
+   ``TCP_NODELAY=1`` in their environment: with this Debian build's default (Nagle's algorithm on), each
+   acknowledgement from storescp or Orthanc waits for the peer's delayed ACK (about 40 ms), which capped both at
+   about 20 instances/s in earlier runs; that comparison measured the stall, not the receivers. The same run also
+   sends to medsight and to a second storescp with dcmtk's default (``dcmtk_default_nagle``). Then the cost of one
+   acknowledgement's parts on this disk (``store_cost_ms``).
 2. Latency: a CR study (the shared JPEG 2000 CR ``RG3_J2KR.dcm``, fresh UIDs) sent; the clock starts when
    ``storescu`` has its last acknowledgement and the study is completed by the API (so the quiet period is
    excluded) and stops when Orthanc holds the SR (polled every 20 ms). p50/p95 (goal p95 <= 3 s on CPU).
@@ -135,13 +140,15 @@ def store_cost(data: Path, folder: Path, n: int = 200) -> dict[str, Any]:
     return out
 
 
-def storescu(ns: str, port: int, called: str, files: list[Path] | Path, j2k: bool = False) -> float:
+def storescu(
+    ns: str, port: int, called: str, files: list[Path] | Path, j2k: bool = False, env: dict[str, str] | None = None
+) -> float:
     """Send with one association; seconds from start to the last acknowledgement (the process's end). ``j2k``
     lets storescu propose JPEG 2000 (the CR sample's own transfer syntax) as well as the uncompressed ones."""
     args = ["storescu", *(["-xv"] if j2k else []), "-aet", "MEDSIGHT", "-aec", called, "127.0.0.1", str(port)]
     args += ["+sd", str(files)] if isinstance(files, Path) else [str(f) for f in files]
     started = time.perf_counter()
-    done = orthanc_peer.run(ns, args, timeout=600)
+    done = orthanc_peer.run(ns, args, timeout=600, env=env)
     wall = time.perf_counter() - started
     if done.returncode != 0:
         raise RuntimeError(f"storescu failed: {done.stderr[-1500:]}")
@@ -165,6 +172,8 @@ def main() -> None:
     parser.add_argument("--workers", type=int, default=1)
     parser.add_argument("--results", type=Path, default=RESULTS, help="where to write the results (JSON)")
     args = parser.parse_args()
+    os.environ["TCP_NODELAY"] = "1"  # every dcmtk program started from here (see the module docstring)
+    nagle_env = {k: v for k, v in os.environ.items() if k != "TCP_NODELAY"}
     data = ms_config.data_root()
     bundle = args.bundle.resolve()
     if not (bundle / "bundle.json").is_file():
@@ -246,6 +255,23 @@ outputs = ["sr"]
                         print(f"repeat {r}: {name} {args.instances / wall:.1f} instances/s ({wall:.2f} s)", flush=True)
                 storescp.terminate()
                 storescp.wait(30)
+                # 1b. the same with dcmtk's default (Nagle on) in storescu and in a storescp started without it
+                nagle_port = orthanc_peer.free_port(ns)
+                nagle_dir = tmp / "storescp_nagle"
+                nagle_dir.mkdir()
+                storescp_nagle = subprocess.Popen(
+                    ["ip", "netns", "exec", ns, "storescp", "-aet", "STORESCP", "-od", str(nagle_dir), str(nagle_port)],
+                    stdout=subprocess.DEVNULL, stderr=subprocess.STDOUT, start_new_session=True, env=nagle_env,
+                )
+                time.sleep(1)
+                nagle_rates: dict[str, float] = {}
+                for name, port, called in (("medsight", dicom_port, "MEDSIGHT"), ("storescp", nagle_port, "STORESCP")):
+                    folder = make_ct(data, tmp / f"ct_{name}", args.instances)
+                    wall = storescu(ns, port, called, folder, env=nagle_env)
+                    nagle_rates[name] = args.instances / wall
+                    print(f"dcmtk default (Nagle on): {name} {nagle_rates[name]:.1f} instances/s", flush=True)
+                storescp_nagle.terminate()
+                storescp_nagle.wait(30)
                 # 2. latency
                 headers = {"Authorization": f"Bearer {token}"}
                 latencies = []
@@ -298,6 +324,8 @@ outputs = ["sr"]
             "ratio_medsight_to_orthanc": med["medsight"] / med["orthanc"],
             "dcmtk_storescp_instances_per_s": {"value": med["storescp"], "runs": rates["storescp"]},
             "goal": ">= 150 instances/s and >= 0.7x Orthanc",
+            "dcmtk_environment": "TCP_NODELAY=1 (storescu, storescp, Orthanc)",
+            "dcmtk_default_nagle": {f"{k}_instances_per_s": v for k, v in nagle_rates.items()},
         },
         "store_cost_ms": store_cost(data, Path(tempfile.mkdtemp(prefix="medsight_store_cost_"))),
         "latency_cr_to_sr_in_orthanc_s": {
