@@ -32,7 +32,7 @@ def parent(shared_data: Path, tmp_path_factory: pytest.TempPathFactory) -> Path:
     tmp = tmp_path_factory.mktemp("segparent")
     plan = tmp / "tiny.json"
     plan.write_text(json.dumps(TINY))
-    options = SegmentationOptions(epochs=1, lr=1e-2, plan=plan, max_cases=6)
+    options = SegmentationOptions(epochs=1, lr=1e-2, plan=plan, max_cases=8)
     segmentation.TASK.train(str(shared_data / "msd_hippocampus"), tmp / "bundle", options)
     return tmp / "bundle"
 
@@ -62,3 +62,26 @@ def test_a_changed_network_is_refused(parent: Path, shared_data: Path, tmp_path:
         "(filters: bundle [8, 16, 32, 64], this run [16, 32, 64, 128]"
     )
     assert not (tmp_path / "x").exists()
+
+
+def test_compare_scores_both_on_the_same_cases_with_wilcoxon(parent: Path, shared_data: Path, tmp_path: Path) -> None:
+    from scipy import stats
+
+    from medsight.feedback.compare import compare
+    from medsight.feedback.compare_report import write_report
+
+    child = tmp_path / "child"
+    options = SegmentationOptions(epochs=1, lr=1e-2, max_cases=8, init=parent)  # fold 0, as the parent
+    segmentation.TASK.train(str(shared_data / "msd_hippocampus"), child, options)
+    result = compare(child, parent, str(shared_data / "msd_hippocampus"), "val", 200)
+    assert result["n"] == len(load_bundle(child).meta["data"]["val_ids"]) == 2
+    assert result["lineage"] == "NEW was fine-tuned from OLD"
+    new = [r["dice_new"] for r in result["per_case"]]
+    old = [r["dice_old"] for r in result["per_case"]]
+    assert all(0 <= d <= 1 for d in new + old)
+    assert result["metrics"]["dice"]["difference"]["value"] == pytest.approx(sum(new) / 2 - sum(old) / 2)
+    expected = stats.wilcoxon(new, old).pvalue if new != old else 1.0
+    assert result["tests"]["dice"]["p"] == pytest.approx(expected)
+    assert result["verdict"]["outcome"] == "no_difference"  # two cases cannot show a difference
+    page = write_report(tmp_path / "report", result)
+    assert "Wilcoxon signed-rank" in page.read_text() and (tmp_path / "report" / "compare.json").is_file()
