@@ -26,6 +26,7 @@ from sqlalchemy import Engine
 
 from medsight.errors import MedsightError
 from medsight.review import verdicts as verdict_store
+from medsight.review.login_throttle import LoginThrottle
 from medsight.review.worklist import AI_STATES, NEGATIVE_LABELS, AiFinding, ai_status, priority, read_findings
 from medsight.serving.audit import AuditLog
 from medsight.serving.security import Authorizer, Principal, UserDirectory
@@ -70,6 +71,7 @@ class ReviewBackend:
     send_to: Sequence[str] = ()
     ae_title: str = "MEDSIGHT"
     clock: Callable[[], float] = field(default=time.time)
+    throttle: LoginThrottle = field(default_factory=LoginThrottle)
 
     def router(self, auth: Authorizer) -> APIRouter:
         """The routes, admitting requests through ``auth`` (the service's authoriser)."""
@@ -92,15 +94,25 @@ def _routes(b: ReviewBackend, auth: Authorizer) -> APIRouter:
 
     @router.post("/api/login", summary="exchange a user name and password for an 8-hour bearer token")
     def login(body: LoginIn, request: Request) -> JSONResponse:
-        role = b.users.verify_password(body.user, body.password)
         peer = request.client.host if request.client else "-"
+        wait = b.throttle.retry_after(body.user, peer)
+        if wait is not None:
+            record("-", "login", {"user": body.user, "peer": peer}, "429: too many failed log-ins")
+            raise HTTPException(
+                status_code=429,
+                detail=f"too many failed log-ins: try again in {int(wait) + 1} s",
+                headers={"Retry-After": str(int(wait) + 1)},
+            )
+        role = b.users.verify_password(body.user, body.password)
         if role is None:
+            b.throttle.failed(body.user, peer)
             record("-", "login", {"user": body.user, "peer": peer}, "401: wrong user name or password")
             raise HTTPException(
                 status_code=401,
                 detail="wrong user name or password",
                 headers={"WWW-Authenticate": 'Bearer realm="medsight"'},
             )
+        b.throttle.succeeded(body.user)
         token = b.users.create_token(body.user, expires_in_s=LOGIN_TOKEN_S)
         record(body.user, "login", {"token": token.split(".")[0], "peer": peer})
         return JSONResponse(
