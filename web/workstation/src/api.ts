@@ -5,10 +5,13 @@ export interface Session { token: string; user: string; role: string; expires_at
 
 export interface Finding {
   finding_id: string; model: string; model_version: string; label: string; probability: number | null;
-  operating_point: number | null; positive: boolean | null; defer: boolean | null;
-  bundle_checksum?: string; model_card_url?: string;
+  operating_point: OperatingPoint | number | null; positive: boolean | null; defer: boolean | null;
+  bundle_checksum?: string; model_card_url?: string; label_names?: string[]; task?: string;
+  source_series_uid?: string | null; source_sop_uids?: string[];
   overlay?: Overlay; verdicts?: Record<string, unknown>[];
 }
+
+export interface OperatingPoint { threshold: number; method?: string; on?: string }
 
 export interface Box { sop_uid: string; x0: number; y0: number; x1: number; y1: number; label?: string; score?: number }
 

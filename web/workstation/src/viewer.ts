@@ -59,6 +59,13 @@ function order(instances: Json[]): Json[] {
   return [...instances].sort((p, q) => Number(v(p, '00200013') ?? 0) - Number(v(q, '00200013') ?? 0));
 }
 
+/** ``0.520 (youden) on pneumonia`` from the finding's operating point (a number or the service's object). */
+function operatingPoint(op: Finding['operating_point']): string {
+  if (op == null) return '–';
+  if (typeof op === 'number') return op.toFixed(3);
+  return `${Number(op.threshold).toFixed(3)}${op.method ? ` (${op.method})` : ''}${op.on ? ` on ${op.on}` : ''}`;
+}
+
 export interface ViewerState { imageIds: string[]; sopOf: Map<string, string>; indexOfSop: Map<string, number> }
 
 export async function showViewer(app: HTMLElement, studyUid: string): Promise<() => void> {
@@ -229,7 +236,8 @@ export async function showViewer(app: HTMLElement, studyUid: string): Promise<()
     `<option value="${esc(s.series_uid)}">${esc(s.modality)} ${esc(s.description ?? '')} (${s.n_instances})</option>`,
   ).join('');
   // the series the first SEG refers to, else the first image series
-  let initial = images[0]?.series_uid;
+  const sourced = data.findings.map((f) => f.source_series_uid).find((s) => images.some((i) => i.series_uid === s));
+  let initial = sourced ?? images[0]?.series_uid;
   const segInfo = new Map<string, Json>();
   for (const f of data.findings) {
     const o = f.overlay;
@@ -237,7 +245,7 @@ export async function showViewer(app: HTMLElement, studyUid: string): Promise<()
       const [meta] = await metadata(`/studies/${studyUid}/series/${o.series_uid}/instances/${o.sop_uid}`);
       segInfo.set(f.finding_id, meta);
       const ref = v(v(meta, '00081115'), '0020000E');
-      if (ref && images.some((s) => s.series_uid === ref) && initial === images[0]?.series_uid) initial = ref;
+      if (ref && images.some((s) => s.series_uid === ref) && !sourced) initial = ref;
     }
   }
   if (initial) {
@@ -255,7 +263,7 @@ export async function showViewer(app: HTMLElement, studyUid: string): Promise<()
     } else if (o.kind === 'heatmap' && o.series_uid && o.sop_uid) {
       const path = `/studies/${studyUid}/series/${o.series_uid}/instances/${o.sop_uid}`;
       const [meta] = await metadata(path);
-      const source = v(v(meta, '00082112'), '00081155') ?? (state.indexOfSop.size === 1 ? null : null);
+      const source = v(v(meta, '00082112'), '00081155') ?? (f.source_sop_uids?.length === 1 ? f.source_sop_uids[0] : null);
       layer.add(f.finding_id, { kind: 'heatmap', heatmap: { bitmap: await rendered(path), sop: source ?? null } });
     } else if (o.kind === 'seg' && o.series_uid && o.sop_uid) {
       const meta = segInfo.get(f.finding_id)!;
@@ -292,7 +300,7 @@ export async function showViewer(app: HTMLElement, studyUid: string): Promise<()
   const openedAt = new Map<string, number>();
   const card = (f: Finding): string => {
     const prob = f.probability == null ? '–' : f.probability.toFixed(3);
-    const op = f.operating_point == null ? '–' : f.operating_point.toFixed(3);
+    const op = operatingPoint(f.operating_point);
     const call = f.positive == null ? '–' : f.positive ? 'positive' : 'negative';
     const has = f.overlay && f.overlay.kind !== 'none';
     return `
@@ -317,7 +325,10 @@ export async function showViewer(app: HTMLElement, studyUid: string): Promise<()
             <label>Brush <input class="radius" type="number" min="1" max="50" value="4" size="3"></label>` : ''}
           ${f.overlay?.kind === 'boxes' ? `<button class="tool" data-tool="box-move">Move</button>
             <button class="tool" data-tool="box-add">Add box</button><button class="box-delete">Delete box</button>` : ''}
-          <label>Label <input class="label" value="${esc(f.label)}"></label>
+          <label>Label ${f.label_names?.length
+            ? `<select class="label">${f.label_names.map((n) =>
+              `<option ${n === f.label ? 'selected' : ''}>${esc(n)}</option>`).join('')}</select>`
+            : `<input class="label" value="${esc(f.label)}">`}</label>
           <button class="submit-edit">Submit edit</button>
         </div>
         <textarea class="comment" rows="2" placeholder="Comment (optional)" ${judge ? '' : 'disabled'}></textarea>
@@ -388,12 +399,13 @@ export async function showViewer(app: HTMLElement, studyUid: string): Promise<()
     el.querySelector('.edit')?.addEventListener('click', async () => {
       const bar = el.querySelector('.editbar') as HTMLElement;
       bar.hidden = !bar.hidden;
-      if (!bar.hidden && f.overlay && f.overlay.kind !== 'none') {
+      el.querySelectorAll('.tool').forEach((x) => x.classList.remove('on'));
+      if (bar.hidden) { layer.setEditing(null); return; }
+      layer.setEditing(f.finding_id, 'none');
+      if (f.overlay && f.overlay.kind !== 'none') {
         await loadOverlay(f);
         if (box) box.checked = true;
-        layer.setEditing(f.finding_id, 'none');
-      } else {
-        layer.setEditing(null);
+        layer.toggle(f.finding_id, true);
       }
     });
     el.querySelectorAll<HTMLButtonElement>('.tool').forEach((b) => b.addEventListener('click', () => {
@@ -412,7 +424,7 @@ export async function showViewer(app: HTMLElement, studyUid: string): Promise<()
     el.querySelector('.box-delete')?.addEventListener('click', () => layer.deleteSelectedBox(f.finding_id));
     el.querySelector('.submit-edit')?.addEventListener('click', () => {
       const ov = layer.overlays.get(f.finding_id);
-      const label = (el.querySelector('.label') as HTMLInputElement).value.trim();
+      const label = (el.querySelector('.label') as HTMLInputElement | HTMLSelectElement).value.trim();
       let edit: Json | null = null;
       if (ov?.mask && ov.mask.edited.size) {
         const m = ov.mask;

@@ -99,6 +99,8 @@ export async function showWorklist(app: HTMLElement): Promise<() => void> {
     if (event.key === 'ArrowDown') { select(selected + 1); event.preventDefault(); }
     else if (event.key === 'ArrowUp') { select(selected - 1); event.preventDefault(); }
     else if (event.key === 'Enter') { open(selected); event.preventDefault(); }
+    else if (event.key === 'Home') { select(0); event.preventDefault(); }
+    else if (event.key === 'End') { select(studies.length - 1); event.preventDefault(); }
   };
   document.addEventListener('keydown', onKey);
   app.querySelectorAll('.filters input, .filters select').forEach((el) => el.addEventListener('change', () => void load()));
