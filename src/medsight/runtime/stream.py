@@ -1,0 +1,253 @@
+"""Segmenting a cine loop frame by frame (``medsight stream``): ultrasound is read live, so the model must keep up.
+
+Sources: a DICOM multi-frame object (e.g. Ultrasound Multi-frame Image Storage), a video file (PyAV: MP4, AVI, MOV,
+...), or a folder of frames (any 2D image Pillow reads, in name order). Each frame is segmented on arrival by the
+bundle's warm model (ONNX Runtime by default), and the run writes the overlaid video, one row per frame
+(``frames.csv``: time, lesion area per label) and a summary with the measured frames/s (``stream.json``); the
+progress bar shows frames/s live. Frames are never all held in memory: they are read, segmented, drawn and written
+one at a time.
+"""
+
+from __future__ import annotations
+
+import csv
+import json
+import time
+from collections.abc import Iterator
+from dataclasses import dataclass, field
+from pathlib import Path
+from typing import Any
+
+import numpy as np
+
+from medsight.errors import MedsightError
+from medsight.io.atomic import atomic_dir
+
+#: Suffixes read as video files (PyAV); anything else that is a file must be DICOM.
+VIDEO_SUFFIXES = (".mp4", ".avi", ".mov", ".mkv", ".webm", ".m4v", ".mpg", ".mpeg", ".gif")
+#: Colours of labels 1, 2, ... in the overlay (RGB).
+PALETTE = ((255, 64, 64), (64, 200, 255), (255, 200, 0), (120, 255, 120), (220, 120, 255))
+
+
+@dataclass
+class Frame:
+    index: int
+    pixels: np.ndarray  # (H, W) grey or (H, W, 3) RGB, as read
+    time_s: float | None = None  # the frame's time in the loop, when the source says
+
+
+@dataclass
+class StreamReport:
+    source: str
+    frames: int = 0
+    seconds: float = 0.0
+    frames_per_second: float = 0.0
+    segment_ms: dict[str, float] = field(default_factory=dict)  # p50 / p95 of the model's time per frame
+    engine: str = ""
+    size: tuple[int, int] = (0, 0)
+    outputs: dict[str, str] = field(default_factory=dict)
+
+    def to_json(self) -> dict[str, Any]:
+        return {
+            "source": self.source,
+            "frames": self.frames,
+            "seconds": round(self.seconds, 3),
+            "frames_per_second": round(self.frames_per_second, 2),
+            "segment_ms": {k: round(v, 2) for k, v in self.segment_ms.items()},
+            "engine": self.engine,
+            "frame_size": list(self.size),
+            "outputs": self.outputs,
+        }
+
+
+def frames(source: Path) -> Iterator[Frame]:
+    """The source's frames in order, one at a time; an unreadable or empty source is an error naming it."""
+    if source.is_dir():
+        yield from _folder_frames(source)
+    elif source.suffix.lower() in VIDEO_SUFFIXES:
+        yield from _video_frames(source)
+    elif source.is_file():
+        yield from _dicom_frames(source)
+    else:
+        raise MedsightError("no such file or folder", source)
+
+
+def _folder_frames(folder: Path) -> Iterator[Frame]:
+    from PIL import Image, UnidentifiedImageError
+
+    files = sorted(p for p in folder.iterdir() if p.is_file() and not p.name.startswith("."))
+    if not files:
+        raise MedsightError("the folder holds no frames", folder)
+    for k, path in enumerate(files):
+        try:
+            with Image.open(path) as img:
+                pixels = np.asarray(img.convert("RGB") if img.mode not in ("L", "I;16", "I") else img)
+        except (UnidentifiedImageError, OSError) as exc:
+            raise MedsightError(f"not an image frame ({type(exc).__name__})", path) from None
+        yield Frame(k, pixels)
+
+
+def _video_frames(path: Path) -> Iterator[Frame]:
+    try:
+        import av
+    except ImportError:  # pragma: no cover - av is pinned in requirements.txt
+        raise MedsightError("reading video needs PyAV (pip install av)", path) from None
+    try:
+        container = av.open(str(path))
+    except (av.error.FFmpegError, OSError) as exc:
+        raise MedsightError(f"cannot open the video ({type(exc).__name__})", path) from None
+    with container:
+        if not container.streams.video:
+            raise MedsightError("the file has no video stream", path)
+        stream = container.streams.video[0]
+        for k, frame in enumerate(container.decode(stream)):
+            yield Frame(k, frame.to_ndarray(format="rgb24"), float(frame.time) if frame.time is not None else None)
+
+
+def _dicom_frames(path: Path) -> Iterator[Frame]:
+    import pydicom
+    from pydicom.errors import InvalidDicomError
+    from pydicom.pixels import iter_pixels
+
+    try:
+        header = pydicom.dcmread(path, stop_before_pixels=True)
+    except (InvalidDicomError, OSError) as exc:
+        raise MedsightError(f"not a DICOM file or video ({type(exc).__name__})", path) from None
+    if "Rows" not in header:
+        raise MedsightError("the DICOM object holds no image", path)
+    interval = header.get("FrameTime")  # ms between frames (cine), when given
+    try:
+        for k, pixels in enumerate(iter_pixels(path)):  # one frame decoded at a time, colour converted to RGB
+            yield Frame(k, np.asarray(pixels), None if interval is None else k * float(interval) / 1000.0)
+    except (ValueError, RuntimeError, NotImplementedError) as exc:
+        raise MedsightError(f"cannot decode the frames ({type(exc).__name__}: {exc})", path) from None
+
+
+def as_channels(pixels: np.ndarray, channels: int) -> np.ndarray:
+    """A frame as the model's input ``(C, H, W)`` float32: colour to luminance for a one-channel model, grey
+    repeated for a three-channel one."""
+    arr = np.asarray(pixels, dtype=np.float32)
+    if arr.ndim == 3 and arr.shape[-1] == 3:
+        if channels == 1:
+            return (arr @ np.array([0.299, 0.587, 0.114], np.float32))[None]
+        return np.moveaxis(arr, -1, 0)
+    if arr.ndim == 2:
+        return np.repeat(arr[None], channels, axis=0) if channels != 1 else arr[None]
+    raise MedsightError(f"a frame of shape {arr.shape}: expected grey (H, W) or colour (H, W, 3)")
+
+
+def overlay(pixels: np.ndarray, mask: np.ndarray, alpha: float = 0.45) -> np.ndarray:
+    """The frame in RGB with each label's pixels tinted in its colour."""
+    rgb = np.asarray(pixels)
+    if rgb.ndim == 2:
+        rgb = np.repeat(rgb[..., None], 3, axis=-1)
+    if rgb.dtype != np.uint8:
+        lo, hi = float(rgb.min()), float(rgb.max())
+        rgb = ((rgb - lo) / (hi - lo or 1.0) * 255).astype(np.uint8)
+    out = rgb.astype(np.float32)
+    for label in range(1, int(mask.max()) + 1):
+        where = mask == label
+        if where.any():
+            colour = np.array(PALETTE[(label - 1) % len(PALETTE)], np.float32)
+            out[where] = (1 - alpha) * out[where] + alpha * colour
+    return out.astype(np.uint8)
+
+
+class _VideoWriter:
+    """The overlaid frames as an H.264 MP4 (PyAV), written as they come."""
+
+    def __init__(self, path: Path, fps: float) -> None:
+        import av
+
+        self.path, self.fps = path, fps
+        self.container: Any = av.open(str(path), mode="w")
+        self.stream: Any = None
+
+    def write(self, rgb: np.ndarray) -> None:
+        import av
+
+        h, w = rgb.shape[:2]
+        if self.stream is None:
+            self.stream = self.container.add_stream("libx264", rate=max(1, round(self.fps)))
+            self.stream.width, self.stream.height = w - w % 2, h - h % 2  # yuv420p needs even sizes
+            self.stream.pix_fmt = "yuv420p"
+        frame = av.VideoFrame.from_ndarray(np.ascontiguousarray(rgb[: self.stream.height, : self.stream.width]),
+                                           format="rgb24")
+        for packet in self.stream.encode(frame):
+            self.container.mux(packet)
+
+    def close(self) -> None:
+        if self.stream is not None:
+            for packet in self.stream.encode():
+                self.container.mux(packet)
+        self.container.close()
+
+
+def stream(bundle: Path, source: Path, out: Path, *, video: bool = True, progress: bool = True,
+           max_frames: int | None = None, tta: bool = False) -> StreamReport:
+    """Segment every frame of ``source`` with ``bundle``; write the overlaid video, ``frames.csv`` and
+    ``stream.json`` into ``out`` (replaced atomically, so a failed run leaves an older result intact).
+
+    ``tta``: average the plan's mirrored test-time passes as ``predict`` does (off by default: it multiplies the
+    time per frame by the number of passes, and a live loop needs the frame rate).
+    """
+    import dataclasses
+
+    from tqdm import tqdm
+
+    from medsight import runtime
+
+    model = runtime.load(bundle)
+    segment = getattr(model, "segment", None)
+    plan = getattr(model, "plan", None)
+    if segment is None or plan is None or plan.spatial_dims != 2:
+        raise MedsightError("streaming needs a 2D segmentation bundle", bundle)
+    if not tta:
+        model.plan = dataclasses.replace(plan, test_time_flips=False)  # type: ignore[attr-defined]
+        model.uncertainty = False  # type: ignore[attr-defined]
+    labels: list[str] = list(model.labels)  # type: ignore[attr-defined]
+    channels = int(plan.network.in_channels)
+    report = StreamReport(source=source.name, engine=str(getattr(model, "engine", "")))
+    timings: list[float] = []
+    with atomic_dir(out) as tmp:
+        writer: _VideoWriter | None = None
+        rows = []
+        bar = tqdm(desc="stream", unit="frame", disable=not progress)
+        started = time.perf_counter()
+        try:
+            for frame in frames(source):
+                if max_frames is not None and frame.index >= max_frames:
+                    break
+                t0 = time.perf_counter()
+                mask, _ = segment(as_channels(frame.pixels, channels), (1.0, 1.0))
+                timings.append(time.perf_counter() - t0)
+                areas = {labels[c]: int((mask == c).sum()) for c in range(1, len(labels))}
+                rows.append({"frame": frame.index, "time_s": frame.time_s, "segment_ms": 1000 * timings[-1], **areas})
+                if video:
+                    if writer is None:
+                        writer = _VideoWriter(tmp / "overlay.mp4", fps=30.0)
+                    writer.write(overlay(frame.pixels, mask))
+                report.size = (int(mask.shape[1]), int(mask.shape[0]))
+                bar.update(1)
+                elapsed = time.perf_counter() - started
+                bar.set_postfix(fps=f"{len(timings) / elapsed:.1f}")
+        finally:
+            bar.close()
+            if writer is not None:
+                writer.close()
+        if not timings:
+            raise MedsightError("the source holds no frames", source)
+        report.seconds = time.perf_counter() - started
+        report.frames = len(timings)
+        report.frames_per_second = report.frames / report.seconds
+        ms = np.array(timings) * 1000
+        report.segment_ms = {"p50": float(np.percentile(ms, 50)), "p95": float(np.percentile(ms, 95))}
+        with (tmp / "frames.csv").open("w", newline="", encoding="utf-8") as fh:
+            w = csv.DictWriter(fh, fieldnames=list(rows[0]))
+            w.writeheader()
+            w.writerows(rows)
+        report.outputs = {"frames": "frames.csv", "summary": "stream.json"}
+        if video:
+            report.outputs["video"] = "overlay.mp4"
+        (tmp / "stream.json").write_text(json.dumps(report.to_json(), indent=1), encoding="utf-8")
+    return report

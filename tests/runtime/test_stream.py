@@ -1,0 +1,129 @@
+"""``medsight stream``: a cine loop segmented frame by frame from a DICOM multi-frame ultrasound object (the shared
+sample), a video file and a folder of frames, with the overlaid video, one row per frame and the measured frames/s;
+bad sources give one clear error and leave an earlier result intact. The model is a tiny 2D segmentation bundle
+trained for seconds on real BUSI image/mask pairs."""
+
+from __future__ import annotations
+
+import json
+import shutil
+import subprocess
+import sys
+from pathlib import Path
+
+import av
+import numpy as np
+import pytest
+from PIL import Image
+
+from medsight.errors import MedsightError
+from medsight.runtime.stream import as_channels, frames, overlay, stream
+from medsight.tasks import segmentation
+from medsight.tasks.segmentation import SegmentationOptions
+
+US_CINE = ("dicom_samples", "pydicom_test_files", "examples_ybr_color.dcm")  # 30 frames, YBR JPEG, US Multi-frame
+TINY_2D = {
+    "patch_size": [64, 64],
+    "batch_size": 2,
+    "iterations_per_epoch": 2,
+    "optimizer": {"warmup_iterations": 1},
+    "validate_every": 0,
+    "test_time_flips": False,
+    "network": {"filters": [8, 16, 32, 64, 64]},
+}
+
+
+def _busi_pairs(busi: Path, out: Path, n: int) -> Path:
+    """``n`` BUSI benign images with their (first) lesion masks as an images/ + labels/ pairs folder."""
+    (out / "images").mkdir(parents=True)
+    (out / "labels").mkdir()
+    for k in range(1, n + 1):
+        shutil.copy(busi / "benign" / f"benign ({k}).png", out / "images" / f"{k}_image.png")
+        shutil.copy(busi / "benign" / f"benign ({k})_mask.png", out / "labels" / f"{k}_mask.png")
+    return out
+
+
+@pytest.fixture(scope="module")
+def bundle(shared_data: Path, tmp_path_factory: pytest.TempPathFactory) -> Path:
+    tmp = tmp_path_factory.mktemp("stream")
+    data = _busi_pairs(shared_data / "busi", tmp / "busi_pairs", 6)
+    plan = tmp / "plan.json"
+    plan.write_text(json.dumps(TINY_2D))
+    segmentation.TASK.train(str(data), tmp / "bundle", SegmentationOptions(epochs=1, plan=plan))
+    return tmp / "bundle"
+
+
+def _decoded_frames(video: Path) -> int:
+    with av.open(str(video)) as container:
+        return sum(1 for _ in container.decode(video=0))
+
+
+def test_a_dicom_ultrasound_cine_loop_streams_end_to_end(bundle: Path, shared_data: Path, tmp_path: Path) -> None:
+    out = tmp_path / "out"
+    report = stream(bundle, shared_data.joinpath(*US_CINE), out, progress=False, max_frames=6)
+    assert report.frames == 6 and report.frames_per_second > 0 and report.size == (320, 240)
+    rows = (out / "frames.csv").read_text().splitlines()
+    assert rows[0].split(",")[:3] == ["frame", "time_s", "segment_ms"] and len(rows) == 7
+    assert [r.split(",")[0] for r in rows[1:]] == ["0", "1", "2", "3", "4", "5"]
+    summary = json.loads((out / "stream.json").read_text())
+    assert summary["frames"] == 6 and summary["segment_ms"]["p50"] > 0
+    assert _decoded_frames(out / "overlay.mp4") == 6
+
+
+def test_a_video_file_and_a_folder_of_frames_stream_alike(bundle: Path, shared_data: Path, tmp_path: Path) -> None:
+    folder = tmp_path / "frames"
+    folder.mkdir()
+    for k in range(1, 6):
+        with Image.open(shared_data / "busi" / "benign" / f"benign ({k}).png") as img:
+            img.convert("L").resize((128, 96)).save(folder / f"frame_{k:03d}.png")
+    video = tmp_path / "loop.mp4"
+    with av.open(str(video), mode="w") as container:
+        s = container.add_stream("libx264", rate=25)
+        s.width, s.height, s.pix_fmt = 128, 96, "yuv420p"
+        for f in sorted(folder.iterdir()):
+            rgb = np.repeat(np.asarray(Image.open(f))[..., None], 3, axis=-1)
+            for packet in s.encode(av.VideoFrame.from_ndarray(rgb, format="rgb24")):
+                container.mux(packet)
+        for packet in s.encode():
+            container.mux(packet)
+    from_folder = stream(bundle, folder, tmp_path / "a", progress=False, video=False)
+    from_video = stream(bundle, video, tmp_path / "b", progress=False)
+    assert from_folder.frames == from_video.frames == 5
+    assert not (tmp_path / "a" / "overlay.mp4").exists() and _decoded_frames(tmp_path / "b" / "overlay.mp4") == 5
+
+
+def test_the_command_prints_frames_per_second(bundle: Path, shared_data: Path, tmp_path: Path) -> None:
+    done = subprocess.run(
+        [sys.executable, "-m", "medsight", "stream", str(bundle), str(shared_data.joinpath(*US_CINE)), "--out",
+         str(tmp_path / "out"), "--max-frames", "3", "--no-video"],
+        capture_output=True, text=True, timeout=300,
+    )
+    assert done.returncode == 0, done.stderr
+    assert "3 frames in" in done.stdout and "frames/s" in done.stdout
+
+
+def test_bad_sources_are_one_clear_error_and_keep_the_earlier_result(bundle: Path, tmp_path: Path) -> None:
+    out = tmp_path / "out"
+    out.mkdir()
+    (out / "stream.json").write_text("{}")
+    not_dicom = tmp_path / "notes.txt"
+    not_dicom.write_text("not an image")
+    with pytest.raises(MedsightError, match="not a DICOM file or video") as info:
+        stream(bundle, not_dicom, out, progress=False)
+    assert str(not_dicom) in str(info.value)
+    empty = tmp_path / "empty"
+    empty.mkdir()
+    with pytest.raises(MedsightError, match="holds no frames"):
+        list(frames(empty))
+    assert (out / "stream.json").read_text() == "{}"  # the failed runs replaced nothing
+
+
+def test_frames_become_the_models_channels_and_masks_are_drawn() -> None:
+    rgb = np.zeros((4, 5, 3), np.uint8)
+    rgb[..., 0] = 200
+    assert as_channels(rgb, 1).shape == (1, 4, 5) and np.allclose(as_channels(rgb, 1), 200 * 0.299, atol=1e-3)
+    assert as_channels(rgb[..., 0], 3).shape == (3, 4, 5)
+    mask = np.zeros((4, 5), np.uint8)
+    mask[1:3, 1:3] = 1
+    drawn = overlay(rgb[..., 0], mask)
+    assert drawn.shape == (4, 5, 3) and (drawn[0, 0] == [200, 200, 200]).all() and not (drawn[1, 1] == 200).all()
