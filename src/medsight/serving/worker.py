@@ -121,7 +121,7 @@ def run_inference(ctx: WorkContext, job: Job) -> dict[str, Any]:
     """
     from medsight import runtime
 
-    route = ctx.route(job.target)
+    route = serving_route(ctx, ctx.route(job.target))
     out = ctx.results_dir / job.study_uid / f"{route.name}-{job.id}"
     started = time.monotonic()
     if not out.exists():
@@ -160,7 +160,19 @@ def run_inference(ctx: WorkContext, job: Job) -> dict[str, Any]:
         "exports": exports,
         "seconds": round(time.monotonic() - started, 3),
         "out": str(out.relative_to(ctx.results_dir)),
+        "bundle": str(route.bundle),
     }
+
+
+def serving_route(ctx: WorkContext, route: Route) -> Route:
+    """``route`` with the bundle it uses now: the one promoted with ``medsight models promote``, else the configured
+    one (``medsight.feedback.promotion``), so FHIR/HL7 and the SR name the model that actually ran."""
+    import dataclasses
+
+    from medsight.feedback.promotion import current_bundle
+
+    bundle = current_bundle(ctx.queue.engine, route)
+    return route if bundle == route.bundle else dataclasses.replace(route, bundle=bundle)
 
 
 def write_messages(
