@@ -252,7 +252,8 @@ def test_non_dicom_is_skipped_and_exit_is_zero(shared_data: Path, tmp_path: Path
     rep = report(out)
     assert rep["counts"]["skipped"] == 3 and rep["counts"]["written"] == 1 and rep["counts"]["rejected"] == 0
     assert sorted(p.name for p in out.rglob("*") if p.is_file() and p.suffix != ".dcm") == [
-        "deid_report.html", "deid_report.json"]
+        ".medsight-ledger.json", "deid_report.html", "deid_report.json"]  # ledger: keyed hashes, what a re-run skips
+    assert "ct.dcm" not in (out / ".medsight-ledger.json").read_text()
     # one notion of "is this DICOM": the reading code's
     statuses = {i["index"]: i for i in rep["inputs"]}
     names = sorted(p.name for p in src.iterdir())

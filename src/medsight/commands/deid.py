@@ -98,6 +98,12 @@ def register(subparsers: Any) -> None:
         "--workers", type=int, default=os.cpu_count() or 1, metavar="N", help="worker processes (default: every core)"
     )
     parser.add_argument(
+        "--address",
+        metavar="ADDR",
+        help="run the --workers N workers on the Ray cluster at ADDR (e.g. ray://head:10001; needs Ray, see "
+        "docs/scale.md); IN, OUT and the key must be reachable from every node",
+    )
+    parser.add_argument(
         "--report",
         type=Path,
         default=None,
@@ -145,6 +151,7 @@ def run(args: argparse.Namespace) -> int:
         report_dir=args.report,
         audit_log=audit_log,
         progress=not (args.no_progress or args.quiet),
+        address=args.address,
     )
     counts = result.report.counts
     print(
@@ -152,6 +159,8 @@ def run(args: argparse.Namespace) -> int:
         f"({result.report.seconds:.1f} s)"
     )
     print(f"report: {result.report_paths[0]} and {result.report_paths[1]}")
+    if result.resumed:
+        print(f"{result.resumed} files were finished by an earlier run into {args.output} and not redone")
     if counts["skipped"]:
         print(f"{counts['skipped']} files skipped (not DICOM, DICOMDIR, duplicates): see the report")
     if counts["duplicates"]:

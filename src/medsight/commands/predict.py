@@ -6,6 +6,7 @@ import argparse
 from pathlib import Path
 
 from medsight import runtime
+from medsight.errors import MedsightError
 
 
 def register(sub: argparse._SubParsersAction) -> None:
@@ -22,10 +23,20 @@ def register(sub: argparse._SubParsersAction) -> None:
     p.add_argument("inputs", nargs="+", type=Path, metavar="FILE", help="images to predict on")
     p.add_argument("--out", required=True, type=Path, help="output folder (replaced atomically)")
     p.add_argument("--explain", action="store_true", help="also write a heatmap (e.g. Grad-CAM) per input")
+    p.add_argument(
+        "--workers",
+        type=int,
+        metavar="N",
+        help="archive mode: FILE is one folder, predicted file by file on N workers (N > 1: Ray, see docs/scale.md) "
+        "into DIR/results/<key>/ with DIR/report.json; resumable (a re-run skips finished files)",
+    )
+    p.add_argument("--address", metavar="ADDR", help="archive mode on the existing Ray cluster at ADDR")
     p.set_defaults(func=run)
 
 
 def run(args: argparse.Namespace) -> int:
+    if args.workers is not None or args.address is not None:
+        return _run_archive(args)
     model = runtime.load(args.bundle)
     results = model.predict(args.inputs, explain=args.explain)
     runtime.write_predictions(model, results, args.out)
@@ -34,3 +45,20 @@ def run(args: argparse.Namespace) -> int:
         print(f"{r.input}: {r.summary()}{heatmap}")
     print(f"results: {args.out}")
     return 0
+
+
+def _run_archive(args: argparse.Namespace) -> int:
+    """Archive mode: stream one folder through the model, resumable, with one report at the end."""
+    from medsight.distributed.predict import predict_archive
+
+    if len(args.inputs) != 1:
+        raise MedsightError("with --workers or --address give one archive folder, not several inputs")
+    report = predict_archive(
+        args.bundle, args.inputs[0], args.out, args.workers or 1, args.address, args.explain, not args.quiet
+    )
+    print(
+        f"predicted {report['processed_this_run']} files ({report['finished_earlier']} finished by an earlier run) "
+        f"in {report['seconds']:.1f} s; counts {report['counts']}"
+    )
+    print(f"report: {args.out / 'report.json'}")
+    return 1 if report["counts"].get("failed") else 0

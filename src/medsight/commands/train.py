@@ -101,6 +101,19 @@ def register(sub: argparse._SubParsersAction) -> None:
         "segmentation also keeps its plan); the new bundle records BUNDLE's checksum as its parent. See "
         "docs/feedback.md",
     )
+    p.add_argument(
+        "--workers",
+        type=int,
+        metavar="N",
+        help="classification, outcome: train on N data-parallel workers (PyTorch DDP on Ray Train; needs Ray, see "
+        "docs/scale.md), on a local cluster started for the run unless --address is given",
+    )
+    p.add_argument(
+        "--address",
+        metavar="ADDR",
+        help="train on the existing Ray cluster at ADDR (e.g. ray://head:10001); the bundle folder and DATA must be "
+        "reachable from every node",
+    )
     p.set_defaults(func=run)
 
 
@@ -113,7 +126,12 @@ def run(args: argparse.Namespace) -> int:
         from medsight.training.warm_start import open_parent
 
         open_parent(args.init, name)
-    meta = task.train(args.data, args.out, options)
+    if args.workers is not None or args.address is not None:  # scale out on Ray (imported only here)
+        from medsight.distributed.train import train as train_distributed
+
+        meta = train_distributed(name, args.data, args.out, options, args.workers or 1, args.address)
+    else:
+        meta = task.train(args.data, args.out, options)
     print(f"bundle: {args.out}")
     val = meta.get("metrics", {}).get("val", {})
     if val:

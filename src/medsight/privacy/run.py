@@ -6,15 +6,22 @@ DICOM, a DICOMDIR, a link met twice), rejected (DICOM that cannot be de-identifi
 be burned into its pixels) or, after Ctrl-C, not processed. Workers write into a hidden staging folder in
 OUT; the parent moves each file to its final name, so duplicates of one SOP Instance UID are named in
 input order whatever the workers' timing.
+
+A run resumes where a crashed or interrupted one stopped: the parent marks each finished file in the staging
+folder (after its staged file is in place) and, once every output is placed, records them all in OUT's ledger;
+a re-run skips every input marked or recorded and never writes an output twice. With ``address`` the files go
+to workers on a Ray cluster (medsight.distributed.batch) instead of a local process pool.
 """
 
 from __future__ import annotations
 
 import csv
+import dataclasses
 import datetime as dt
 import hashlib
 import hmac
 import io
+import json
 import multiprocessing
 import os
 import shutil
@@ -39,7 +46,7 @@ from pydicom.valuerep import EXPLICIT_VR_LENGTH_32
 from tqdm import tqdm
 
 from medsight.errors import MedsightError
-from medsight.io.atomic import write_text
+from medsight.io.atomic import write_json, write_text
 from medsight.io.dicom import is_dicom_file, is_dicomdir, open_dicom
 from medsight.privacy import ocr, pixels
 from medsight.privacy.engine import Deidentifier
@@ -50,6 +57,8 @@ from medsight.privacy.report import FileResult, RunReport, append_audit, write_r
 DEFAULT_AUDIT_LOG = Path.home() / ".medsight" / "deid_audit.log"
 CHUNK = 24
 STAGING = ".medsight-staging"
+#: Every input finished by earlier runs into this OUT (keyed input hash -> result, no PHI): what a re-run skips.
+LEDGER = ".medsight-ledger.json"
 OCR_MODES = ("off", "flag", "mask")
 DUPLICATE_MODES = ("keep", "first")
 
@@ -80,6 +89,8 @@ class RunResult:
     report_paths: tuple[Path, ...] = ()
     reid_table: Path | None = None
     results: list[FileResult] = field(default_factory=list)
+    #: Inputs finished by an earlier (crashed, interrupted or complete) run into the same OUT, not redone.
+    resumed: int = 0
 
     @property
     def ok(self) -> bool:
@@ -371,7 +382,8 @@ def process_file(path: Path, rel: str, index: int, job: Job, deid: Deidentifier)
         ]
         # atomic: written beside its staged name and renamed (the staging folder is ours alone, so no
         # random temporary name is needed; a partial file left by a stopped worker is removed with it)
-        staged, part = job.staging / f"{index}.dcm", job.staging / f"{index}.part"
+        name = input_id(job.key, rel)  # the same name in a re-run, whatever else the input tree holds
+        staged, part = job.staging / f"{name}.dcm", job.staging / f"{name}.part"
         job.staging.mkdir(parents=True, exist_ok=True)
         try:
             save(ds, part)
@@ -401,6 +413,15 @@ def _chunk_worker(items: list[tuple[Path, str, int]]) -> list[FileResult]:
     return [process_file(p, r, i, _JOB, _DEID) for p, r, i in items]
 
 
+def _ray_setup(job: Job) -> tuple[Job, Deidentifier]:
+    return job, Deidentifier(job.key, job.options, patient_key=job.patient_key)
+
+
+def _ray_work(state: tuple[Job, Deidentifier], items: list[tuple[Path, str, int]]) -> list[FileResult]:
+    job, deid = state
+    return [process_file(p, r, i, job, deid) for p, r, i in items]
+
+
 def _chunks(items: list[tuple[Path, str, int]], size: int) -> Iterable[list[tuple[Path, str, int]]]:
     for i in range(0, len(items), size):
         yield items[i : i + size]
@@ -425,10 +446,13 @@ def deidentify(
     report_dir: str | Path | None = None,
     audit_log: str | Path | None = DEFAULT_AUDIT_LOG,
     progress: bool = True,
+    address: str | None = None,
 ) -> RunResult:
     """De-identify every file under ``in_path`` into ``out_dir``; returns the report and paths.
 
-    Ctrl-C stops the workers at once; what was done is moved into place and reported (``interrupted``).
+    Ctrl-C stops the workers at once; what was done is moved into place and reported (``interrupted``). Inputs
+    finished by an earlier run into ``out_dir`` are not redone. ``address``: run on the Ray cluster there
+    (``workers`` actors) instead of local processes.
     """
     in_path, out_dir = Path(in_path), Path(out_dir)
     reid_path = Path(reid_table) if reid_table is not None else None
@@ -449,11 +473,26 @@ def deidentify(
     found, pre_skipped = iter_inputs(in_path)
     ordered = sorted([(rel, path) for path, rel in found] + [(rel, None) for rel, _ in pre_skipped])
     index_of = {rel: i for i, (rel, _) in enumerate(ordered)}
-    items = [(path, rel, index_of[rel]) for path, rel in found]
     results: list[FileResult] = [
         FileResult(input=rel, index=index_of[rel], status="skipped", reason=why) for rel, why in pre_skipped
     ]
-    workers = max(1, min(workers, len(items) // CHUNK + 1))
+    settings = {"options": sorted(opts), "clean_pixels": clean_pixels, "accept_burned_in": accept_burned_in,
+                "ocr": ocr_mode, "patient_key": patient_key, "on_duplicate": on_duplicate}
+    recorded, marked = _finished(out_dir, job.staging, settings)
+    resumed: list[FileResult] = []
+    placed: set[int] = set()  # outputs an earlier, complete run moved into place
+    items = []
+    for path, rel in found:
+        name = input_id(key, rel)
+        record = recorded.get(name, marked.get(name))
+        if record is None:
+            items.append((path, rel, index_of[rel]))
+            continue
+        resumed.append(FileResult(input=rel, index=index_of[rel], **record))
+        if name in recorded:
+            placed.add(index_of[rel])
+    reid_partial = _reid_partial(reid_path)
+    workers = max(1, min(workers, len(items) // CHUNK + 1)) if address is None else max(1, workers)
     report = RunReport(
         options=sorted(opts),
         clean_pixels=clean_pixels,
@@ -467,21 +506,32 @@ def deidentify(
     start = time.perf_counter()
     done: list[FileResult] = []
     bar = tqdm(total=len(items), unit="file", desc="deid", disable=not progress, file=sys.stderr)
+
+    def finish(chunk: list[FileResult]) -> None:
+        """Mark each file finished (its staged output is already in place), so a re-run skips it."""
+        _mark(job.staging, key, chunk, reid_partial)
+        done.extend(chunk)
+        bar.update(len(chunk))
+
     try:
-        if workers == 1:
+        if address is not None:
+            from medsight.distributed.batch import stream
+
+            size = max(1, min(CHUNK, len(items) // (workers * 4)))
+            for chunk in stream(_ray_setup, job, _ray_work, _chunks(items, size), workers, address):
+                finish(chunk)
+        elif workers == 1:
             _init(job)
             assert _DEID is not None
             for path, rel, index in items:
-                done.append(process_file(path, rel, index, job, _DEID))
-                bar.update(1)
+                finish([process_file(path, rel, index, job, _DEID)])
         else:
             ctx = multiprocessing.get_context("fork" if "fork" in multiprocessing.get_all_start_methods() else None)
             pool = ctx.Pool(workers, initializer=_init_worker, initargs=(job,))
             try:
                 size = max(1, min(CHUNK, len(items) // (workers * 4)))  # small runs: progress (and Ctrl-C) in steps
                 for chunk in pool.imap_unordered(_chunk_worker, _chunks(items, size)):
-                    done.extend(chunk)
-                    bar.update(len(chunk))
+                    finish(chunk)
                 pool.close()
             except BaseException:
                 pool.terminate()  # Ctrl-C or a crash: stop every worker now
@@ -493,6 +543,7 @@ def deidentify(
     finally:
         bar.close()
     results.extend(done)
+    results.extend(resumed)
     finished = {r.index for r in done}
     results.extend(
         FileResult(input=rel, index=index, status="not processed", reason="the run was interrupted")
@@ -500,17 +551,86 @@ def deidentify(
         if index not in finished
     )
     results.sort(key=lambda r: r.index)
-    report.duplicate_groups = _place_outputs(results, out_dir, job.staging, on_duplicate)
+    report.duplicate_groups = _place_outputs(results, out_dir, job.staging, on_duplicate, key, placed)
+    _write_ledger(out_dir, key, results, settings)
     shutil.rmtree(job.staging, ignore_errors=True)  # also what a stopped worker left half-written
     report.seconds = round(time.perf_counter() - start, 3)
     inside_out = report_path is None or _inside(report_path.resolve(), out_dir.resolve())
     report.add(results, input_id=lambda rel: input_id(key, rel), with_paths=not inside_out)
     paths = write_reports(report, report_path if report_path is not None else out_dir)
     if reid_path is not None:
-        write_reid_table(reid_path, results)
+        write_reid_table(reid_path, results, earlier=reid_partial)
     if audit_path is not None:
         append_audit(audit_path, report)
-    return RunResult(report=report, report_paths=paths, reid_table=reid_path, results=results)
+    return RunResult(report=report, report_paths=paths, reid_table=reid_path, results=results, resumed=len(resumed))
+
+
+#: FileResult fields kept in the ledger and the staging marks: no input path, no re-identification pairs.
+_RECORD_FIELDS = tuple(f.name for f in dataclasses.fields(FileResult) if f.name not in ("input", "index", "reid"))
+
+
+def _record(r: FileResult) -> dict[str, Any]:
+    return {name: getattr(r, name) for name in _RECORD_FIELDS}
+
+
+def _finished(
+    out_dir: Path, staging: Path, settings: dict[str, Any]
+) -> tuple[dict[str, dict[str, Any]], dict[str, dict[str, Any]]]:
+    """Results of earlier runs into ``out_dir`` by keyed input hash: the ledger of completed runs (outputs in
+    place), and the marks of a run that stopped before it had placed them all (staged, or moved already).
+
+    Only runs with the same ``settings`` count: another option set redoes every file (as a new run always did).
+    """
+    recorded: dict[str, dict[str, Any]] = {}
+    marked: dict[str, dict[str, Any]] = {}
+    ledger = out_dir / LEDGER
+    if ledger.exists():
+        try:
+            earlier = json.loads(ledger.read_text())
+        except (OSError, ValueError) as exc:
+            raise MedsightError(f"the ledger of earlier runs is unreadable ({type(exc).__name__}); remove it to "
+                                "start over", ledger) from exc
+        if earlier.get("settings") == settings:
+            recorded.update(earlier.get("files", {}))
+    marks_settings = staging / "settings.json"
+    if staging.is_dir() and (not marks_settings.exists() or json.loads(marks_settings.read_text()) != settings):
+        shutil.rmtree(staging)  # another run's staging (or none of ours): start it afresh
+    staging.mkdir(parents=True, exist_ok=True)
+    write_json(marks_settings, settings)
+    if staging.is_dir():
+        for mark in staging.glob("*.json"):
+            try:
+                record = json.loads(mark.read_text())
+            except (OSError, ValueError):
+                continue  # a mark is written atomically: an unreadable one is not ours; redo that file
+            if mark.name != "settings.json":
+                marked[mark.stem] = record
+    return recorded, marked
+
+
+def _mark(staging: Path, key: bytes, chunk: list[FileResult], reid_partial: Path | None) -> None:
+    """Record finished files: one mark each in staging; their re-identification pairs in the 0600 partial table."""
+    staging.mkdir(parents=True, exist_ok=True)
+    for r in chunk:
+        write_json(staging / f"{input_id(key, r.input)}.json", _record(r))
+    if reid_partial is not None and any(r.reid for r in chunk):
+        fd = os.open(reid_partial, os.O_WRONLY | os.O_APPEND | os.O_CREAT, 0o600)
+        with os.fdopen(fd, "a", newline="") as f:
+            csv.writer(f).writerows((kind, o, p) for r in chunk for kind, (o, p) in r.reid.items())
+            f.flush()
+            os.fsync(f.fileno())
+
+
+def _write_ledger(out_dir: Path, key: bytes, results: list[FileResult], settings: dict[str, Any]) -> None:
+    """Every finished input of this and earlier runs, once all outputs are placed (atomically)."""
+    files = {input_id(key, r.input): _record(r) for r in results if r.status != "not processed"}
+    write_json(out_dir / LEDGER, {"settings": settings, "files": files})
+
+
+def _reid_partial(reid_path: Path | None) -> Path | None:
+    """Where re-identification pairs accumulate during a run (beside the table, 0600), so a resumed run's table
+    still holds the files an earlier run finished."""
+    return None if reid_path is None else reid_path.with_name(f".{reid_path.name}.partial")
 
 
 def input_id(key: bytes, rel: str) -> str:
@@ -518,12 +638,22 @@ def input_id(key: bytes, rel: str) -> str:
     return hmac.new(key, b"input\x00" + rel.encode("utf-8", "surrogateescape"), hashlib.sha256).hexdigest()[:12]
 
 
-def _place_outputs(results: list[FileResult], out_dir: Path, staging: Path, on_duplicate: str) -> list[list[int]]:
+def _place_outputs(
+    results: list[FileResult],
+    out_dir: Path,
+    staging: Path,
+    on_duplicate: str,
+    key: bytes,
+    placed: set[int] | None = None,
+) -> list[list[int]]:
     """Move staged files to their names, in input order; returns the groups of inputs sharing a SOP UID.
 
     Under ``keep`` the first input of a group gets ``<instance>.dcm`` and the next ``<instance>.dup1.dcm``
     and so on; under ``first`` only the first is written and the others are skipped with the reason.
+    ``placed``: indexes of results an earlier run already moved into place (kept as they are). A staged file
+    already gone with its output present was moved by a run that stopped while placing: not written again.
     """
+    placed = placed or set()
     groups: dict[str, list[FileResult]] = {}
     for r in results:
         if r.status == "written" and r.output is not None:
@@ -532,24 +662,44 @@ def _place_outputs(results: list[FileResult], out_dir: Path, staging: Path, on_d
     for name, group in groups.items():
         if len(group) > 1:
             duplicates.append([r.index for r in group])
+        taken = {r.output for r in group if r.index in placed}
         for k, r in enumerate(group):
-            staged = staging / f"{r.index}.dcm"
+            if r.index in placed:
+                continue
+            staged = staging / f"{input_id(key, r.input)}.dcm"
             if k and on_duplicate == "first":
                 staged.unlink(missing_ok=True)
                 r.status, r.output = "skipped", None
                 r.reason = f"same SOP Instance UID as input #{group[0].index} (kept the first)"
                 continue
             final = name if k == 0 else name[: -len(".dcm")] + f".dup{k}.dcm"
+            while final in taken:  # an earlier run placed an input of this group under this name
+                k += 1
+                final = name[: -len(".dcm")] + f".dup{k}.dcm"
+            taken.add(final)
             target = out_dir / final
+            r.output = final
+            if not staged.exists():  # moved by a run that stopped while placing: never written twice
+                if not target.exists():
+                    r.status, r.output = "rejected", None
+                    r.reason = "its output was removed after an earlier run (remove the ledger to redo it)"
+                continue
             target.parent.mkdir(parents=True, exist_ok=True)
             os.replace(staged, target)
-            r.output = final
     return duplicates
 
 
-def write_reid_table(path: Path, results: list[FileResult]) -> Path:
-    """CSV of original → pseudonym (PHI!): written 0600, atomically, never beside the output."""
+def write_reid_table(path: Path, results: list[FileResult], earlier: Path | None = None) -> Path:
+    """CSV of original → pseudonym (PHI!): written 0600, atomically, never beside the output.
+
+    A table already at ``path`` (an earlier run into the same OUT) and the ``earlier`` partial table (pairs of
+    files finished before a crash) are merged in, then the partial table is removed.
+    """
     rows: set[tuple[str, str, str]] = set()
+    for source in (path, earlier):
+        if source is not None and source.exists():
+            with source.open(newline="") as f:
+                rows.update((a, o, p) for a, o, p in csv.reader(f) if a != "attribute" or o != "original")
     for r in results:
         for kind, (original, pseudonym) in r.reid.items():
             rows.add((kind, original, pseudonym))
@@ -559,4 +709,6 @@ def write_reid_table(path: Path, results: list[FileResult]) -> Path:
     writer.writerows(sorted(rows))
     write_text(path, buf.getvalue())
     os.chmod(path, 0o600)
+    if earlier is not None:
+        earlier.unlink(missing_ok=True)
     return path

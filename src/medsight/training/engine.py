@@ -25,6 +25,8 @@ import torch
 from torch import nn
 from tqdm import tqdm
 
+from medsight.distributed import ddp
+
 log = logging.getLogger("medsight.train")
 
 #: A training step: one batch in, the loss to minimise and extra values to log out.
@@ -121,6 +123,8 @@ class Engine:
         params = [p for p in self.model.parameters() if p.requires_grad]
         s.started = time.monotonic()
         self.model.to(self.device)
+        step = ddp.wrap_step(self.model, self.step, self.device)  # the step itself unless one of several ranks
+        ddp.agree(s)
         self.fire(Event.STARTED)
         try:
             while s.epoch < s.planned_epochs and s.stop_reason is None:
@@ -130,11 +134,14 @@ class Engine:
                 count = 0
                 self.model.train()
                 self.fire(Event.EPOCH_STARTED)
-                for batch in self.batches(s.epoch):
+                for whole in self.batches(s.epoch):
+                    batch = ddp.shard(whole)  # this rank's part (all of it with one rank)
+                    if batch is None:  # fewer samples than ranks: every rank skips it alike
+                        continue
                     self.fire(Event.ITERATION_STARTED)
                     self.optimizer.zero_grad(set_to_none=True)
                     with torch.autocast(device_type=self.device.type, enabled=self.amp):
-                        loss, logged = self.step(batch)
+                        loss, logged = step(batch)
                     scaler.scale(loss).backward()
                     if self.grad_clip is not None:
                         scaler.unscale_(self.optimizer)
@@ -151,6 +158,7 @@ class Engine:
                 s.entry["lr"] = float(self.optimizer.param_groups[0]["lr"])
                 s.score = None
                 self.fire(Event.EPOCH_COMPLETED)
+                ddp.agree(s)  # rank 0's stop decision and re-planned epochs hold for every rank
                 s.entry["seconds"] = s.elapsed
                 s.history.append(dict(s.entry))
         finally:

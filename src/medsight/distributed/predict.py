@@ -1,0 +1,147 @@
+"""``medsight predict BUNDLE ARCHIVE --out DIR --workers N``: a model over a whole archive, resumable.
+
+Files are walked lazily and sent in small chunks to workers that load the bundle once (in this process with one
+worker and no cluster, else Ray actors: :mod:`medsight.distributed.batch`). Each input's results go to
+``DIR/results/<key>/`` (what ``medsight predict`` writes for one input, renamed into place whole) and only then is
+it marked done (:mod:`medsight.distributed.ledger`), so a re-run skips it and no output is written twice; a chunk
+re-run after a worker died finds its outputs in place and only marks them. ``DIR/report.json`` comes at the end.
+"""
+
+from __future__ import annotations
+
+import os
+import sys
+import time
+from collections.abc import Iterator
+from pathlib import Path
+from typing import Any
+
+from tqdm import tqdm
+
+from medsight.distributed.ledger import Ledger, key
+from medsight.errors import MedsightError
+from medsight.io.atomic import write_json
+
+#: Inputs per chunk sent to a worker: large enough to hide the scheduling cost, small enough to balance.
+CHUNK = 16
+RESULTS = "results"
+
+Item = tuple[str, str, str]  # (path, key, output folder)
+
+
+def iter_files(archive: Path) -> Iterator[tuple[Path, str]]:
+    """Every file under ``archive`` (hidden ones left out), in sorted order, walked lazily."""
+    if archive.is_file():
+        yield archive, archive.name
+        return
+    for root, dirs, names in os.walk(archive):
+        dirs[:] = sorted(d for d in dirs if not d.startswith("."))
+        for name in sorted(names):
+            if not name.startswith("."):
+                path = Path(root) / name
+                yield path, path.relative_to(archive).as_posix()
+
+
+def _setup(config: dict[str, Any]) -> tuple[Any, bool]:
+    from medsight import runtime
+
+    return runtime.load(config["bundle"]), bool(config["explain"])
+
+
+def _work(state: tuple[Any, bool], chunk: list[Item]) -> list[dict[str, Any]]:
+    """Predict and write each input of ``chunk``; outputs already in place (a re-run chunk) are kept, not redone."""
+    from medsight import runtime
+
+    model, explain = state
+    records = []
+    for path, name, target in chunk:
+        record: dict[str, Any] = {"key": name, "output": f"{RESULTS}/{name}"}
+        if Path(target).exists():
+            records.append(record | {"status": "written", "summary": "written by an earlier attempt"})
+            continue
+        try:
+            results = model.predict([Path(path)], explain=explain)
+            runtime.write_predictions(model, results, Path(target))
+            records.append(record | {"status": "written", "summary": "; ".join(r.summary() for r in results)})
+        except MedsightError as exc:  # the problem only: the path may hold a patient's name
+            records.append({"key": name, "status": "failed", "reason": exc.problem})
+    return records
+
+
+def _chunks(archive: Path, out: Path, done: set[str], counts: dict[str, int]) -> Iterator[list[Item]]:
+    chunk: list[Item] = []
+    for path, rel in iter_files(archive):
+        name = key(rel)
+        counts["seen"] += 1
+        if name in done:
+            counts["resumed"] += 1
+            continue
+        chunk.append((str(path.resolve()), name, str((out / RESULTS / name).resolve())))
+        if len(chunk) == CHUNK:
+            yield chunk
+            chunk = []
+    if chunk:
+        yield chunk
+
+
+def predict_archive(
+    bundle: Path,
+    archive: Path,
+    out: Path,
+    workers: int = 1,
+    address: str | None = None,
+    explain: bool = False,
+    progress: bool = True,
+) -> dict[str, Any]:
+    """Predict on every file under ``archive`` into ``out``; returns (and writes) the report."""
+    if not archive.exists():
+        raise MedsightError("archive not found", archive)
+    if workers < 1:
+        raise MedsightError("--workers must be 1 or more")
+    if out.resolve() == archive.resolve() or archive.resolve() in out.resolve().parents:
+        raise MedsightError("the output folder must be outside the archive", out)
+    from medsight.training.bundle import load_bundle
+
+    load_bundle(bundle)  # a bad bundle is one clear error here, not one per worker
+    ledger = Ledger(out)
+    counts = {"seen": 0, "resumed": 0}
+    chunks = _chunks(archive, out, ledger.done(), counts)
+    config = {"bundle": str(bundle.resolve()), "explain": explain}
+    started = time.perf_counter()
+    processed = 0
+    bar = tqdm(unit="file", desc="predict", disable=not progress, file=sys.stderr)
+    try:
+        if workers == 1 and address is None:
+            state = _setup(config)
+            finished: Iterator[list[dict[str, Any]]] = (_work(state, chunk) for chunk in chunks)
+        else:
+            from medsight.distributed.batch import stream
+
+            finished = stream(_setup, config, _work, chunks, workers, address)
+        for records in finished:
+            for record in records:
+                ledger.mark(record["key"], record)
+            processed += len(records)
+            bar.update(len(records))
+    finally:
+        bar.close()
+    seconds = time.perf_counter() - started
+    statuses: dict[str, int] = {}
+    files = []
+    for record in ledger.records():
+        statuses[record["status"]] = statuses.get(record["status"], 0) + 1
+        files.append(record)
+    report = {
+        "bundle": str(bundle),
+        "workers": workers,
+        "cluster": "existing (address given)" if address else ("local Ray" if workers > 1 else "none (this process)"),
+        "files_seen": counts["seen"],
+        "processed_this_run": processed,
+        "finished_earlier": counts["resumed"],
+        "counts": statuses,
+        "seconds": round(seconds, 3),
+        "files_per_second": round(processed / seconds, 3) if seconds > 0 else None,
+        "files": files,
+    }
+    write_json(out / "report.json", report)
+    return report
