@@ -7,7 +7,7 @@ is assigned the first time it is seen and keeps its side for good: the assignmen
 (``<data_dir>/feedback/<model>/split.json``, written atomically), and a new unit goes to validation when a keyed
 hash of it (HMAC-SHA256 with the feedback key, so nobody can steer a case to a side by choosing its identifiers)
 falls below the validation share. Units are stored by pseudonymous keys only; the key lives beside them
-(``<data_dir>/feedback/key``, created 0600), so the pseudonyms of one service stay stable across exports.
+(``<data_dir>/feedback/<model>/key``, created 0600), so the pseudonyms of one service stay stable across exports.
 """
 
 from __future__ import annotations
