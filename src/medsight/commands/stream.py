@@ -23,12 +23,18 @@ def register(sub: argparse._SubParsersAction) -> None:
     p.add_argument("--no-video", action="store_true", help="do not write the overlaid video")
     p.add_argument("--tta", action="store_true", help="average mirrored test-time passes (slower)")
     p.add_argument("--max-frames", type=int, help="stop after this many frames")
+    p.add_argument(
+        "--int8",
+        action="store_true",
+        help="run the int8 model (ONNX Runtime static quantisation, calibrated once on the bundle's training images "
+        "and cached; see docs/ultrasound.md)",
+    )
     p.set_defaults(func=run)
 
 
 def run(args: argparse.Namespace) -> int:
     report = stream(args.bundle, args.source, args.out, video=not args.no_video, max_frames=args.max_frames,
-                    tta=args.tta)
+                    tta=args.tta, int8=args.int8)
     print(f"{report.frames} frames in {report.seconds:.1f} s: {report.frames_per_second:.1f} frames/s "
           f"(segmentation p50 {report.segment_ms['p50']:.1f} ms per frame, {report.engine})")
     print(f"results: {args.out}")

@@ -50,6 +50,8 @@ class Case:
     label: Path | None
     roi: Path | None = None
     second: Path | None = None
+    #: Further label files merged into ``label`` by logical OR (BUSI: one mask file per lesion).
+    more_labels: tuple[Path, ...] = ()
 
 
 @dataclass
@@ -80,6 +82,8 @@ class SegmentationDataset:
     channel_names: list[str]
     official_test: bool
     notes: list[str] = field(default_factory=list)
+    #: Read every image as one grey channel (BUSI: 16 colour images among 764 grey ones).
+    grey: bool = False
 
     def case(self, case_id: str) -> Case:
         for c in (*self.train, *self.test):
@@ -119,8 +123,10 @@ def is_pairs_folder(path: Path) -> bool:
 
 
 def recognises(spec: str) -> bool:
+    from medsight.data import busi
+
     path = Path(spec).expanduser()
-    return is_msd_folder(path) or is_pairs_folder(path)
+    return is_msd_folder(path) or is_pairs_folder(path) or busi.is_busi_folder(path)
 
 
 def open_dataset(spec: str | Path) -> SegmentationDataset:
@@ -132,6 +138,10 @@ def open_dataset(spec: str | Path) -> SegmentationDataset:
         return _open_msd(root)
     if is_pairs_folder(root):
         return _open_pairs(root)
+    from medsight.data import busi
+
+    if busi.is_busi_folder(root):
+        return busi.segmentation_dataset(root)
     raise MedsightError(
         "not a segmentation folder: expected imagesTr/ + labelsTr/ (MSD / nnU-Net) or images/ + labels/ "
         "(image and mask pairs, optionally inside training/ and test/)",
@@ -385,6 +395,10 @@ def load_case(ds: SegmentationDataset, case: Case) -> Loaded:
     matching the image."""
     if ds.spatial_dims == 2:
         image = _read_raster(case.images[0]).astype(np.float32)
+        if ds.grey and image.shape[0] == 3:
+            from medsight.data.busi import LUMA
+
+            image = np.tensordot(LUMA, image, axes=1)[None]
         spacing: tuple[float, ...] = (1.0, 1.0)
         affine = np.eye(4)
     else:
@@ -408,6 +422,11 @@ def load_case(ds: SegmentationDataset, case: Case) -> Loaded:
     label = roi = second = None
     if case.label is not None:
         label = _read_label(case.label)
+        for more in case.more_labels:
+            extra_label = _read_label(more)
+            if extra_label.shape != label.shape:
+                raise MedsightError(f"label shape {extra_label.shape} differs from {case.label.name}", more)
+            label = np.maximum(label, extra_label)  # binary masks: the logical OR
         if label.shape != image.shape[1:]:
             raise MedsightError(f"label shape {label.shape} does not match its image {image.shape[1:]}", case.label)
         if ds.spatial_dims == 3 and case.label.name.lower().endswith(VOLUME_SUFFIXES):

@@ -19,8 +19,16 @@ def load_classification(spec: str, like: dict[str, Any] | None = None, seed: int
         path = Path(spec)
         if not path.exists():
             raise MedsightError("no such file or folder", spec)
+        from medsight.data import busi
+
         if path.suffix.lower() == ".npz":
             data = medmnist.load_npz(path)
+        elif busi.is_busi_folder(path):  # before the manifest: BUSI's own manifest.csv lists files, not labels
+            data = busi.classification_data(
+                path,
+                spatial_size=like["spatial_size"] if like else (128, 128),
+                label_names=like["label_names"] if like else None,
+            )
         elif path.suffix.lower() == ".csv" or (path / "manifest.csv").is_file():
             data = manifest.load_manifest(
                 path,

@@ -184,12 +184,14 @@ class _VideoWriter:
 
 
 def stream(bundle: Path, source: Path, out: Path, *, video: bool = True, progress: bool = True,
-           max_frames: int | None = None, tta: bool = False) -> StreamReport:
+           max_frames: int | None = None, tta: bool = False, int8: bool = False) -> StreamReport:
     """Segment every frame of ``source`` with ``bundle``; write the overlaid video, ``frames.csv`` and
     ``stream.json`` into ``out`` (replaced atomically, so a failed run leaves an older result intact).
 
     ``tta``: average the plan's mirrored test-time passes as ``predict`` does (off by default: it multiplies the
     time per frame by the number of passes, and a live loop needs the frame rate).
+    ``int8``: run the bundle's int8 variant (``runtime/quantize.py``; made once from the bundle's training images and
+    cached, or the bundle itself when it is one).
     """
     import dataclasses
 
@@ -197,6 +199,10 @@ def stream(bundle: Path, source: Path, out: Path, *, video: bool = True, progres
 
     from medsight import runtime
 
+    if int8:
+        from medsight.runtime.quantize import int8_bundle
+
+        bundle = int8_bundle(bundle)
     model = runtime.load(bundle)
     segment = getattr(model, "segment", None)
     plan = getattr(model, "plan", None)
@@ -207,7 +213,10 @@ def stream(bundle: Path, source: Path, out: Path, *, video: bool = True, progres
         model.uncertainty = False  # type: ignore[attr-defined]
     labels: list[str] = list(model.labels)  # type: ignore[attr-defined]
     channels = int(plan.network.in_channels)
-    report = StreamReport(source=source.name, engine=str(getattr(model, "engine", "")))
+    engine = str(getattr(model, "engine", ""))
+    if engine.startswith("ONNX") and "quantization" in (model.bundle.meta.get("onnx") or {}):
+        engine += " int8"
+    report = StreamReport(source=source.name, engine=engine)
     timings: list[float] = []
     with atomic_dir(out) as tmp:
         writer: _VideoWriter | None = None

@@ -55,6 +55,10 @@ def recognises(spec: str) -> bool:
 
 def folds_for(ds: SegmentationDataset) -> Folds:
     """The stored patient-level folds of ``ds`` (its official test split kept apart when it has one)."""
+    if ds.layout == "busi":  # BUSI's published, grouped folds (medsight.data.busi), never derived per run
+        from medsight.data import busi
+
+        return busi.folds_of(ds.root)
     ids = [c.id for c in ds.train]
     official = [c.id for c in ds.test] if ds.official_test else None
     return stored_folds(ds.root, ids, None, official)
@@ -186,7 +190,7 @@ def cache_key(ds: SegmentationDataset, fp: dict[str, Any], plan: SegmentationPla
     """Hash of what the preprocessed arrays depend on: the data (fingerprint and files) and the plan's preprocessing."""
     files = []
     for case in ds.train:
-        for p in (*case.images, case.label, case.roi):
+        for p in (*case.images, case.label, *case.more_labels, case.roi):
             if p is not None:
                 st = p.stat()
                 files.append([p.name, st.st_size, st.st_mtime_ns])

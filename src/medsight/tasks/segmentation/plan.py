@@ -97,6 +97,42 @@ BUDGETS: dict[str, DeviceBudget] = {
 }
 
 
+@dataclass(frozen=True)
+class Preset:
+    """A speed/accuracy trade-off applied on top of the device budget (``None``: the budget's value)."""
+
+    description: str
+    patch_voxels: dict[int, int] | None = None
+    step_voxels: dict[int, int] | None = None
+    base_filters: int | None = None
+    max_filters: dict[int, int] | None = None
+    max_pools: int = MAX_POOLS
+    test_time_flips: bool = True
+    overlap: float = 0.5
+    window_mode: str = "gaussian"
+
+
+#: ``default``: nnU-Net's rules within the device budget. ``fast``: made for live ultrasound (``medsight stream``),
+#: >= 30 frames/s at 256x256 on 2 CPU cores with ONNX Runtime: a patch that holds a 256x256 frame in one window,
+#: filters 8 doubling to 64, at most 4 poolings (5 levels), no test-time flips, sliding-window overlap 0.25 with
+#: constant blending (a Gaussian map is rebuilt for every call, a cost per frame that buys nothing when the frame is
+#: one window) (measured in benchmarks/stream.py, with the Dice it costs).
+PRESETS: dict[str, Preset] = {
+    "default": Preset("nnU-Net's rules within the device budget"),
+    "fast": Preset(
+        "real time: one window per 256x256 frame, filters 8-64, 5 levels, no test-time flips",
+        patch_voxels={2: 256 * 256, 3: 32 * 48 * 32},
+        step_voxels={2: 4 * 256 * 256, 3: 4 * 32 * 48 * 32},
+        base_filters=8,
+        max_filters={2: 64, 3: 64},
+        max_pools=4,
+        test_time_flips=False,
+        overlap=0.25,
+        window_mode="constant",
+    ),
+}
+
+
 @dataclass
 class NormalisationPlan(Plan):
     """``ct`` (clip + foreground z-score, per channel), ``zscore`` or ``zscore_per_channel`` (per image)."""
@@ -183,6 +219,8 @@ class SegmentationPlan(Plan):
     nsd_tolerance: float = 1.0
     device_budget: str = "cpu"
     field_of_view: FieldOfViewPlan | None = None
+    #: The speed/accuracy preset the plan was made with (:data:`PRESETS`): ``default`` or ``fast``.
+    preset: str = "default"
 
     def with_overrides(self, overrides: Mapping[str, Any]) -> SegmentationPlan:
         """A copy with ``overrides`` applied key by key (nested plans merged by key); an unknown key is an error."""
@@ -204,11 +242,14 @@ def _apply(plan: Any, overrides: Mapping[str, Any], prefix: str) -> Any:
 
 
 def read_overrides(source: Path | None) -> dict[str, Any]:
-    """Plan overrides from ``source`` (a JSON file) or else ``$MEDSIGHT_SEG_PLAN`` (a JSON file); none if neither."""
+    """Plan overrides from ``source`` (a JSON file) or else ``$MEDSIGHT_SEG_PLAN`` (a JSON file); none if neither.
+    A preset's name (``--plan fast``) stands for ``{"preset": name}`` when no file of that name exists."""
     chosen: str | Path | None = source if source is not None else os.environ.get(PLAN_ENV)
     if chosen is None or str(chosen) == "":
         return {}
     path = Path(chosen)
+    if str(chosen) in PRESETS and not path.exists():
+        return {"preset": str(chosen)}
     try:
         loaded = json.loads(path.read_text())
     except (OSError, json.JSONDecodeError) as exc:
@@ -218,13 +259,15 @@ def read_overrides(source: Path | None) -> dict[str, Any]:
     return loaded
 
 
-def topology_for(patch: Sequence[int], spacing: Sequence[float]) -> dict[str, list[list[int]]]:
+def topology_for(
+    patch: Sequence[int], spacing: Sequence[float], max_pools: int = MAX_POOLS
+) -> dict[str, list[list[int]]]:
     """nnU-Net's rule, simplified: kernels and strides per level from the patch size and spacing."""
     size = np.asarray(patch, dtype=float)
     sp = np.asarray(spacing, dtype=float)
     kernels: list[list[int]] = [[3 if s / sp.min() <= 2 else 1 for s in sp]]
     strides: list[list[int]] = [[1] * len(patch)]
-    for _ in range(MAX_POOLS):
+    for _ in range(max_pools):
         ratio = sp / sp.min()
         can = (size / 2 >= MIN_FEATURE_MAP) & (ratio <= 2)
         if not can.any():
@@ -255,7 +298,16 @@ class SegmentationPlanner:
     """
 
     #: Keys decided by a step (the override is read there); any other known key is applied after planning.
-    STEP_KEYS = ("target_spacing", "resample", "normalisation", "patch_size", "batch_size", "network", "field_of_view")
+    STEP_KEYS = (
+        "preset",
+        "target_spacing",
+        "resample",
+        "normalisation",
+        "patch_size",
+        "batch_size",
+        "network",
+        "field_of_view",
+    )
 
     def __init__(self, fp: Mapping[str, Any], device: str = "cpu", overrides: Mapping[str, Any] | None = None):
         self.fp = fp
@@ -264,6 +316,7 @@ class SegmentationPlanner:
         self.budget = BUDGETS[self.kind]
         self.dims = int(fp["spatial_dims"])
         self.overrides = dict(overrides or {})
+        self.preset = PRESETS["default"]
         known = {f.name for f in dataclasses.fields(SegmentationPlan)}
         unknown = sorted(set(self.overrides) - known)
         if unknown:
@@ -272,6 +325,17 @@ class SegmentationPlanner:
             )
 
     # --- steps -------------------------------------------------------------------------------------------------
+    def determine_preset(self) -> str:
+        """``default`` unless overridden (``{"preset": "fast"}``); the later steps read its budget."""
+        name = str(self.overrides.get("preset", "default"))
+        if name not in PRESETS:
+            raise MedsightError(f"unknown plan preset {name!r} (known: {', '.join(sorted(PRESETS))})")
+        return name
+
+    def determine_test_time(self) -> tuple[bool, SlidingWindowPlan]:
+        """Test-time flips and the sliding window's overlap, as the preset says."""
+        return self.preset.test_time_flips, SlidingWindowPlan(overlap=self.preset.overlap, mode=self.preset.window_mode)
+
     def determine_target_spacing(self) -> list[float]:
         return [float(v) for v in self.overrides.get("target_spacing", self.fp["spacing_median"])]
 
@@ -313,13 +377,13 @@ class SegmentationPlanner:
     def determine_patch_size(self, shape: np.ndarray, spacing: Sequence[float]) -> list[int]:
         if "patch_size" in self.overrides:
             return [int(v) for v in self.overrides["patch_size"]]
-        limit = self.budget.patch_voxels[self.dims]
+        limit = (self.preset.patch_voxels or self.budget.patch_voxels)[self.dims]
         patch = np.maximum(shape.copy(), 8.0)
         while np.prod(patch) > limit:
             # shrink the axis that is largest in millimetres (nnU-Net shrinks relative to the median shape)
             axis = int(np.argmax(patch * np.asarray(spacing) / np.asarray(spacing).min()))
             patch[axis] = max(8.0, patch[axis] * 0.9)
-        topo = topology_for([int(p) for p in patch], spacing)
+        topo = topology_for([int(p) for p in patch], spacing, self.preset.max_pools)
         factors = np.prod(np.asarray(topo["strides"]), axis=0)
         out = [int(math.ceil(p / f) * f) for p, f in zip(patch, factors, strict=True)]
         while np.prod(out) > limit * 1.25:  # rounding up may overshoot; step the biggest axis down once more
@@ -332,12 +396,14 @@ class SegmentationPlanner:
             return int(self.overrides["batch_size"])
         voxels = int(np.prod(patch))
         data_voxels = float(self.fp["n_cases"]) * float(np.prod(shape))  # nnU-Net: a batch ≤ 5% of the data set
-        return max(2, min(int(self.budget.step_voxels[self.dims] // voxels), int(0.05 * data_voxels // voxels)))
+        step = (self.preset.step_voxels or self.budget.step_voxels)[self.dims]
+        return max(2, min(int(step // voxels), int(0.05 * data_voxels // voxels)))
 
     def determine_network(self, patch: Sequence[int], spacing: Sequence[float]) -> NetworkPlan:
-        topology = topology_for(patch, spacing)
+        topology = topology_for(patch, spacing, self.preset.max_pools)
         levels = len(topology["strides"])
-        cap = self.budget.max_filters[self.dims]
+        cap = (self.preset.max_filters or self.budget.max_filters)[self.dims]
+        base = self.preset.base_filters or self.budget.base_filters
         network = NetworkPlan(
             spatial_dims=self.dims,
             in_channels=int(self.fp["n_channels"]),
@@ -345,7 +411,7 @@ class SegmentationPlanner:
             kernel_size=topology["kernels"],
             strides=topology["strides"],
             upsample_kernel_size=topology["strides"][1:],
-            filters=[min(self.budget.base_filters * 2**k, cap) for k in range(levels)],
+            filters=[min(base * 2**k, cap) for k in range(levels)],
         )
         return _apply(network, self.overrides.get("network", {}), "network.")
 
@@ -360,6 +426,9 @@ class SegmentationPlanner:
 
     # --- the whole plan ----------------------------------------------------------------------------------------
     def plan(self) -> SegmentationPlan:
+        preset = self.determine_preset()
+        self.preset = PRESETS[preset]
+        flips, window = self.determine_test_time()
         spacing = self.determine_target_spacing()
         resample = self.determine_resampling(spacing)
         shape = self.determine_median_shape(spacing, resample)
@@ -375,7 +444,7 @@ class SegmentationPlanner:
             batch_size=self.determine_batch_size(patch, shape),
             network=self.determine_network(patch, spacing),
             optimizer=OptimizerPlan(),
-            sliding_window=SlidingWindowPlan(),
+            sliding_window=window,
             iterations_per_epoch=iterations,
             epochs=epochs,
             time_budget_s=budget,
@@ -384,6 +453,8 @@ class SegmentationPlanner:
             cpu_bf16=bf16,
             device_budget=self.kind,
             field_of_view=self.determine_field_of_view(),
+            test_time_flips=flips,
+            preset=preset,
         )
         rest = {k: v for k, v in self.overrides.items() if k not in self.STEP_KEYS}
         return plan.with_overrides(rest)
@@ -435,8 +506,9 @@ def describe(plan: SegmentationPlan, fp: Mapping[str, Any]) -> list[str]:
         + (f" or {plan.time_budget_s:.0f} s" if plan.time_budget_s else "")
         + f", {plan.optimizer.name} lr {plan.optimizer.lr:g}"
         + precision,
-        f"inference: sliding window, overlap {plan.sliding_window.overlap}, Gaussian blending"
+        f"inference: sliding window, overlap {plan.sliding_window.overlap}, {plan.sliding_window.mode} blending"
         + (", test-time flips" if plan.test_time_flips else ""),
+        f"preset: {plan.preset} ({PRESETS[plan.preset].description if plan.preset in PRESETS else 'unknown'})",
     ]
 
 
