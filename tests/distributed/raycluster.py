@@ -1,4 +1,5 @@
-"""A local Ray cluster for the distributed tests (2 CPUs, 127.0.0.1, its own temp folder) and a worker killer."""
+"""A local Ray cluster for the distributed tests (2 CPUs, a loopback-only network namespace, its own temp
+folder) and a worker killer."""
 
 from __future__ import annotations
 
@@ -23,18 +24,39 @@ def ray_or_fail() -> ModuleType:
 
 
 def start(env: dict[str, str]) -> Iterator[ModuleType]:
-    """Start the cluster, yield ``ray``, stop it (its processes end with it) and remove its folder."""
+    """Start the cluster in a new loopback-only network namespace, yield ``ray``, stop it (its processes end with
+    it), and remove its folder and the namespace.
+
+    Ray listens on every interface of its node and has no loopback-only setting, so the cluster (and this test
+    thread, its driver) runs in a namespace that holds nothing but ``lo``: nothing outside the machine, nor outside
+    the namespace, can reach it. The driver stays in the namespace until the module's tests are done.
+    """
+    import secrets
+
+    from serving.orthanc_peer import in_namespace, run, run_root
+
     ray = ray_or_fail()
+    ns = f"medsight-ray-{secrets.token_hex(4)}"
+    created = run_root(["ip", "netns", "add", ns])
+    if created.returncode != 0:
+        unavailable(f"cannot create a network namespace for the Ray cluster (root needed): {created.stderr.strip()}")
     temp = tempfile.mkdtemp(prefix="msray-")
-    ray.init(num_cpus=2, _node_ip_address="127.0.0.1", include_dashboard=False, object_store_memory=128 * 1024**2,
-             _temp_dir=temp, runtime_env={"env_vars": env}, logging_level="WARNING", log_to_driver=False)
     try:
-        yield ray
+        up = run(ns, ["ip", "link", "set", "lo", "up"])
+        assert up.returncode == 0, up.stderr
+        with in_namespace(ns):
+            ray.init(num_cpus=2, _node_ip_address="127.0.0.1", include_dashboard=False,
+                     object_store_memory=128 * 1024**2, _temp_dir=temp, runtime_env={"env_vars": env},
+                     logging_level="WARNING", log_to_driver=False)
+            try:
+                yield ray
+            finally:
+                ray.shutdown()
     finally:
-        ray.shutdown()
         import shutil
 
         shutil.rmtree(temp, ignore_errors=True)
+        run_root(["ip", "netns", "delete", ns])
 
 
 def _descendants(pid: int) -> list[int]:
