@@ -1,0 +1,161 @@
+"""BUSI breast ultrasound: lesion segmentation Dice and benign/malignant/normal classification AUC, with 95% CIs, on
+the published grouped 5-fold split (``src/medsight/data/busi_folds.json``, docs/ultrasound.md).
+
+For each CV fold asked for (``--folds``, default 0): the fold is the test split, the next fold is validation (early
+stopping, calibration, post-processing, every choice) and the other three train. Segmentation is ``medsight train``
+(self-configured plan, ``--preset`` default or fast) then ``medsight evaluate --split test``; classification is the
+same with ``--task classification``. Each fold's test images are scored once, at the end.
+
+Run (the lead, on a quiet machine; hours for all five folds):
+``MEDSIGHT_DATA=../shared/data MEDSIGHT_THREADS=2 .venv/bin/python benchmarks/busi.py --folds 0,1,2,3,4``
+Writes ``benchmarks/results/busi.json`` (``--results`` elsewhere). ``--limit N`` keeps N images per fold: a smoke run
+whose figures mean nothing (the tests use it).
+"""
+
+from __future__ import annotations
+
+import argparse
+import logging
+import time
+from pathlib import Path
+from typing import Any
+
+import numpy as np
+from support.provenance import provenance
+from support.seg_record import RESULTS, machine
+
+from medsight import config
+from medsight.data import busi
+from medsight.io.atomic import write_json
+from medsight.tasks import classification, segmentation
+from medsight.tasks.classification import ClassificationOptions
+from medsight.tasks.segmentation import SegmentationOptions
+
+#: Published 5-fold figures on BUSI (targets for the lesion; not the same folds, so context, not a comparison).
+REFERENCES = {
+    "UNeXt (Valanarasu & Patel, MICCAI 2022), F1 = Dice": {"dice": 0.794},
+    "U-Net (as reported by UNeXt)": {"dice": 0.76},
+    "goal (issue 13)": {"dice": 0.80},
+}
+
+
+def parse_folds(text: str) -> list[int]:
+    folds = sorted({int(v) for v in text.split(",") if v.strip()})
+    if not folds or any(not 0 <= f < busi.N_FOLDS for f in folds):
+        raise argparse.ArgumentTypeError(f"folds are 0-{busi.N_FOLDS - 1}, e.g. 0 or 0,1,2,3,4 (got {text!r})")
+    return folds
+
+
+def segmentation_fold(view: Path, out: Path, args: argparse.Namespace) -> dict[str, Any]:
+    task = segmentation.TASK
+    options = SegmentationOptions(
+        seed=args.seed,
+        epochs=args.seg_epochs,
+        time_budget_s=args.seg_time_budget,
+        plan=Path(args.preset) if args.preset != "default" else None,
+    )
+    started = time.monotonic()
+    meta = task.train(str(view), out / "seg_bundle", options)
+    result = task.evaluate(out / "seg_bundle", str(view), "test", out / "seg_eval", args.bootstrap)
+    tr = meta["training"]
+    return {
+        "n_test": result["n"],
+        "dice": result["metrics"]["dice"],
+        "hd95": result["metrics"].get("hd95"),
+        "case_situations": result.get("case_situations"),
+        "val_dice": meta["metrics"]["val"].get("dice"),
+        "preset": meta["plan"]["preset"],
+        "training": {k: tr.get(k) for k in ("epochs_run", "iterations", "stopped_by", "seconds", "threads")},
+        "engine": result["engine"],
+        "seconds": round(time.monotonic() - started, 1),
+    }
+
+
+def classification_fold(view: Path, out: Path, args: argparse.Namespace) -> dict[str, Any]:
+    task = classification.TASK
+    options = ClassificationOptions(seed=args.seed, epochs=args.cls_epochs, time_budget_s=args.cls_time_budget)
+    started = time.monotonic()
+    meta = task.train(str(view), out / "cls_bundle", options)
+    result = task.evaluate(out / "cls_bundle", str(view), "test", out / "cls_eval", args.bootstrap)
+    return {
+        "n_test": result.get("n"),
+        "metrics": result["metrics"],
+        "per_class_one_vs_rest": result.get("per_class"),
+        "labels": meta["label_names"],
+        "split_method": meta["data"].get("split_method"),
+        "seconds": round(time.monotonic() - started, 1),
+    }
+
+
+def pooled(folds: list[dict[str, Any]], key: str) -> dict[str, Any] | None:
+    """Mean of per-fold point estimates with their spread (the CIs are per fold, over that fold's test images)."""
+    values = [f[key]["value"] if isinstance(f[key], dict) else f[key] for f in folds if f.get(key) is not None]
+    values = [float(v) for v in values if v is not None]
+    if not values:
+        return None
+    return {
+        "mean": float(np.mean(values)),
+        "std": float(np.std(values, ddof=1)) if len(values) > 1 else None,
+        "n_folds": len(values),
+    }
+
+
+def main() -> None:
+    parser = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
+    parser.add_argument("--data", type=Path, default=config.data_root() / "busi")
+    parser.add_argument("--out", type=Path, default=Path("bench_out/busi"))
+    parser.add_argument("--results", type=Path, default=RESULTS / "busi.json")
+    parser.add_argument(
+        "--folds", type=parse_folds, default=[0], help="CV folds to test on, e.g. 0,1,2,3,4 (default 0)"
+    )
+    parser.add_argument("--seed", type=int, default=0, help="training seed (the folds are fixed)")
+    parser.add_argument("--preset", default="default", choices=["default", "fast"], help="segmentation plan preset")
+    parser.add_argument("--seg-epochs", type=int, help="segmentation epochs (default: planned)")
+    parser.add_argument("--seg-time-budget", type=float, help="segmentation training seconds (default: planned)")
+    parser.add_argument("--cls-epochs", type=int, help="classification epochs (default: planned)")
+    parser.add_argument("--cls-time-budget", type=float, help="classification training seconds (default: planned)")
+    parser.add_argument("--skip", choices=["segmentation", "classification"], action="append", default=[])
+    parser.add_argument("--bootstrap", type=int, default=1000)
+    parser.add_argument("--limit", type=int, help="smoke run: at most this many images per fold (figures mean nothing)")
+    args = parser.parse_args()
+    logging.basicConfig(level=logging.INFO, format="%(message)s")
+
+    record: dict[str, Any] = {
+        "provenance": provenance("busi.py", seeds=[args.seed]),
+        "machine": machine(),
+        "split": {
+            "file": "src/medsight/data/busi_folds.json",
+            "method": busi.published()["method"],
+            "folds_tested": args.folds,
+            "limit_per_fold": args.limit,
+            "rule": "test = fold k, validation = fold k+1 (every choice), training = the other three",
+        },
+        "references": REFERENCES,
+        "segmentation": {"folds": []},
+        "classification": {"folds": []},
+    }
+    for k in args.folds:
+        out = args.out / f"fold{k}"
+        view = busi.fold_view(args.data, k, out / "data", args.limit)
+        if "segmentation" not in args.skip:
+            record["segmentation"]["folds"].append({"fold": k, **segmentation_fold(view, out, args)})
+        if "classification" not in args.skip:
+            record["classification"]["folds"].append({"fold": k, **classification_fold(view, out, args)})
+        write_json(args.results, record)  # after every fold: a long run that stops keeps what it measured
+    seg, cls = record["segmentation"]["folds"], record["classification"]["folds"]
+    if seg:
+        record["segmentation"]["across_folds"] = {"dice": pooled(seg, "dice")}
+    if cls:
+        record["classification"]["across_folds"] = {
+            "auc": pooled([{"auc": f["metrics"].get("auc")} for f in cls], "auc")
+        }
+    write_json(args.results, record)
+    for f in seg:
+        print(f"fold {f['fold']}: lesion Dice {f['dice']} on {f['n_test']} test images")
+    for f in cls:
+        print(f"fold {f['fold']}: classification AUC {f['metrics'].get('auc')}")
+    print(f"results: {args.results}")
+
+
+if __name__ == "__main__":
+    main()
