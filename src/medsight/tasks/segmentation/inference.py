@@ -56,14 +56,19 @@ def sliding_probabilities(
     with torch.no_grad():
         for axes in passes:
             xi = torch.flip(x, axes) if axes else x
-            logits = sliding_window_inference(
-                xi,
-                roi_size=patch,
-                sw_batch_size=sw_batch,
-                predictor=predictor,
-                overlap=plan.sliding_window.overlap,
-                mode=plan.sliding_window.mode,
-            )
+            if tuple(xi.shape[2:]) == tuple(patch):
+                # one window: the blend of a single window is the window itself, so the network runs on it directly
+                # (MONAI's window bookkeeping cost as much as a small network's forward pass per ultrasound frame)
+                logits = predictor(xi)
+            else:
+                logits = sliding_window_inference(
+                    xi,
+                    roi_size=patch,
+                    sw_batch_size=sw_batch,
+                    predictor=predictor,
+                    overlap=plan.sliding_window.overlap,
+                    mode=plan.sliding_window.mode,
+                )
             assert isinstance(logits, torch.Tensor)
             p = torch.softmax(logits.float(), dim=1)
             p = torch.flip(p, axes) if axes else p
