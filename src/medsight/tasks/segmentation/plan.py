@@ -474,7 +474,8 @@ def describe(plan: SegmentationPlan, fp: Mapping[str, Any]) -> list[str]:
     why_norm = {
         "ct": "CT: intensities are clipped to the 0.5-99.5 percentiles of the foreground, then z-scored with the "
         "foreground mean and standard deviation",
-        "zscore": f"modality {fp['modality']}: each image is z-scored on its own (MRI and ultrasound intensities have no fixed scale)",
+        "zscore": f"modality {fp['modality']}: each image is z-scored on its own "
+        "(MRI and ultrasound intensities have no fixed scale)",
         "zscore_per_channel": "colour images: each channel of each image is z-scored on its own",
     }.get(norm, norm)
     if plan.field_of_view is not None:
