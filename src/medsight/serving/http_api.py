@@ -943,7 +943,7 @@ def frame_bytes(path: Path, frames: Sequence[int], *, as_stored: bool) -> tuple[
     rows, cols, samples = int(ds.Rows), int(ds.Columns), int(ds.get("SamplesPerPixel", 1))
     bits = int(ds.BitsAllocated)
     if bits == 1:
-        flat = unpack_bits(ds.PixelData)
+        flat = np.asarray(unpack_bits(ds.PixelData))
         size = rows * cols * samples
         return [pack_bits(flat[(f - 1) * size : f * size]) for f in frames], str(ExplicitVRLittleEndian)
     if not syntax.is_encapsulated and syntax.is_little_endian:
