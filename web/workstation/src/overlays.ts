@@ -45,9 +45,16 @@ export class OverlayLayer {
     private mapper: () => Mapper | null,
     private currentSop: () => string | null,
     private currentSize: () => Vec2 | null,
+    target: HTMLElement = canvas,
   ) {
-    canvas.addEventListener('pointerdown', (e) => this.down(e));
-    canvas.addEventListener('pointermove', (e) => this.move(e));
+    // Listen on the viewport's container in the capture phase: while a tool is on, the reader's strokes are ours
+    // and never reach Cornerstone's tools (which listen to mouse events on their own element, under ours).
+    const mine = (_e: Event): boolean => !!this.editing && this.editing.tool !== 'none';
+    target.addEventListener('pointerdown', (e) => { if (mine(e)) { e.stopPropagation(); this.down(e); } }, true);
+    target.addEventListener('pointermove', (e) => { if (mine(e)) { e.stopPropagation(); this.move(e); } }, true);
+    for (const type of ['mousedown', 'mousemove', 'mouseup']) {
+      target.addEventListener(type, (e) => { if (mine(e)) { e.stopPropagation(); e.preventDefault(); } }, true);
+    }
     window.addEventListener('pointerup', () => { this.drag = null; });
   }
 

@@ -140,7 +140,7 @@ export async function showViewer(app: HTMLElement, studyUid: string): Promise<()
     const dims = (viewport.getImageData?.() as any)?.dimensions;
     return dims ? [dims[0], dims[1]] : null;
   };
-  const layer = new OverlayLayer(canvas, mapper, currentSop, size);
+  const layer = new OverlayLayer(canvas, mapper, currentSop, size, wrap);
 
   const status = (): void => {
     const props = viewport.getProperties();
