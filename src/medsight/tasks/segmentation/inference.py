@@ -59,7 +59,7 @@ def sliding_probabilities(
             if tuple(xi.shape[2:]) == tuple(patch):
                 # one window: the blend of a single window is the window itself, so the network runs on it directly
                 # (MONAI's window bookkeeping cost as much as a small network's forward pass per ultrasound frame)
-                logits = predictor(xi)
+                logits: Any = predictor(xi)
             else:
                 logits = sliding_window_inference(
                     xi,
