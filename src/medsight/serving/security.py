@@ -45,6 +45,7 @@ from sqlalchemy import (
 from sqlalchemy.exc import IntegrityError
 
 from medsight.errors import MedsightError
+from medsight.serving.database import write_transaction
 
 #: Roles from least to most privileged; each role may do everything the roles before it may.
 ROLES: tuple[str, ...] = ("viewer", "radiologist", "admin")
@@ -166,7 +167,7 @@ class UserDirectory:
             raise MedsightError(f"invalid user name {name!r}: 1-64 characters, letters, digits and . _ @ - (not first)")
         check_role(role)
         try:
-            with self.engine.begin() as conn:
+            with write_transaction(self.engine) as conn:
                 conn.execute(insert(users_table).values(name=name, role=role, created_at=self._clock()))
         except IntegrityError as exc:
             raise MedsightError(f"user {name!r} already exists") from exc
@@ -174,13 +175,13 @@ class UserDirectory:
     def set_role(self, name: str, role: str) -> None:
         """Change a user's role (their tokens follow at once)."""
         check_role(role)
-        with self.engine.begin() as conn:
+        with write_transaction(self.engine) as conn:
             if conn.execute(update(users_table).where(users_table.c.name == name).values(role=role)).rowcount == 0:
                 raise MedsightError(f"no user {name!r}")
 
     def remove_user(self, name: str) -> None:
         """Delete a user and every token of theirs."""
-        with self.engine.begin() as conn:
+        with write_transaction(self.engine) as conn:
             conn.execute(delete(tokens_table).where(tokens_table.c.user_name == name))
             if conn.execute(delete(users_table).where(users_table.c.name == name)).rowcount == 0:
                 raise MedsightError(f"no user {name!r}")
@@ -193,7 +194,7 @@ class UserDirectory:
         if problem:
             raise MedsightError(problem)
         encoded = hash_password(password)
-        with self.engine.begin() as conn:
+        with write_transaction(self.engine) as conn:
             done = conn.execute(update(users_table).where(users_table.c.name == name).values(password_scrypt=encoded))
             if done.rowcount == 0:
                 raise MedsightError(f"no user {name!r}; add it first with `medsight users add`")
@@ -215,7 +216,7 @@ class UserDirectory:
             raise MedsightError(f"token lifetime must be positive, not {expires_in_s}")
         now = self._clock()
         secret = secrets.token_urlsafe(32)
-        with self.engine.begin() as conn:
+        with write_transaction(self.engine) as conn:
             if conn.execute(select(users_table.c.name).where(users_table.c.name == name)).first() is None:
                 raise MedsightError(f"no user {name!r}; add it first with `medsight users add`")
             while True:
@@ -237,7 +238,7 @@ class UserDirectory:
 
     def revoke(self, token_id: str) -> None:
         """Revoke a token by its id (the part before the dot); it is refused from the next request on."""
-        with self.engine.begin() as conn:
+        with write_transaction(self.engine) as conn:
             done = conn.execute(
                 update(tokens_table)
                 .where(tokens_table.c.token_id == token_id, tokens_table.c.revoked_at.is_(None))
