@@ -46,6 +46,8 @@ class DetectionItem:
     labels: np.ndarray  # (N,) int, index into class_names
     patient_id: str
     attributes: dict[str, Any] = field(default_factory=dict)
+    #: The split the data declare for this image ("train" or "val"; COCO ``images[].metadata.split``), else "".
+    declared_split: str = ""
 
 
 @dataclass
@@ -68,7 +70,15 @@ class DetectionData:
     def split(self, seed: int = SPLIT_SEED) -> dict[str, np.ndarray]:
         """Patient-level 70/10/20 split stratified by 'has any box'; checked for patient overlap.
 
-        ``seed`` is the fixed split seed (recorded in the bundle as ``data.split_seed``), never the training seed."""
+        ``seed`` is the fixed split seed (recorded in the bundle as ``data.split_seed``), never the training seed.
+        When every image declares its split (``declared_split``: "train" or "val", e.g. a feedback export's frozen
+        split), that split is used as is and the test split is empty."""
+        if self.items and all(it.declared_split in ("train", "val") for it in self.items):
+            declared = {s: np.asarray([i for i, it in enumerate(self.items) if it.declared_split == s], dtype=int)
+                        for s in ("train", "val")}  # fmt: skip
+            parts = {**declared, "test": np.zeros(0, dtype=int)}
+            assert_disjoint_patients({k: [self.items[i].patient_id for i in v] for k, v in parts.items()})
+            return parts
         strata = [int(len(it.boxes) > 0) for it in self.items]
         pids = [it.patient_id for it in self.items]
         parts = patient_split(strata, pids, seed=seed)
@@ -215,7 +225,8 @@ def load_coco(spec: str | Path) -> DetectionData:
 
     When the file read was resized (``resize_manifest.csv``), each axis is scaled by (size read / annotated
     size) of that axis, which is exact for a whole-image resize. Patients come from ``images[].metadata.patientid``
-    when present (else each image is its own patient). Images that cannot be found are listed in ``excluded``.
+    when present (else each image is its own patient); ``images[].metadata.split`` ("train"/"val"), when every image
+    has one, is the split :meth:`DetectionData.split` uses. Images that cannot be found are listed in ``excluded``.
     """
     path = Path(spec)
     ann_path = path if path.is_file() else path / "annotations.json"
@@ -261,6 +272,7 @@ def load_coco(spec: str | Path) -> DetectionData:
                 labels=np.asarray(labels, int),
                 patient_id=pid,
                 attributes={k: meta.get(k, "") for k in ("sex", "age", "view", "finding") if k in meta},
+                declared_split=str(meta.get("split") or ""),
             )
         )
     if not items:
