@@ -16,11 +16,13 @@ def register(sub: argparse._SubParsersAction) -> None:
     e = actions.add_parser(
         "export",
         help="write a model's reviewed cases as a data set 'medsight train' reads",
-        description="Write the reviewed findings of MODEL (a route name) as DIR/manifest.csv with the readers' "
-        "labels, DIR/images/*.npy (pixels only), DIR/manifest.json (the positive class) and DIR/export.json (what "
-        "was exported and what was left out, and why). The split column comes from the model's frozen split in the "
-        "service's data folder: a patient keeps the side it was first given in every later export. Patient "
-        "identifiers are replaced by keyed pseudonyms. Train on it with 'medsight train DIR --init BUNDLE'.",
+        description="Write the reviewed findings of MODEL (a route name) as a data set 'medsight train' reads, "
+        "with the readers' labels: for a classification route DIR/manifest.csv and DIR/images/*.npy (pixels only); "
+        "for a segmentation route an images/ + labels/ pairs folder with the readers' masks; for a detection route "
+        "COCO (DIR/annotations.json) with the readers' boxes; always DIR/export.json (what was exported and what "
+        "was left out, and why). The split comes from the model's frozen split in the service's data folder: a "
+        "patient keeps the side it was first given in every later export. Patient identifiers are replaced by "
+        "keyed pseudonyms. Train on it with 'medsight train DIR --init BUNDLE'.",
     )
     e.add_argument("--model", required=True, help="the model's name: its route in the site configuration")
     e.add_argument("--out", required=True, type=Path, help="folder to write (replaced atomically)")
@@ -40,5 +42,6 @@ def run_export(args: argparse.Namespace) -> int:
     )
     for why, n in summary["left_out"].items():
         print(f"left out: {n} finding(s): {why}")
-    print(f"data set: {args.out / 'manifest.csv'}")
+    entry = {"classification": "manifest.csv", "detection": "annotations.json"}.get(str(summary.get("task")), "")
+    print(f"data set: {args.out / entry if entry else args.out}")
     return 0
