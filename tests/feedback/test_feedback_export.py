@@ -6,6 +6,7 @@ from __future__ import annotations
 
 import csv
 import json
+import os
 from pathlib import Path
 
 import numpy as np
@@ -18,6 +19,8 @@ from medsight.review.verdicts import record_verdict
 from medsight.serving.audit import AuditLog
 from medsight.serving.database import open_database
 from medsight.serving.provenance import bundle_checksum
+
+KEY = "3c" * 32
 
 
 def rows(folder: Path) -> list[dict[str, str]]:
@@ -33,6 +36,12 @@ def site(shared_data: Path, tmp_path_factory: pytest.TempPathFactory) -> dict[st
     assert main(["-q", "train", str(data), "--out", str(bundle), "--epochs", "4", "--positive", "malignant"]) == 0
     config = site_toml(tmp, "breast", bundle)
     data_dir = tmp / "service"
+    # a fixed feedback key: the frozen split (a keyed hash) is then the same on every run, with both labels on
+    # each side (with a fresh random key the validation side could hold one label only: AUC undefined)
+    key = data_dir / "feedback" / "breast" / "key"
+    key.parent.mkdir(parents=True)
+    key.write_text(KEY + "\n")
+    os.chmod(key, 0o600)
     findings = store_cases(data_dir, shared_data, 0, 60, patients=40)  # 20 patients with two studies
     record(data_dir, findings, "breast", bundle_checksum(bundle))
     return {"tmp": tmp, "bundle": bundle, "config": config, "data_dir": data_dir, "findings": findings}
@@ -118,6 +127,7 @@ def test_the_loop_closes_train_init_then_compare(site: dict, tmp_path: Path) -> 
     )
     result = json.loads((report / "compare.json").read_text())
     n_val = sum(1 for r in rows(export) if r["split"] == "val")
+    assert len({r["label"] for r in rows(export) if r["split"] == "val"}) == 2  # so the AUC difference is defined
     assert result["n"] == n_val and result["lineage"] == "NEW was fine-tuned from OLD"
     assert result["verdict"]["outcome"] in ("better", "worse", "no_difference")
     assert result["caveat"]  # scored on validation: said so
