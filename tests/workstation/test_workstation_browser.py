@@ -337,6 +337,15 @@ def test_a_radiologist_reviews_studies_and_the_verdicts_reach_the_pacs(browser: 
     _wait("the reader's SR in Orthanc", lambda: _orthanc_has(site, cr_sr), timeout=120)
     site.figures["verdict_click_to_sr_in_orthanc_s"] = round(time.monotonic() - clicked, 3)
 
+    # the readers' agreement with the model: the page opens from the findings panel and counts this verdict
+    with page.context.expect_page() as opened:
+        chest.locator("a.agreement").click()
+    agreement = opened.value
+    agreement.wait_for_load_state()
+    assert agreement.title().startswith("Agreement: ") and "Readers and" in agreement.inner_text("h1")
+    assert "agree" in agreement.inner_text("body").lower()
+    agreement.close()
+
     # the reader's objects of the edit reached the PACS too, and the SR is a reader's SR on this study
     _wait("the edit's SR and SEG in Orthanc", lambda: _orthanc_has(site, mr_sr) and _orthanc_has(site, mr_seg))
     sr = pydicom.dcmread(io.BytesIO(site.pacs.file(cr_sr)))

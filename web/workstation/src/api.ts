@@ -108,6 +108,11 @@ export function modelCard(url: string): Promise<string> {
   return call<string>('GET', url.startsWith('http') ? url : `${root()}${url}`, undefined, 'text/html');
 }
 
+/** The readers' agreement with a model (counts, sensitivity and specificity with CIs, plots over time). */
+export function agreementPage(model: string): Promise<string> {
+  return call<string>('GET', `${root()}/review/agreement/${encodeURIComponent(model)}`, undefined, 'text/html');
+}
+
 export const dicomweb = (): string => `${root()}/dicomweb`;
 
 /** DICOM JSON (PS3.18 F.2) of a series or one instance, without bulk data. */

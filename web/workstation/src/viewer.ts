@@ -9,7 +9,7 @@ import {
   Enums as ToolEnums,
 } from '@cornerstonejs/tools';
 import {
-  authHeader, canJudge, dicomweb, frames, metadata, modelCard, rendered, review, session, submitVerdict,
+  agreementPage, authHeader, canJudge, dicomweb, frames, metadata, modelCard, rendered, review, session, submitVerdict,
   type Finding, type Review, type SeriesInfo,
 } from './api';
 import { OverlayLayer, maskPng, unpackFrame, type Mapper, type MaskSet, type Vec2 } from './overlays';
@@ -313,6 +313,7 @@ export async function showViewer(app: HTMLElement, studyUid: string): Promise<()
           ${f.bundle_checksum ? `<dt>Bundle</dt><dd title="${esc(f.bundle_checksum)}">${esc(f.bundle_checksum.slice(0, 12))}</dd>` : ''}
           <dt>Verdicts</dt><dd class="n-verdicts">${(f.verdicts ?? []).length}</dd></dl>
         ${f.model_card_url ? `<a href="#" class="model-card">Model card</a>` : ''}
+        <a href="#" class="agreement" title="how often readers agree with this model">Agreement</a>
         ${has ? `<label><input type="checkbox" class="show-overlay"> show ${esc(f.overlay!.kind)} overlay</label>` : ''}
         <div class="actions">
           <button class="agree" ${judge ? '' : 'disabled'}>Agree</button>
@@ -354,6 +355,11 @@ export async function showViewer(app: HTMLElement, studyUid: string): Promise<()
     el.querySelector('.model-card')?.addEventListener('click', async (e) => {
       e.preventDefault();
       const html = await modelCard(f.model_card_url!);
+      window.open(URL.createObjectURL(new Blob([html], { type: 'text/html' })), '_blank');
+    });
+    el.querySelector('.agreement')?.addEventListener('click', async (e) => {
+      e.preventDefault();
+      const html = await agreementPage(f.model);
       window.open(URL.createObjectURL(new Blob([html], { type: 'text/html' })), '_blank');
     });
     const box = el.querySelector('.show-overlay') as HTMLInputElement | null;
