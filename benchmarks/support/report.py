@@ -126,6 +126,10 @@ def render() -> str:
     )
     for name, doc in load_all().items():
         lines += ["", f"### `{name}.json`", ""]
+        if doc.get("status") == "not run":  # the benchmark exists but has not run: say why, claim nothing
+            lines.append(f"- **not run** (recorded {doc.get('date', '?')}): {doc.get('reason', '')} "
+                         f"Command when it runs: `{doc['command']}`")
+            continue
         for p in _provenance(doc):
             lines.append(f"- `{p['command']}` at commit `{p.get('commit', '?')}`, {p.get('date', '?')}")
         rows = list(figures(doc))
