@@ -5,7 +5,7 @@ from __future__ import annotations
 import argparse
 from pathlib import Path
 
-from medsight.evaluation.metrics import N_BOOTSTRAP
+from medsight.defaults import N_BOOTSTRAP
 
 
 def register(sub: argparse._SubParsersAction) -> None:

@@ -7,9 +7,8 @@ from pathlib import Path
 from typing import Any
 
 from medsight import tasks
+from medsight.defaults import N_BOOTSTRAP
 from medsight.errors import MedsightError
-from medsight.evaluation.metrics import N_BOOTSTRAP
-from medsight.training.bundle import load_bundle
 
 
 def register(sub: argparse._SubParsersAction) -> None:
@@ -67,6 +66,8 @@ def register(sub: argparse._SubParsersAction) -> None:
 
 
 def run(args: argparse.Namespace) -> int:
+    from medsight.training.bundle import load_bundle  # torch: imported when the command runs
+
     bundle = load_bundle(args.bundle)
     if getattr(args, "shift_only", False):
         from medsight.monitoring.site import input_report

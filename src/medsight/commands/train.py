@@ -7,7 +7,7 @@ from pathlib import Path
 
 from medsight import tasks
 from medsight.data.splits import SPLIT_SEED, SPLIT_SEED_ENV
-from medsight.evaluation.conformal import DEFAULT_ALPHA
+from medsight.defaults import DEFAULT_ALPHA
 
 #: Flags that become task options when given; a task that does not take one rejects it by name.
 OPTION_FLAGS = (

@@ -14,9 +14,12 @@ import sys
 import time
 from datetime import UTC, datetime
 from pathlib import Path
-from typing import Any
+from typing import TYPE_CHECKING, Any
 
-from medsight.serving.security import ROLE_HELP, ROLES, UserDirectory, open_user_directory
+from medsight.serving.roles import ROLE_HELP, ROLES
+
+if TYPE_CHECKING:
+    from medsight.serving.security import UserDirectory
 
 #: The service's data folder when none is given (relative to the working directory).
 DEFAULT_DATA_DIR = "medsight_service"
@@ -97,6 +100,8 @@ def run(args: argparse.Namespace) -> int:
         site = load_config(args.config)
         data_dir = site.service.data_dir
         database_url = site.database.sqlalchemy_url()
+    from medsight.serving.security import open_user_directory  # the database layer: loaded when used
+
     users: UserDirectory = open_user_directory(data_dir, database_url)
     if args.action == "add":
         users.add_user(args.name, args.role)

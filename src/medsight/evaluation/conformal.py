@@ -37,11 +37,11 @@ from typing import Any, Literal
 
 import numpy as np
 
+from medsight.defaults import DEFAULT_ALPHA as DEFAULT_ALPHA  # re-exported: its old home
 from medsight.errors import MedsightError
 
 Score = Literal["lac", "aps"]
 SCORES: tuple[Score, ...] = ("lac", "aps")
-DEFAULT_ALPHA = 0.1
 
 
 def check_alpha(alpha: float, where: str = "alpha") -> float:

@@ -11,9 +11,8 @@ from collections.abc import Callable
 import numpy as np
 from sklearn.metrics import roc_auc_score
 
+from medsight.defaults import N_BOOTSTRAP as N_BOOTSTRAP  # re-exported: its old home
 from medsight.evaluation.calibration import brier_score, expected_calibration_error
-
-N_BOOTSTRAP = 1000
 
 
 def binary_metrics(y: np.ndarray, score: np.ndarray, threshold: float) -> dict[str, float]:

@@ -41,8 +41,14 @@ def write_text(target: str | Path, text: str) -> Path:
     return write_bytes(target, text.encode("utf-8"))
 
 
-def write_json(target: str | Path, obj: Any) -> Path:
-    """Write ``obj`` as indented JSON to ``target`` atomically."""
+def write_json(target: str | Path, obj: Any, compact: bool = False) -> Path:
+    """Write ``obj`` as indented JSON to ``target`` atomically.
+
+    ``compact``: one line, no indentation, for files that programs read back (ledgers, marks); it uses the C
+    encoder, several times faster than the indenting pure-Python one on large records.
+    """
+    if compact:
+        return write_text(target, json.dumps(obj, separators=(",", ":"), default=json_default) + "\n")
     return write_text(target, json.dumps(obj, indent=2, sort_keys=False, default=json_default) + "\n")
 
 

@@ -255,10 +255,37 @@ def open_dicom(path: PathLike, **kwargs: Any) -> Dataset:
     return pydicom.dcmread(path, force=not _has_preamble(head), **kwargs)
 
 
+#: VRs whose raw bytes ``peek`` decodes itself: ASCII strings and single 16/32-bit integers.
+_PEEK_TEXT = frozenset({"UI", "CS", "AE", "DA", "TM", "DT", "AS"})
+_PEEK_INT = {"US": ("<H", ">H", 2), "UL": ("<L", ">L", 4), "SS": ("<h", ">h", 2), "SL": ("<l", ">l", 4)}
+
+
+def peek(ds: Dataset, tag: int, default: Any = None) -> Any:
+    """An element's value as ``ds[tag].value`` gives it, without pydicom converting the element in place.
+
+    Reading a value through pydicom decodes the stored element and keeps it decoded, which costs time now
+    and again when the file is written back. A raw single-valued UID, code string, date or time (ASCII) or
+    a raw single integer is decoded here and the element stays as read; anything else goes to pydicom.
+    """
+    elem: Any = ds._dict.get(tag)  # type: ignore[call-overload]  # an int finds its BaseTag key
+    if elem is None:
+        return default
+    if not elem.is_raw:
+        return elem.value
+    vr, raw = elem.VR, elem.value
+    if raw is not None and vr in _PEEK_TEXT and b"\\" not in raw and b"\x1b" not in raw and raw.isascii():
+        text = raw.decode("ascii").rstrip("\x00 ")
+        return text.strip() if vr == "UI" else text
+    if raw is not None and vr in _PEEK_INT and len(raw) == _PEEK_INT[vr][2]:
+        fmt = _PEEK_INT[vr][0] if elem.is_little_endian else _PEEK_INT[vr][1]
+        return int.from_bytes(raw, "little" if elem.is_little_endian else "big", signed=fmt[1].islower())
+    return ds[tag].value
+
+
 def is_dicomdir(ds: Dataset) -> bool:
     """True for a media directory (DICOMDIR): it indexes files and is not an image or document object."""
-    sop_class = str(ds.get("SOPClassUID", "") or getattr(ds.get("file_meta", {}), "MediaStorageSOPClassUID", ""))
-    return sop_class == DICOMDIR_SOP_CLASS or "DirectoryRecordSequence" in ds
+    sop_class = str(peek(ds, 0x00080016, "") or getattr(ds.get("file_meta", {}), "MediaStorageSOPClassUID", ""))
+    return sop_class == DICOMDIR_SOP_CLASS or 0x00041220 in ds._dict  # Directory Record Sequence
 
 
 def read_header(path: PathLike) -> tuple[Instance, Dataset] | None:

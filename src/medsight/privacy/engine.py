@@ -24,6 +24,7 @@ from pydicom.sequence import Sequence
 from pydicom.tag import BaseTag
 
 from medsight import __version__
+from medsight.io.dicom import peek
 from medsight.privacy.profile import (
     BASIC_PROFILE_CODE,
     COMPOUND_CODES,
@@ -178,7 +179,7 @@ class Deidentifier:
     def apply(self, ds: Dataset) -> Outcome:
         """De-identify ``ds`` in place (file meta included) and return what was done."""
         outcome = Outcome()
-        outcome.iod = iod_for_sop_class(ds.get("SOPClassUID"))
+        outcome.iod = iod_for_sop_class(peek(ds, 0x00080016))
         patient_key = self._patient_key(ds)
         ctx = _Context(outcome.iod, patient_key, self.pseudo.date_shift_days(patient_key), outcome)
         if self._needs_scrub:
@@ -457,7 +458,7 @@ class Deidentifier:
             value = ds.get(name)
             if value:
                 reid[name] = (str(value), self._patient_pseudonym(tag, str(value), ctx, ()))
-        study = ds.get("StudyInstanceUID")
+        study = peek(ds, 0x0020000D)
         if study and "retain_uids" not in self.options:
             reid["StudyInstanceUID"] = (str(study), self.pseudo.uid(str(study)))
 

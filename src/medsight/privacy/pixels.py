@@ -14,6 +14,8 @@ from importlib import resources
 
 from pydicom.dataset import Dataset
 
+from medsight.io.dicom import peek
+
 #: Modalities that often carry burned-in text whatever the header says.
 RISKY_MODALITIES = {
     "US": "ultrasound",
@@ -71,20 +73,20 @@ def load_rules() -> tuple[PixelRule, ...]:
 def burned_in_reasons(ds: Dataset) -> list[str]:
     """Why this file may hold burned-in text or a recognisable face (empty list: no known reason)."""
     reasons = []
-    burned = str(ds.get("BurnedInAnnotation", "") or "").upper()
-    modality = str(ds.get("Modality", "") or "")
+    burned = str(peek(ds, 0x00280301, "") or "").upper()  # Burned In Annotation
+    modality = str(peek(ds, 0x00080060, "") or "")
     if burned == "YES":
         reasons.append("Burned In Annotation is YES")
     if modality in RISKY_MODALITIES and burned != "YES":
         reasons.append(f"{RISKY_MODALITIES[modality]} images often carry burned-in text")
-    if str(ds.get("SOPClassUID", "")).startswith(SECONDARY_CAPTURE_ROOT) and burned != "NO":
+    if str(peek(ds, 0x00080016, "")).startswith(SECONDARY_CAPTURE_ROOT) and burned != "NO":
         reasons.append("secondary capture (screen grab) may carry burned-in text")
     if modality in PROJECTION_MODALITIES and burned not in ("YES", "NO"):
         reasons.append(f"{modality} without Burned In Annotation = NO may carry burned-in markers or names")
     if has_faces(ds):
         reasons.append("Recognizable Visual Features is YES (not cleaned by medsight)")
     for group in range(0x6000, 0x6020, 2):
-        if (group << 16 | 0x0010) in ds and (group << 16 | 0x3000) not in ds:
+        if (group << 16 | 0x0010) in ds._dict and (group << 16 | 0x3000) not in ds._dict:
             reasons.append("an overlay is stored in unused bits of the pixel data (not removed)")
             break
     return reasons
@@ -92,7 +94,7 @@ def burned_in_reasons(ds: Dataset) -> list[str]:
 
 def has_faces(ds: Dataset) -> bool:
     """True when the header says the image shows a recognisable face (never cleaned by a pixel rule)."""
-    return str(ds.get("RecognizableVisualFeatures", "") or "").upper() == "YES"
+    return str(peek(ds, 0x00280302, "") or "").upper() == "YES"  # Recognizable Visual Features
 
 
 def find_rule(ds: Dataset) -> PixelRule | None:

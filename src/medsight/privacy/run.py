@@ -34,25 +34,18 @@ from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
 
-from pydicom import config
-from pydicom.charset import default_encoding
-from pydicom.dataelem import DataElement
-from pydicom.dataset import Dataset, FileMetaDataset, validate_file_meta
-from pydicom.filebase import DicomBytesIO, DicomFile, DicomIO
-from pydicom.filewriter import write_data_element, write_dataset
-from pydicom.tag import BaseTag, tag_in_exception
-from pydicom.uid import DeflatedExplicitVRLittleEndian, ExplicitVRLittleEndian, ImplicitVRLittleEndian
-from pydicom.valuerep import EXPLICIT_VR_LENGTH_32
+from pydicom.dataset import Dataset
 from tqdm import tqdm
 
 from medsight.errors import MedsightError
 from medsight.io.atomic import write_json, write_text
-from medsight.io.dicom import is_dicom_file, is_dicomdir, open_dicom
+from medsight.io.dicom import is_dicom_file, is_dicomdir, open_dicom, peek
 from medsight.privacy import ocr, pixels
 from medsight.privacy.engine import Deidentifier
 from medsight.privacy.profile import CLEAN_PIXEL_CODE, iod_types
 from medsight.privacy.pseudonyms import key_id
 from medsight.privacy.report import FileResult, RunReport, append_audit, write_reports
+from medsight.privacy.writer import ensure_file_meta, save
 
 DEFAULT_AUDIT_LOG = Path.home() / ".medsight" / "deid_audit.log"
 CHUNK = 24
@@ -189,9 +182,9 @@ def _encapsulated_complete(value: bytes) -> bool:
 
 def problem(ds: Dataset) -> str | None:
     """Why this dataset cannot be de-identified and written, or None."""
-    if "SOPInstanceUID" not in ds or "SOPClassUID" not in ds:
+    if 0x00080018 not in ds._dict or 0x00080016 not in ds._dict:  # SOP Instance, SOP Class UID
         return "no SOP Class or SOP Instance UID"
-    iod = iod_types()["sop_class_iod"].get(str(ds.SOPClassUID))
+    iod = iod_types()["sop_class_iod"].get(str(peek(ds, 0x00080016)))
     raw = ds.get_item(0x7FE00010)
     if raw is None:
         if iod in iod_types()["pixel_iods"]:
@@ -202,130 +195,16 @@ def problem(ds: Dataset) -> str | None:
     if ts is not None and ts.is_encapsulated:
         return None if _encapsulated_complete(value) else "pixel data truncated"
     try:
-        bits = int(ds.BitsAllocated)
+        bits = int(peek(ds, 0x00280100))  # Bits Allocated
         count = (
-            int(ds.Rows) * int(ds.Columns) * int(ds.get("SamplesPerPixel", 1)) * int(ds.get("NumberOfFrames", 1) or 1)
+            int(peek(ds, 0x00280010)) * int(peek(ds, 0x00280011))  # Rows, Columns
+            * int(peek(ds, 0x00280002, 1))  # Samples per Pixel
+            * int(ds.get("NumberOfFrames", 1) or 1)
         )
     except (AttributeError, TypeError, ValueError):
         return "pixel description incomplete"
     expected = (count + 7) // 8 if bits == 1 else count * ((bits + 7) // 8)
     return "pixel data truncated" if len(value) < expected else None
-
-
-def _ensure_file_meta(ds: Dataset) -> None:
-    meta = getattr(ds, "file_meta", None)
-    if meta is None:
-        meta = ds.file_meta = FileMetaDataset()
-    if "TransferSyntaxUID" not in meta:
-        implicit = ds.original_encoding[0] if ds.original_encoding[0] is not None else True
-        meta.TransferSyntaxUID = ImplicitVRLittleEndian if implicit else ExplicitVRLittleEndian
-    for meta_tag, tag in ((0x00020002, 0x00080016), (0x00020003, 0x00080018)):  # SOP Class, SOP Instance
-        value = ds[tag].value
-        current: Any = meta._dict.get(BaseTag(meta_tag))
-        if current is None or current.is_raw or current.value != value:
-            elem = DataElement(meta_tag, "UI", value, validation_mode=config.IGNORE)
-            meta._dict[BaseTag(elem.tag)] = elem
-
-
-def save(ds: Dataset, path: Path) -> None:
-    """What ``ds.save_as(path, enforce_file_format=True)`` writes, without its deep copy of the file meta.
-
-    pydicom copies the meta to leave the caller's untouched; here the dataset is ours and is dropped after
-    writing, and the copy cost about a tenth of the writing time. Anything unusual (no or an unknown
-    transfer syntax, deflate, a preamble of the wrong size, group 0 or 2 in the dataset) goes to pydicom.
-    """
-    meta = ds.file_meta
-    ts = meta.get("TransferSyntaxUID")
-    preamble = getattr(ds, "preamble", None) or b"\x00" * 128
-    if (
-        ts is None
-        or not ts.is_transfer_syntax
-        or ts.is_private
-        or ts == DeflatedExplicitVRLittleEndian
-        or len(preamble) != 128
-        or any(t >> 16 in (0, 2) for t in ds._dict)
-    ):
-        ds.save_as(path, enforce_file_format=True)
-        return
-    if "PixelData" in ds:
-        ds["PixelData"].is_undefined_length = ts.is_compressed
-    fp = DicomFile(str(path), "wb")
-    try:
-        fp.write(preamble)
-        fp.write(b"DICM")
-        _write_file_meta(fp, meta)
-        fp.is_implicit_VR, fp.is_little_endian = ts.is_implicit_VR, ts.is_little_endian
-        _write_dataset(fp, ds)
-    finally:
-        fp.close()
-
-
-_HEAD_IMPLICIT = {True: struct.Struct("<HHL"), False: struct.Struct(">HHL")}
-_HEAD_16 = {True: struct.Struct("<HH2sH"), False: struct.Struct(">HH2sH")}
-_HEAD_32 = {True: struct.Struct("<HH2sHL"), False: struct.Struct(">HH2sHL")}
-
-
-def _write_file_meta(fp: DicomIO, meta: FileMetaDataset) -> None:
-    """pydicom's ``write_file_meta_info(fp, meta, enforce_standard=True)``: the elements (explicit VR
-    little endian) after a File Meta Information Group Length that counts them, written once."""
-    validate_file_meta(meta, enforce_standard=True)
-    body = DicomBytesIO()
-    body.is_little_endian, body.is_implicit_VR = True, False
-    _write_dataset(body, meta, skip=0x00020000)
-    data = body.getvalue()
-    fp.write(_HEAD_16[True].pack(0x0002, 0x0000, b"UL", 4) + struct.pack("<L", len(data)))
-    fp.write(data)
-
-
-def _write_dataset(fp: DicomIO, ds: Dataset, skip: int | None = None) -> None:
-    """pydicom's ``write_dataset`` with a short path for the elements the engine left untouched.
-
-    An element still raw (as read, in the encoding it is written in, with a defined length) is written
-    as its tag, VR and length followed by its value bytes: exactly what pydicom's ``write_data_element``
-    writes for it, without its per-element buffer. Everything else (values medsight set, sequences,
-    undefined lengths, a change of encoding or character set) goes through pydicom.
-    """
-    implicit, little = fp.is_implicit_VR, fp.is_little_endian
-    if skip is None and (
-        (implicit, little) != ds.original_encoding or ds.original_character_set != ds._character_set
-    ):
-        write_dataset(fp, ds)
-        return
-    encoding = ds.get("SpecificCharacterSet", default_encoding)
-    head_implicit, head16, head32 = _HEAD_IMPLICIT[little], _HEAD_16[little], _HEAD_32[little]
-    write = fp.write
-    elements = ds._dict
-    # (a set difference: comparing BaseTags one by one runs pydicom's Python-level __eq__ per element)
-    for tag in sorted(elements.keys() - {BaseTag(skip)} if skip is not None else elements):
-        group, element = tag >> 16, tag & 0xFFFF
-        if element == 0 and group > 6:  # retired Group Length: not written (PS3.5 7.2), as pydicom does
-            continue
-        elem: Any = elements[tag]
-        value = elem.value
-        if (
-            elem.is_raw
-            and value is not None
-            and not elem.is_buffered
-            and elem.length != 0xFFFFFFFF
-            and elem.is_implicit_VR == implicit
-            and elem.is_little_endian == little
-        ):
-            n = len(value)
-            if implicit:
-                write(head_implicit.pack(group, element, n))
-                write(value)
-                continue
-            vr = elem.VR
-            if vr in EXPLICIT_VR_LENGTH_32:
-                write(head32.pack(group, element, vr.encode(), 0, n))
-                write(value)
-                continue
-            if vr and len(vr) == 2 and n <= 0xFFFF:
-                write(head16.pack(group, element, vr.encode(), n))
-                write(value)
-                continue
-        with tag_in_exception(tag):
-            write_data_element(fp, ds.get_item(tag), encoding)
 
 
 def process_file(path: Path, rel: str, index: int, job: Job, deid: Deidentifier) -> FileResult:
@@ -348,7 +227,7 @@ def process_file(path: Path, rel: str, index: int, job: Job, deid: Deidentifier)
         if why is not None:
             result.status, result.reason = "rejected", why
             return result
-        result.modality = str(ds.get("Modality", "") or "")
+        result.modality = str(peek(ds, 0x00080060, "") or "")
         result.flags = pixels.burned_in_reasons(ds)
         rule = pixels.find_rule(ds) if (job.clean_pixels and result.flags) else None
         if rule is not None:
@@ -374,11 +253,11 @@ def process_file(path: Path, rel: str, index: int, job: Job, deid: Deidentifier)
         result.review = sorted(set(outcome.review))
         result.needs_review = at_risk or bool(result.review)
         result.reid = outcome.reid
-        _ensure_file_meta(ds)
+        ensure_file_meta(ds)
         parts = [
-            str(ds.get("StudyInstanceUID", "") or "unknown-study"),
-            str(ds.get("SeriesInstanceUID", "") or "unknown-series"),
-            f"{ds.SOPInstanceUID}.dcm",
+            str(peek(ds, 0x0020000D, "") or "unknown-study"),
+            str(peek(ds, 0x0020000E, "") or "unknown-series"),
+            f"{peek(ds, 0x00080018)}.dcm",
         ]
         # atomic: written beside its staged name and renamed (the staging folder is ours alone, so no
         # random temporary name is needed; a partial file left by a stopped worker is removed with it)
@@ -627,7 +506,7 @@ def _mark(staging: Path, key: bytes, chunk: list[FileResult], reid_partial: Path
         return
     staging.mkdir(parents=True, exist_ok=True)
     records = {input_id(key, r.input): _record(r) for r in chunk}
-    write_json(staging / f"chunk-{next(iter(records))}.json", records)
+    write_json(staging / f"chunk-{next(iter(records))}.json", records, compact=True)
     if reid_partial is not None and any(r.reid for r in chunk):
         fd = os.open(reid_partial, os.O_WRONLY | os.O_APPEND | os.O_CREAT, 0o600)
         with os.fdopen(fd, "a", newline="") as f:
@@ -639,7 +518,7 @@ def _mark(staging: Path, key: bytes, chunk: list[FileResult], reid_partial: Path
 def _write_ledger(out_dir: Path, key: bytes, results: list[FileResult], settings: dict[str, Any]) -> None:
     """Every finished input of this and earlier runs, once all outputs are placed (atomically)."""
     files = {input_id(key, r.input): _record(r) for r in results if r.status != "not processed"}
-    write_json(out_dir / LEDGER, {"settings": settings, "files": files})
+    write_json(out_dir / LEDGER, {"settings": settings, "files": files}, compact=True)
 
 
 def _reid_partial(reid_path: Path | None) -> Path | None:

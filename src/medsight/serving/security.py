@@ -46,17 +46,10 @@ from sqlalchemy.exc import IntegrityError
 
 from medsight.errors import MedsightError
 from medsight.serving.database import write_transaction
+from medsight.serving.roles import ROLE_HELP as ROLE_HELP  # re-exported: its old home
+from medsight.serving.roles import ROLES
 
-#: Roles from least to most privileged; each role may do everything the roles before it may.
-ROLES: tuple[str, ...] = ("viewer", "radiologist", "admin")
 _RANK = {role: rank for rank, role in enumerate(ROLES)}
-
-#: What each role is for (shown by ``medsight users``).
-ROLE_HELP = {
-    "viewer": "read studies and results (QIDO-RS, WADO-RS)",
-    "radiologist": "read, and write verdicts",
-    "admin": "read, write, store (STOW-RS), trigger completion, manage users",
-}
 
 #: Bump when the tables change (the migration list in :func:`_ensure_schema` grows by one step).
 #: 2: ``medsight_users.password_scrypt`` (log-in passwords for the review workstation).
