@@ -1,16 +1,18 @@
 """De-identification speed: medsight (1 worker and 2 workers) vs dicognito vs a plain pydicom read-and-write
 loop, and the recall of the OCR text detection on text burned into the shared samples.
 
-dicognito and the plain loop run in one process, so the clean per-core comparison is medsight with 1 worker
-(a single process, no pool); the 2-worker run gives the overall speed and its per-core rate (files/s per
-worker). Every run also records the CPU seconds it used (all its processes), so files per CPU second compares
-the tools per core independently of how well this virtual machine runs two processes at once (measured too:
-``machine_two_process_scaling``, two pure-Python jobs in two processes vs one after the other).
-All four speed runs happen in this one run, on the same >= 1000 copies of the brain MR files (each copy
-given fresh UIDs first, since dicognito names its outputs by UID), so the machine's noise hits all alike.
-Figures, command, commit, date and the machine's load go to benchmarks/results/deid.json.
+The clean per-core comparison is command against command: ``python -m dicognito`` and ``python -m medsight
+deid --workers 1``, each a fresh single process (start-up and imports included). medsight is also timed as a
+library call in this process (1 worker, and N workers for the overall speed and its per-worker rate), beside
+a plain pydicom read+write loop. Every run records the CPU seconds it used (all its processes), so files per
+CPU second compare the tools per core independently of how well this virtual machine runs two processes at
+once (measured too: ``machine_two_process_scaling``). This machine's speed drifts by up to 2x within minutes,
+so every tool runs once per round, one after the other, for several rounds on the same >= 1000 copies of the
+brain MR files (fresh UIDs, since dicognito names its outputs by UID); each ratio is taken within a round and
+the median over rounds is reported with its range. Figures, command, commit, date and the machine's load go to
+benchmarks/results/deid.json.
 
-    python benchmarks/deid.py [--copies 12] [--workers 2]
+    python benchmarks/deid.py [--copies 12] [--workers 2] [--rounds 5]
 """
 
 from __future__ import annotations
@@ -18,11 +20,14 @@ from __future__ import annotations
 import argparse
 import datetime as dt
 import os
+import shutil
+import statistics
 import subprocess
 import sys
 import tempfile
 import time
 from pathlib import Path
+from typing import Any
 
 import pydicom
 from pydicom.uid import generate_uid
@@ -104,50 +109,81 @@ def two_process_scaling() -> float:
     return one / two
 
 
+def _median(values: list[float]) -> float:
+    return float(statistics.median(values))
+
+
 def main() -> None:
     parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
     parser.add_argument("--source", type=Path, default=data_root() / "udacity_brain_mr_dicom")
     parser.add_argument("--copies", type=int, default=12, help="copies of the 88 files (12 -> 1056)")
     parser.add_argument("--workers", type=int, default=2)
+    parser.add_argument("--rounds", type=int, default=5, help="rounds of every tool, one after the other")
     args = parser.parse_args()
     load_before = os.getloadavg()
+    rounds: list[dict[str, dict[str, float]]] = []
     with tempfile.TemporaryDirectory(prefix="deid-bench-") as tmp:
         root = Path(tmp)
         src = root / "in"
         src.mkdir()
         n = make_copies(args.source, src, args.copies)
-        print(f"{n} files ({args.copies} copies of {args.source.name}, fresh UIDs)")
-        for d in ("plain", "dicognito", "medsight1", "medsight"):
-            (root / d).mkdir()
-        plain = timed("plain pydicom read+write (1 proc)", n, lambda: plain_loop(src, root / "plain"))
-        cog = timed("dicognito 0.19 (1 proc)", n, lambda: subprocess.run(
-            [sys.executable, "-m", "dicognito", "--quiet", "-o", str(root / "dicognito"), str(src)],
-            check=True))
-        med1 = timed("medsight deid (1 worker)", n, lambda: deidentify(
-            src, root / "medsight1" / "out", key=bytes(32), workers=1, audit_log=None, progress=False))
-        written1 = sum(1 for _ in (root / "medsight1" / "out").rglob("*.dcm"))
-        med = timed(f"medsight deid ({args.workers} workers)", n, lambda: deidentify(
-            src, root / "medsight" / "out", key=bytes(32), workers=args.workers, audit_log=None,
-            progress=False))
-        written = sum(1 for _ in (root / "medsight" / "out").rglob("*.dcm"))
-        print(f"medsight wrote {written1} files (1 worker), {written} ({args.workers} workers); "
-              f"{'all' if written == written1 == n else 'NOT all'} of them")
-        single = med1 / cog
-        per_core = med / args.workers / cog
-        cpu_rate = {k: n / v for k, v in CPU_SECONDS.items()}
-        cog_cpu = cpu_rate["dicognito 0.19 (1 proc)"]
-        cpu_ratio = {"medsight_1_worker": cpu_rate["medsight deid (1 worker)"] / cog_cpu,
-                     f"medsight_{args.workers}_workers": cpu_rate[f"medsight deid ({args.workers} workers)"] / cog_cpu}
+        key_file = root / "key"
+        key_file.write_text(bytes(32).hex())
+        print(f"{n} files ({args.copies} copies of {args.source.name}, fresh UIDs), {args.rounds} rounds")
+        wrote_all = True
+        for r in range(args.rounds):
+            out = root / f"round{r}"
+            for d in ("plain", "dicognito", "cli", "lib1", "lib"):
+                (out / d).mkdir(parents=True)
+            runs = {
+                "plain pydicom read+write (1 process)": lambda o=out: plain_loop(src, o / "plain"),
+                "dicognito 0.19 (command, 1 process)": lambda o=out: subprocess.run(
+                    [sys.executable, "-m", "dicognito", "--quiet", "-o", str(o / "dicognito"), str(src)],
+                    check=True),
+                "medsight deid (command, 1 worker)": lambda o=out: subprocess.run(
+                    [sys.executable, "-m", "medsight", "-q", "deid", str(src), str(o / "cli" / "out"),
+                     "--workers", "1", "--key-file", str(key_file), "--audit-log", str(o / "audit.log"),
+                     "--no-progress"], check=True),
+                "medsight deid (library, 1 worker)": lambda o=out: deidentify(
+                    src, o / "lib1" / "out", key=bytes(32), workers=1, audit_log=None, progress=False),
+                f"medsight deid (library, {args.workers} workers)": lambda o=out: deidentify(
+                    src, o / "lib" / "out", key=bytes(32), workers=args.workers, audit_log=None,
+                    progress=False),
+            }
+            print(f"round {r + 1}")
+            this: dict[str, dict[str, float]] = {}
+            for label, fn in runs.items():
+                wall = timed(label, n, fn)
+                this[label] = {"files_per_second": wall, "files_per_cpu_second": n / CPU_SECONDS[label]}
+            rounds.append(this)
+            for d in ("cli", "lib1", "lib"):
+                wrote_all &= sum(1 for _ in (out / d / "out").rglob("*.dcm")) == n
+            shutil.rmtree(out)
         scaling = two_process_scaling()
-        print(f"per CPU second: medsight 1 worker {cpu_ratio['medsight_1_worker']:.2f}x dicognito, "
-              f"{args.workers} workers {cpu_ratio[f'medsight_{args.workers}_workers']:.2f}x; "
-              f"this machine runs 2 processes {scaling:.2f}x as fast as 1")
-        print(f"per core, 1 worker: medsight {med1:.1f} files/s = {single:.2f}x dicognito "
-              f"({med1 / plain:.2f}x the plain loop)")
-        print(f"per core, {args.workers} workers: medsight {med / args.workers:.1f} files/s per worker = "
-              f"{per_core:.2f}x dicognito")
-        print(f"overall, {args.workers} workers: medsight {med:.1f} files/s = {med / cog:.2f}x dicognito "
-              f"({med / plain:.2f}x the plain loop)")
+    cog = "dicognito 0.19 (command, 1 process)"
+    labels = list(rounds[0])
+    medsight = [k for k in labels if k.startswith("medsight")]
+
+    def ratios(label: str, measure: str, per_worker: int = 1) -> list[float]:
+        return [rd[label][measure] / per_worker / rd[cog][measure] for rd in rounds]
+
+    summary: dict[str, Any] = {}
+    for label in medsight:
+        workers = args.workers if label.endswith(f"{args.workers} workers)") else 1
+        cpu, per_core = ratios(label, "files_per_cpu_second"), ratios(label, "files_per_second", workers)
+        summary[label] = {
+            "per_cpu_second_over_dicognito": {"median": round(_median(cpu), 2), "min": round(min(cpu), 2),
+                                              "max": round(max(cpu), 2), "rounds": [round(x, 2) for x in cpu]},
+            "per_core_wall_over_dicognito": {"median": round(_median(per_core), 2),
+                                             "min": round(min(per_core), 2), "max": round(max(per_core), 2)},
+        }
+        if workers > 1:
+            overall = ratios(label, "files_per_second")
+            summary[label]["overall_wall_over_dicognito"] = {
+                "median": round(_median(overall), 2), "min": round(min(overall), 2), "max": round(max(overall), 2)}
+        print(f"{label}: per CPU second {summary[label]['per_cpu_second_over_dicognito']['median']:.2f}x "
+              f"dicognito (rounds {min(cpu):.2f}-{max(cpu):.2f})")
+    print(f"this machine ran 2 processes {scaling:.2f}x as fast as 1")
     ocr_result: dict[str, object] = {}
     if ocr.available():
         start = time.perf_counter()
@@ -175,18 +211,16 @@ def main() -> None:
         "load_average_1_5_15": {"before": [round(x, 2) for x in load_before],
                                 "after": [round(x, 2) for x in load_after]},
         "files": n,
-        "files_per_second": {"plain_pydicom_1_process": round(plain, 1), "dicognito_0_19_1_process": round(cog, 1),
-                             "medsight_1_worker": round(med1, 1),
-                             f"medsight_{args.workers}_workers": round(med, 1)},
-        "files_per_cpu_second": {k: round(v, 1) for k, v in cpu_rate.items()},
-        "per_cpu_second_over_dicognito": {k: round(v, 2) for k, v in cpu_ratio.items()},
+        "rounds": args.rounds,
+        "workers": args.workers,
+        "median_files_per_second": {k: round(_median([rd[k]["files_per_second"] for rd in rounds]), 1)
+                                    for k in labels},
+        "median_files_per_cpu_second": {k: round(_median([rd[k]["files_per_cpu_second"] for rd in rounds]), 1)
+                                        for k in labels},
+        "over_dicognito": summary,
+        "per_round": [{k: {m: round(v, 1) for m, v in rd[k].items()} for k in labels} for rd in rounds],
         "machine_two_process_scaling": round(scaling, 2),
-        "medsight_1_worker_over_dicognito": round(single, 2),
-        f"medsight_{args.workers}_workers_per_core_over_dicognito": round(per_core, 2),
-        f"medsight_{args.workers}_workers_over_dicognito": round(med / cog, 2),
-        "medsight_1_worker_over_plain_loop": round(med1 / plain, 2),
-        f"medsight_{args.workers}_workers_over_plain_loop": round(med / plain, 2),
-        "medsight_wrote_all": written == written1 == n,
+        "medsight_wrote_all": wrote_all,
         "ocr_text_detection": ocr_result,
     })
     print(f"figures written to {RESULTS}")

@@ -63,7 +63,10 @@ def save(ds: Dataset, path: Path) -> None:
     ):
         ds.save_as(path, enforce_file_format=True)
         return
-    if "PixelData" in ds:
+    pixels: Any = ds._dict.get(BaseTag(0x7FE00010))
+    # the pixel data's length encoding follows the transfer syntax; a raw element already in the right one
+    # stays raw (decoding it would copy the whole value and send it through pydicom's writer)
+    if pixels is not None and not (pixels.is_raw and (pixels.length == 0xFFFFFFFF) == ts.is_compressed):
         ds["PixelData"].is_undefined_length = ts.is_compressed
     fp = DicomFile(str(path), "wb")
     try:
@@ -150,12 +153,13 @@ def _write_dataset(fp: DicomIO, ds: Dataset, skip: int | None = None, parent_enc
     of encoding or character set) goes through pydicom.
     """
     implicit, little = fp.is_implicit_VR, fp.is_little_endian
-    if skip is None and (
+    if skip is None and not _made_here(ds) and (
         (implicit, little) != ds.original_encoding or ds.original_character_set != ds._character_set
     ):
         write_dataset(fp, ds, parent_encoding=parent_encoding or default_encoding)
         return
     encoding = peek(ds, 0x00080005, parent_encoding or default_encoding)  # Specific Character Set
+    ascii_text = isinstance(encoding, str) and encoding.strip() in _ASCII_CHARSETS
     head_implicit, head16, head32 = _HEAD_IMPLICIT[little], _HEAD_16[little], _HEAD_32[little]
     write = fp.write
     elements = ds._dict
@@ -181,7 +185,7 @@ def _write_dataset(fp: DicomIO, ds: Dataset, skip: int | None = None, parent_enc
             _write_sequence(fp, tag, elem, encoding)
             continue
         elif value is not None:
-            data = _simple_value(vr, value, little)
+            data = _simple_value(vr, value, little, ascii_text)
         if data is not None:
             n = len(data)
             if implicit:
@@ -198,6 +202,14 @@ def _write_dataset(fp: DicomIO, ds: Dataset, skip: int | None = None, parent_enc
                 continue
         with tag_in_exception(tag):
             write_data_element(fp, ds.get_item(tag), encoding)
+
+
+def _made_here(ds: Dataset) -> bool:
+    """A dataset medsight built (a code item): no encoding of its own, nothing raw to re-encode, and no
+    ambiguous VR for pydicom to settle, so the short paths write it as pydicom would."""
+    return ds.original_encoding == (None, None) and all(
+        not e.is_raw and e.VR is not None and len(e.VR) == 2 for e in ds._dict.values()
+    )
 
 
 _ITEM = {True: struct.pack("<HH", 0xFFFE, 0xE000), False: struct.pack(">HH", 0xFFFE, 0xE000)}
@@ -235,17 +247,23 @@ def _write_sequence(fp: DicomIO, tag: int, elem: Any, encoding: Any) -> None:
 
 #: VRs whose values are plain ASCII strings in every character set (PS3.5 6.2), with their padding byte.
 _ASCII_VRS = {"UI": b"\x00", "CS": b" ", "DA": b" ", "TM": b" ", "DT": b" ", "AS": b" ", "AE": b" "}
+#: Text VRs whose values take the dataset's character set: ASCII values are the same bytes in these sets.
+_TEXT_VRS = {"SH", "LO", "ST", "LT", "UC", "UT"}
+_ASCII_CHARSETS = {"", "ISO_IR 6", "ISO_IR 100", "ISO_IR 192", "ISO 2022 IR 6", "ISO 2022 IR 100", "iso8859"}
 #: Integer VRs and their struct codes.
 _INT_VRS = {"US": "H", "SS": "h", "UL": "L", "SL": "l"}
 
 
-def _simple_value(vr: str, value: Any, little: bool) -> bytes | None:
-    """The encoded value of a decoded element when it is a plain number or ASCII string; None otherwise."""
+def _simple_value(vr: str, value: Any, little: bool, ascii_text: bool) -> bytes | None:
+    """The encoded value of a decoded element when it is a plain number or ASCII string; None otherwise.
+
+    ``ascii_text``: the character set encodes ASCII as ASCII, so text VRs (LO, SH...) are handled too.
+    """
     if vr in _INT_VRS:
         if type(value) is int:
             return struct.pack(("<" if little else ">") + _INT_VRS[vr], value)
         return None
-    pad = _ASCII_VRS.get(vr)
+    pad = _ASCII_VRS.get(vr) or (b" " if ascii_text and vr in _TEXT_VRS else None)
     if pad is None:
         return None
     if isinstance(value, str):
