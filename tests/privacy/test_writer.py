@@ -11,7 +11,7 @@ import pytest
 
 from medsight.privacy.engine import Deidentifier
 from medsight.privacy.run import problem
-from medsight.privacy.writer import ensure_file_meta, save
+from medsight.io.dicom_write import ensure_file_meta, save
 
 KEY = bytes(range(32))
 

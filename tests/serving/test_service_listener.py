@@ -296,3 +296,27 @@ def test_an_occupied_port_is_a_clear_error(tmp_path: Path, request: pytest.Fixtu
     second = DicomListener(ListenerSettings("MEDSIGHT", port=first.port, allow_any=True), Part10Sink(tmp_path))
     with pytest.raises(MedsightError, match=r"cannot listen on 127\.0\.0\.1"):
         second.start()
+
+
+def test_a_stream_cut_anywhere_is_refused_and_a_whole_one_decodes(samples: Path) -> None:
+    """One pass over the elements tells a whole stream from one cut in a value, in a header or after junk."""
+    from pydicom.filebase import DicomBytesIO
+    from pydicom.filewriter import write_dataset
+
+    from medsight.serving.listener import decode_stream
+
+    for name in ("pydicom_test_files/MR_small.dcm", "pydicom_test_files/CT_small.dcm", "pydicom_data/693_UNCR.dcm"):
+        ds = dcmread(samples / name)
+        ts = ds.file_meta.TransferSyntaxUID
+        fp = DicomBytesIO()
+        fp.is_implicit_VR, fp.is_little_endian = ts.is_implicit_VR, ts.is_little_endian
+        write_dataset(fp, ds)
+        raw = fp.getvalue()
+        whole = decode_stream(raw, ts.is_implicit_VR, ts.is_little_endian)
+        assert whole.SOPInstanceUID == ds.SOPInstanceUID
+        pixel = ds["PixelData"]
+        header = 8 if ts.is_implicit_VR else 12
+        cut_in_header = len(raw) - len(pixel.value) - header + 5 if not pixel.is_undefined_length else None
+        for bad in (raw[:-3000], raw + b"\x08\x00\x10", raw[:cut_in_header] if cut_in_header else raw[:-7]):
+            with pytest.raises(EOFError):
+                decode_stream(bad, ts.is_implicit_VR, ts.is_little_endian)

@@ -40,12 +40,12 @@ from tqdm import tqdm
 from medsight.errors import MedsightError
 from medsight.io.atomic import write_json, write_text
 from medsight.io.dicom import is_dicom_file, is_dicomdir, open_dicom, peek
+from medsight.io.dicom_write import ensure_file_meta, save
 from medsight.privacy import ocr, pixels
 from medsight.privacy.engine import Deidentifier
 from medsight.privacy.profile import CLEAN_PIXEL_CODE, iod_types
 from medsight.privacy.pseudonyms import key_id
 from medsight.privacy.report import FileResult, RunReport, append_audit, write_reports
-from medsight.privacy.writer import ensure_file_meta, save
 
 DEFAULT_AUDIT_LOG = Path.home() / ".medsight" / "deid_audit.log"
 CHUNK = 24

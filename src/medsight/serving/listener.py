@@ -536,10 +536,42 @@ def _decode(event: evt.Event) -> tuple[Dataset, bytes | None]:
         raw = received = stream.getvalue()
         if syntax.is_deflated:
             raw = zlib.decompress(raw, -zlib.MAX_WBITS)
-        _check_complete(raw, syntax.is_implicit_VR, syntax.is_little_endian)
-        dataset = read_dataset(BytesIO(raw), syntax.is_implicit_VR, syntax.is_little_endian)
+        dataset = decode_stream(raw, syntax.is_implicit_VR, syntax.is_little_endian)
     dataset.file_meta = event.file_meta
     return dataset, received
+
+
+def decode_stream(raw: bytes, implicit_vr: bool, little_endian: bool) -> Dataset:
+    """A received data set (no file meta) decoded; EOFError when the stream was cut short anywhere."""
+    dataset = read_dataset(BytesIO(raw), implicit_vr, little_endian)
+    if not _read_whole(dataset, len(raw)):
+        _check_complete(raw, implicit_vr, little_endian)
+    return dataset
+
+
+def _read_whole(dataset: Dataset, size: int) -> bool:
+    """True when ``dataset`` (just read from ``size`` bytes) is whole: every value as long as its header said and
+    the last element ending exactly at the end of the stream. False when that cannot be told from the elements
+    (the last one is a sequence or has an undefined length): then the stream is walked again. Raises EOFError
+    for a value cut short (pydicom alone would quietly keep the shorter value).
+
+    One pass instead of two: walking every element a second time cost a tenth of an instance's receive time.
+    """
+    last: Any = None
+    elem: Any
+    for elem in dataset._dict.values():
+        if not elem.is_raw:
+            last = elem
+            continue
+        value, length = elem.value, elem.length
+        if isinstance(value, bytes) and length != 0xFFFFFFFF and len(value) < length:
+            raise EOFError("data set truncated")
+        last = elem
+    if last is None or not last.is_raw or last.length == 0xFFFFFFFF or last.value is None:
+        return False
+    if last.value_tell + last.length != size:
+        raise EOFError("data set truncated")
+    return True
 
 
 def _check_complete(raw: bytes, implicit_vr: bool, little_endian: bool) -> None:

@@ -27,9 +27,8 @@ from pathlib import Path
 from typing import Any
 
 import pydicom
+from pydicom.datadict import tag_for_keyword
 from pydicom.dataset import Dataset, FileMetaDataset
-from pydicom.filebase import DicomFileLike
-from pydicom.filewriter import write_file_meta_info
 from pydicom.uid import PYDICOM_IMPLEMENTATION_UID, ExplicitVRBigEndian, ExplicitVRLittleEndian, ImplicitVRLittleEndian
 from sqlalchemy import (
     Boolean,
@@ -53,6 +52,8 @@ from sqlalchemy import (
 from sqlalchemy.sql.elements import ColumnElement
 
 from medsight.errors import MedsightError
+from medsight.io.dicom import peek
+from medsight.io.dicom_write import write_file_meta
 from medsight.serving.database import insert, migrate, write_transaction
 
 RECEIVING, COMPLETE, PROCESSED = "receiving", "complete", "processed"
@@ -369,7 +370,7 @@ class StudyStore:
         try:
             if encoded is not None:
                 buffer.write(b"\x00" * 128 + b"DICM")
-                write_file_meta_info(DicomFileLike(buffer), dataset.file_meta, enforce_standard=True)
+                write_file_meta(buffer, dataset.file_meta)  # pydicom's bytes, without its per-element cost
                 buffer.write(encoded)
             else:
                 pydicom.dcmwrite(buffer, dataset, enforce_file_format=True)
@@ -723,10 +724,17 @@ def _check_uid(value: Any, keyword: str) -> str:
 
 def _required_uid(ds: Dataset, keyword: str) -> str:
     try:
-        value = ds.get(keyword)
+        value = peek(ds, _tag(keyword))
     except Exception:
         value = None
     return _check_uid(value, keyword)
+
+
+def _tag(keyword: str) -> int:
+    tag = tag_for_keyword(keyword)
+    if tag is None:  # pragma: no cover - the keywords are ours
+        raise KeyError(keyword)
+    return int(tag)
 
 
 def _ensure_file_meta(ds: Dataset, sop_class_uid: str, sop_uid: str) -> str:
@@ -751,7 +759,7 @@ def _ensure_file_meta(ds: Dataset, sop_class_uid: str, sop_uid: str) -> str:
 def _text(ds: Dataset, keyword: str) -> str | None:
     """A Type 2/3 attribute as text, None when absent, empty or undecodable (never an error)."""
     try:
-        value = ds.get(keyword)
+        value = peek(ds, _tag(keyword))  # UIDs, codes, dates and numbers read without decoding the element
     except Exception:
         return None
     if value is None:

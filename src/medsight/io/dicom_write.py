@@ -72,7 +72,7 @@ def save(ds: Dataset, path: Path) -> None:
     try:
         fp.write(preamble)
         fp.write(b"DICM")
-        _write_file_meta(fp, meta)
+        write_file_meta(fp, meta)
         fp.is_implicit_VR, fp.is_little_endian = ts.is_implicit_VR, ts.is_little_endian
         _write_dataset(fp, ds)
     finally:
@@ -84,9 +84,10 @@ _HEAD_16 = {True: struct.Struct("<HH2sH"), False: struct.Struct(">HH2sH")}
 _HEAD_32 = {True: struct.Struct("<HH2sHL"), False: struct.Struct(">HH2sHL")}
 
 
-#: File meta elements that must be present with a value (PS3.10 7.1); with them, pydicom's validation has
-#: nothing to add, so the writer below skips it.
+#: File meta elements that must be present with a value (PS3.10 7.1); with them and an Implementation Version
+#: Name, pydicom's validation has nothing to add, so the writer below skips it.
 _META_REQUIRED = tuple(BaseTag(t) for t in (0x00020001, 0x00020002, 0x00020003, 0x00020010, 0x00020012))
+_IMPLEMENTATION_VERSION_NAME = BaseTag(0x00020013)
 #: How each text VR of the file meta is padded to an even length (PS3.5 6.2).
 _META_PAD = {"UI": b"\x00", "OB": b"\x00", "SH": b" ", "AE": b" ", "CS": b" ", "LO": b" "}
 
@@ -123,7 +124,7 @@ def _meta_bytes(meta: FileMetaDataset) -> bytes | None:
     return b"".join(out)
 
 
-def _write_file_meta(fp: DicomIO, meta: FileMetaDataset) -> None:
+def write_file_meta(fp: DicomIO | Any, meta: FileMetaDataset) -> None:
     """pydicom's ``write_file_meta_info(fp, meta, enforce_standard=True)``: the elements (explicit VR
     little endian) after a File Meta Information Group Length that counts them, written once.
 
@@ -132,7 +133,9 @@ def _write_file_meta(fp: DicomIO, meta: FileMetaDataset) -> None:
     bytes are pydicom's (a test compares them on every shared sample).
     """
     data = None
-    if all(t in meta._dict and meta._dict[t].value not in (None, b"", "") for t in _META_REQUIRED):
+    if _IMPLEMENTATION_VERSION_NAME in meta._dict and all(
+        t in meta._dict and meta._dict[t].value not in (None, b"", "") for t in _META_REQUIRED
+    ):
         data = _meta_bytes(meta)
     if data is None:
         validate_file_meta(meta, enforce_standard=True)
