@@ -209,13 +209,7 @@ def _write(
             "left_out": dict(left_out),
             "verdicts": len(verdicts),
             "bundles_judged": sorted({v.bundle_checksum for v in verdicts}),
-            "frozen_split": {
-                "file": str(split.path),
-                "units": len(split.assignments),
-                "new_units": split.added,
-                "method": split.to_json()["method"],
-                "val_share": split.val_share,
-            },
+            "frozen_split": _split_summary(split),
             "labels_from": "each reader's newest verdict per finding (reader_label); findings with conflicting "
             "readers left out",
         }
@@ -502,6 +496,17 @@ def _write_detection(
     return summary
 
 
+def _split_summary(split: FrozenSplit) -> dict[str, Any]:
+    """What every export records of the frozen split it used."""
+    return {
+        "file": str(split.path),
+        "units": len(split.assignments),
+        "new_units": split.added,
+        "method": split.to_json()["method"],
+        "val_share": split.val_share,
+    }
+
+
 def _finish(
     out: Path,
     summary: dict[str, Any],
@@ -520,13 +525,7 @@ def _finish(
         "left_out": dict(left_out),
         "verdicts": len(verdicts),
         "bundles_judged": sorted({v.bundle_checksum for v in verdicts}),
-        "frozen_split": {
-            "file": str(split.path),
-            "units": len(split.assignments),
-            "new_units": split.added,
-            "method": split.to_json()["method"],
-            "val_share": split.val_share,
-        },
+        "frozen_split": _split_summary(split),
         "labels_from": "each reader's newest verdict per finding (edited masks/boxes, the AI's on agree, removed on "
         "disagree); findings with conflicting readers left out",
     }
