@@ -7,11 +7,13 @@ Every timing of a kind runs in this one invocation, so load on the machine hits 
 before and after go to the results. Writes benchmarks/results/scale.json (figures, command, commit, date, seeds).
 
     MEDSIGHT_THREADS=2 python benchmarks/scale.py [--epochs 3] [--seeds 0] [--files 10000] [--inputs 2000]
+                                                  [--parts training batch]
 """
 
 from __future__ import annotations
 
 import argparse
+import json
 import os
 import sys
 import tempfile
@@ -84,13 +86,37 @@ def main() -> int:
     p.add_argument("--files", type=int, default=10_000, help="de-identification inputs")
     p.add_argument("--inputs", type=int, default=2_000, help="prediction inputs")
     p.add_argument("--out", type=Path, default=RESULTS)
+    p.add_argument("--parts", nargs="+", choices=("training", "batch"), default=["training", "batch"],
+                   help="what to measure; a part left out keeps its figures (and their provenance) from --out")
     args = p.parse_args()
     record: dict[str, Any] = provenance("scale.py", seeds=args.seeds, data=DATA, epochs=args.epochs)
     key = bytes(range(32))
+    earlier: dict[str, Any] = json.loads(args.out.read_text()) if args.out.exists() else {}
+    here = {"commit": record.get("commit"), "date": record.get("date"), "command": record.get("command")}
+    record["parts"] = {}
+    for part, keys in (("training", ("training",)), ("batch", ("deid", "predict"))):
+        if part not in args.parts:
+            if not all(k in earlier for k in keys):
+                raise SystemExit(f"--parts leaves out {part}, but {args.out} holds no {part} figures to keep")
+            record.update({k: earlier[k] for k in keys})
+            record["parts"][part] = earlier.get("parts", {}).get(part) or {
+                k: earlier.get(k) for k in ("commit", "date", "command")}
+        else:
+            record["parts"][part] = here
     with tempfile.TemporaryDirectory(prefix="medsight-scale-") as tmp:
         work = Path(tmp)
-        record["training"] = {str(seed): training(args.epochs, seed, work) for seed in args.seeds}
+        if "training" in args.parts:
+            record["training"] = {str(seed): training(args.epochs, seed, work) for seed in args.seeds}
+        if "batch" not in args.parts:
+            record["load_average_1min_after"] = round(os.getloadavg()[0], 2)
+            write_json(args.out, record)
+            print(f"results: {args.out}")
+            return 0
         bundle = work / f"single-{args.seeds[0]}"
+        if not bundle.exists():
+            meta_options = tasks.get("classification").Options.from_mapping(
+                {"seed": args.seeds[0], "epochs": args.epochs}, "classification")
+            tasks.get("classification").train(DATA, bundle, meta_options)
         mr = sorted((data_root() / "udacity_brain_mr_dicom").rglob("*.dcm"))
         deid_in = copies(mr, args.files, work / "deid_in")
         pred_in = copies([data_root() / RADIOGRAPH], args.inputs, work / "pred_in")

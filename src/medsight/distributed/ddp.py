@@ -16,11 +16,12 @@ Without a process group every function here is a no-op, so single-process traini
 
 from __future__ import annotations
 
-from collections.abc import Callable
+from collections.abc import Callable, Iterator
 from typing import Any
 
 import torch
 from torch import nn
+from torch.utils.data import Sampler
 
 
 def world() -> tuple[int, int]:
@@ -78,6 +79,39 @@ def shard(batch: Any) -> Any:
     if _samples(batch) < size:
         return None
     return _split(batch, rank, size)
+
+
+def part(length: int, rank: int, size: int) -> tuple[int, int]:
+    """[start, end) of rank ``rank``'s part of ``length`` samples: ``torch.tensor_split``'s partition."""
+    q, r = divmod(length, size)
+    start = rank * q + min(rank, r)
+    return start, start + q + (1 if rank < r else 0)
+
+
+class RankBatches(Sampler[list[int]]):
+    """The shuffled global batches one worker would draw (the same seeded generator), each cut to this rank's part
+    before any sample is loaded, so a rank reads and augments only its own samples.
+
+    ``shard`` cuts a batch already built: every rank would then augment the whole batch and keep 1/N of it, which
+    made two ranks slower than one process when augmentation sets the pace. A batch with fewer samples than ranks
+    is skipped by every rank alike, as ``shard`` skips it. With one rank this is the usual shuffled batching.
+    """
+
+    def __init__(self, n: int, batch_size: int, generator: torch.Generator) -> None:
+        self.n, self.batch_size, self.generator = n, batch_size, generator
+
+    def __len__(self) -> int:
+        return (self.n + self.batch_size - 1) // self.batch_size
+
+    def __iter__(self) -> Iterator[list[int]]:
+        rank, size = world()
+        order = torch.randperm(self.n, generator=self.generator).tolist()  # what RandomSampler draws
+        for first in range(0, self.n, self.batch_size):
+            batch = order[first : first + self.batch_size]
+            if len(batch) < size:
+                continue
+            start, end = part(len(batch), rank, size)
+            yield batch[start:end]
 
 
 def _samples(batch: Any) -> int:

@@ -102,7 +102,11 @@ class Engine:
         device: str = "cpu",
         amp: bool | None = None,
         grad_clip: float | None = None,
+        rank_batches: bool = False,
     ) -> None:
+        """``rank_batches``: ``batches`` already gives this rank its part of each global batch
+        (:class:`medsight.distributed.ddp.RankBatches`); otherwise each global batch is cut here."""
+        self.rank_batches = rank_batches
         self.model = model
         self.optimizer = optimizer
         self.step = step
@@ -135,7 +139,7 @@ class Engine:
                 self.model.train()
                 self.fire(Event.EPOCH_STARTED)
                 for whole in self.batches(s.epoch):
-                    batch = ddp.shard(whole)  # this rank's part (all of it with one rank)
+                    batch = whole if self.rank_batches else ddp.shard(whole)  # this rank's part (all with one rank)
                     if batch is None:  # fewer samples than ranks: every rank skips it alike
                         continue
                     self.fire(Event.ITERATION_STARTED)

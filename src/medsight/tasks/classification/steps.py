@@ -11,12 +11,14 @@ import os
 import time
 from collections.abc import Callable, Iterator
 from dataclasses import dataclass
+from typing import Any
 
 import numpy as np
 import torch
 from torch import nn
 from torch.utils.data import DataLoader
 
+from medsight.distributed import ddp
 from medsight.training.engine import prefetch
 from medsight.training.trainer import AugmentedArrays, predict_logits
 
@@ -71,13 +73,17 @@ def loader(
     n_workers = loader_workers(device, os.cpu_count()) if workers is None else workers
     generator = torch.Generator().manual_seed(seed)
     data = AugmentedArrays(images, labels, augment)
+    # one of several DDP ranks: each loads and augments only its part of every global batch
+    batching: dict[str, Any] = (
+        {"batch_sampler": ddp.RankBatches(len(data), batch_size, generator)}
+        if ddp.active()
+        else {"batch_size": batch_size, "shuffle": True, "generator": generator}
+    )
     if n_workers == 0:
-        return DataLoader(data, batch_size=batch_size, shuffle=True, generator=generator)
+        return DataLoader(data, **batching)
     return MonaiDataLoader(
         data,
-        batch_size=batch_size,
-        shuffle=True,
-        generator=generator,
+        **batching,
         num_workers=n_workers,
         pin_memory=device.startswith("cuda"),
         persistent_workers=True,

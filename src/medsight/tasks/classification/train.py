@@ -19,6 +19,7 @@ from medsight.data import splits
 from medsight.data.dataset import ClassificationData, SplitData
 from medsight.data.fingerprint import case_hashes, training_record
 from medsight.data.fingerprint_stats import array_samples, distribution_fingerprint
+from medsight.distributed import ddp
 from medsight.errors import MedsightError
 from medsight.evaluation.calibration import TemperatureScaler
 from medsight.evaluation.conformal import DEFAULT_ALPHA
@@ -157,6 +158,7 @@ def fit(model: nn.Module, data: ClassificationData, plan: ClassificationPlan, se
             Progress("train"),
         ],
         device=device,
+        rank_batches=ddp.active(),  # the loader gives each rank its part (steps.loader)
     )
     return engine.run()
 
