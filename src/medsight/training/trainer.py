@@ -11,6 +11,7 @@ import torch
 from torch import nn
 from torch.utils.data import DataLoader, Dataset
 
+from medsight.distributed import ddp
 from medsight.training.engine import EarlyStopping, Engine, KeepBest, LRSchedule, Progress, TimeBudget, Validate
 
 log = logging.getLogger("medsight.train")
@@ -85,7 +86,12 @@ def fit(
     """
     device = torch.device(config.device)
     generator = torch.Generator().manual_seed(config.seed)
-    loader = DataLoader(train_set, batch_size=config.batch_size, shuffle=True, generator=generator, drop_last=False)
+    sharded = ddp.active()  # one of several DDP ranks: load and augment only this rank's part of each batch
+    loader = (
+        DataLoader(train_set, batch_sampler=ddp.RankBatches(len(train_set), config.batch_size, generator))  # type: ignore[arg-type]
+        if sharded
+        else DataLoader(train_set, batch_size=config.batch_size, shuffle=True, generator=generator, drop_last=False)
+    )
     optimizer = torch.optim.AdamW(model.parameters(), lr=config.lr, weight_decay=config.weight_decay)
 
     loss = loss.to(device)  # a class-balanced loss holds its weights as buffers: they go where the batches go
@@ -112,6 +118,7 @@ def fit(
             Progress("train"),
         ],
         device=str(device),
+        rank_batches=sharded,
     )
     s = engine.run()
     return TrainResult(s.best_epoch, float(s.best_score), s.epoch, s.elapsed, s.stopped_by, s.history, s.warnings)
