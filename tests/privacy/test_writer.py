@@ -9,9 +9,9 @@ from pathlib import Path
 import pydicom
 import pytest
 
+from medsight.io.dicom_write import ensure_file_meta, save
 from medsight.privacy.engine import Deidentifier
 from medsight.privacy.run import problem
-from medsight.io.dicom_write import ensure_file_meta, save
 
 KEY = bytes(range(32))
 
