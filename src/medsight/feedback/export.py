@@ -34,7 +34,7 @@ import csv
 import io
 import logging
 from collections import Counter
-from collections.abc import Sequence
+from collections.abc import Callable, Sequence
 from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
@@ -97,11 +97,17 @@ def export(config_path: Path | None, model: str, out: Path, actor: str = "medsig
         if route.task in ("segmentation", "detection"):
             results_dir = data_dir / "results"
             write = _write_segmentation if route.task == "segmentation" else _write_detection
-            summary = write(out, store, results_dir, key, split, by_finding, label_names, left_out)
-            if not summary["cases"]:
-                raise MedsightError(f"none of the {len(by_finding)} reviewed finding(s) of {model!r} could be "
-                                    "exported: " + "; ".join(f"{n} {why}" for why, n in left_out.items()))  # fmt: skip
-            summary = _finish(out, summary, model, route, split, left_out, verdicts)
+
+            def complete(partial: dict[str, Any]) -> dict[str, Any]:
+                """The whole export.json, or an error that leaves no data set behind (raised inside its
+                temporary folder)."""
+                if not partial["cases"]:
+                    reasons = "; ".join(f"{n} {why}" for why, n in left_out.items())
+                    raise MedsightError(f"none of the {len(by_finding)} reviewed finding(s) of {model!r} could be "
+                                        f"exported: {reasons}")
+                return _export_summary(partial, model, route, split, left_out, verdicts)
+
+            summary = write(out, store, results_dir, key, split, by_finding, label_names, left_out, complete)
             split.save()  # only once the data set is written: a failed export assigns nothing
             _audit(data_dir, actor, model, summary["cases"], left_out)
             return summary
@@ -347,6 +353,7 @@ def _write_segmentation(
     by_finding: dict[tuple[str, str], list[Any]],
     label_names: list[str],
     left_out: Counter[str],
+    complete: Callable[[dict[str, Any]], dict[str, Any]] = dict,
 ) -> dict[str, Any]:
     """The pairs folder: ``images/<case>.tif``, ``labels/<case>.png``, ``medsight_splits.json``."""
     from PIL import Image
@@ -406,11 +413,11 @@ def _write_segmentation(
             })  # fmt: skip
         write_json(tmp / "cases.json", sorted(cases, key=lambda c: c["case"]))
         counts = Counter(c["split"] for c in cases)
-        summary: dict[str, Any] = {
+        summary = complete({
             "layout": "pairs (images/*.tif + labels/*.png, medsight_splits.json)",
             "cases": len(cases),
             "by_split": {s: {"cases": counts[s]} for s in ("train", "val")},
-        }
+        })
         write_json(tmp / "export.json", summary)
     return summary
 
@@ -442,6 +449,7 @@ def _write_detection(
     by_finding: dict[tuple[str, str], list[Any]],
     label_names: list[str],
     left_out: Counter[str],
+    complete: Callable[[dict[str, Any]], dict[str, Any]] = dict,
 ) -> dict[str, Any]:
     """COCO: ``annotations.json`` + ``images/<case>.tif``; boxes ``[x, y, w, h]`` in the image's pixels."""
     from medsight.io.images import read_image
@@ -483,7 +491,7 @@ def _write_detection(
         write_json(tmp / "annotations.json", {"images": images, "annotations": annotations, "categories": categories})
         boxed = {a["image_id"] for a in annotations}
         counts = Counter((i["metadata"]["split"], i["id"] in boxed) for i in images)
-        summary: dict[str, Any] = {
+        summary = complete({
             "layout": "COCO (annotations.json + images/*.tif; images[].metadata.split = the frozen split)",
             "cases": len(images),
             "boxes": len(annotations),
@@ -491,7 +499,7 @@ def _write_detection(
                 s: {"images with boxes": counts[(s, True)], "images without": counts[(s, False)]}
                 for s in ("train", "val")
             },
-        }
+        })
         write_json(tmp / "export.json", summary)
     return summary
 
@@ -507,8 +515,7 @@ def _split_summary(split: FrozenSplit) -> dict[str, Any]:
     }
 
 
-def _finish(
-    out: Path,
+def _export_summary(
     summary: dict[str, Any],
     model: str,
     route: Any,
@@ -516,7 +523,7 @@ def _finish(
     left_out: Counter[str],
     verdicts: Sequence[Any],
 ) -> dict[str, Any]:
-    """Complete ``export.json`` (written inside the data set) with what every export says."""
+    """``summary`` completed with what every export.json says."""
     full = {
         "model": model,
         "task": route.task,
@@ -529,5 +536,4 @@ def _finish(
         "labels_from": "each reader's newest verdict per finding (edited masks/boxes, the AI's on agree, removed on "
         "disagree); findings with conflicting readers left out",
     }
-    write_json(out / "export.json", full)
     return full
