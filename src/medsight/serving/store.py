@@ -254,7 +254,10 @@ class _Statements:
             .values(last_received=bindparam("last_received")),
             select_old=select(i.path).where(i.sop_uid == bindparam("b_sop")).with_for_update(),
             insert_series=insert(conn, series_table).values(_binds(series_table)).on_conflict_do_nothing(),
-            insert_instance=instances_table.insert().values(_binds(instances_table)),
+            insert_instance=insert(conn, instances_table)
+            .values(_binds(instances_table))
+            .on_conflict_do_nothing()
+            .returning(i.sop_uid),
             update_instance=update(instances_table)
             .where(i.sop_uid == bindparam("b_sop"))
             .values(_binds(instances_table, "sop_uid")),
@@ -288,6 +291,8 @@ class StudyStore:
         except OSError as exc:
             raise MedsightError(f"cannot create the instance folder: {exc.strerror}", self.root) from None
         self._sql: _Statements | None = None
+        #: (study, series) pairs whose row is known to exist (rows are never deleted): their insert is skipped
+        self._series_seen: set[tuple[str, str]] = set()
         migrate(engine, "store", MIGRATIONS)
         self.sweep_temporary()
 
@@ -344,6 +349,9 @@ class StudyStore:
                     target.unlink()
             raise
         old_path, duplicate, late, rerun, state = outcome
+        if len(self._series_seen) >= 100_000:  # a bound on memory; forgetting only costs a redundant insert
+            self._series_seen.clear()
+        self._series_seen.add((study_uid, series_uid))
         if old_path is not None and old_path != target:  # the same SOP instance moved to another study/series
             with contextlib.suppress(OSError):
                 old_path.unlink()
@@ -442,7 +450,6 @@ class StudyStore:
                 },
             )
             row = conn.execute(sql.select_study, {"b_study": study_uid}).one()
-        old = conn.execute(sql.select_old, {"b_sop": sop_uid}).scalar_one_or_none()
         state, late, rerun = row.state, False, False
         changes: dict[str, Any] = {}
         for column, keyword in STUDY_ATTRIBUTES.items():
@@ -462,21 +469,22 @@ class StudyStore:
             conn.execute(sql.touch_study, {"b_study": study_uid, "last_received": changes["last_received"]})
         elif changes:
             conn.execute(update(studies_table).where(studies_table.c.study_uid == study_uid).values(**changes))
-        conn.execute(
-            sql.insert_series,
-            {
-                "study_uid": study_uid,
-                "series_uid": series_uid,
-                "first_received": now,
-                "modality": _text(ds, "Modality"),
-                "body_part": _text(ds, "BodyPartExamined"),
-                "series_description": _text(ds, "SeriesDescription"),
-                "series_number": _int(ds, "SeriesNumber"),
-                "calling_ae": calling_ae.strip() or None,
-                "peer": peer or None,
-                "is_result": result,
-            },
-        )
+        if (study_uid, series_uid) not in self._series_seen:
+            conn.execute(
+                sql.insert_series,
+                {
+                    "study_uid": study_uid,
+                    "series_uid": series_uid,
+                    "first_received": now,
+                    "modality": _text(ds, "Modality"),
+                    "body_part": _text(ds, "BodyPartExamined"),
+                    "series_description": _text(ds, "SeriesDescription"),
+                    "series_number": _int(ds, "SeriesNumber"),
+                    "calling_ae": calling_ae.strip() or None,
+                    "peer": peer or None,
+                    "is_result": result,
+                },
+            )
         instance_values = {
             "study_uid": study_uid,
             "series_uid": series_uid,
@@ -488,9 +496,9 @@ class StudyStore:
             "received": now,
             "is_result": result,
         }
-        if old is None:
-            conn.execute(sql.insert_instance, {"sop_uid": sop_uid, **instance_values})
-        else:
+        old = None  # the common case, a new instance, costs one statement: the insert that does nothing on a conflict
+        if conn.execute(sql.insert_instance, {"sop_uid": sop_uid, **instance_values}).first() is None:
+            old = conn.execute(sql.select_old, {"b_sop": sop_uid}).scalar_one()
             conn.execute(sql.update_instance, {"b_sop": sop_uid, **instance_values})
         return (None if old is None else self.root / old), old is not None, late, rerun, state
 
