@@ -451,3 +451,47 @@ def test_store_on_postgresql(postgres_url: str, tmp_path: Path, ct: Dataset) -> 
     assert store.mark_processed(ds.StudyInstanceUID)
     assert store.store(copy_of(ds), calling_ae="A", peer="p").late
     engine.dispose()
+
+
+# ------------------------------------------------------------------------------------------------ power failure
+
+
+def test_instance_files_whose_rows_were_lost_are_recorded_when_the_store_opens(
+    engine: Engine, tmp_path: Path, ct: Dataset
+) -> None:
+    """A received instance's row is committed without a disk flush (its file is flushed first): a power failure may
+    lose the row but not the file. Opening the store records such files, once; a stray file is left alone."""
+    root = tmp_path / "instances"
+    store = StudyStore(engine, root, min_free_bytes=0)
+    study, series = generate_uid(), generate_uid()
+    kept = store.store(copy_of(ct, study=study, series=series), calling_ae="A", peer="p")
+    lost = copy_of(ct, study=study, series=series)
+    lost_path = root / study / series / f"{lost.SOPInstanceUID}.dcm"
+    lost.save_as(lost_path, enforce_file_format=True)  # on disk, acknowledged, but its row never reached the disk
+    (root / study / series / "notes.txt").write_text("not an instance")
+    (root / study / series / "1.2.3.dcm").write_bytes(b"not DICOM")  # named like one, unreadable: skipped
+    assert count_rows(engine, instances_table) == 1
+
+    reopened = StudyStore(engine, root, min_free_bytes=0)
+    assert count_rows(engine, instances_table) == 2
+    assert reopened.instance_path(study, series, lost.SOPInstanceUID) == lost_path
+    assert reopened.instance_path(study, series, kept.sop_uid) == kept.path
+    assert reopened.study(study) is not None and reopened.study(study).state == RECEIVING  # type: ignore[union-attr]
+    assert reopened.record_unrecorded() == 0  # idempotent
+    assert count_rows(engine, instances_table) == 2
+
+
+def test_received_rows_skip_the_disk_flush_and_the_connection_returns_to_full(
+    engine: Engine, tmp_path: Path, ct: Dataset
+) -> None:
+    """The relaxed commit is scoped to the instance's transaction: the pooled connection is back to FULL after."""
+    from medsight.serving.database import write_transaction
+
+    store = StudyStore(engine, tmp_path / "instances", min_free_bytes=0)
+    seen: list[int] = []
+    with write_transaction(engine, flush_to_disk=False) as conn:
+        seen.append(int(conn.exec_driver_sql("PRAGMA synchronous").scalar_one()))
+    store.store(copy_of(ct), calling_ae="A", peer="p")
+    with engine.connect() as conn:
+        seen.append(int(conn.exec_driver_sql("PRAGMA synchronous").scalar_one()))
+    assert seen == [1, 2]  # NORMAL inside the relaxed transaction, FULL on the same pool afterwards

@@ -8,7 +8,9 @@ order, inside a transaction, by whichever process opens the database first.
 SQLite runs with ``journal_mode=WAL`` (readers never block the writer) and ``synchronous=FULL``: in WAL mode
 ``NORMAL`` already survives a crash of the process, but a commit can still be lost on power failure or a kernel
 crash; the service acknowledges an instance (C-STORE, STOW-RS) only once its row is committed, so the commit must
-survive those too, and FULL costs one WAL fsync per commit, which the file fsync beside it already pays for.
+survive those too, and FULL costs one WAL fsync per commit. The one exception is the study store's instance row
+(``write_transaction(flush_to_disk=False)``): the instance file itself is fsynced first, and a row lost to a power
+failure is rebuilt from the file when the store opens (``StudyStore.record_unrecorded``).
 """
 
 from __future__ import annotations
@@ -127,17 +129,31 @@ def _configure_sqlite(engine: Engine) -> None:
 
 
 @contextlib.contextmanager
-def write_transaction(engine: Engine) -> Iterator[Connection]:
+def write_transaction(engine: Engine, *, flush_to_disk: bool = True) -> Iterator[Connection]:
     """A transaction that will write: committed on success, rolled back on error.
 
     On SQLite it starts with ``BEGIN IMMEDIATE`` (the write lock is taken up front, so two processes doing
     select-then-update never both act on the same row); on PostgreSQL it is an ordinary transaction and callers
     lock rows with ``SELECT ... FOR UPDATE [SKIP LOCKED]`` (rendered as nothing on SQLite).
+
+    ``flush_to_disk=False``: the commit survives a crash of the process (``kill -9``) but is not waited onto the disk
+    (SQLite ``synchronous=NORMAL`` for this transaction, PostgreSQL ``synchronous_commit=off``), so a power failure
+    may lose it. Only for rows that can be rebuilt from files already on disk (the study store's instance rows, see
+    ``StudyStore.record_unrecorded``): it saves one disk flush per received instance.
     """
     with engine.connect() as conn:
         conn.execution_options(medsight_immediate=True)
-        with conn.begin():
-            yield conn
+        relaxed_sqlite = not flush_to_disk and is_sqlite(conn)
+        if relaxed_sqlite:  # outside any transaction, on the driver's connection (autocommit), so nothing begins
+            conn.connection.dbapi_connection.execute("PRAGMA synchronous = NORMAL")  # type: ignore[union-attr]
+        try:
+            with conn.begin():
+                if not flush_to_disk and not is_sqlite(conn):
+                    conn.exec_driver_sql("SET LOCAL synchronous_commit TO OFF")
+                yield conn
+        finally:
+            if relaxed_sqlite:
+                conn.connection.dbapi_connection.execute("PRAGMA synchronous = FULL")  # type: ignore[union-attr]
 
 
 def migrate(engine: Engine, component: str, steps: Sequence[Step]) -> int:

@@ -16,6 +16,7 @@ from __future__ import annotations
 import contextlib
 import errno
 import io
+import logging
 import os
 import re
 import shutil
@@ -27,6 +28,7 @@ from pathlib import Path
 from typing import Any
 
 import pydicom
+import pydicom.errors
 from pydicom.datadict import tag_for_keyword
 from pydicom.dataset import Dataset, FileMetaDataset
 from pydicom.uid import PYDICOM_IMPLEMENTATION_UID, ExplicitVRBigEndian, ExplicitVRLittleEndian, ImplicitVRLittleEndian
@@ -55,6 +57,8 @@ from medsight.errors import MedsightError
 from medsight.io.dicom import peek
 from medsight.io.dicom_write import write_file_meta
 from medsight.serving.database import insert, migrate, write_transaction
+
+LOG = logging.getLogger(__name__)
 
 RECEIVING, COMPLETE, PROCESSED = "receiving", "complete", "processed"
 STATES = (RECEIVING, COMPLETE, PROCESSED)
@@ -295,6 +299,7 @@ class StudyStore:
         self._series_seen: set[tuple[str, str]] = set()
         migrate(engine, "store", MIGRATIONS)
         self.sweep_temporary()
+        self.record_unrecorded()
 
     # ------------------------------------------------------------------------------------------------ writing
 
@@ -326,7 +331,10 @@ class StudyStore:
         size = self._write_durably(dataset, target, encoded)
         now = self.clock()
         try:
-            with write_transaction(self.engine) as conn:
+            # A received instance's row is not waited onto the disk: its file already is (fsynced, renamed, folder
+            # fsynced), and a row lost to a power failure is rebuilt from it at start (record_unrecorded). A kill -9
+            # loses neither. medsight's own results are rare and keep the full flush.
+            with write_transaction(self.engine, flush_to_disk=result) as conn:
                 outcome = self._record(
                     conn,
                     dataset,
@@ -516,6 +524,78 @@ class StudyStore:
         except Exception:
             return True
         return path is not None and self.root / path == target
+
+    def record_unrecorded(self, margin_s: float = 300.0) -> int:
+        """Record instance files that have no row; returns how many. Run when the store opens.
+
+        Why: an instance's row is committed without waiting for the disk (its file is flushed first), so after a
+        power failure the newest rows may be missing while their files are on disk and were acknowledged. Only
+        series folders changed since the newest surviving row (less ``margin_s`` for clock steps) can hold such
+        files, so the scan costs one ``stat`` per series folder plus a listing of the recent ones.
+        """
+        with self.engine.connect() as conn:
+            newest = conn.execute(select(func.max(instances_table.c.received))).scalar()
+        cutoff = float("-inf") if newest is None else float(newest) - margin_s
+        recorded = 0
+        for series_dir in self.root.glob("*/*"):
+            try:
+                if not series_dir.is_dir() or series_dir.stat().st_mtime < cutoff:
+                    continue
+                files = {p.stem: p for p in series_dir.glob("*.dcm")}
+            except OSError:
+                continue
+            if not files:
+                continue
+            with self.engine.connect() as conn:
+                known = set(
+                    conn.execute(
+                        select(instances_table.c.sop_uid).where(instances_table.c.series_uid == series_dir.name)
+                    ).scalars()
+                )
+                result = conn.execute(
+                    select(series_table.c.is_result).where(series_table.c.series_uid == series_dir.name)
+                ).scalar()
+            for sop_uid, path in sorted(files.items()):
+                if sop_uid not in known and self._record_file(path, bool(result)):
+                    recorded += 1
+        if recorded:
+            LOG.warning("recorded %d instance file(s) found on disk without a row (after a power failure?)", recorded)
+        return recorded
+
+    def _record_file(self, path: Path, result: bool) -> bool:
+        """Record one instance file already in place (its row was lost); False when it cannot be read as one."""
+        try:
+            ds = pydicom.dcmread(path, stop_before_pixels=True)
+            study_uid = _required_uid(ds, "StudyInstanceUID")
+            series_uid = _required_uid(ds, "SeriesInstanceUID")
+            sop_uid = _required_uid(ds, "SOPInstanceUID")
+            sop_class_uid = _check_uid(
+                ds.get("SOPClassUID") or ds.file_meta.get("MediaStorageSOPClassUID"), "SOPClassUID"
+            )
+            transfer_syntax = _ensure_file_meta(ds, sop_class_uid, sop_uid)
+            if path != self.root / study_uid / series_uid / f"{sop_uid}.dcm":
+                raise MedsightError("its UIDs do not match its place in the store", path)
+            size = path.stat().st_size
+        except (MedsightError, OSError, ValueError, AttributeError, pydicom.errors.InvalidDicomError) as exc:
+            LOG.error("cannot record an instance file without a row: %s", type(exc).__name__)
+            return False
+        with write_transaction(self.engine) as conn:
+            self._record(
+                conn,
+                ds,
+                study_uid,
+                series_uid,
+                sop_uid,
+                sop_class_uid,
+                transfer_syntax,
+                path,
+                size,
+                "",
+                "recovered",
+                result,
+                path.stat().st_mtime,
+            )
+        return True
 
     def sweep_temporary(self, max_age_s: float = 3600.0) -> int:
         """Remove temp files left by a writer killed mid-write (older than ``max_age_s``, so no live writer's)."""
@@ -788,8 +868,6 @@ def _int(ds: Dataset, keyword: str) -> int | None:
         return int(float(text.split("\\")[0]))
     except ValueError:
         return None
-
-
 
 
 def _text_match(column: Any, pattern: str) -> ColumnElement[bool]:
