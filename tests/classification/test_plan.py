@@ -108,7 +108,10 @@ def test_plan_measures_speed_and_round_trips() -> None:
     assert (
         plan.seconds_per_iteration > 0 and plan.iterations_per_epoch == 3 and plan.epochs == plan.expected_epochs == 2
     )
-    assert plan.expected_seconds == pytest.approx(2 * plan.seconds_per_epoch, rel=0.01, abs=0.2)
+    recipes = len(plan.balance_choices) * len(plan.losses)  # 1:3 is imbalanced: plain and balanced both train
+    assert recipes == 2 and plan.expected_seconds == pytest.approx(
+        recipes * 2 * plan.seconds_per_epoch, rel=0.01, abs=0.2
+    )
     assert "expected training time" in plan.summary() and "iterations/s" in plan.summary()
     again = ClassificationPlan.from_json(plan.to_json())
     assert again == plan and isinstance(again.network, NetworkPlan)

@@ -45,6 +45,9 @@ class ClassificationData:
     #: Binary data: the label that is the finding (disease), so that sensitivity means finding it; None when the
     #: source declares none (the classification task then takes the second label and says so).
     positive: str | None = None
+    #: Multi-class data whose labels are ordered grades (``label_names`` lowest first): MedMNIST's
+    #: "ordinal-regression" sets and manifests that declare ``"task": "ordinal"``.
+    ordinal: bool = False
 
     @property
     def n_channels(self) -> int:

@@ -5,13 +5,18 @@ NIfTI or npy/npz images, 2D or 3D. Multi-label rows separate labels with ``|``. 
 (``sex``, ``age``, ``site``...) is kept as a patient attribute for the subgroup audit.
 
 A binary data set declares its finding beside the CSV, in a JSON file of the same name (``manifest.json`` for
-``manifest.csv``): ``{"positive": "malignant"}``, so that sensitivity is the recall of that label.
+``manifest.csv``): ``{"positive": "malignant"}``, so that sensitivity is the recall of that label. Ordered grades
+(BI-RADS, diabetic retinopathy, Kellgren-Lawrence) are declared there too, because a CSV cannot say that its labels
+are ordered: ``{"task": "ordinal", "labels": ["normal", "benign", "malignant"]}`` (lowest grade first), or
+``{"task": "ordinal"}`` with integer grades 0..K-1 in the label column. A grade outside the scale, or a grade of the
+scale that no row has (a gap), is an error naming the file.
 """
 
 from __future__ import annotations
 
 import json
 from pathlib import Path
+from typing import Any
 
 import numpy as np
 import pandas as pd
@@ -74,6 +79,12 @@ def load_manifest(
         {x for v in table["label"] for x in str(v).split("|") if x} if multilabel else set(table["label"].astype(str))
     )
     label_names_given = label_names is not None
+    sidecar = read_sidecar(csv_path)
+    ordinal = declares_ordinal(sidecar, csv_path)
+    if ordinal and multilabel:
+        raise MedsightError("an ordinal task takes one grade per row, not several labels separated by '|'", csv_path)
+    if ordinal and label_names is None:
+        label_names = ordinal_grades(sidecar, found, csv_path.with_suffix(".json"))
     if label_names is not None:
         unknown_labels = sorted(found - set(label_names))
         if unknown_labels:
@@ -85,6 +96,8 @@ def load_manifest(
     if len(label_names) < 2:
         raise MedsightError(f"only one label ({label_names[0]}): nothing to classify", csv_path)
     task = task_type or ("multilabel" if multilabel else ("binary" if len(label_names) == 2 else "multiclass"))
+    if ordinal and task != "multiclass":
+        raise MedsightError(f"declared ordinal, but read as a {task} task", csv_path.with_suffix(".json"))
 
     raw = [read_image(p) for p in tqdm(paths, desc=f"read {csv_path.name}", unit="img")]
     dims = {r.ndim - 1 for r in raw}
@@ -155,24 +168,80 @@ def load_manifest(
         },
         split_method=method,
         positive=declared_positive(csv_path, label_names) if task == "binary" else None,
+        ordinal=ordinal,
     )
+
+
+def read_sidecar(csv_path: Path) -> dict[str, Any]:
+    """The manifest's JSON sidecar (``manifest.json`` beside ``manifest.csv``) as an object; {} without one."""
+    sidecar = csv_path.with_suffix(".json")
+    if not sidecar.is_file():
+        return {}
+    try:
+        loaded = json.loads(sidecar.read_text())
+    except (json.JSONDecodeError, UnicodeDecodeError) as exc:
+        raise MedsightError(f"not a readable JSON object ({exc})", sidecar) from exc
+    if not isinstance(loaded, dict):
+        raise MedsightError('must hold a JSON object (e.g. {"positive": ...} or {"task": "ordinal"})', sidecar)
+    return loaded
+
+
+def declares_ordinal(sidecar: dict[str, Any], csv_path: Path) -> bool:
+    """Whether the sidecar declares ordered grades; any other declared ``task`` is an error."""
+    task = sidecar.get("task")
+    if task is None:
+        return False
+    if task != "ordinal":
+        raise MedsightError(
+            f"unknown task {task!r}: a manifest declares only 'ordinal' (the others follow from the labels)",
+            csv_path.with_suffix(".json"),
+        )
+    return True
+
+
+def ordinal_grades(sidecar: dict[str, Any], found: set[str], where: Path) -> list[str]:
+    """The grade names lowest first: the sidecar's ``labels``, else the integer labels 0..K-1. Every grade of the
+    scale must occur (a gap would leave an output never trained) and no row may hold a grade outside it."""
+    declared = sidecar.get("labels")
+    if declared is not None:
+        if not isinstance(declared, list) or not all(isinstance(v, str | int) for v in declared):
+            raise MedsightError("'labels' must be a list of grade names, lowest first", where)
+        grades = [str(v) for v in declared]
+        if len(set(grades)) != len(grades):
+            raise MedsightError("'labels' names a grade twice", where)
+        outside = sorted(found - set(grades), key=_natural)
+        if outside:
+            raise MedsightError(
+                f"label(s) {', '.join(outside)} outside the declared scale ({', '.join(grades)})", where
+            )
+    else:
+        if not all(v.lstrip("-").isdigit() for v in found):
+            raise MedsightError("ordinal labels without declared 'labels' must be integer grades 0..K-1", where)
+        values = sorted(int(v) for v in found)
+        if values[0] < 0:
+            raise MedsightError(f"grade {values[0]} out of range: grades are 0..K-1", where)
+        grades = [str(v) for v in range(values[-1] + 1)]
+        odd = sorted(found - set(grades))
+        if odd:
+            raise MedsightError(f"grade(s) {', '.join(odd)} not written as plain integers 0..K-1", where)
+    missing = [g for g in grades if g not in found]
+    if missing:
+        raise MedsightError(
+            f"grade(s) {', '.join(missing)} of the scale occur in no row: an ordinal scale needs every grade", where
+        )
+    if len(grades) < 3:
+        raise MedsightError(f"an ordinal scale needs at least 3 grades (got {len(grades)}): 2 are a binary task", where)
+    return grades
 
 
 def declared_positive(csv_path: Path, label_names: list[str]) -> str | None:
     """The ``positive`` label the manifest's JSON sidecar declares, checked against the labels; None without one."""
     sidecar = csv_path.with_suffix(".json")
-    if not sidecar.is_file():
-        return None
-    try:
-        declared = json.loads(sidecar.read_text()).get("positive")
-    except (json.JSONDecodeError, UnicodeDecodeError, AttributeError) as exc:
-        raise MedsightError(f"not a JSON object with a 'positive' label ({exc})", sidecar) from exc
+    declared = read_sidecar(csv_path).get("positive")
     if declared is None:
         return None
     if str(declared) not in label_names:
-        raise MedsightError(
-            f"positive class {declared!r} is not one of the labels ({', '.join(label_names)})", sidecar
-        )
+        raise MedsightError(f"positive class {declared!r} is not one of the labels ({', '.join(label_names)})", sidecar)
     return str(declared)
 
 

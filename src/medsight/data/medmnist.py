@@ -173,6 +173,7 @@ def load_npz(path: str | Path, name: MedMNISTName | None = None) -> Classificati
         fingerprint={"files": {path.name: md5sum(path)}, "n": {s: len(v) for s, v in splits.items()}},
         split_method="official",
         positive=POSITIVE.get(flag or "") if task == "binary" else None,
+        ordinal=bool(info and info["task"] == "ordinal-regression" and task == "multiclass"),
     )
 
 

@@ -9,7 +9,7 @@ from __future__ import annotations
 from collections.abc import Callable
 
 import numpy as np
-from sklearn.metrics import roc_auc_score
+from sklearn.metrics import cohen_kappa_score, roc_auc_score
 
 from medsight.defaults import N_BOOTSTRAP as N_BOOTSTRAP  # re-exported: its old home
 from medsight.evaluation.calibration import brier_score, expected_calibration_error
@@ -49,6 +49,27 @@ def multiclass_metrics(y: np.ndarray, probs: np.ndarray) -> dict[str, float]:
         "accuracy": float(np.mean(probs.argmax(1) == y)),
         "brier": float(np.mean(np.sum((probs - onehot) ** 2, axis=1))),
         "ece": expected_calibration_error(probs.argmax(1) == y, probs.max(1)),
+    }
+
+
+def quadratic_kappa(y: np.ndarray, pred: np.ndarray, n_classes: int) -> float:
+    """Quadratic weighted kappa (scikit-learn's): agreement on an ordered scale, where a miss by two grades costs
+    four times a miss by one; NaN when undefined (truth and decisions each a single, identical grade)."""
+    y, pred = np.asarray(y).astype(int), np.asarray(pred).astype(int)
+    if len(y) == 0 or (len(np.unique(y)) < 2 and len(np.unique(pred)) < 2):
+        return float("nan")
+    return float(cohen_kappa_score(y, pred, weights="quadratic", labels=list(range(n_classes))))
+
+
+def ordinal_metrics(y: np.ndarray, probs: np.ndarray, pred: np.ndarray) -> dict[str, float]:
+    """Ordinal grades: quadratic weighted kappa and mean absolute grade error of the decisions ``pred``, beside the
+    multi-class metrics (macro AUC, Brier, ECE from the probabilities); accuracy is that of ``pred``, which may be
+    decoded otherwise than by arg-max."""
+    y, pred = np.asarray(y).astype(int), np.asarray(pred).astype(int)
+    return multiclass_metrics(y, probs) | {
+        "accuracy": float(np.mean(pred == y)),
+        "qwk": quadratic_kappa(y, pred, probs.shape[1]),
+        "mae": float(np.mean(np.abs(pred - y))),
     }
 
 

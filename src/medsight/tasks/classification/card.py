@@ -48,9 +48,17 @@ def performance_figures(
         ]
     if task_type == "multiclass":
         onehot = np.eye(len(names))[labels]
+        ordinal = result.get("ordinal")
         return [
             Figure("ROC (one-vs-rest)", roc_plot({n: (onehot[:, c], probs[:, c]) for c, n in enumerate(names)})),
-            Figure("Confusion matrix", confusion_plot(labels, decision, names)),
+            Figure(
+                "Confusion matrix",
+                confusion_plot(labels, decision, names),
+                f"Grades lowest first; {ordinal['decoding']} decoding (chosen on validation): cells far from the "
+                "diagonal are the misses quadratic weighted kappa weighs most."
+                if ordinal
+                else "",
+            ),
         ]
     return []
 
@@ -79,7 +87,8 @@ def intro(bundle: Bundle, data_name: str, split: str) -> str:
 def sections(bundle: Bundle, r: dict[str, Any], figures: list[Figure]) -> list[Section]:
     """Performance, per class, operating point, calibration, subgroups, explanations, model and data."""
     m = r["metrics"]
-    keys = [k for k in ("auc", "accuracy", "sensitivity", "specificity", "ppv", "npv", "f1", "brier", "ece") if k in m]
+    order = ("qwk", "auc", "accuracy", "mae", "sensitivity", "specificity", "ppv", "npv", "f1", "brier", "ece")
+    keys = [k for k in order if k in m]
     table: list[list[Any]] = [["metric", "at the operating point" if r["task_type"] == "binary" else "value"]]
     if r["task_type"] == "binary":
         table[0].append("at threshold 0.5")
@@ -125,6 +134,7 @@ def sections(bundle: Bundle, r: dict[str, Any], figures: list[Figure]) -> list[S
                 ),
             )
         )
+    out.append(recipe_section(bundle, r))
     cal = r["calibration"]
     out.append(
         Section(
@@ -147,6 +157,29 @@ def sections(bundle: Bundle, r: dict[str, Any], figures: list[Figure]) -> list[S
     out.append(_explanations(r.get("explanations") or {}, figures))
     out.append(_model_and_data(bundle))
     return out
+
+
+def recipe_section(bundle: Bundle, r: dict[str, Any]) -> Section:
+    """How the training recipe (loss, class balance) and, for ordinal grades, the decoding were chosen on
+    validation, with every candidate's validation scores (selection scores: optimistic for all alike)."""
+    sel = bundle.meta["training"].get("recipe_selection")
+    if not sel:
+        return Section("Training recipe", "Not recorded (a bundle from before recipes were chosen on validation).")
+    text = (
+        f"Kept: {sel['chosen']}, by {sel['rule']} ({sel['why_compared']}). Validation scores rank the candidates; "
+        "they are not performance estimates."
+    )
+    ordinal = r.get("ordinal")
+    if ordinal:
+        grades = " < ".join(ordinal.get("grades", r["labels"]))
+        text += (
+            f" Ordinal grades {grades}: quadratic weighted kappa (QWK) is the headline metric, mae the mean "
+            f"absolute grade error; decoding '{ordinal['decoding']}' chosen on validation by QWK."
+        )
+    keys = [k for k in ("qwk", "accuracy", "auc", "mae") if any(k in c for c in sel["candidates"])]
+    rows: list[list[Any]] = [["recipe", *[f"val {k}" for k in keys]]]
+    rows += [[c["recipe"], *[fmt(c.get(k)) for k in keys]] for c in sel["candidates"]]
+    return Section("Training recipe (chosen on validation)", html.escape(text), rows)
 
 
 def _explanations(ex: dict[str, Any], figures: list[Figure]) -> Section:
@@ -172,7 +205,7 @@ def _model_and_data(bundle: Bundle) -> Section:
             [
                 "plan",
                 f"{plan.describe_epochs()} planned ({plan.timing}), batch {plan.batch_size}, "
-                f"{'class-balanced' if plan.balanced_loss else 'plain'} loss; expected "
+                f"{'class-balanced' if plan.balanced_loss else 'plain'} {plan.loss} loss; expected "
                 f"{plan.expected_seconds / 60:.1f} min, took {float(tr['seconds']) / 60:.1f} min",
             ],
             ["stopped by", tr["stopped_by"]],

@@ -20,7 +20,14 @@ from medsight.errors import MedsightError
 from medsight.evaluation import selective
 from medsight.evaluation.calibration import calibration_report, calibration_target
 from medsight.evaluation.card import card_record, write_evaluation
-from medsight.evaluation.metrics import N_BOOTSTRAP, binary_metrics, bootstrap, multiclass_metrics, multilabel_metrics
+from medsight.evaluation.metrics import (
+    N_BOOTSTRAP,
+    binary_metrics,
+    bootstrap,
+    multiclass_metrics,
+    multilabel_metrics,
+    ordinal_metrics,
+)
 from medsight.evaluation.subgroups import audit
 from medsight.explain.gradcam import gradcam, gradcam_explainer, overlay
 from medsight.explain.sanity import cascading_randomisation
@@ -79,8 +86,16 @@ def evaluate(
         if attributes is not None:
             result["subgroups"] = audit(truth, score, hit, attributes)
     elif task_type == "multiclass":
-        decision = probs.argmax(1)
-        result["metrics"] = bootstrap(lambda ix: multiclass_metrics(labels[ix], probs[ix]), len(labels), strata, n_boot)
+        decision = decided_labels(task_type, probs, operating)  # arg-max, or the ordinal decoding chosen on val
+        if "decoding" in operating:  # ordinal grades: quadratic weighted kappa beside AUC and accuracy
+            result["ordinal"] = {**bundle.meta.get("ordinal", {}), "decoding": operating["decoding"]}
+            result["metrics"] = bootstrap(
+                lambda ix: ordinal_metrics(labels[ix], probs[ix], decision[ix]), len(labels), strata, n_boot
+            )
+        else:
+            result["metrics"] = bootstrap(
+                lambda ix: multiclass_metrics(labels[ix], probs[ix]), len(labels), strata, n_boot
+            )
         result["per_class"] = {
             name: bootstrap(partial(_one_vs_rest, labels, probs, decision, c), len(labels), strata, n_boot)
             for c, name in enumerate(names)

@@ -60,18 +60,31 @@ def is_imbalanced(task_type: str, labels: np.ndarray, ratio: float = 1.5) -> boo
     return bool(counts.max() > ratio * counts.min())
 
 
-def loss_fn(task_type: str, labels: np.ndarray | None = None, balanced: bool = False) -> nn.Module:
-    """Cross-entropy (softmax) or per-label BCE; ``balanced`` weights classes by inverse training frequency."""
+def loss_fn(
+    task_type: str,
+    labels: np.ndarray | None = None,
+    balanced: bool = False,
+    loss: str = "cross-entropy",
+    n_classes: int | None = None,
+) -> nn.Module:
+    """Cross-entropy (softmax), soft ordinal labels (``loss="soft-ordinal"``, ordinal grades) or per-label BCE;
+    ``balanced`` weights classes by inverse training frequency."""
     if task_type == "multilabel":
         if balanced and labels is not None:
             pos = labels.mean(axis=0).clip(1e-3, 1 - 1e-3)
             return nn.BCEWithLogitsLoss(pos_weight=torch.as_tensor((1 - pos) / pos, dtype=torch.float32))
         return nn.BCEWithLogitsLoss()
+    weight = None
     if balanced and labels is not None:
-        counts = np.bincount(labels.astype(int), minlength=int(labels.max()) + 1).astype(np.float64)
-        weights = counts.sum() / (len(counts) * np.maximum(counts, 1))
-        return nn.CrossEntropyLoss(weight=torch.as_tensor(weights, dtype=torch.float32))
-    return nn.CrossEntropyLoss()
+        counts = np.bincount(labels.astype(int), minlength=max(n_classes or 0, int(labels.max()) + 1))
+        weights = counts.sum() / (len(counts) * np.maximum(counts.astype(np.float64), 1))
+        weight = torch.as_tensor(weights, dtype=torch.float32)
+    if loss == "soft-ordinal":
+        from medsight.tasks.classification.ordinal import SoftOrdinalLoss
+
+        k = n_classes or (int(labels.max()) + 1 if labels is not None else 0)
+        return SoftOrdinalLoss(k, weight)
+    return nn.CrossEntropyLoss(weight=weight)
 
 
 def probabilities(logits: np.ndarray | torch.Tensor, task_type: str, temperature: float = 1.0) -> np.ndarray:

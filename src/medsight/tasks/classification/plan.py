@@ -28,7 +28,7 @@ from typing import Any, Literal
 
 from medsight.data.dataset import ClassificationData
 from medsight.errors import MedsightError
-from medsight.tasks.classification import network
+from medsight.tasks.classification import network, ordinal
 from medsight.tasks.classification.steps import Speed, measure_speed
 from medsight.tasks.contract import Plan, TrainOptions
 from medsight.transforms import augmentation
@@ -132,6 +132,12 @@ class ClassificationPlan(Plan):
     expected_seconds: float
     timing: str
     warnings: list[str] = dataclasses.field(default_factory=list)
+    #: Ordered grades (an ordinal task), the loss the bundle's model was trained with, and the candidates that
+    #: training compared on validation (every loss with every class-balance choice; :mod:`.recipes`).
+    ordinal: bool = False
+    loss: str = "cross-entropy"
+    losses: list[str] = dataclasses.field(default_factory=list)
+    balance_choices: list[bool] = dataclasses.field(default_factory=list)
 
     @property
     def seconds_per_epoch(self) -> float:
@@ -139,16 +145,28 @@ class ClassificationPlan(Plan):
 
     def summary(self) -> str:
         """The plan in one paragraph, for the log before training starts."""
+        n = max(1, len(self.losses)) * max(1, len(self.balance_choices))
         budget = f"time budget {self.time_budget_s / 60:.1f} min" if self.time_budget_s else "no time budget"
+        if self.time_budget_s and n > 1:
+            budget += " per recipe"
         return (
             f"plan: {self.network.describe()}, batch {self.batch_size}, lr {self.lr:g} (AdamW, {self.warmup_epochs} "
-            f"warm-up epoch + {self.schedule}), {'class-balanced ' if self.balanced_loss else ''}"
-            f"{'BCE' if self.task_type == 'multilabel' else 'cross-entropy'}, early stopping after {self.patience} "
+            f"warm-up epoch + {self.schedule}), {self.describe_loss()}, early stopping after {self.patience} "
             f"epochs without improvement, {self.describe_epochs()} on {self.device}. Measured "
             f"{1 / max(self.seconds_per_iteration, 1e-9):.2f} iterations/s: {self.iterations_per_epoch} iterations "
             f"+ {self.validation_seconds:.1f} s validation = {self.seconds_per_epoch:.1f} s per epoch; expected "
             f"training time about {self.expected_seconds / 60:.1f} min ({budget}; {self.timing})"
         )
+
+    def describe_loss(self) -> str:
+        """The loss, or the recipes that training compares on validation (each in its share of the budget)."""
+        n = max(1, len(self.losses)) * max(1, len(self.balance_choices))
+        if n == 1:
+            return ("class-balanced " if self.balanced_loss else "") + (
+                "BCE" if self.task_type == "multilabel" else self.loss
+            )
+        balance = "plain and class-balanced x " if len(self.balance_choices) > 1 else ""
+        return f"{n} recipes compared on validation ({balance}{' and '.join(self.losses or [self.loss])})"
 
     def describe_epochs(self) -> str:
         if self.expected_epochs >= self.epochs:
@@ -210,6 +228,20 @@ class ClassificationPlanner:
             return balanced, f"auto ({'imbalanced' if balanced else 'balanced'} classes)"
         return choice == "on", choice
 
+    def determine_balance_choices(self) -> list[bool]:
+        """The class-balance settings training compares on validation: both under ``auto`` on imbalanced
+        single-label data (balancing can cost accuracy: :mod:`.recipes`), else the one asked or implied."""
+        choice = self.options.class_balance or "auto"
+        if choice == "auto" and network.is_imbalanced(self.data.task_type, self.train.labels):
+            return [False, True]
+        return [self.determine_class_balance()[0]]
+
+    def determine_losses(self) -> list[str]:
+        """Ordinal grades compare plain cross-entropy with soft ordinal labels on validation; others train one."""
+        if self.data.task_type == "multilabel":
+            return ["bce"]
+        return list(ordinal.LOSSES) if self.data.ordinal else ["cross-entropy"]
+
     def determine_augmentation(self) -> str:
         return repr(augmentation(self.data.modality, self.data.spatial_dims, self.options.seed).transforms)
 
@@ -227,7 +259,7 @@ class ClassificationPlanner:
         )
 
     def determine_epochs_and_budget(
-        self, seconds_per_epoch: float, elapsed: float
+        self, seconds_per_epoch: float, elapsed: float, share: int = 1
     ) -> tuple[int, int, float | None, str, list[str]]:
         """(most epochs, epochs expected to fit, training time budget, why, warnings) from the measured seconds
         per epoch.
@@ -237,9 +269,12 @@ class ClassificationPlanner:
         - neither: up to the default epochs, as many as fit in the default run (:data:`DEFAULT_RUN_S`, less what
           loading and planning already took and what follows training); that remainder is the time budget.
         With a budget the engine re-plans the epochs from its own epoch times, so the expected epochs are what the
-        planner announces, not a cap.
+        planner announces, not a cap. ``share`` recipes compared on validation split a budget evenly (the figures
+        returned are per recipe); given epochs are each recipe's.
         """
         given_epochs, given_budget = self.options.epochs, self.options.time_budget_s
+        if given_budget is not None:
+            given_budget = given_budget / share
         per_epoch = max(seconds_per_epoch, 1e-6)
         warnings: list[str] = []
         if given_epochs is not None:
@@ -255,8 +290,10 @@ class ClassificationPlanner:
         if given_budget is not None:
             budget, source = given_budget, "the given time budget"
         else:
-            budget = max(60.0, self.default_run_s - elapsed - AFTER_TRAINING_S)
+            budget = max(60.0, self.default_run_s - elapsed - AFTER_TRAINING_S) / share
             source = f"the default run of {self.default_run_s / 60:.0f} min"
+        if share > 1:
+            source += f" shared by {share} recipes"
         fit = int(budget // per_epoch)
         most = self.default_epochs
         if fit >= most:
@@ -277,13 +314,17 @@ class ClassificationPlanner:
         batch_size = self.determine_batch_size()
         lr = self.determine_lr()
         balanced, balance_why = self.determine_class_balance()
+        balance_choices, losses = self.determine_balance_choices(), self.determine_losses()
+        if len(balance_choices) > 1:
+            balance_why += ": plain and class-balanced compared on validation"
+        share = len(balance_choices) * len(losses)
         speed = self.determine_speed(net, batch_size, lr, balanced)
         iterations = math.ceil(len(self.train) / batch_size)
         per_epoch = iterations * speed.seconds_per_iteration + speed.validation_seconds
         epochs, expected_epochs, budget, why, warnings = self.determine_epochs_and_budget(
-            per_epoch, time.monotonic() - self.started
+            per_epoch, time.monotonic() - self.started, share
         )
-        expected = expected_epochs * per_epoch if budget is None else min(expected_epochs * per_epoch, budget)
+        expected = share * (expected_epochs * per_epoch if budget is None else min(expected_epochs * per_epoch, budget))
         return ClassificationPlan(
             task_type=self.data.task_type,
             network=net,
@@ -308,4 +349,8 @@ class ClassificationPlanner:
             expected_seconds=round(expected, 1),
             timing=why,
             warnings=warnings,
+            ordinal=self.data.ordinal,
+            loss=losses[0],
+            losses=losses,
+            balance_choices=balance_choices,
         )

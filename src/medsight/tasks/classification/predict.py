@@ -42,10 +42,14 @@ MULTILABEL_NO_RULE = (
 
 def decided_labels(task_type: str, probs: np.ndarray, operating: dict[str, Any]) -> np.ndarray:
     """The label index decided for each case of a single-label task: the operating point on p(positive class)
-    (binary) or arg-max."""
+    (binary), the ordinal decoding chosen on validation (ordinal grades), or arg-max."""
     if task_type == "binary":
         k = positive_index(operating)
         return np.where(np.asarray(probs)[:, k] >= float(operating["threshold"]), k, 1 - k).astype(int)
+    if "decoding" in operating:
+        from medsight.tasks.classification.ordinal import decode
+
+        return decode(np.asarray(probs), str(operating["decoding"]))
     return np.asarray(probs).argmax(1).astype(int)
 
 
@@ -145,7 +149,11 @@ class ClassificationModel:
             result.deferral = deferrals[k]
             result.label_sets = label_sets[k]
             if explain:
-                target = positive_index(self.operating) if self.task_type == "binary" else int(np.argmax(p))
+                target = (
+                    positive_index(self.operating)
+                    if self.task_type == "binary"
+                    else int(decided_labels(self.task_type, p[None], self.operating)[0])
+                )
                 heat = gradcam(self.network, gradcam_layer(self.network), image[None], [target])[0]
                 result.heatmap = Heatmap(heat, self.label_names[target], "Grad-CAM")
             results.append(result)
@@ -204,7 +212,7 @@ class ClassificationModel:
         elif self.task_type == "multilabel":
             decision = [n for n, v, t in zip(names, p, op["thresholds"], strict=True) if v >= t]
         else:
-            decision = names[int(np.argmax(p))]
+            decision = names[int(decided_labels(self.task_type, p[None], op)[0])]
         return ClassificationResult(
             input=path.name,
             index=index,

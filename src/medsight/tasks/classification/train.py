@@ -5,8 +5,10 @@ Selection, calibration and the operating point all use the validation split; the
 
 from __future__ import annotations
 
+import dataclasses
 import logging
 import time
+from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
 
@@ -23,11 +25,12 @@ from medsight.distributed import ddp
 from medsight.errors import MedsightError
 from medsight.evaluation.calibration import TemperatureScaler
 from medsight.evaluation.conformal import DEFAULT_ALPHA
-from medsight.evaluation.metrics import binary_metrics, multiclass_metrics, multilabel_metrics
+from medsight.evaluation.metrics import binary_metrics, multiclass_metrics, multilabel_metrics, ordinal_metrics
 from medsight.evaluation.operating_point import choose_threshold
 from medsight.evaluation.selective import MultilabelSelective, SelectivePrediction
 from medsight.io.atomic import atomic_dir
 from medsight.runtime.onnx_export import export_onnx
+from medsight.tasks.classification import ordinal, recipes
 from medsight.tasks.classification.data import load, load_like, positive_class, val_split
 from medsight.tasks.classification.network import build_network, loss_fn, probabilities
 from medsight.tasks.classification.plan import ClassificationOptions, ClassificationPlan, ClassificationPlanner
@@ -77,21 +80,43 @@ def train(spec: str, out: Path, options: ClassificationOptions) -> dict[str, Any
     for warning in plan.warnings:
         log.warning(warning)
 
-    seed_everything(options.seed)  # the measurement drew random numbers: start training from the seed again
-    model = build_network(plan.network.kwargs())
-    if parent is not None:
-        warm_start.check_network(parent, plan.network.name, plan.network.kwargs())
-        warm_start.load_weights(parent, model)
-        log.info("fine-tuning from %s (bundle sha256 %s)", parent.path, parent.checksum[:12])
-    state = fit(model, data, plan, options.seed)
-    model.cpu().eval()
-    val_logits = predict_logits(model, val.images, "cpu", EVAL_BATCH)
-    scaler = TemperatureScaler(multilabel=data.task_type == "multilabel").fit(val_logits, val.labels)
-    val_probs = probabilities(val_logits, data.task_type, scaler.temperature_)
-    operating = operating_point(data, val.labels, val_probs, plan.target_sensitivity, positive)
-    val_metrics = summary_metrics(data.task_type, val.labels, val_probs, operating)
+    runs = [
+        _train_recipe(recipe, data, plan, options, parent, positive)
+        for recipe in recipes.candidates(plan.losses or [plan.loss], plan.balance_choices or [plan.balanced_loss])
+    ]
+    metric = recipes.selection_metric(data.task_type, data.ordinal)
+    chosen = recipes.choose([r.recipe for r in runs], [r.val_metrics for r in runs], metric)
+    run = runs[chosen]
+    model, state, scaler, val_probs, operating, val_metrics = (
+        run.model,
+        run.state,
+        run.scaler,
+        run.val_probs,
+        run.operating,
+        run.val_metrics,
+    )
+    plan = dataclasses.replace(plan, balanced_loss=run.recipe.balanced, loss=run.recipe.loss)
+    selection = recipes.record(
+        [r.recipe for r in runs], [r.val_metrics for r in runs], metric, chosen, plan.class_balance
+    )
+    if len(runs) > 1:
+        log.info(
+            "recipes compared on validation %s: %s; kept %s",
+            metric,
+            ", ".join(f"{r.recipe.name} {r.val_metrics.get(metric, float('nan')):.4f}" for r in runs),
+            run.recipe.name,
+        )
     meta = _meta(data, plan, options, model, state, time.monotonic() - started, scaler.temperature_)
     meta |= {"operating_point": operating, "metrics": {"val": val_metrics}}
+    meta["training"]["recipe_selection"] = selection
+    if data.ordinal:
+        meta["ordinal"] = {
+            "grades": data.label_names,
+            "loss": run.recipe.loss,
+            "decoding": operating["decoding"],
+            "chosen_on": "val",
+            "val_qwk": val_metrics["qwk"],
+        }
     meta["data"] |= {
         "split_seed": split_seed,
         "case_hashes": training_record(case_hashes(train_split.images), case_hashes(val.images)),
@@ -123,6 +148,51 @@ def train(spec: str, out: Path, options: ClassificationOptions) -> dict[str, Any
     return meta
 
 
+@dataclass
+class RecipeRun:
+    """One recipe trained and fitted on validation: its model, temperature, decision rule and validation scores."""
+
+    recipe: recipes.Recipe
+    model: nn.Module
+    state: State
+    scaler: TemperatureScaler
+    val_probs: np.ndarray
+    operating: dict[str, Any]
+    val_metrics: dict[str, float]
+
+
+def _train_recipe(
+    recipe: recipes.Recipe,
+    data: ClassificationData,
+    plan: ClassificationPlan,
+    options: ClassificationOptions,
+    parent: warm_start.Parent | None,
+    positive: str | None,
+) -> RecipeRun:
+    """Train ``recipe`` from the seed, then fit what the bundle keeps on the validation split: temperature, the
+    operating point (the ordinal decoding for ordered grades), and the validation scores the recipes compete on."""
+    seed_everything(options.seed)  # every recipe (and the planner's measurement) starts from the same seed
+    model = build_network(plan.network.kwargs())
+    if parent is not None:
+        warm_start.check_network(parent, plan.network.name, plan.network.kwargs())
+        warm_start.load_weights(parent, model)
+        log.info("fine-tuning from %s (bundle sha256 %s)", parent.path, parent.checksum[:12])
+    if len(plan.losses or [plan.loss]) * len(plan.balance_choices or [plan.balanced_loss]) > 1:
+        log.info("training recipe: %s", recipe.name)
+    state = fit(model, data, plan, options.seed, recipe)
+    model.cpu().eval()
+    val = val_split(data)
+    val_logits = predict_logits(model, val.images, "cpu", EVAL_BATCH)
+    scaler = TemperatureScaler(multilabel=data.task_type == "multilabel").fit(val_logits, val.labels)
+    val_probs = probabilities(val_logits, data.task_type, scaler.temperature_)
+    if data.ordinal:
+        operating = ordinal.operating_point(*ordinal.choose_decoding(val.labels, val_probs))
+    else:
+        operating = operating_point(data, val.labels, val_probs, plan.target_sensitivity, positive)
+    val_metrics = summary_metrics(data.task_type, val.labels, val_probs, operating)
+    return RecipeRun(recipe, model, state, scaler, val_probs, operating, val_metrics)
+
+
 def _load_for(parent: warm_start.Parent, spec: str, split_seed: int) -> ClassificationData:
     """``spec`` prepared as the parent's model takes it (size, channels, labels, task type), or an error naming
     the parent bundle and the mismatch."""
@@ -132,13 +202,21 @@ def _load_for(parent: warm_start.Parent, spec: str, split_seed: int) -> Classifi
         raise parent.fail(f"the data do not fit it ({exc})") from exc
 
 
-def fit(model: nn.Module, data: ClassificationData, plan: ClassificationPlan, seed: int) -> State:
-    """Run the engine: warm-up + cosine, validation AUC every epoch, best weights kept, early stopping, budget."""
+def fit(
+    model: nn.Module,
+    data: ClassificationData,
+    plan: ClassificationPlan,
+    seed: int,
+    recipe: recipes.Recipe | None = None,
+) -> State:
+    """Run the engine: warm-up + cosine, validation AUC every epoch, best weights kept, early stopping, budget
+    (the plan's loss and class balance unless ``recipe`` names others)."""
     train_split, val = data.split("train"), val_split(data)
     augment = augmentation(data.modality, data.spatial_dims, seed)
     batches = loader(train_split.images, train_split.labels, augment, plan.batch_size, seed, plan.device)
     optimizer = torch.optim.AdamW(model.parameters(), lr=plan.lr, weight_decay=plan.weight_decay)
-    loss = loss_fn(data.task_type, train_split.labels, plan.balanced_loss)
+    recipe = recipe or recipes.Recipe(plan.loss, plan.balanced_loss)
+    loss = loss_fn(data.task_type, train_split.labels, recipe.balanced, recipe.loss, data.n_outputs)
     device = plan.device
     engine = Engine(
         model,
@@ -226,6 +304,8 @@ def summary_metrics(
         k = int(operating.get("positive_index", 1))
         return binary_metrics((labels == k).astype(int), probs[:, k], float(operating["threshold"]))
     if task_type == "multiclass":
+        if "decoding" in operating:  # ordinal grades: QWK and grade error of the decoded grades too
+            return ordinal_metrics(labels, probs, decided_labels(task_type, probs, operating))
         return multiclass_metrics(labels, probs)
     return multilabel_metrics(labels, probs, np.asarray(operating["thresholds"]))
 
@@ -286,7 +366,7 @@ def _meta(
             "optimizer": f"AdamW(lr={plan.lr}, weight_decay={plan.weight_decay}), warm-up + {plan.schedule}",
             "batch_size": plan.batch_size,
             "loss": ("class-balanced " if plan.balanced_loss else "")
-            + ("BCE per label" if data.task_type == "multilabel" else "cross-entropy"),
+            + ("BCE per label" if data.task_type == "multilabel" else plan.loss),
             "device": plan.device,
             "selection": "best validation " + ("AUC" if data.task_type != "multiclass" else "macro AUC"),
             "history": state.history,

@@ -1,0 +1,81 @@
+"""The training recipes a classification run compares, and the rule that picks one on the validation split.
+
+Two choices are not left to a fixed default, because which one wins depends on the task (issue 13):
+
+* **class balance**: class-balanced cross-entropy raised validation AUC on PneumoniaMNIST and BreastMNIST, but it
+  moves decisions towards rare classes, which can cost accuracy, the other figure MedMNIST reports. With
+  ``--class-balance auto`` on imbalanced data both are trained and the validation split decides;
+* **the loss of ordinal grades**: plain cross-entropy or soft ordinal labels (:mod:`.ordinal`).
+
+The rule, fixed before any run: the recipe with the best validation score of the reported decision metric
+(quadratic weighted kappa for ordinal grades, accuracy at the operating point otherwise) wins; a recipe within
+:data:`TIE` of the best is tied, and ties go to the higher validation AUC, then to the simpler recipe (listed
+first: plain before balanced, cross-entropy before soft ordinal). The test split is never read.
+"""
+
+from __future__ import annotations
+
+import math
+from collections.abc import Sequence
+from dataclasses import dataclass
+from typing import Any
+
+#: Scores within this of the best count as tied (as in benchmarks/classification_ablation.py).
+TIE = 0.002
+
+
+@dataclass(frozen=True)
+class Recipe:
+    """One candidate: the loss (``cross-entropy``, ``soft-ordinal`` or ``bce``) and whether classes are weighted."""
+
+    loss: str
+    balanced: bool
+
+    @property
+    def name(self) -> str:
+        return ("class-balanced " if self.balanced else "") + self.loss
+
+
+def candidates(losses: Sequence[str], balance: Sequence[bool]) -> list[Recipe]:
+    """Every loss with every balance choice, simplest first."""
+    return [Recipe(loss, b) for loss in losses for b in balance]
+
+
+def selection_metric(task_type: str, ordinal: bool) -> str:
+    """The validation metric recipes are compared on: what the model card reports for its decisions."""
+    if ordinal:
+        return "qwk"
+    return "auc" if task_type == "multilabel" else "accuracy"
+
+
+def choose(recipes: Sequence[Recipe], val_metrics: Sequence[dict[str, float]], metric: str) -> int:
+    """Index of the winning recipe by the rule above (NaN scores count as worst)."""
+
+    def score(m: dict[str, float], key: str) -> float:
+        v = m.get(key)
+        return -math.inf if v is None or math.isnan(float(v)) else float(v)
+
+    best = max(score(m, metric) for m in val_metrics)
+    tied = [i for i, m in enumerate(val_metrics) if score(m, metric) >= best - TIE]
+    return max(tied, key=lambda i: (score(val_metrics[i], "auc"), -i))
+
+
+def record(
+    recipes: Sequence[Recipe], val_metrics: Sequence[dict[str, float]], metric: str, chosen: int, why: str
+) -> dict[str, Any]:
+    """What bundle.json keeps of the choice: every candidate's validation scores, the winner and the rule."""
+    keys = ("qwk", "accuracy", "auc", "mae")
+    return {
+        "chosen": recipes[chosen].name,
+        "loss": recipes[chosen].loss,
+        "balanced": recipes[chosen].balanced,
+        "metric": metric,
+        "decided_on": "val",
+        "why_compared": why,
+        "rule": f"best validation {metric}; within {TIE} is a tie, won by the higher validation AUC, then the "
+        "simpler recipe",
+        "candidates": [
+            {"recipe": r.name, **{k: round(float(m[k]), 4) for k in keys if k in m and not math.isnan(float(m[k]))}}
+            for r, m in zip(recipes, val_metrics, strict=True)
+        ],
+    }
