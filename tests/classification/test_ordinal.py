@@ -286,3 +286,22 @@ def test_recipes_compared_on_validation_share_the_time_budget() -> None:
     assert one[2] == 1200.0 and two[2] == 600.0 and two[1] == 10 and "shared by 2 recipes" in two[3]
     data.ordinal = True
     assert planner().determine_losses() == ["cross-entropy", "soft-ordinal"]
+
+
+def test_compare_scores_each_ordinal_bundle_by_its_own_decoding(ordinal_bundle: tuple[Path, Path]) -> None:
+    """``medsight feedback compare`` on ordinal bundles: accuracy from each bundle's chosen decoding (not arg-max),
+    and QWK beside it."""
+    from medsight.data.splits import recorded_split_seed
+    from medsight.feedback.compare import compare
+    from medsight.tasks.classification.data import load_like
+    from medsight.tasks.classification.predict import ClassificationModel
+
+    csv, bundle_path = ordinal_bundle
+    bundle = load_bundle(bundle_path)
+    result = compare(bundle_path, bundle_path, str(csv), split="test", n_boot=20)
+    part = load_like(bundle, str(csv), recorded_split_seed(bundle.meta)).split("test")
+    probs = ClassificationModel(bundle).probabilities(part.images)
+    decided = ordinal.decode(probs, bundle.meta["operating_point"]["decoding"])
+    assert result["metrics"]["accuracy"]["new"]["value"] == pytest.approx(float(np.mean(decided == part.labels)))
+    assert result["metrics"]["qwk"]["new"]["value"] == pytest.approx(quadratic_kappa(part.labels, decided, len(GRADES)))
+    assert result["metrics"]["qwk"]["difference"]["value"] == pytest.approx(0.0)

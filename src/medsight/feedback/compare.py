@@ -17,7 +17,14 @@ from typing import Any
 import numpy as np
 
 from medsight.errors import MedsightError
-from medsight.evaluation.metrics import N_BOOTSTRAP, binary_metrics, bootstrap, multiclass_metrics, multilabel_metrics
+from medsight.evaluation.metrics import (
+    N_BOOTSTRAP,
+    binary_metrics,
+    bootstrap,
+    multiclass_metrics,
+    multilabel_metrics,
+    quadratic_kappa,
+)
 from medsight.feedback import paired
 from medsight.training.bundle import Bundle, load_bundle
 
@@ -129,15 +136,21 @@ def _classification(nb: Bundle, ob: Bundle, spec: str, split: str, n_boot: int) 
             for i in range(len(truth))
         ]  # fmt: skip
     elif task_type == "multiclass":
+        # each model's own decisions: arg-max, or the ordinal decoding its bundle chose on validation
+        dn, do = decided_labels(task_type, pn, mn.operating), decided_labels(task_type, po, mo.operating)
+        ordinal = "decoding" in mn.operating or "decoding" in mo.operating
+        names = ("auc", "accuracy", "qwk") if ordinal else ("auc", "accuracy")
+
+        def decided(y: np.ndarray, p: np.ndarray, d: np.ndarray) -> dict[str, float]:
+            out = multiclass_metrics(y, p) | {"accuracy": float(np.mean(d == y))}
+            return out | ({"qwk": quadratic_kappa(y, d, p.shape[1])} if ordinal else {})
 
         def scores(ix: np.ndarray) -> dict[str, float]:
-            return _pair(
-                multiclass_metrics(labels[ix], pn[ix]), multiclass_metrics(labels[ix], po[ix]), ("auc", "accuracy")
-            )
+            return _pair(decided(labels[ix], pn[ix], dn[ix]), decided(labels[ix], po[ix], do[ix]), names)
 
-        metrics = paired.split_bootstrap(bootstrap(scores, len(labels), labels, n_boot), ["auc", "accuracy"])
-        correct_n, correct_o = pn.argmax(1) == labels, po.argmax(1) == labels
-        tests = {"auc": None, "accuracy": paired.mcnemar(correct_n, correct_o)}
+        metrics = paired.split_bootstrap(bootstrap(scores, len(labels), labels, n_boot), list(names))
+        correct_n, correct_o = dn == labels, do == labels
+        tests = {"auc": None, "accuracy": paired.mcnemar(correct_n, correct_o)} | ({"qwk": None} if ordinal else {})
         per_case = [
             {"index": i, "truth": int(labels[i]), "score_new": float(pn[i, labels[i]]),
              "score_old": float(po[i, labels[i]]), "correct_new": bool(correct_n[i]), "correct_old": bool(correct_o[i])}
