@@ -81,6 +81,8 @@ def run_one(flag: str, seed: int, epochs: int, budget: float, work: Path) -> dic
         "sensitivity": m["sensitivity"]["value"],
         "specificity": m["specificity"]["value"],
         "ece_after_calibration": m["ece"]["value"],
+        "recipe": meta["training"].get("recipe_selection", {}).get("chosen"),
+        "recipe_candidates_val": meta["training"].get("recipe_selection", {}).get("candidates"),
         "epochs_run": meta["training"]["epochs_run"],
         "best_epoch": meta["training"]["best_epoch"],
         "stopped_by": meta["training"]["stopped_by"],
