@@ -472,8 +472,9 @@ def describe(plan: SegmentationPlan, fp: Mapping[str, Any]) -> list[str]:
     net = plan.network
     norm = plan.normalisation.scheme
     why_norm = {
-        "ct": "CT: intensities are clipped to the 0.5-99.5 percentiles of the foreground, then z-scored with the "
-        "foreground mean and standard deviation",
+        "ct": "CT: intensities are clipped, then z-scored (planned: the 0.5-99.5 percentiles, mean and standard "
+        "deviation of the foreground; a plan override may fix them, e.g. the lung window)"
+        + _ct_values(plan.normalisation),
         "zscore": f"modality {fp['modality']}: each image is z-scored on its own "
         "(MRI and ultrasound intensities have no fixed scale)",
         "zscore_per_channel": "colour images: each channel of each image is z-scored on its own",
@@ -511,6 +512,18 @@ def describe(plan: SegmentationPlan, fp: Mapping[str, Any]) -> list[str]:
         + (", test-time flips" if plan.test_time_flips else ""),
         f"preset: {plan.preset} ({PRESETS[plan.preset].description if plan.preset in PRESETS else 'unknown'})",
     ]
+
+
+def _ct_values(norm: NormalisationPlan) -> str:
+    """The clip range and statistics a ``ct`` normalisation uses (planned, or fixed by an override such as the lung
+    window of ``medsight.transforms.lung_window_normalisation``)."""
+    if norm.clip is None or norm.mean is None or norm.std is None:
+        return ""
+    parts = [
+        f"[{lo:g}, {hi:g}], mean {m:g}, std {s:g}"
+        for (lo, hi), m, s in zip(norm.clip, norm.mean, norm.std, strict=False)
+    ]
+    return ": " + "; ".join(parts)
 
 
 def _x(values: Sequence[float]) -> str:

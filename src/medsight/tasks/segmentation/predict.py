@@ -59,6 +59,8 @@ class SegmentationResult(Result):
     uncertainty: float | None = None
     #: Uncertainty above the threshold chosen on validation at training; None without uncertainty or threshold.
     flag_for_review: bool | None = None
+    #: Per foreground class, the highest probability the model gave it anywhere in the image (the SR's probability).
+    peak_probability: dict[str, float] = field(default_factory=dict)
 
     def summary(self) -> str:
         text = ", ".join(f"{n} {v:.0f} {self.unit}" for n, v in self.amounts.items()) + f" ({self.engine})"
@@ -112,7 +114,6 @@ def _is_dicom(path: Path) -> bool:
     return is_dicom_file(path)
 
 
-
 def ort_providers() -> list[str]:
     """ONNX Runtime's execution providers here (empty when it is not installed)."""
     try:
@@ -133,6 +134,7 @@ def inference_engine(device: str, onnx_usable: bool, providers: list[str]) -> st
     if device.startswith("cuda") and "CUDAExecutionProvider" not in providers:
         return "torch"
     return "onnx"
+
 
 class SegmentationModel:
     """A segmentation bundle loaded once; ONNX Runtime when the bundle has a checked export, else PyTorch.
@@ -179,20 +181,27 @@ class SegmentationModel:
     def segment(self, image: np.ndarray, spacing: tuple[float, ...]) -> tuple[np.ndarray, float | None]:
         """The post-processed mask of ``image`` ``(C, *spatial)`` and its uncertainty (None when off); a 2D model
         runs slice by slice on a volume."""
+        mask, spread, _ = self._segment(image, spacing)
+        return mask, spread
+
+    def _segment(self, image: np.ndarray, spacing: tuple[float, ...]) -> tuple[np.ndarray, float | None, np.ndarray]:
+        """:meth:`segment` plus each class's peak probability over the image (what the SR reports per class)."""
         dims = self.plan.spatial_dims
         n_classes = len(self.labels)
         if image.ndim - 1 == dims:
             mirrors = Mirrors() if self.uncertainty else None
-            mask = self.case(Loaded("input", image, None, spacing, np.eye(4)), mirrors)[0]
-            return mask, None if mirrors is None else disagreement(mirrors, n_classes)
+            mask, probs = self.case(Loaded("input", image, None, spacing, np.eye(4)), mirrors)
+            return mask, None if mirrors is None else disagreement(mirrors, n_classes), _peaks(probs)
         if dims == 2 and image.ndim == 4:
             out = np.zeros(image.shape[1:], np.uint8)
+            peaks = np.zeros(n_classes, np.float32)
             slices: list[Mirrors] = []
             for k in range(image.shape[-1]):
                 mirrors = Mirrors() if self.uncertainty else None
-                out[..., k] = self.case(Loaded("input", image[..., k], None, spacing[:2], np.eye(4)), mirrors)[0]
+                out[..., k], probs = self.case(Loaded("input", image[..., k], None, spacing[:2], np.eye(4)), mirrors)
+                peaks = np.maximum(peaks, _peaks(probs))
                 slices += [mirrors] if mirrors is not None else []
-            return out, disagreement(Mirrors.stack(slices), n_classes) if slices else None
+            return out, disagreement(Mirrors.stack(slices), n_classes) if slices else None, peaks
         raise MedsightError(f"a {image.ndim - 1}D image, but the model segments {dims}D images")
 
     # --- the Model protocol ----------------------------------------------------------------------------------------
@@ -209,7 +218,7 @@ class SegmentationModel:
                 )
         results = []
         for k, r in enumerate(tqdm(read, desc="segment", unit="input", disable=len(read) < 2)):
-            mask, spread = self.segment(r.image, r.spacing)
+            mask, spread, peaks = self._segment(r.image, r.spacing)
             raster = r.kind == "raster"
             unit = "mm³" if len(r.spacing) == 3 else ("pixels" if raster else "mm²")
             size = 1.0 if raster else float(np.prod(r.spacing))
@@ -228,13 +237,15 @@ class SegmentationModel:
                     source=r,
                     uncertainty=spread,
                     flag_for_review=flag(spread, self.review_threshold),
+                    peak_probability={self.labels[c]: float(peaks[c]) for c in range(1, len(self.labels))},
                 )
             )
         return results
 
     def save(self, results: Sequence[Result], folder: Path) -> None:
-        """NIfTI in → NIfTI (same affine and header); raster in → label PNG; DICOM in → DICOM SEG plus a NIfTI in
-        the series' geometry; an overlay PNG for every input."""
+        """NIfTI in → NIfTI (same affine and header); raster in → label PNG; DICOM in → DICOM SEG, a TID 1500 SR
+        (each class's peak probability, referencing the series) and a NIfTI in the series' geometry; an overlay PNG
+        for every input."""
         from medsight.evaluation.plots import png_image
 
         for r in results:
@@ -275,6 +286,43 @@ class SegmentationModel:
                     codes=bundle_codes(self.bundle.meta),
                 )
                 r.dicom["seg"] = seg_name
+                r.dicom["sr"] = self._write_sr(r, folder)
             img, _unused, shown = view(src.image, None, r.mask)
             (folder / f"{stem}_overlay.png").write_bytes(png_image(overlay(img, shown)))
             r.files["overlay"] = f"{stem}_overlay.png"
+
+    def _write_sr(self, r: SegmentationResult, folder: Path) -> str:
+        """A TID 1500 SR beside the SEG, one measurement group per foreground class: its peak probability, and
+        references to the slices it was segmented on (every slice when it was segmented on none)."""
+        from medsight.io.dicom import read_datasets
+        from medsight.serving.codes import bundle_codes
+        from medsight.serving.dicom_objects import Finding, write_sr
+        from medsight.serving.provenance import AlgorithmIdentity
+
+        assert r.source is not None
+        datasets = read_datasets(r.source.volume.files)
+        per_slice = r.mask.ndim == 3 and len(datasets) == r.mask.shape[2]  # one file per slice, in slice order
+        findings = []
+        for c in range(1, len(self.labels)):
+            slices = np.flatnonzero((r.mask == c).any(axis=(0, 1))) if per_slice else np.zeros(0, int)
+            findings.append(
+                Finding(
+                    label=self.labels[c],
+                    probability=min(1.0, max(0.0, r.peak_probability.get(self.labels[c], 0.0))),
+                    image_indices=tuple(int(k) for k in slices) or None,
+                )
+            )
+        name = f"{r.stem}_sr.dcm"
+        write_sr(
+            findings,
+            datasets,
+            folder / name,
+            identity=AlgorithmIdentity.of(self.bundle, f"medsight {self.bundle.meta['data']['source']} segmentation"),
+            codes=bundle_codes(self.bundle.meta),
+        )
+        return name
+
+
+def _peaks(probs: np.ndarray) -> np.ndarray:
+    """Each class's highest probability over the image: ``(n_classes,)``."""
+    return np.asarray(probs.reshape(probs.shape[0], -1).max(axis=1), np.float32)
