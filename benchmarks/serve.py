@@ -6,8 +6,11 @@ bundle → SR sent to Orthanc by C-STORE), and dcmtk ``storescu`` as the modalit
 
 1. Receive rate: N copies of the shared CT slice ``693_UNCR.dcm`` (512 x 512, 16 bit, 526 kB; fresh UIDs each
    repeat) sent with one ``storescu`` association to medsight, to Orthanc and to dcmtk's reference receiver ``storescp``
-   (files only, no index, no fsync); instances/s for each and the ratio (goal >= 150/s and >= 0.7x
-   Orthanc). dcmtk programs (storescu, storescp and Orthanc, which uses dcmtk's network layer) run with
+   (files only, no index, no fsync); instances/s for each and the ratio (goal >= 150/s and >= 0.7x Orthanc). The
+   page cache is flushed (``sync``, untimed) before each send: on ext4 an fsync commits the journal, which first
+   writes out every file written before it, so medsight, which fsyncs each instance, would otherwise pay for writing
+   the 263 MB of input files the benchmark has just made and the previous receiver's files, and Orthanc, which does
+   not fsync, would not. dcmtk programs (storescu, storescp and Orthanc, which uses dcmtk's network layer) run with
    ``TCP_NODELAY=1`` in their environment: with this Debian build's default (Nagle's algorithm on), each
    acknowledgement from storescp or Orthanc waits for the peer's delayed ACK (about 40 ms), which capped both at
    about 20 instances/s in earlier runs; that comparison measured the stall, not the receivers. The same run also
@@ -250,6 +253,9 @@ outputs = ["sr"]
                                                ("orthanc", pacs.dicom_port, orthanc_peer.ORTHANC_AET),
                                                ("storescp", scp_port, "STORESCP")):
                         folder = make_ct(data, tmp / f"ct_{name}", args.instances)
+                        # untimed: flush what the benchmark itself just wrote (the 263 MB of input files, the
+                        # previous receiver's files) so that no receiver's fsyncs pay for another's writes
+                        os.sync()
                         wall = storescu(ns, port, called, folder)
                         rates[name].append(args.instances / wall)
                         print(f"repeat {r}: {name} {args.instances / wall:.1f} instances/s ({wall:.2f} s)", flush=True)
