@@ -25,6 +25,12 @@ def test_candidates_hits_and_counts_on_a_known_map() -> None:
     rim = np.zeros_like(prob, bool)
     rim[9:11] = True  # touches nodule A's edge only (a nodule on the pleura is a hole in the lung mask)
     assert [round(c.score, 2) for c in nodules.candidates(prob, affine, 0.1, within=rim)] == [0.9]
+    # the first LIDC run's rule (box centre inside the mask, --candidate-rule centre) drops that nodule
+    assert nodules.candidates(prob, affine, 0.1, within=rim, rule="centre") == []
+    centred = nodules.candidates(prob, affine, 0.1, within=within, rule="centre")
+    assert [round(c.score, 2) for c in centred] == [0.9, 0.3]
+    with pytest.raises(ValueError, match="unknown candidate rule"):
+        nodules.candidates(prob, affine, 0.1, rule="inside")
 
     truth = nodules.nodule_boxes([(11.5, 11.5, 12.0), (100.0, 100.0, 100.0)], [6.0, 8.0])  # A, and B (missed)
     match = nodules.match_scan(found, truth)
