@@ -48,8 +48,6 @@ from medsight.transforms import lung_window_normalisation
 
 SPACING = (1.25, 1.25, 2.5)
 CANDIDATE_THRESHOLD = 0.1
-#: The candidate rule of this run (``--candidate-rule``), set once by ``main``.
-RULE = ["touching"]
 RATES = (0.5, 1.0, 2.0, 4.0, 8.0)
 FOLDS = (("LIDC-IDRI-0001", "LIDC-IDRI-0003"), ("LIDC-IDRI-0003", "LIDC-IDRI-0001"))
 
@@ -87,7 +85,9 @@ def run_fold(train_id: str, test_id: str, work: Path, args: argparse.Namespace) 
     test_case = lidc.read_case(test_id)
     prepared = lidc.prepare(test_case, SPACING)
     mask, probs = model.case(Loaded(test_id, prepared.image[None], None, prepared.spacing, prepared.affine))
-    found = nodules.candidates(probs[1], prepared.affine, CANDIDATE_THRESHOLD, within=prepared.lung, rule=RULE[0])
+    found = nodules.candidates(
+        probs[1], prepared.affine, CANDIDATE_THRESHOLD, within=prepared.lung, rule=args.candidate_rule
+    )
     truth = test_case.nodules()
     boxes = nodules.nodule_boxes([n.centre_lps for n in truth], [n.diameter_mm for n in truth])
     match = nodules.match_scan(found, boxes)
@@ -138,7 +138,6 @@ def main() -> None:
         help="keep components touching the lung mask (default) or centred in it (the first run's rule)",
     )
     args = parser.parse_args()
-    RULE[0] = args.candidate_rule
     logging.basicConfig(level=logging.INFO, format="%(message)s")
     started = time.monotonic()
     lidc.locate(verify=True)

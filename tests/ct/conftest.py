@@ -6,20 +6,9 @@ import json
 from pathlib import Path
 
 import pytest
+from ct_plans import TINY_PLAN, TINY_SPACING
 
 from needs import tool
-
-#: A tiny plan: coarse spacing and a small patch so that training and predicting a whole chest CT take seconds.
-TINY_SPACING = (2.5, 2.5, 5.0)
-TINY_PLAN = {
-    "preset": "fast",
-    "target_spacing": list(TINY_SPACING),
-    "patch_size": [32, 32, 16],
-    "batch_size": 2,
-    "iterations_per_epoch": 2,
-    "optimizer": {"warmup_iterations": 1},
-    "validate_every": 0,
-}
 
 
 @pytest.fixture(scope="session")

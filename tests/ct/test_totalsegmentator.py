@@ -12,6 +12,7 @@ import nibabel as nib
 import numpy as np
 import pydicom
 import pytest
+from ct_plans import TINY_PLAN
 
 from medsight import runtime
 from medsight.io.nifti_to_dicom import write_ct_series
@@ -19,15 +20,7 @@ from medsight.tasks import segmentation
 from medsight.tasks.segmentation import SegmentationOptions
 from medsight.tasks.segmentation.predict import SegmentationResult
 
-PLAN = {
-    "preset": "fast",
-    "target_spacing": [3.0, 3.0, 3.0],
-    "patch_size": [32, 32, 16],
-    "batch_size": 2,
-    "iterations_per_epoch": 2,
-    "optimizer": {"warmup_iterations": 1},
-    "validate_every": 0,
-}
+PLAN = {**TINY_PLAN, "target_spacing": [3.0, 3.0, 3.0]}  # the example CT is at 3 mm
 
 
 @pytest.fixture(scope="module")

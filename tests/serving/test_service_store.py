@@ -468,6 +468,11 @@ def test_instance_files_whose_rows_were_lost_are_recorded_when_the_store_opens(
     lost = copy_of(ct, study=study, series=series)
     lost_path = root / study / series / f"{lost.SOPInstanceUID}.dcm"
     lost.save_as(lost_path, enforce_file_format=True)  # on disk, acknowledged, but its row never reached the disk
+    young = copy_of(ct, study=study, series=series)
+    young_path = root / study / series / f"{young.SOPInstanceUID}.dcm"
+    young.save_as(young_path, enforce_file_format=True)  # just renamed in by a live writer, its row on the way
+    old = time.time() - 60
+    os.utime(lost_path, (old, old))  # written before the power failure
     (root / study / series / "notes.txt").write_text("not an instance")
     (root / study / series / "1.2.3.dcm").write_bytes(b"not DICOM")  # named like one, unreadable: skipped
     assert count_rows(engine, instances_table) == 1
@@ -477,6 +482,7 @@ def test_instance_files_whose_rows_were_lost_are_recorded_when_the_store_opens(
     assert reopened.instance_path(study, series, lost.SOPInstanceUID) == lost_path
     assert reopened.instance_path(study, series, kept.sop_uid) == kept.path
     assert reopened.study(study) is not None and reopened.study(study).state == RECEIVING  # type: ignore[union-attr]
+    assert reopened.instance_path(study, series, young.SOPInstanceUID) is None  # left to its writer
     assert reopened.record_unrecorded() == 0  # idempotent
     assert count_rows(engine, instances_table) == 2
 

@@ -27,6 +27,7 @@ import numpy as np
 from medsight.config import data_root
 from medsight.data.checksums import md5sum
 from medsight.errors import MedsightError
+from medsight.io.geometry import LPS_TO_RAS
 
 FOLDER = "lidc_idri_ct"
 CASES = ("LIDC-IDRI-0001", "LIDC-IDRI-0003")
@@ -82,7 +83,7 @@ class LidcCase:
     @property
     def affine_lps(self) -> np.ndarray:
         """Voxel index (i, j, k) → DICOM patient coordinates (LPS mm), as LIDC and LUNA16 give positions."""
-        return np.diag([-1.0, -1.0, 1.0, 1.0]) @ self.affine
+        return LPS_TO_RAS @ self.affine  # the flip is its own inverse
 
     @property
     def spacing(self) -> tuple[float, float, float]:

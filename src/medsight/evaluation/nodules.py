@@ -17,9 +17,7 @@ from dataclasses import dataclass
 import numpy as np
 
 from medsight.evaluation.froc import ImageMatch, match_image
-
-#: LPS = diag(-1, -1, 1) RAS: NIfTI/MONAI affines are RAS, LIDC and LUNA16 positions are LPS.
-_RAS_TO_LPS = np.diag([-1.0, -1.0, 1.0, 1.0])
+from medsight.io.geometry import LPS_TO_RAS  # its own inverse: RAS (NIfTI, MONAI) to LPS (LIDC, LUNA16) too
 
 
 @dataclass(frozen=True)
@@ -69,7 +67,7 @@ def candidates(
     scores = ndimage.maximum(prob, components, labels)
     sizes = ndimage.sum_labels(np.ones_like(prob), components, labels)
     touches = ndimage.maximum(np.asarray(within, bool), components, labels) if within is not None else np.ones(n)
-    lps = _RAS_TO_LPS @ np.asarray(affine_ras, dtype=float)
+    lps = LPS_TO_RAS @ np.asarray(affine_ras, dtype=float)
     out: list[Candidate] = []
     for k, box in enumerate(ndimage.find_objects(components)):
         if box is None or not touches[k]:

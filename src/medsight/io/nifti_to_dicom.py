@@ -18,6 +18,7 @@ from __future__ import annotations
 
 import argparse
 import datetime as dt
+import sys
 from collections.abc import Sequence
 from dataclasses import dataclass
 from pathlib import Path
@@ -118,6 +119,7 @@ def write_ct_series(
     frame_uid = identity.frame_of_reference_uid or generate_uid()
     direction = geometry.direction_matrix
     orientation = [_ds(v) for v in (*direction[:, 0], *direction[:, 1])]
+    normal = np.cross(direction[:, 0], direction[:, 1])
     sx, sy, sz = geometry.spacing
     paths: list[Path] = []
     with atomic_dir(out) as tmp:
@@ -145,8 +147,9 @@ def write_ct_series(
             ds.ImageType = ["DERIVED", "SECONDARY", "AXIAL"]
             ds.DerivationDescription = "converted from NIfTI by medsight (geometry from the affine, HU kept)"
             ds.ImageOrientationPatient = orientation
-            ds.ImagePositionPatient = [_ds(v) for v in geometry.index_to_lps([0.0, 0.0, float(k)])]
-            ds.SliceLocation = _ds(float(geometry.index_to_lps([0.0, 0.0, float(k)]) @ np.cross(*direction[:, :2].T)))
+            position = geometry.index_to_lps([0.0, 0.0, float(k)])
+            ds.ImagePositionPatient = [_ds(v) for v in position]
+            ds.SliceLocation = _ds(float(position @ normal))
             ds.PixelSpacing = [_ds(sy), _ds(sx)]  # (between rows, between columns)
             ds.SliceThickness = _ds(sz)
             ds.KVP = identity.kvp
@@ -175,7 +178,7 @@ def main(argv: Sequence[str] | None = None) -> int:
             args.nifti, args.out, SeriesIdentity(patient_id=args.patient_id, series_description=args.series_description)
         )
     except MedsightError as exc:
-        print(f"error: {exc}")
+        print(f"error: {exc}", file=sys.stderr)
         return 2
     print(f"{len(files)} CT slices written to {args.out}")
     return 0

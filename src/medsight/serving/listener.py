@@ -219,9 +219,9 @@ class _AllowListACSE(ACSE):
 
 
 #: How often the connection thread of an association polls its socket and outgoing queue when idle (pynetdicom's
-#: default is 1 ms). With 1 ms, each C-STORE waits on average about half a poll on receipt and again on the response:
-#: measured 1.2-1.5 ms of a 6-7 ms acknowledgement (CT slices over loopback). 0.2 ms costs ~5,000 wake-ups/s on an
-#: open association, which the network timeout bounds.
+#: default is 1 ms). With 1 ms, each C-STORE waits on average about half a poll on receipt and again on the response,
+#: a large share of a CT slice's acknowledgement over loopback (benchmarks/serve.py). 0.2 ms costs ~5,000 wake-ups/s
+#: on an open association, which the network timeout bounds.
 CONNECTION_POLL_S = 0.0002
 #: How long the association thread waits for the next DIMSE message before it runs its other checks (release,
 #: abort, timeouts): a bound on how late a release or an abort is noticed, not a delay on any message.

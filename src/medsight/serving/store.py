@@ -525,17 +525,20 @@ class StudyStore:
             return True
         return path is not None and self.root / path == target
 
-    def record_unrecorded(self, margin_s: float = 300.0) -> int:
+    def record_unrecorded(self, margin_s: float = 300.0, min_age_s: float = 5.0) -> int:
         """Record instance files that have no row; returns how many. Run when the store opens.
 
         Why: an instance's row is committed without waiting for the disk (its file is flushed first), so after a
         power failure the newest rows may be missing while their files are on disk and were acknowledged. Only
         series folders changed since the newest surviving row (less ``margin_s`` for clock steps) can hold such
-        files, so the scan costs one ``stat`` per series folder plus a listing of the recent ones.
+        files, so the scan costs one ``stat`` per series folder plus a listing of the recent ones. Files younger
+        than ``min_age_s`` are left alone: another process (a running service, while ``feedback export`` or a worker
+        process opens the store) may have just renamed one into place and be about to commit its row.
         """
         with self.engine.connect() as conn:
             newest = conn.execute(select(func.max(instances_table.c.received))).scalar()
         cutoff = float("-inf") if newest is None else float(newest) - margin_s
+        youngest = time.time() - min_age_s
         recorded = 0
         for series_dir in self.root.glob("*/*"):
             try:
@@ -556,7 +559,9 @@ class StudyStore:
                     select(series_table.c.is_result).where(series_table.c.series_uid == series_dir.name)
                 ).scalar()
             for sop_uid, path in sorted(files.items()):
-                if sop_uid not in known and self._record_file(path, bool(result)):
+                if sop_uid in known or _mtime(path) > youngest:
+                    continue
+                if self._record_file(path, bool(result)):
                     recorded += 1
         if recorded:
             LOG.warning("recorded %d instance file(s) found on disk without a row (after a power failure?)", recorded)
@@ -894,6 +899,14 @@ def _date_range(value: Any) -> tuple[str | None, str | None]:
     if first is None and last is None:
         raise MedsightError("a StudyDate range needs at least one end")
     return first, last
+
+
+def _mtime(path: Path) -> float:
+    """Modification time, or +inf for a file that vanished (it is then never taken for an old one)."""
+    try:
+        return path.stat().st_mtime
+    except OSError:
+        return float("inf")
 
 
 def _disk_error(exc: OSError, root: Path) -> MedsightError:

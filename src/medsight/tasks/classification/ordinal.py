@@ -23,13 +23,12 @@ from torch import nn
 
 from medsight.errors import MedsightError
 from medsight.evaluation.metrics import quadratic_kappa
+from medsight.tasks.classification.recipes import TIE
 
 OrdinalLoss = Literal["cross-entropy", "soft-ordinal"]
 LOSSES: tuple[OrdinalLoss, ...] = ("cross-entropy", "soft-ordinal")
 #: Decodings tried on validation, simplest first (a tie keeps the earlier one).
 DECODINGS = ("argmax", "median", "expected")
-#: Validation QWK within this of the best counts as a tie (decided before any run; as benchmarks' TIE).
-TIE = 0.002
 
 
 def soft_targets(labels: torch.Tensor, n_classes: int) -> torch.Tensor:

@@ -8,7 +8,7 @@ import io
 from collections.abc import Sequence
 from dataclasses import dataclass, field
 from pathlib import Path
-from typing import Any
+from typing import TYPE_CHECKING, Any
 
 import numpy as np
 from tqdm import tqdm
@@ -29,6 +29,12 @@ from medsight.tasks.segmentation.overlay import overlay, view
 from medsight.tasks.segmentation.plan import SegmentationPlan
 from medsight.tasks.segmentation.uncertainty import Mirrors, disagreement, flag
 from medsight.training.bundle import Bundle
+
+if TYPE_CHECKING:
+    from pydicom.dataset import Dataset
+
+    from medsight.serving.codes import Code
+    from medsight.serving.provenance import AlgorithmIdentity
 
 
 @dataclass
@@ -275,32 +281,38 @@ class SegmentationModel:
                 from medsight.serving.provenance import AlgorithmIdentity
 
                 seg_name = f"{stem}_seg.dcm"
+                datasets = read_datasets(src.volume.files)  # the series' headers, read once for the SEG and the SR
+                identity = AlgorithmIdentity.of(
+                    self.bundle, f"medsight {self.bundle.meta['data']['source']} segmentation"
+                )
+                codes = bundle_codes(self.bundle.meta)
                 write_seg(
                     np.ascontiguousarray(np.transpose(r.mask, (2, 1, 0))).astype(np.uint8),
-                    read_datasets(src.volume.files),
+                    datasets,
                     self.labels[1:],
                     folder / seg_name,
-                    identity=AlgorithmIdentity.of(
-                        self.bundle, f"medsight {self.bundle.meta['data']['source']} segmentation"
-                    ),
-                    codes=bundle_codes(self.bundle.meta),
+                    identity=identity,
+                    codes=codes,
                 )
                 r.dicom["seg"] = seg_name
-                r.dicom["sr"] = self._write_sr(r, folder)
+                r.dicom["sr"] = self._write_sr(r, folder, datasets, identity, codes)
             img, _unused, shown = view(src.image, None, r.mask)
             (folder / f"{stem}_overlay.png").write_bytes(png_image(overlay(img, shown)))
             r.files["overlay"] = f"{stem}_overlay.png"
 
-    def _write_sr(self, r: SegmentationResult, folder: Path) -> str:
-        """A TID 1500 SR beside the SEG, one measurement group per foreground class: its peak probability, and
-        references to the slices it was segmented on (every slice when it was segmented on none)."""
-        from medsight.io.dicom import read_datasets
-        from medsight.serving.codes import bundle_codes
+    def _write_sr(
+        self,
+        r: SegmentationResult,
+        folder: Path,
+        datasets: list[Dataset],
+        identity: AlgorithmIdentity,
+        codes: dict[str, Code],
+    ) -> str:
+        """A TID 1500 SR beside the SEG (same series ``datasets``, algorithm ``identity`` and ``codes``), one
+        measurement group per foreground class: its peak probability, and references to the slices it was segmented
+        on (every slice when it was segmented on none)."""
         from medsight.serving.dicom_objects import Finding, write_sr
-        from medsight.serving.provenance import AlgorithmIdentity
 
-        assert r.source is not None
-        datasets = read_datasets(r.source.volume.files)
         per_slice = r.mask.ndim == 3 and len(datasets) == r.mask.shape[2]  # one file per slice, in slice order
         findings = []
         for c in range(1, len(self.labels)):
@@ -317,8 +329,8 @@ class SegmentationModel:
             findings,
             datasets,
             folder / name,
-            identity=AlgorithmIdentity.of(self.bundle, f"medsight {self.bundle.meta['data']['source']} segmentation"),
-            codes=bundle_codes(self.bundle.meta),
+            identity=identity,
+            codes=codes,
         )
         return name
 
