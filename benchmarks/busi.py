@@ -15,6 +15,7 @@ whose figures mean nothing (the tests use it).
 from __future__ import annotations
 
 import argparse
+import json
 import logging
 import time
 from pathlib import Path
@@ -100,6 +101,27 @@ def pooled(folds: list[dict[str, Any]], key: str) -> dict[str, Any] | None:
     }
 
 
+def _fold(entry: dict[str, Any]) -> int:
+    return int(entry["fold"])
+
+
+def keep_earlier_folds(record: dict[str, Any], results: Path, folds: list[int]) -> None:
+    """Carry over the folds of an earlier run in ``results`` that this run does not test, each with the provenance
+    (command, commit, date) of the run that measured it, so that five folds can be run in several sittings."""
+    if not results.is_file():
+        return
+    earlier = json.loads(results.read_text(encoding="utf-8"))
+    for task in ("segmentation", "classification"):
+        for entry in earlier.get(task, {}).get("folds", []):
+            if entry["fold"] not in folds:
+                entry.setdefault("provenance", earlier["provenance"])
+                record[task]["folds"].append(entry)
+        record[task]["folds"].sort(key=_fold)
+    tested = {f["fold"] for t in ("segmentation", "classification") for f in record[t]["folds"]}
+    record["split"]["folds_tested"] = sorted(tested | set(folds))
+    record["earlier_runs"] = [earlier["provenance"], *earlier.get("earlier_runs", [])]
+
+
 def main() -> None:
     parser = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
     parser.add_argument("--data", type=Path, default=config.data_root() / "busi")
@@ -117,6 +139,10 @@ def main() -> None:
     parser.add_argument("--skip", choices=["segmentation", "classification"], action="append", default=[])
     parser.add_argument("--bootstrap", type=int, default=1000)
     parser.add_argument("--limit", type=int, help="smoke run: at most this many images per fold (figures mean nothing)")
+    parser.add_argument(
+        "--add", action="store_true",
+        help="keep the folds already in --results that this run does not test (each fold records its own command)",
+    )
     args = parser.parse_args()
     logging.basicConfig(level=logging.INFO, format="%(message)s")
 
@@ -134,13 +160,17 @@ def main() -> None:
         "segmentation": {"folds": []},
         "classification": {"folds": []},
     }
+    if args.add:
+        keep_earlier_folds(record, args.results, args.folds)
     for k in args.folds:
         out = args.out / f"fold{k}"
         view = busi.fold_view(args.data, k, out / "data", args.limit)
         if "segmentation" not in args.skip:
-            record["segmentation"]["folds"].append({"fold": k, **segmentation_fold(view, out, args)})
+            fold = {"fold": k, **segmentation_fold(view, out, args), "provenance": record["provenance"]}
+            record["segmentation"]["folds"] = sorted([*record["segmentation"]["folds"], fold], key=_fold)
         if "classification" not in args.skip:
-            record["classification"]["folds"].append({"fold": k, **classification_fold(view, out, args)})
+            fold = {"fold": k, **classification_fold(view, out, args), "provenance": record["provenance"]}
+            record["classification"]["folds"] = sorted([*record["classification"]["folds"], fold], key=_fold)
         write_json(args.results, record)  # after every fold: a long run that stops keeps what it measured
     seg, cls = record["segmentation"]["folds"], record["classification"]["folds"]
     if seg:

@@ -320,3 +320,24 @@ def test_a_stream_cut_anywhere_is_refused_and_a_whole_one_decodes(samples: Path)
         for bad in (raw[:-3000], raw + b"\x08\x00\x10", raw[:cut_in_header] if cut_in_header else raw[:-7]):
             with pytest.raises(EOFError):
                 decode_stream(bad, ts.is_implicit_VR, ts.is_little_endian)
+
+
+def test_the_accept_loop_forces_no_full_collection(tmp_path: Path, request: pytest.FixtureRequest,
+                                                   monkeypatch: pytest.MonkeyPatch) -> None:
+    """pynetdicom's server ran ``gc.collect()`` every 60 accept-loop polls (every 12 s here): a pause of ~270 ms with
+    the GIL held once models are loaded, during which no instance is acknowledged. The loop must not force one."""
+    import gc
+
+    listener = start(ListenerSettings(ae_title="MEDSIGHT", allow_any=True), Part10Sink(tmp_path), request)
+    server = listener._server
+    assert server is not None
+    full: list[object] = []
+    real = gc.collect
+
+    def collect(generation: int = 2) -> object:
+        return full.append(generation) if generation == 2 else real(generation)
+
+    monkeypatch.setattr(gc, "collect", collect)
+    for _ in range(300):
+        server.service_actions()
+    assert full == []

@@ -66,3 +66,22 @@ def test_busi_benchmark_smoke_run_records_dice_and_auc_with_cis(shared_data: Pat
     assert "BUSI CV fold 1" in cls["split_method"]
     assert doc["split"]["file"] == "src/medsight/data/busi_folds.json" and doc["split"]["folds_tested"] == [1]
     assert {"command", "commit", "date", "load_average_1min"} <= set(doc["provenance"])
+
+
+def test_add_keeps_the_earlier_runs_other_folds_with_their_own_provenance(tmp_path: Path) -> None:
+    sys.path.insert(0, str(ROOT / "benchmarks"))
+    import busi as bench
+
+    earlier_run = {"command": "busi.py --folds 0,1", "commit": "aaaa"}
+    results = tmp_path / "busi.json"
+    results.write_text(json.dumps({
+        "provenance": earlier_run,
+        "segmentation": {"folds": [{"fold": 0, "dice": 0.5}, {"fold": 1, "dice": 0.4}]},
+        "classification": {"folds": [{"fold": 1, "auc": 0.8}]},
+    }))
+    record = {"provenance": {"command": "busi.py --folds 1,2 --add"}, "split": {"folds_tested": [1, 2]},
+              "segmentation": {"folds": []}, "classification": {"folds": []}}
+    bench.keep_earlier_folds(record, results, [1, 2])
+    assert record["segmentation"]["folds"] == [{"fold": 0, "dice": 0.5, "provenance": earlier_run}]
+    assert record["classification"]["folds"] == []  # fold 1 is measured again by this run
+    assert record["split"]["folds_tested"] == [0, 1, 2] and record["earlier_runs"] == [earlier_run]
