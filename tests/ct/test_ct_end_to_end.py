@@ -14,6 +14,7 @@ import nibabel as nib
 import pydicom
 import pytest
 
+from medsight.io.dicom import read_series
 from medsight.serving.dicom_objects import read_sr
 from medsight.serving.provenance import bundle_checksum
 from medsight.training.bundle import load_bundle
@@ -69,10 +70,23 @@ def test_dicom_ct_series_in_seg_and_sr_out(
     (evidence,) = sr.CurrentRequestedProcedureEvidenceSequence
     assert [s.SeriesInstanceUID for s in evidence.ReferencedSeriesSequence] == [series_uid]
     assert referenced_sops(evidence.ReferencedSeriesSequence, "ReferencedSOPSequence") <= sops
-    (finding,) = read_sr(sr_path)
-    assert finding.label == "nodule" and 0.0 <= finding.probability <= 1.0
-    assert set(finding.referenced_sop_instance_uids) <= sops and finding.referenced_sop_instance_uids
-    assert bundle_checksum(nodule_bundle) in finding.model_checksum  # IHE AIR provenance
+    # one measurement group per nodule the model found (its volume, peak probability and slices), or one for the
+    # class when it found none
+    findings, regions = read_sr(sr_path), entry["regions"]
+    if regions:
+        assert [f.label for f in findings] == [f"nodule {r['number']}" for r in regions]
+        assert [f.size for f in findings] == [(pytest.approx(r["size"], rel=1e-3), "mm3") for r in regions]
+        assert [f.probability for f in findings] == pytest.approx([r["peak_probability"] for r in regions], abs=1e-4)
+        by_slice = [str(pydicom.dcmread(p, stop_before_pixels=True).SOPInstanceUID)  # the mask's 3rd axis
+                    for p in read_series(lidc_series).files]
+        for f, r in zip(findings, regions, strict=True):
+            assert set(f.referenced_sop_instance_uids) == {by_slice[k] for k in r["slices"]}
+    else:
+        assert [(f.label, f.size) for f in findings] == [("nodule", None)]
+    for finding in findings:
+        assert finding.code[2] and 0.0 <= finding.probability <= 1.0
+        assert set(finding.referenced_sop_instance_uids) <= sops and finding.referenced_sop_instance_uids
+        assert bundle_checksum(nodule_bundle) in finding.model_checksum  # IHE AIR provenance
 
     for path in (seg_path, sr_path):
         assert dciodvfy_errors(dciodvfy, path) == [], path.name

@@ -164,3 +164,36 @@ def test_secondary_capture_of_another_size_from_a_radiograph(shared_data: Path, 
     assert pydicom.dcmread(out).pixel_array.shape == (64, 48, 3)
     with pytest.raises(MedsightError, match="RGB"):
         write_secondary_capture(np.zeros((4, 4)), source, tmp_path / "grey.dcm")
+
+
+def test_a_one_word_patient_name_reaches_no_warning_or_log(
+    series: tuple[Volume, list[Dataset]], mask: np.ndarray, tmp_path: Path, caplog: pytest.LogCaptureFixture
+) -> None:
+    """highdicom warns that a person name without a caret "is unlikely to represent the intended person name",
+    quoting it; many real exports have such names (e.g. "LIDC-IDRI-0001"), and the warning went to stderr, i.e. the
+    service's log. No SEG, SR or SC (medsight's or the reader's) may let the name out."""
+    import copy
+    import logging
+    import warnings
+
+    from medsight.review.reader_objects import ReaderBox, write_reader_seg, write_reader_sr
+
+    volume, originals = series
+    datasets = [copy.deepcopy(d) for d in originals]
+    for d in datasets:
+        d.PatientName = "SECRETNAME7"
+    source = next(d for d in datasets if Path(d.filename) == volume.files[7])
+    caplog.set_level(logging.DEBUG)
+    with warnings.catch_warnings(record=True) as caught:
+        warnings.simplefilter("always")
+        write_seg(mask, datasets, ["tumour", "oedema"], tmp_path / "seg.dcm")
+        write_sr([Finding("tumour", 0.9)], datasets, tmp_path / "sr.dcm", "m", "1")
+        write_secondary_capture(np.zeros((8, 8, 3)), source, tmp_path / "sc.dcm")
+        box = ReaderBox(str(source.SOPInstanceUID), 1.0, 2.0, 5.0, 6.0, "tumour")
+        write_reader_sr(None, [source], tmp_path / "reader_sr.dcm", reader="dr^who", decision="agree",
+                        ai_label="tumour", reader_label="tumour", boxes=[box])
+        write_reader_seg({str(source.SOPInstanceUID): np.ones((int(source.Rows), int(source.Columns)), bool)},
+                         [source], tmp_path / "reader_seg.dcm", reader="dr^who", label="tumour")
+    said = [str(w.message) for w in caught] + [r.getMessage() for r in caplog.records]
+    assert not [line for line in said if "SECRETNAME7" in line]
+    assert pydicom.dcmread(tmp_path / "sr.dcm").PatientName == "SECRETNAME7"  # the objects keep it, as they must

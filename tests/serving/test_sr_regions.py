@@ -74,3 +74,22 @@ def test_region_findings_must_name_one_image_inside_it(shared_data: Path, tmp_pa
     with pytest.raises(MedsightError, match="outside the image"):
         write_sr([Finding("x", 0.5, image_indices=(0,), point=(1e6, 3))], datasets, target, "m", "1")
     assert list(tmp_path.iterdir()) == []
+
+
+def test_numbered_findings_carry_their_volume_and_area(shared_data: Path, tmp_path: Path) -> None:
+    """One group per nodule: its own tracking identifier and an SCT Volume (or Area) in UCUM units, read back."""
+    datasets = _mr(shared_data)
+    findings = [
+        Finding("nodule", 0.93, identifier="nodule 1", size=(523.5, "mm3")),
+        Finding("nodule", 0.61, identifier="nodule 2", size=(14.25, "mm3")),
+        Finding("lesion", 0.5, identifier="lesion 1", size=(30.0, "mm2")),
+        Finding("vessel", 0.1),
+    ]
+    out = write_sr(findings, datasets, tmp_path / "sr.dcm", "nodulenet", "1")
+    assert dciodvfy_errors(out) == []
+    back = read_sr(out)
+    assert [f.label for f in back] == ["nodule 1", "nodule 2", "lesion 1", "vessel"]
+    assert [f.size for f in back] == [(523.5, "mm3"), (14.25, "mm3"), (30.0, "mm2"), None]
+    assert [f.probability for f in back] == pytest.approx([0.93, 0.61, 0.5, 0.1])
+    with pytest.raises(MedsightError, match="size unit"):
+        write_sr([Finding("nodule", 0.5, size=(1.0, "ml"))], datasets, tmp_path / "bad.dcm", "m", "1")

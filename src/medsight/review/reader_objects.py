@@ -37,7 +37,7 @@ from medsight import __version__
 from medsight.errors import MedsightError
 from medsight.io.atomic import atomic_path
 from medsight.serving import codes as label_codes
-from medsight.serving.dicom_objects import MANUFACTURER, resolve_label, with_type2
+from medsight.serving.dicom_objects import MANUFACTURER, names_stay_out_of_warnings, resolve_label, with_type2
 
 #: The reader's verdict (concept name) and the edit value: no standard codes exist, so medsight's local scheme.
 VERDICT = Code("RVERDICT", label_codes.LOCAL_SCHEME, "Reader verdict on AI finding")
@@ -123,6 +123,7 @@ def _region(box: ReaderBox, source: Dataset) -> hd.sr.ImageRegion:
     )
 
 
+@names_stay_out_of_warnings
 def write_reader_sr(
     ai_sr: Dataset | None,
     sources: Sequence[Dataset],
@@ -224,6 +225,7 @@ def _scheme_item(values: Mapping[str, str]) -> Dataset:
     return item
 
 
+@names_stay_out_of_warnings
 def write_reader_seg(
     masks: Mapping[str, np.ndarray],
     sources: Sequence[Dataset],

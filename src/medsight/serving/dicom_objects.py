@@ -18,10 +18,13 @@ never has to track file order.
 from __future__ import annotations
 
 import copy
+import functools
 import re
-from collections.abc import Mapping, Sequence
+import warnings
+from collections.abc import Callable, Mapping, Sequence
 from dataclasses import dataclass, field
 from pathlib import Path
+from typing import ParamSpec, TypeVar
 
 import highdicom as hd
 import numpy as np
@@ -38,6 +41,33 @@ from medsight.io.geometry import Geometry
 from medsight.serving import codes as label_codes
 from medsight.serving.codes import LOCAL_SCHEME as LOCAL_SCHEME  # re-exported: writers' local scheme
 from medsight.serving.provenance import AlgorithmIdentity, identity_from_sr_parameters
+
+_P = ParamSpec("_P")
+_R = TypeVar("_R")
+#: highdicom's check of a person name without a caret: its warning quotes the name (e.g. "LIDC-IDRI-0001")
+_PERSON_NAME_WARNING = r'The string ".*" is unlikely to represent the intended person name'
+
+
+def silence_person_name_warnings() -> None:
+    """Drop highdicom's person-name warning, process-wide (idempotent).
+
+    Why: it quotes the patient's name and goes to stderr, the service's log; many real exports have one-word names.
+    The name itself is copied into the object unchanged, as the standard asks.
+    """
+    warnings.filterwarnings("ignore", message=_PERSON_NAME_WARNING, category=UserWarning)
+
+
+def names_stay_out_of_warnings(func: Callable[_P, _R]) -> Callable[_P, _R]:
+    """Decorator for writers that build highdicom objects from a source's header: see
+    :func:`silence_person_name_warnings` (re-applied per call: a caller's ``catch_warnings`` may have reset it)."""
+
+    @functools.wraps(func)
+    def wrapper(*args: _P.args, **kwargs: _P.kwargs) -> _R:
+        silence_person_name_warnings()
+        return func(*args, **kwargs)
+
+    return wrapper
+
 
 MANUFACTURER = "medsight"
 
@@ -145,6 +175,7 @@ def volume_order(source_datasets: Sequence[Dataset]) -> list[tuple[int, int]]:
 # --------------------------------------------------------------------------------------------------------
 
 
+@names_stay_out_of_warnings
 def write_seg(
     mask: np.ndarray,
     source_datasets: Sequence[Dataset],
@@ -327,6 +358,10 @@ class Finding:
     column c)`` covers ``[c, c+1) x [r, r+1)`` and ``(Columns, Rows)`` is the bottom-right corner of the
     image. This is medsight's box convention (e.g. detection's ``predictions.json``). A region finding must
     name exactly one image in ``image_indices`` (``None`` is accepted when there is only one source image).
+
+    ``identifier`` names one of several findings of a class (e.g. "nodule 2"; default: the label) as the group's
+    Tracking Identifier; ``size`` is its volume in mm³ (``"mm3"``) or area in mm² (``"mm2"``), reported as an SCT
+    Volume or Area measurement beside the probability.
     """
 
     label: str | Label
@@ -334,8 +369,11 @@ class Finding:
     image_indices: tuple[int, ...] | None = None
     box: tuple[float, float, float, float] | None = None
     point: tuple[float, float] | None = None
+    identifier: str | None = None
+    size: tuple[float, str] | None = None
 
 
+@names_stay_out_of_warnings
 def write_sr(
     findings: Sequence[Finding],
     source_datasets: Sequence[Dataset],
@@ -375,10 +413,12 @@ def write_sr(
         label = resolve_label(finding.label, codes)
         concept = label.concept()
         used.append(Code(concept.value, concept.scheme_designator, concept.meaning))
-        tracking = hd.sr.TrackingIdentifier(uid=hd.UID(), identifier=label.name[:64] or f"finding {n}")
+        name = finding.identifier or label.name
+        tracking = hd.sr.TrackingIdentifier(uid=hd.UID(), identifier=name[:64] or f"finding {n}")
         probability = hd.sr.Measurement(
             name=dicom_codes.DCM.Probability, value=p, unit=dicom_codes.UCUM.NoUnits, algorithm_id=algorithm
         )
+        measurements = [probability, *_size_measurement(finding, n, algorithm, out_path, used)]
         if finding.box is not None or finding.point is not None:
             groups.append(
                 hd.sr.PlanarROIMeasurementsAndQualitativeEvaluations(
@@ -386,7 +426,7 @@ def write_sr(
                     referenced_region=_image_region(finding, n, source_datasets, out_path),
                     finding_type=concept,
                     algorithm_id=algorithm,
-                    measurements=[probability],
+                    measurements=measurements,
                 )
             )
             continue
@@ -401,7 +441,7 @@ def write_sr(
                 finding_type=concept,
                 algorithm_id=algorithm,
                 source_images=images,
-                measurements=[probability],
+                measurements=measurements,
             )
         )
     observer = hd.sr.ObserverContext(
@@ -443,6 +483,29 @@ def write_sr(
         _scheme_item(item) for item in label_codes.coding_scheme_identification(used)
     ]
     return _save(sr, out_path)
+
+
+#: a finding's size unit → (SR concept, UCUM unit)
+_SIZES: dict[str, tuple[Code, Code]] = {
+    "mm3": (dicom_codes.SCT.Volume, dicom_codes.UCUM.CubicMillimeter),
+    "mm2": (dicom_codes.SCT.Area, dicom_codes.UCUM.SquareMillimeter),
+}
+
+
+def _size_measurement(
+    finding: Finding, n: int, algorithm: hd.sr.AlgorithmIdentification, out_path: PathLike, used: list[Code]
+) -> list[hd.sr.Measurement]:
+    """The finding's volume or area as a measurement (none without a size)."""
+    if finding.size is None:
+        return []
+    value, unit = finding.size
+    if unit not in _SIZES:
+        raise MedsightError(f"finding {n}: size unit {unit!r} is not one of {sorted(_SIZES)}", out_path)
+    if not np.isfinite(value) or value < 0:
+        raise MedsightError(f"finding {n}: size {value} is not a finite, non-negative number", out_path)
+    concept, ucum = _SIZES[unit]
+    used.extend([concept, ucum])
+    return [hd.sr.Measurement(name=concept, value=float(value), unit=ucum, algorithm_id=algorithm)]
 
 
 def _scheme_item(values: Mapping[str, str]) -> Dataset:
@@ -507,6 +570,7 @@ class ReportedFinding:
     ``box`` / ``point`` are the finding's region in the convention of :class:`Finding` (None when it has none).
     ``label`` is the model's label text (the Tracking Identifier), ``code`` the coded finding
     ``(value, scheme, meaning)`` and ``model_checksum`` the bundle checksum from the Algorithm Parameters.
+    ``size`` is the finding's volume or area as :class:`Finding` gives it (``(value, "mm3" | "mm2")``), if any.
     """
 
     label: str
@@ -518,6 +582,7 @@ class ReportedFinding:
     point: tuple[float, float] | None = None
     code: tuple[str, str, str] = ("", "", "")
     model_checksum: str = ""
+    size: tuple[float, str] | None = None
 
 
 def read_sr(path: PathLike) -> list[ReportedFinding]:
@@ -540,6 +605,10 @@ def read_sr(path: PathLike) -> list[ReportedFinding]:
         probability = float("nan")
         for m in group.get_measurements(name=dicom_codes.DCM.Probability):
             probability = float(m.value)
+        size: tuple[float, str] | None = None
+        for unit, (concept, _ucum) in _SIZES.items():
+            for m in group.get_measurements(name=concept):
+                size = (float(m.value), unit)
         box: tuple[float, float, float, float] | None = None
         point: tuple[float, float] | None = None
         if isinstance(group, hd.sr.PlanarROIMeasurementsAndQualitativeEvaluations):
@@ -563,6 +632,7 @@ def read_sr(path: PathLike) -> list[ReportedFinding]:
                     else ("", "", "")
                 ),
                 model_checksum=identity_from_sr_parameters(_text_items(group, dicom_codes.DCM.AlgorithmParameters)),
+                size=size,
             )
         )
     return found
@@ -637,6 +707,7 @@ def _text_item(group: Sequence[Dataset], name: Code) -> str:
 # --------------------------------------------------------------------------------------------------------
 
 
+@names_stay_out_of_warnings
 def write_secondary_capture(
     rgb_image: np.ndarray,
     source_dataset: Dataset,

@@ -25,6 +25,7 @@ from medsight.tasks.segmentation.inference import (
     predict_case,
     torch_predictor,
 )
+from medsight.tasks.segmentation.lesions import Region, regions
 from medsight.tasks.segmentation.overlay import overlay, view
 from medsight.tasks.segmentation.plan import SegmentationPlan
 from medsight.tasks.segmentation.uncertainty import Mirrors, disagreement, flag
@@ -65,8 +66,13 @@ class SegmentationResult(Result):
     uncertainty: float | None = None
     #: Uncertainty above the threshold chosen on validation at training; None without uncertainty or threshold.
     flag_for_review: bool | None = None
-    #: Per foreground class, the highest probability the model gave it anywhere in the image (the SR's probability).
+    #: Per foreground class, the highest probability the model gave it anywhere in the image (the SR's probability
+    #: for a class it found nowhere).
     peak_probability: dict[str, float] = field(default_factory=dict)
+    #: Each connected region of each foreground class, largest first (``lesions.py``): one SR finding each.
+    regions: list[Region] = field(default_factory=list)
+    #: Per class, how many smaller regions were left out of ``regions`` (``lesions.MAX_REGIONS_PER_CLASS``).
+    regions_omitted: dict[str, int] = field(default_factory=dict)
 
     def summary(self) -> str:
         text = ", ".join(f"{n} {v:.0f} {self.unit}" for n, v in self.amounts.items()) + f" ({self.engine})"
@@ -81,6 +87,8 @@ class SegmentationResult(Result):
             "amounts": {"unit": self.unit, **self.amounts},
             "uncertainty": self.uncertainty,
             "flag_for_review": self.flag_for_review,
+            "regions": [region.payload() for region in self.regions],
+            "regions_omitted": dict(self.regions_omitted),
         }
 
 
@@ -187,27 +195,34 @@ class SegmentationModel:
     def segment(self, image: np.ndarray, spacing: tuple[float, ...]) -> tuple[np.ndarray, float | None]:
         """The post-processed mask of ``image`` ``(C, *spatial)`` and its uncertainty (None when off); a 2D model
         runs slice by slice on a volume."""
-        mask, spread, _ = self._segment(image, spacing)
+        mask, spread, _, _ = self._segment(image, spacing)
         return mask, spread
 
-    def _segment(self, image: np.ndarray, spacing: tuple[float, ...]) -> tuple[np.ndarray, float | None, np.ndarray]:
-        """:meth:`segment` plus each class's peak probability over the image (what the SR reports per class)."""
+    def _segment(
+        self, image: np.ndarray, spacing: tuple[float, ...]
+    ) -> tuple[np.ndarray, float | None, np.ndarray, np.ndarray]:
+        """:meth:`segment` plus each class's peak probability over the image (what the SR reports for a class it
+        did not find) and, per voxel, the probability of the class the mask assigns there (for its regions')."""
         dims = self.plan.spatial_dims
         n_classes = len(self.labels)
         if image.ndim - 1 == dims:
             mirrors = Mirrors() if self.uncertainty else None
             mask, probs = self.case(Loaded("input", image, None, spacing, np.eye(4)), mirrors)
-            return mask, None if mirrors is None else disagreement(mirrors, n_classes), _peaks(probs)
+            spread = None if mirrors is None else disagreement(mirrors, n_classes)
+            return mask, spread, _peaks(probs), _assigned(probs, mask)
         if dims == 2 and image.ndim == 4:
             out = np.zeros(image.shape[1:], np.uint8)
+            confidence = np.zeros(image.shape[1:], np.float32)
             peaks = np.zeros(n_classes, np.float32)
             slices: list[Mirrors] = []
             for k in range(image.shape[-1]):
                 mirrors = Mirrors() if self.uncertainty else None
                 out[..., k], probs = self.case(Loaded("input", image[..., k], None, spacing[:2], np.eye(4)), mirrors)
                 peaks = np.maximum(peaks, _peaks(probs))
+                confidence[..., k] = _assigned(probs, out[..., k])
                 slices += [mirrors] if mirrors is not None else []
-            return out, disagreement(Mirrors.stack(slices), n_classes) if slices else None, peaks
+            spread = disagreement(Mirrors.stack(slices), n_classes) if slices else None
+            return out, spread, peaks, confidence
         raise MedsightError(f"a {image.ndim - 1}D image, but the model segments {dims}D images")
 
     # --- the Model protocol ----------------------------------------------------------------------------------------
@@ -224,11 +239,12 @@ class SegmentationModel:
                 )
         results = []
         for k, r in enumerate(tqdm(read, desc="segment", unit="input", disable=len(read) < 2)):
-            mask, spread, peaks = self._segment(r.image, r.spacing)
+            mask, spread, peaks, confidence = self._segment(r.image, r.spacing)
             raster = r.kind == "raster"
             unit = "mm³" if len(r.spacing) == 3 else ("pixels" if raster else "mm²")
             size = 1.0 if raster else float(np.prod(r.spacing))
             amounts = {self.labels[c]: float((mask == c).sum()) * size for c in range(1, len(self.labels))}
+            found, omitted = regions(mask, confidence, list(self.labels), tuple(r.spacing), unit)
             results.append(
                 SegmentationResult(
                     input=r.path.name,
@@ -244,6 +260,8 @@ class SegmentationModel:
                     uncertainty=spread,
                     flag_for_review=flag(spread, self.review_threshold),
                     peak_probability={self.labels[c]: float(peaks[c]) for c in range(1, len(self.labels))},
+                    regions=found,
+                    regions_omitted=omitted,
                 )
             )
         return results
@@ -308,22 +326,32 @@ class SegmentationModel:
         identity: AlgorithmIdentity,
         codes: dict[str, Code],
     ) -> str:
-        """A TID 1500 SR beside the SEG (same series ``datasets``, algorithm ``identity`` and ``codes``), one
-        measurement group per foreground class: its peak probability, and references to the slices it was segmented
-        on (every slice when it was segmented on none)."""
+        """A TID 1500 SR beside the SEG (same series ``datasets``, algorithm ``identity`` and ``codes``): one
+        measurement group per connected region of a class (``lesions.py``: "nodule 1", "nodule 2"..., each with its
+        volume or area, the highest probability of its class inside it and references to the slices it lies on), and
+        one per class found nowhere (its peak probability over the image, referencing every slice)."""
         from medsight.serving.dicom_objects import Finding, write_sr
 
         per_slice = r.mask.ndim == 3 and len(datasets) == r.mask.shape[2]  # one file per slice, in slice order
+        size_unit = {"mm³": "mm3", "mm²": "mm2"}.get(r.unit)  # pixels have no physical size to report
         findings = []
         for c in range(1, len(self.labels)):
-            slices = np.flatnonzero((r.mask == c).any(axis=(0, 1))) if per_slice else np.zeros(0, int)
-            findings.append(
-                Finding(
-                    label=self.labels[c],
-                    probability=min(1.0, max(0.0, r.peak_probability.get(self.labels[c], 0.0))),
-                    image_indices=tuple(int(k) for k in slices) or None,
+            label = self.labels[c]
+            found = [region for region in r.regions if region.label == label]
+            for region in found:
+                findings.append(
+                    Finding(
+                        label=label,
+                        probability=region.peak_probability,
+                        image_indices=(region.slices if per_slice else None) or None,
+                        identifier=region.name,
+                        size=(region.size, size_unit) if size_unit else None,
+                    )
                 )
-            )
+            if not found:
+                findings.append(
+                    Finding(label=label, probability=min(1.0, max(0.0, r.peak_probability.get(label, 0.0))))
+                )
         name = f"{r.stem}_sr.dcm"
         write_sr(
             findings,
@@ -333,6 +361,12 @@ class SegmentationModel:
             codes=codes,
         )
         return name
+
+
+def _assigned(probs: np.ndarray, mask: np.ndarray) -> np.ndarray:
+    """Per voxel, the probability of the class ``mask`` assigns there: ``probs`` ``(n_classes, *spatial)``."""
+    index = np.clip(mask.astype(np.int64), 0, probs.shape[0] - 1)[None]
+    return np.asarray(np.take_along_axis(probs, index, axis=0)[0], np.float32)
 
 
 def _peaks(probs: np.ndarray) -> np.ndarray:
