@@ -324,7 +324,7 @@ def test_a_stream_cut_anywhere_is_refused_and_a_whole_one_decodes(samples: Path)
 
 def test_the_accept_loop_forces_no_full_collection(tmp_path: Path, request: pytest.FixtureRequest,
                                                    monkeypatch: pytest.MonkeyPatch) -> None:
-    """pynetdicom's server ran ``gc.collect()`` every 60 accept-loop polls (every 12 s here): a pause of ~270 ms with
+    """pynetdicom's server ran ``gc.collect()`` every 60 accept-loop polls (every 12 s here): a pause of ~0.35 s with
     the GIL held once models are loaded, during which no instance is acknowledged. The loop must not force one."""
     import gc
 

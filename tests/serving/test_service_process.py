@@ -292,7 +292,7 @@ port = {port}
 
 def test_start_up_objects_are_frozen_out_of_the_collector(running: Service) -> None:
     """A full cyclic collection over a started service (torch, the loaded models: ~590k objects) held the GIL for
-    ~270 ms, stalling every C-STORE and HTTP request; objects made before ``ready`` are moved out of its reach."""
+    ~0.35 s, stalling every C-STORE and HTTP request; objects made before ``ready`` are moved out of its reach."""
     import gc
 
     assert gc.get_freeze_count() > 100_000

@@ -276,9 +276,10 @@ class _Server(ThreadedAssociationServer):
 
     def service_actions(self) -> None:
         """No forced collection. pynetdicom's runs ``gc.collect()`` every 60 accept-loop polls (every 12 s at our
-        0.2 s poll): with torch and a model loaded that held the GIL ~270 ms, stalling every association and HTTP
-        request. Dead associations' reference cycles are left to Python's own collector (the service freezes its
-        start-up objects out of it, so its full passes are short: ``service.freeze_start_up_objects``)."""
+        0.2 s poll): with torch and a model loaded that held the GIL about 0.35 s (benchmarks/gc_pause.py), stalling
+        every association and HTTP request. Dead associations' reference cycles are left to Python's own collector
+        (the service freezes its start-up objects out of it, so its full passes are short:
+        ``service.freeze_start_up_objects``)."""
 
     def shutdown(self) -> None:
         socketserver.BaseServer.shutdown(self)  # pynetdicom's own also removes it from AE._servers

@@ -433,7 +433,7 @@ def run_worker_process(config: SiteConfig, worker: str, stop: Any, events: Any, 
 def freeze_start_up_objects() -> None:
     """Move everything alive now (torch, the loaded models, the app: ~590k objects) out of the cyclic collector.
 
-    Why: each full collection walked them all, holding the GIL ~270 ms (measured in a started service), so every
+    Why: each full collection walked them all, holding the GIL about 0.35 s (benchmarks/gc_pause.py), so every
     C-STORE acknowledgement and HTTP request in flight waited. They live as long as the process, so scanning them
     finds nothing; objects made later are collected as before.
     """
