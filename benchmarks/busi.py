@@ -9,7 +9,14 @@ same with ``--task classification``. Each fold's test images are scored once, at
 Run (the lead, on a quiet machine; hours for all five folds):
 ``MEDSIGHT_DATA=../shared/data MEDSIGHT_THREADS=2 .venv/bin/python benchmarks/busi.py --folds 0,1,2,3,4``
 Writes ``benchmarks/results/busi.json`` (``--results`` elsewhere). ``--limit N`` keeps N images per fold: a smoke run
-whose figures mean nothing (the tests use it).
+whose figures mean nothing (the tests use it). Folds can run in separate processes (one core each) with their own
+``--results`` files, then ``--merge A.json B.json ...`` joins them into ``--results`` (later files win per fold and
+task; each fold keeps the command and commit that measured it).
+
+Besides the Dice over every test image (a normal image with no lesion drawn scores 1, with one drawn 0), each fold
+reports the Dice over the test images that have a lesion (the protocol of UNeXt and most BUSI papers, which leave
+the normal images out) and, as an ablation, the Dice of the same bundle without its unsure-lesion gate (the
+post-processing chosen on the validation fold, ``segmentation/inference.py``).
 """
 
 from __future__ import annotations
@@ -17,6 +24,7 @@ from __future__ import annotations
 import argparse
 import json
 import logging
+import shutil
 import time
 from pathlib import Path
 from typing import Any
@@ -27,10 +35,12 @@ from support.seg_record import RESULTS, machine
 
 from medsight import config
 from medsight.data import busi
+from medsight.evaluation.metrics import bootstrap
 from medsight.io.atomic import write_json
 from medsight.tasks import classification, segmentation
 from medsight.tasks.classification import ClassificationOptions
 from medsight.tasks.segmentation import SegmentationOptions
+from medsight.training.bundle import load_bundle, write_bundle_json
 
 #: Published 5-fold figures on BUSI (targets for the lesion; not the same folds, so context, not a comparison).
 REFERENCES = {
@@ -58,10 +68,19 @@ def segmentation_fold(view: Path, out: Path, args: argparse.Namespace) -> dict[s
     started = time.monotonic()
     meta = task.train(str(view), out / "seg_bundle", options)
     result = task.evaluate(out / "seg_bundle", str(view), "test", out / "seg_eval", args.bootstrap)
+    without = task.evaluate(without_gate(out / "seg_bundle"), str(view), "test", out / "seg_eval_no_gate", 0)
     tr = meta["training"]
+    post = meta["postprocessing"]
     return {
         "n_test": result["n"],
         "dice": result["metrics"]["dice"],
+        "dice_lesion_images": lesion_image_dice(result["per_case"], args.bootstrap),
+        "postprocessing": {k: post.get(k) for k in ("keep_largest_component", "drop_unsure", "unsure_trials")},
+        "ablation_without_unsure_gate": {
+            "dice": without["metrics"]["dice"]["value"],
+            "case_situations": without.get("case_situations"),
+            "dice_lesion_images": lesion_image_dice(without["per_case"], 0)["value"],
+        },
         "hd95": result["metrics"].get("hd95"),
         "case_situations": result.get("case_situations"),
         "val_dice": meta["metrics"]["val"].get("dice"),
@@ -70,6 +89,26 @@ def segmentation_fold(view: Path, out: Path, args: argparse.Namespace) -> dict[s
         "engine": result["engine"],
         "seconds": round(time.monotonic() - started, 1),
     }
+
+
+def without_gate(bundle: Path) -> Path:
+    """A copy of ``bundle`` whose unsure-lesion gate is off (the ablation; the copy sits beside the bundle)."""
+    copy = bundle.with_name(bundle.name + "_no_gate")
+    shutil.rmtree(copy, ignore_errors=True)
+    shutil.copytree(bundle, copy)
+    meta = load_bundle(copy).meta
+    meta["postprocessing"]["drop_unsure"] = {}
+    write_bundle_json(copy, meta)
+    return copy
+
+
+def lesion_image_dice(per_case: list[dict[str, Any]], n_boot: int) -> dict[str, Any]:
+    """Mean Dice over the images whose reference has a lesion (found or missed), with a bootstrap CI over them."""
+    rows = [c["lesion"] for c in per_case if c["lesion"]["situation"] in ("both_present", "missed")]
+    dice = np.asarray([r["dice"] for r in rows], dtype=float)
+    if n_boot <= 0:
+        return {"value": float(dice.mean()), "n": len(dice)}
+    return bootstrap(lambda ix: {"dice": float(dice[ix].mean())}, len(dice), None, n_boot)["dice"] | {"n": len(dice)}
 
 
 def classification_fold(view: Path, out: Path, args: argparse.Namespace) -> dict[str, Any]:
@@ -105,21 +144,39 @@ def _fold(entry: dict[str, Any]) -> int:
     return int(entry["fold"])
 
 
-def keep_earlier_folds(record: dict[str, Any], results: Path, folds: list[int]) -> None:
-    """Carry over the folds of an earlier run in ``results`` that this run does not test, each with the provenance
-    (command, commit, date) of the run that measured it, so that five folds can be run in several sittings."""
+def keep_earlier_folds(record: dict[str, Any], results: Path, folds: list[int], skip: list[str]) -> None:
+    """Carry over the folds of an earlier run in ``results`` that this run does not test (or tests only for the
+    other task: ``skip``), each with the provenance (command, commit, date) of the run that measured it, so that five
+    folds can be run in several sittings."""
     if not results.is_file():
         return
     earlier = json.loads(results.read_text(encoding="utf-8"))
     for task in ("segmentation", "classification"):
         for entry in earlier.get(task, {}).get("folds", []):
-            if entry["fold"] not in folds:
+            if entry["fold"] not in folds or task in skip:
                 entry.setdefault("provenance", earlier["provenance"])
                 record[task]["folds"].append(entry)
         record[task]["folds"].sort(key=_fold)
     tested = {f["fold"] for t in ("segmentation", "classification") for f in record[t]["folds"]}
     record["split"]["folds_tested"] = sorted(tested | set(folds))
     record["earlier_runs"] = [earlier["provenance"], *earlier.get("earlier_runs", [])]
+
+
+def merge(record: dict[str, Any], files: list[Path]) -> None:
+    """Fold entries of several results files into ``record``, later files winning per task and fold; every entry
+    keeps (or is given) the provenance of the run that measured it."""
+    runs = []
+    for path in files:
+        earlier = json.loads(path.read_text(encoding="utf-8"))
+        runs += [earlier["provenance"], *earlier.get("earlier_runs", []), *earlier.get("merged_from", [])]
+        for task in ("segmentation", "classification"):
+            for entry in earlier.get(task, {}).get("folds", []):
+                entry.setdefault("provenance", earlier["provenance"])
+                kept = [f for f in record[task]["folds"] if f["fold"] != entry["fold"]]
+                record[task]["folds"] = sorted([*kept, entry], key=_fold)
+    tested = {f["fold"] for t in ("segmentation", "classification") for f in record[t]["folds"]}
+    record["split"]["folds_tested"] = sorted(tested)
+    record["merged_from"] = runs
 
 
 def main() -> None:
@@ -140,7 +197,14 @@ def main() -> None:
     parser.add_argument("--bootstrap", type=int, default=1000)
     parser.add_argument("--limit", type=int, help="smoke run: at most this many images per fold (figures mean nothing)")
     parser.add_argument(
-        "--add", action="store_true",
+        "--merge",
+        type=Path,
+        nargs="+",
+        help="join these results files (later files win per fold and task) into --results; trains nothing",
+    )
+    parser.add_argument(
+        "--add",
+        action="store_true",
         help="keep the folds already in --results that this run does not test (each fold records its own command)",
     )
     args = parser.parse_args()
@@ -160,9 +224,11 @@ def main() -> None:
         "segmentation": {"folds": []},
         "classification": {"folds": []},
     }
-    if args.add:
-        keep_earlier_folds(record, args.results, args.folds)
-    for k in args.folds:
+    if args.merge:
+        merge(record, args.merge)
+    elif args.add:
+        keep_earlier_folds(record, args.results, args.folds, args.skip)
+    for k in [] if args.merge else args.folds:
         out = args.out / f"fold{k}"
         view = busi.fold_view(args.data, k, out / "data", args.limit)
         if "segmentation" not in args.skip:
@@ -174,7 +240,11 @@ def main() -> None:
         write_json(args.results, record)  # after every fold: a long run that stops keeps what it measured
     seg, cls = record["segmentation"]["folds"], record["classification"]["folds"]
     if seg:
-        record["segmentation"]["across_folds"] = {"dice": pooled(seg, "dice")}
+        record["segmentation"]["across_folds"] = {
+            "dice": pooled(seg, "dice"),
+            "dice_lesion_images": pooled(seg, "dice_lesion_images"),
+            "ablation_without_unsure_gate": pooled([f.get("ablation_without_unsure_gate", {}) for f in seg], "dice"),
+        }
     if cls:
         record["classification"]["across_folds"] = {
             "auc": pooled([{"auc": f["metrics"].get("auc")} for f in cls], "auc")

@@ -6,7 +6,13 @@ import numpy as np
 import pytest
 from sklearn.metrics import roc_auc_score
 
-from medsight.tasks.segmentation.inference import decide_postprocessing, keep_largest
+from medsight.tasks.segmentation.inference import (
+    case_summaries,
+    decide_postprocessing,
+    drop_summarised,
+    keep_largest,
+    postprocess,
+)
 from medsight.tasks.segmentation.metrics import PixelCounts, auc_from_histograms, case_metrics, summarise
 
 
@@ -81,6 +87,47 @@ def test_postprocessing_is_decided_per_class() -> None:
     decision = decide_postprocessing([pred, pred2], [ref, ref2], 3)
     assert decision["keep_largest_component"] == [1]
     assert keep_largest(pred, [1])[0, 19] == 0 and pred[0, 19] == 1  # the input is left untouched
+
+
+def _lesion_case(lesion: bool, peak: float, size: int = 6) -> tuple[np.ndarray, np.ndarray, np.ndarray]:
+    """(prediction, reference, probabilities) of a 32x32 image whose prediction has one blob of peak ``peak``."""
+    pred = np.zeros((32, 32), np.int64)
+    pred[4 : 4 + size, 4 : 4 + size] = 1
+    ref = pred.copy() if lesion else np.zeros_like(pred)
+    fg = np.where(pred == 1, peak, 0.05)
+    return pred, ref, np.stack([1 - fg, fg])
+
+
+def test_an_unsure_lesion_gate_is_chosen_on_validation_and_removes_false_positives() -> None:
+    """BUSI's defect: a lesion drawn on nearly every normal image, each scoring Dice 0. On validation cases where the
+    false positives are less certain than the true lesions, a gate between the two is chosen and removes them."""
+    cases = [_lesion_case(True, 0.97) for _ in range(5)] + [_lesion_case(False, 0.66) for _ in range(5)]
+    preds, refs, probs = zip(*cases, strict=True)
+    summaries = [case_summaries(p, q, 2) for p, q in zip(preds, probs, strict=True)]
+    decision = decide_postprocessing(list(preds), list(refs), 2, summaries)
+    gate = decision["drop_unsure"]["1"]
+    assert 0.66 < gate["min_peak"] <= 0.97
+    assert decision["unsure_trials"]["1"]["dice_before"] == pytest.approx(0.5)
+    assert decision["unsure_trials"]["1"]["dice_after"] == pytest.approx(1.0)
+    for (pred, ref, prob), summary in zip(cases, summaries, strict=True):
+        kept = postprocess(pred, decision["keep_largest_component"], None, prob, decision["drop_unsure"])
+        assert np.array_equal(kept, ref)  # the lesions survive, the false positives are gone
+        # validation applies the same gate from the summaries as prediction does from the probabilities
+        assert np.array_equal(drop_summarised(keep_largest(pred, decision["keep_largest_component"]), summary,
+                                              decision), kept)
+
+
+def test_no_gate_where_it_gains_nothing() -> None:
+    """A class present in every validation image (an organ) has nothing to gain from dropping predictions: no gate,
+    and a small true region is not removed for being small."""
+    cases = [_lesion_case(True, 0.7, size=2) for _ in range(4)] + [_lesion_case(True, 0.99) for _ in range(4)]
+    preds, refs, probs = zip(*cases, strict=True)
+    summaries = [case_summaries(p, q, 2) for p, q in zip(preds, probs, strict=True)]
+    decision = decide_postprocessing(list(preds), list(refs), 2, summaries)
+    assert decision["drop_unsure"] == {}
+    assert decision["unsure_trials"]["1"]["dice_after"] == pytest.approx(1.0)
+    small = postprocess(preds[0], [1], None, probs[0], decision["drop_unsure"])
+    assert small.sum() == 4
 
 
 def test_thread_tuner_trains_with_the_faster_thread_count(monkeypatch: pytest.MonkeyPatch) -> None:

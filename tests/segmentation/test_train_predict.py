@@ -62,7 +62,9 @@ def test_short_training_lowers_the_loss_and_writes_a_complete_bundle(bundle: Pat
     b.network("cpu")  # rebuilt from the recorded spec
     assert (bundle / "splits.json").is_file() and (bundle / "plan.txt").read_text().startswith("data:")
     assert not set(b.meta["data"]["train_ids"]) & set(b.meta["data"]["test_ids"])
-    assert "keep_largest_component" in b.meta["postprocessing"]
+    post = b.meta["postprocessing"]
+    assert "keep_largest_component" in post
+    assert isinstance(post["drop_unsure"], dict) and set(post["unsure_trials"]) == {"1", "2"}  # chosen on val
     assert b.meta["options"]["epochs"] == 5 and b.meta["options"]["max_cases"] == 8
     assert b.meta["training"]["warnings"] == [] and b.meta["training"]["stopped_by"] == "epochs"
     assert history[0]["lr"] > history[-1]["lr"]  # the poly schedule anneals over the planned run

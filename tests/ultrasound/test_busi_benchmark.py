@@ -62,6 +62,10 @@ def test_busi_benchmark_smoke_run_records_dice_and_auc_with_cis(shared_data: Pat
     seg, cls = doc["segmentation"]["folds"][0], doc["classification"]["folds"][0]
     assert seg["fold"] == 1 and seg["n_test"] == 4 and len(seg["dice"]["ci95"]) == 2
     assert 0.0 <= seg["dice"]["value"] <= 1.0
+    lesion = seg["dice_lesion_images"]  # UNeXt's protocol: the images with a lesion (this view holds 3 of 4)
+    assert lesion["n"] == 3 and 0.0 <= lesion["value"] <= 1.0 and len(lesion["ci95"]) == 2
+    assert "drop_unsure" in seg["postprocessing"]  # the gate chosen on the validation fold, and its ablation
+    assert 0.0 <= seg["ablation_without_unsure_gate"]["dice"] <= 1.0
     assert cls["n_test"] == 4 and set(cls["metrics"]["auc"]) == {"value", "ci95"}
     assert "BUSI CV fold 1" in cls["split_method"]
     assert doc["split"]["file"] == "src/medsight/data/busi_folds.json" and doc["split"]["folds_tested"] == [1]
@@ -81,7 +85,36 @@ def test_add_keeps_the_earlier_runs_other_folds_with_their_own_provenance(tmp_pa
     }))
     record = {"provenance": {"command": "busi.py --folds 1,2 --add"}, "split": {"folds_tested": [1, 2]},
               "segmentation": {"folds": []}, "classification": {"folds": []}}
-    bench.keep_earlier_folds(record, results, [1, 2])
+    bench.keep_earlier_folds(record, results, [1, 2], [])
     assert record["segmentation"]["folds"] == [{"fold": 0, "dice": 0.5, "provenance": earlier_run}]
     assert record["classification"]["folds"] == []  # fold 1 is measured again by this run
     assert record["split"]["folds_tested"] == [0, 1, 2] and record["earlier_runs"] == [earlier_run]
+
+    # a segmentation-only run of fold 1 keeps the earlier run's fold-1 classification
+    record = {"provenance": {"command": "busi.py --folds 1 --skip classification --add"},
+              "split": {"folds_tested": [1]}, "segmentation": {"folds": []}, "classification": {"folds": []}}
+    bench.keep_earlier_folds(record, results, [1], ["classification"])
+    assert record["classification"]["folds"] == [{"fold": 1, "auc": 0.8, "provenance": earlier_run}]
+
+
+def test_merge_joins_folds_run_in_parallel_later_files_winning(tmp_path: Path) -> None:
+    sys.path.insert(0, str(ROOT / "benchmarks"))
+    import busi as bench
+
+    old, a, b = ({"command": name, "commit": "c"} for name in ("old", "a", "b"))
+    files = []
+    for name, prov, seg, cls in (
+        ("old", old, [{"fold": 0, "dice": 0.5}, {"fold": 1, "dice": 0.4}], [{"fold": 0, "auc": 0.9}]),
+        ("a", a, [{"fold": 0, "dice": 0.6}], []),
+        ("b", b, [{"fold": 1, "dice": 0.7}], []),
+    ):
+        files.append(tmp_path / f"{name}.json")
+        files[-1].write_text(json.dumps({"provenance": prov, "segmentation": {"folds": seg},
+                                         "classification": {"folds": cls}}))
+    record = {"provenance": {"command": "busi.py --merge"}, "split": {"folds_tested": []},
+              "segmentation": {"folds": []}, "classification": {"folds": []}}
+    bench.merge(record, files)
+    assert record["segmentation"]["folds"] == [{"fold": 0, "dice": 0.6, "provenance": a},
+                                               {"fold": 1, "dice": 0.7, "provenance": b}]
+    assert record["classification"]["folds"] == [{"fold": 0, "auc": 0.9, "provenance": old}]
+    assert record["split"]["folds_tested"] == [0, 1] and record["merged_from"] == [old, a, b]

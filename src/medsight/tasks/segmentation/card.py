@@ -69,13 +69,25 @@ def sections(bundle: Bundle, r: dict[str, Any], figures: list[Figure]) -> list[S
         out.append(uncertainty_section(r))
     post = bundle.meta["postprocessing"]
     chosen = [bundle.label_names[k] for k in post["keep_largest_component"]] or ["none"]
+    gates = [
+        f"{bundle.label_names[int(k)]} when its peak probability is below {g['min_peak']:g} or it covers less than "
+        f"{100 * g['min_area_fraction']:g}% of the image"
+        for k, g in (post.get("drop_unsure") or {}).items()
+    ]
+    unsure = (
+        f" Drop an unsure prediction of {'; of '.join(gates)} ({post['unsure_rule']})."
+        if gates
+        else " No unsure-prediction gate (none gained on validation)."
+        if "unsure_rule" in post
+        else ""
+    )
     out.append(
         Section(
             "Plan and post-processing",
             html.escape(
                 "; ".join(bundle.meta["plan_in_words"])
                 + f". Post-processing: keep the largest component for {', '.join(chosen)} ({post['rule']}, "
-                f"decided on {post['decided_on']})."
+                f"decided on {post['decided_on']})." + unsure
             ),
         )
     )

@@ -131,7 +131,7 @@ def evaluate(bundle_path: Path, data: str, split: str, out: Path, n_boot: int) -
             "review when its uncertainty is above the threshold chosen on the validation cases at training",
             "ci95": f"percentile bootstrap over cases, {n_boot} resamples",
         },
-        "postprocessing": model.keep,
+        "postprocessing": {"keep_largest_component": model.keep, "drop_unsure": model.unsure},
     }
     if binary:
         for key, value in pixels.summary(n_boot).items():

@@ -163,7 +163,10 @@ class SegmentationModel:
         self.uncertainty = self.plan.test_time_flips if uncertainty is None else uncertainty
         self.review_threshold: float | None = (bundle.meta.get("uncertainty") or {}).get("threshold")
         self.labels = bundle.label_names
-        self.keep: list[int] = [int(k) for k in bundle.meta["postprocessing"]["keep_largest_component"]]
+        post = bundle.meta["postprocessing"]
+        self.keep: list[int] = [int(k) for k in post["keep_largest_component"]]
+        #: per class, the gate that drops an unsure prediction (chosen on validation; none in older bundles)
+        self.unsure: dict[str, dict[str, float]] = dict(post.get("drop_unsure") or {})
         onnx_info = bundle.meta.get("onnx") or {}
         device = config.device()
         self.predictor: Predictor
@@ -190,7 +193,7 @@ class SegmentationModel:
             probs = probs.copy()
             probs[:, ~case.roi] = 0.0
             probs[0][~case.roi] = 1.0  # outside the FOV is background with certainty
-        return postprocess(mask, self.keep, case.roi), probs
+        return postprocess(mask, self.keep, case.roi, probs, self.unsure), probs
 
     def segment(self, image: np.ndarray, spacing: tuple[float, ...]) -> tuple[np.ndarray, float | None]:
         """The post-processed mask of ``image`` ``(C, *spatial)`` and its uncertainty (None when off); a 2D model

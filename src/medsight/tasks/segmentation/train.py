@@ -37,7 +37,9 @@ from medsight.tasks.segmentation.data import (
 )
 from medsight.tasks.segmentation.inference import (
     Predictor,
+    case_summaries,
     decide_postprocessing,
+    drop_summarised,
     keep_largest,
     onnx_predictor,
     predict_case,
@@ -187,20 +189,24 @@ def _postprocessing(
     """nnU-Net's post-processing decision on the validation cases, their Dice after it, and the review threshold
     chosen on their test-time-mirroring uncertainty (``uncertainty.py``)."""
     masks: list[np.ndarray] = []
+    summaries: list[np.ndarray] = []
     spread: list[float] = []
     passes: int | None = None
     for c in val_cases:
         mirrors = Mirrors()
-        masks.append(predict_case(c, plan, predictor, mirrors=mirrors)[0])
+        mask, probs = predict_case(c, plan, predictor, mirrors=mirrors)
+        masks.append(mask)
+        summaries.append(case_summaries(mask, probs, ds.n_classes))
         spread.append(disagreement(mirrors, ds.n_classes))
         passes = len(mirrors.masks)
     labels = [c.label for c in val_cases]
     assert all(lab is not None for lab in labels)
-    post = decide_postprocessing(masks, labels, ds.n_classes)  # type: ignore[arg-type]
+    post = decide_postprocessing(masks, labels, ds.n_classes, summaries)  # type: ignore[arg-type]
     final = [keep_largest(m, post["keep_largest_component"]) for m in masks]
     for m, c in zip(final, val_cases, strict=True):
         if c.roi is not None:
             m[~c.roi] = 0
+    final = [drop_summarised(m, s, post) for m, s in zip(final, summaries, strict=True)]
     dice = dice_per_case(final, labels, ds.n_classes)  # type: ignore[arg-type]
     names = [ds.labels.get(k, f"label_{k}") for k in range(ds.n_classes)]
     metrics = {"dice": float(np.nanmean(dice))} | {
