@@ -9,6 +9,7 @@ Gaussian blur, the costliest transform per 3D patch and the least useful one at 
 from __future__ import annotations
 
 import math
+import warnings
 from collections.abc import Iterator, Sequence
 from typing import Any
 
@@ -17,6 +18,11 @@ import torch
 
 from medsight.tasks.segmentation.data import TrainingItem
 from medsight.tasks.segmentation.plan import SegmentationPlan
+
+#: MONAI warns, with the voxel count in the text (so Python's once-per-place rule does not hold), every time it crops
+#: a patch from an image that has no foreground; an image without the lesion (BUSI's normals) is expected training
+#: data, and a run printed thousands of these lines.
+NO_FOREGROUND_WARNING = r"Num foregrounds 0, Num backgrounds \d+, unable to generate class balanced samples"
 
 
 def train_transforms(plan: SegmentationPlan, seed: int) -> Any:
@@ -82,6 +88,8 @@ class PatchSampler:
     """
 
     def __init__(self, items: Sequence[TrainingItem], plan: SegmentationPlan, seed: int) -> None:
+        # a process-wide filter: the batches are drawn on a background thread, where catch_warnings is not safe
+        warnings.filterwarnings("ignore", message=NO_FOREGROUND_WARNING, category=UserWarning)
         self.items = list(items)
         self.batch_size = plan.batch_size
         self.transforms = train_transforms(plan, seed)
