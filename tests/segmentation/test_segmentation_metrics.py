@@ -157,3 +157,20 @@ def test_thread_tuner_trains_with_the_faster_thread_count(monkeypatch: pytest.Mo
         torch.set_num_threads(before)
     assert used[:6] == [2, 2, 2, 1, 1, 1] and used[6:] == [1, 1, 1, 1]
     assert tuner.choice == 1 and tuner.choices == [{"iteration": 6.0, "threads": 1.0}]
+
+
+def test_scoring_many_cases_prints_no_library_warning_per_case() -> None:
+    """Evaluating 157 BUSI images printed MONAI's FutureWarning about its own ``always_return_as_numpy`` 157 times
+    (our catch_warnings around the distances reset Python's once-per-place record each case)."""
+    import warnings
+
+    from medsight.tasks.segmentation.metrics import case_metrics
+
+    ref = np.zeros((24, 24), np.int64)
+    ref[4:12, 4:12] = 1
+    pred = np.roll(ref, 2, axis=0)
+    with warnings.catch_warnings(record=True) as caught:
+        warnings.simplefilter("default")
+        for _ in range(5):
+            case_metrics(pred, ref, 2, (1.0, 1.0), 1.0)
+    assert not [w for w in caught if "always_return_as_numpy" in str(w.message)]

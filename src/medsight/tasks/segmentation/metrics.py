@@ -94,6 +94,9 @@ def case_metrics(
     if np.any(where == "both_present"):  # MONAI cannot score the empty classes (we do, below): skip the work
         with warnings.catch_warnings():  # MONAI warns of the empty classes' nan/inf distances; we replace them
             warnings.filterwarnings("ignore", message=".*may result in nan/inf distance")
+            # MONAI 1.6's surface metrics call its own deprecated ``always_return_as_numpy``; each catch_warnings
+            # resets Python's once-per-place record, so without this the warning was printed once per case
+            warnings.filterwarnings("ignore", message=".*always_return_as_numpy", category=FutureWarning)
             hd, nsd = _distances(p, y, sp, nsd_tolerance, n_classes)
     penalty = image_diagonal(np.asarray(pred).shape, sp)
     hd = np.where(where == "true_negative", 0.0, np.where(where == "both_present", hd, penalty))
