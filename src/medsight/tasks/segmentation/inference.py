@@ -159,18 +159,19 @@ def region_summary(mask: np.ndarray, probs: np.ndarray, n_classes: int) -> np.nd
     return out
 
 
+def is_unsure(area: float, peak: float, gate: dict[str, float]) -> bool:
+    """Whether a predicted region (``area``: its share of the image, ``peak``: its highest probability) falls
+    below ``gate`` (``min_peak``, ``min_area_fraction``); the one rule validation, evaluation and prediction use."""
+    return area > 0 and (peak < gate["min_peak"] or area < gate["min_area_fraction"])
+
+
 def drop_unsure(mask: np.ndarray, probs: np.ndarray, unsure: dict[str, dict[str, float]]) -> np.ndarray:
     """``mask`` with each gated class removed where its region is smaller or less certain than the gate chosen on
     validation (``unsure``: class index as a string → ``min_peak``, ``min_area_fraction``)."""
-    if not unsure:
-        return mask
-    mask = mask.copy()
     for key, gate in unsure.items():
-        k = int(key)
-        region = mask == k
-        if not region.any():
-            continue
-        if float(probs[k][region].max()) < gate["min_peak"] or float(region.mean()) < gate["min_area_fraction"]:
+        region = mask == int(key)
+        if region.any() and is_unsure(float(region.mean()), float(probs[int(key)][region].max()), gate):
+            mask = mask.copy()
             mask[region] = 0
     return mask
 
@@ -180,8 +181,7 @@ def drop_summarised(mask: np.ndarray, summary: np.ndarray, post: dict[str, Any])
     keep = post["keep_largest_component"]
     for key, gate in (post.get("drop_unsure") or {}).items():
         k = int(key)
-        area, peak = summary[1 if k in keep else 0][k - 1]
-        if area > 0 and (peak < gate["min_peak"] or area < gate["min_area_fraction"]):
+        if is_unsure(*summary[1 if k in keep else 0][k - 1], gate):
             mask = mask.copy()
             mask[mask == k] = 0
     return mask

@@ -206,8 +206,7 @@ class SegmentationModel:
     ) -> tuple[np.ndarray, float | None, np.ndarray, np.ndarray]:
         """:meth:`segment` plus each class's peak probability over the image (what the SR reports for a class it
         did not find) and, per voxel, the probability of the class the mask assigns there (for its regions').
-        ``details=False`` (a stream's frames, which need neither) returns empty arrays for both: 0.4 ms a 256x256
-        frame saved."""
+        ``details=False`` (a stream's frames, which need neither) returns empty arrays for both and skips the work."""
         dims = self.plan.spatial_dims
         n_classes = len(self.labels)
         if image.ndim - 1 == dims:
