@@ -181,7 +181,8 @@ def drop_summarised(mask: np.ndarray, summary: np.ndarray, post: dict[str, Any])
     keep = post["keep_largest_component"]
     for key, gate in (post.get("drop_unsure") or {}).items():
         k = int(key)
-        if is_unsure(*summary[1 if k in keep else 0][k - 1], gate):
+        area, peak = summary[1 if k in keep else 0][k - 1]
+        if is_unsure(float(area), float(peak), gate):
             mask = mask.copy()
             mask[mask == k] = 0
     return mask
