@@ -309,8 +309,9 @@ def test_same_patient_id_with_and_without_issuer(shared_data: Path, tmp_path: Pa
 # --- Ctrl-C ----------------------------------------------------------------------------------------
 
 GATED_RUN = """
-import os, sys, time
+import faulthandler, os, signal, sys, time
 import medsight.privacy.run as run
+faulthandler.register(signal.SIGUSR1, all_threads=True)  # the test asks for every thread's stack if the run hangs
 original = run.process_file
 gate = os.environ["MEDSIGHT_TEST_GATE"]
 def gated(path, rel, index, *args, **kwargs):
@@ -326,8 +327,27 @@ from medsight.cli import main
 sys.exit(main(sys.argv[1:]))
 """
 
+#: tgkill(2) by machine: Python can signal only its own threads (signal.pthread_kill)
+TGKILL = {"x86_64": 234, "aarch64": 131}
 
-def test_ctrl_c_stops_workers_and_writes_a_report(shared_data: Path, tmp_path: Path) -> None:
+
+def _signal_thread(pid: int, tid: int, signum: int) -> None:
+    """Send ``signum`` to one thread of another process, as the kernel does when it picks that thread for a
+    process-directed signal."""
+    import ctypes
+    import platform
+
+    number = TGKILL.get(platform.machine())
+    assert number is not None, f"no tgkill number known for {platform.machine()}"
+    if ctypes.CDLL(None, use_errno=True).syscall(number, pid, tid, signum) != 0:
+        raise OSError(ctypes.get_errno(), f"tgkill({pid}, {tid}) failed")
+
+
+@pytest.mark.parametrize("target", ["process group", "helper thread 1", "helper thread 2", "helper thread 3"])
+def test_ctrl_c_stops_workers_and_writes_a_report(shared_data: Path, tmp_path: Path, target: str) -> None:
+    """Ctrl-C stops a run whichever thread of the parent the kernel hands the SIGINT to: the pool's three helper
+    threads sleep in system calls too, and a parent that waited on the pool with no timeout never woke (a hang that
+    showed only under load, when the kernel picked a helper thread)."""
     src = shared_data / "udacity_brain_mr_dicom"
     out, gate = tmp_path / "out", tmp_path / "gate"
     gate.mkdir()
@@ -343,9 +363,21 @@ def test_ctrl_c_stops_workers_and_writes_a_report(shared_data: Path, tmp_path: P
     assert proc.poll() is None, "the run ended before it was interrupted"
     assert len(list(gate.iterdir())) == 2, "the workers never reached the gate"
     time.sleep(0.5)  # the parent collects the last chunk handed back
-    os.killpg(proc.pid, signal.SIGINT)  # what a terminal's Ctrl-C does: the whole process group
+    if target == "process group":
+        os.killpg(proc.pid, signal.SIGINT)  # what a terminal's Ctrl-C does: the whole process group
+    else:
+        helpers = sorted(int(t) for t in os.listdir(f"/proc/{proc.pid}/task") if int(t) != proc.pid)
+        assert len(helpers) >= 3, f"expected the pool's helper threads, found {helpers}"
+        _signal_thread(proc.pid, helpers[int(target.split()[-1]) - 1], signal.SIGINT)
     stopped = time.monotonic()
-    _, err = proc.communicate(timeout=30)
+    try:
+        _, err = proc.communicate(timeout=30)
+    except subprocess.TimeoutExpired:
+        os.kill(proc.pid, signal.SIGUSR1)  # every thread's stack to stderr (faulthandler), for the failure message
+        time.sleep(1)
+        os.killpg(proc.pid, signal.SIGKILL)
+        _, err = proc.communicate()
+        pytest.fail(f"the interrupted run did not stop within 30 s; its threads:\n{err[-6000:]}")
     assert time.monotonic() - stopped < 10
     assert proc.returncode == 130, err
     assert "interrupted" in err
@@ -355,5 +387,7 @@ def test_ctrl_c_stops_workers_and_writes_a_report(shared_data: Path, tmp_path: P
     # inputs 0-43 (42 DICOM files and 2 stray non-DICOM files) are done and reported; the other 46 are not
     assert (counts["written"], counts["skipped"], counts["not_processed"]) == (42, 2, 46)
     assert not [p for p in out.rglob("*.tmp")]
+    if target != "process group":
+        time.sleep(1)  # the workers ignore SIGINT; the parent's pool.terminate() stops them
     with pytest.raises(ProcessLookupError):
         os.killpg(proc.pid, 0)  # no worker left behind

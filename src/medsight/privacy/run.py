@@ -29,7 +29,7 @@ import signal
 import struct
 import sys
 import time
-from collections.abc import Iterable
+from collections.abc import Iterable, Iterator
 from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
@@ -49,6 +49,7 @@ from medsight.privacy.report import FileResult, RunReport, append_audit, write_r
 
 DEFAULT_AUDIT_LOG = Path.home() / ".medsight" / "deid_audit.log"
 CHUNK = 24
+WAIT_TICK_S = 0.2  # how long the main thread waits on the pool at a time: the longest a Ctrl-C can go unnoticed
 STAGING = ".medsight-staging"
 #: Every input finished by earlier runs into this OUT (keyed input hash -> result, no PHI): what a re-run skips.
 LEDGER = ".medsight-ledger.json"
@@ -287,6 +288,20 @@ def _init_worker(job: Job) -> None:
     _init(job)
 
 
+def _interruptible(results: Any) -> Iterator[list[FileResult]]:
+    """A pool's results, waited for in short ticks. Ctrl-C is raised only when the main thread runs Python code: a
+    wait with no timeout sleeps through a SIGINT the kernel hands to one of the pool's helper threads (it may pick any
+    thread that does not block the signal), and the run would hang until a result came, which a stuck worker never
+    sends (tests/privacy/test_leaks.py sends it to each thread in turn)."""
+    while True:
+        try:
+            yield results.next(timeout=WAIT_TICK_S)
+        except multiprocessing.TimeoutError:
+            continue
+        except StopIteration:
+            return
+
+
 def _chunk_worker(items: list[tuple[Path, str, int]]) -> list[FileResult]:
     assert _JOB is not None and _DEID is not None
     return [process_file(p, r, i, _JOB, _DEID) for p, r, i in items]
@@ -416,7 +431,7 @@ def deidentify(
             pool = ctx.Pool(workers, initializer=_init_worker, initargs=(job,))
             try:
                 size = max(1, min(CHUNK, len(items) // (workers * 4)))  # small runs: progress (and Ctrl-C) in steps
-                for chunk in pool.imap_unordered(_chunk_worker, _chunks(items, size)):
+                for chunk in _interruptible(pool.imap_unordered(_chunk_worker, _chunks(items, size))):
                     finish(chunk)
                 pool.close()
             except BaseException:
