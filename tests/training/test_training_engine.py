@@ -11,6 +11,7 @@ import torch
 from torch import nn
 
 from medsight.training.engine import (
+    AveragedWeights,
     Checkpoint,
     EarlyStopping,
     Engine,
@@ -19,6 +20,7 @@ from medsight.training.engine import (
     Progress,
     TimeBudget,
     Validate,
+    averaging_decay,
     prefetch,
 )
 
@@ -97,6 +99,42 @@ def test_keep_best_restores_the_best_validated_weights_and_early_stopping_stops(
     assert torch.equal(model.weight, snapshots[2])
     assert not torch.equal(model.weight, snapshots[5])
     assert state.history[1]["val_score"] == pytest.approx(0.9)
+
+
+def test_the_weight_average_follows_every_step_and_is_kept_when_validation_prefers_it() -> None:
+    """The average is an exponential moving average of the trained weights, step by step; at a best epoch KeepBest
+    keeps the average's weights when validation scored them higher, the trained ones otherwise."""
+    model, x, y = _problem()
+    averaged = AveragedWeights(model, decay=0.5)
+    expected = model.weight.detach().clone()
+    steps: list[torch.Tensor] = []
+
+    def follow(engine: Engine, event: object) -> None:
+        if event.name == "ITERATION_COMPLETED":  # type: ignore[attr-defined]
+            steps.append(model.weight.detach().clone())
+
+    prefer = iter([True, False, True, False])  # which weights validation "prefers" at epochs 1-4
+    scores = iter([0.1, 0.2, 0.9, 0.3])  # epoch 3 is the best: the average's weights are kept
+    snapshots: dict[int, torch.Tensor] = {}
+
+    def validate() -> tuple[float, dict[str, float]]:
+        averaged.better = next(prefer)
+        snapshots[len(snapshots) + 1] = averaged.kept(model).weight.detach().clone()
+        return next(scores), {}
+
+    state = _engine(
+        model, x, y, 4, [averaged, follow, Validate(validate), KeepBest(source=lambda: averaged.kept(model))]
+    ).run()
+    for w in steps:  # torch's EMA starts from the first step's weights, then decays
+        expected = w.clone() if w is steps[0] else 0.5 * expected + 0.5 * w
+    assert torch.allclose(averaged.module.weight, expected)
+    assert state.best_epoch == 3
+    assert torch.equal(model.weight, snapshots[3])  # the average as it was at epoch 3, not the trained weights
+    assert not torch.equal(snapshots[3], steps[11])  # (which differed from it)
+    assert averaging_decay(9) == pytest.approx(0.9) and averaging_decay(74) == pytest.approx(1 - 1 / 74)
+    assert averaging_decay(5000) == pytest.approx(0.999)
+    with pytest.raises(ValueError):
+        AveragedWeights(model, decay=1.0)
 
 
 def test_validation_every_n_epochs_and_at_the_last() -> None:

@@ -237,10 +237,14 @@ class Validate:
 
 
 class KeepBest:
-    """Keeps a copy of the weights of the best validated epoch and puts them back at the end."""
+    """Keeps a copy of the weights of the best validated epoch and puts them back at the end.
 
-    def __init__(self, module: nn.Module | None = None) -> None:
+    ``source``: the module whose weights a best epoch keeps when it is not the trained one (the weight average, when
+    validation scored it higher that epoch: :class:`AveragedWeights`); its state dict must have the same keys."""
+
+    def __init__(self, module: nn.Module | None = None, source: Callable[[], nn.Module] | None = None) -> None:
         self.module = module
+        self.source = source
         self.best: dict[str, torch.Tensor] | None = None
 
     def __call__(self, engine: Engine, event: Event) -> None:
@@ -249,9 +253,47 @@ class KeepBest:
         if event is Event.STARTED:
             self.best = copy.deepcopy(module.state_dict())
         elif event is Event.EPOCH_COMPLETED and s.score is not None and s.best_epoch == s.epoch:
-            self.best = {k: v.detach().clone() for k, v in module.state_dict().items()}
+            kept = self.source() if self.source is not None else module
+            self.best = {k: v.detach().clone() for k, v in kept.state_dict().items()}
         elif event is Event.COMPLETED and self.best is not None:
             module.load_state_dict(self.best)
+
+
+class AveragedWeights:
+    """An exponential moving average of the weights (PyTorch's ``swa_utils.AveragedModel``, buffers included),
+    updated after every optimisation step. Validation scores it beside the trained weights and the better of the two
+    is that epoch's model (``better``, read by :class:`KeepBest`'s ``source``): on a few hundred images the average
+    of the last steps is often steadier than the last step's weights, and where it is not, validation says so."""
+
+    def __init__(self, model: nn.Module, decay: float, device: str = "cpu") -> None:
+        from torch.optim.swa_utils import AveragedModel, get_ema_multi_avg_fn
+
+        if not 0.0 < decay < 1.0:
+            raise ValueError(f"weight-average decay must be in (0, 1), got {decay}")
+        self.decay = decay
+        self.averaged = AveragedModel(
+            model, device=torch.device(device), multi_avg_fn=get_ema_multi_avg_fn(decay), use_buffers=True
+        )
+        self.better = False  # the average scored above the trained weights at the last validation
+
+    @property
+    def module(self) -> nn.Module:
+        """The averaged network (same class and state-dict keys as the trained one)."""
+        return self.averaged.module
+
+    def kept(self, trained: nn.Module) -> nn.Module:
+        """The module whose weights the last validation preferred."""
+        return self.module if self.better else trained
+
+    def __call__(self, engine: Engine, event: Event) -> None:
+        if event is Event.ITERATION_COMPLETED:
+            self.averaged.update_parameters(engine.model)
+
+
+def averaging_decay(iterations_per_epoch: int) -> float:
+    """An average whose memory is about one epoch of steps (1 - 1/steps), within [0.9, 0.999]: short runs on small
+    data (a few steps per epoch) still average over the last epoch, long ones do not lag by more than ~1,000 steps."""
+    return float(min(0.999, max(0.9, 1.0 - 1.0 / max(1, iterations_per_epoch))))
 
 
 class EarlyStopping:

@@ -176,6 +176,13 @@ def recipe_section(bundle: Bundle, r: dict[str, Any]) -> Section:
             f" Ordinal grades {grades}: quadratic weighted kappa (QWK) is the headline metric, mae the mean "
             f"absolute grade error; decoding '{ordinal['decoding']}' chosen on validation by QWK."
         )
+    weights = bundle.meta["training"].get("weights") or {}
+    if weights.get("average"):
+        which = "their " + weights["average"] if weights["kept"] == "average" else "the trained weights"
+        text += (
+            f" Weights: {which}, whichever scored higher on validation at the best epoch "
+            f"(trained {fmt(weights.get('val_score_trained'))}, average {fmt(weights.get('val_score_averaged'))})."
+        )
     keys = [k for k in ("qwk", "accuracy", "auc", "mae") if any(k in c for c in sel["candidates"])]
     rows: list[list[Any]] = [["recipe", *[f"val {k}" for k in keys]]]
     rows += [[c["recipe"], *[fmt(c.get(k)) for k in keys]] for c in sel["candidates"]]

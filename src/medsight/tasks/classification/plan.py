@@ -31,6 +31,7 @@ from medsight.errors import MedsightError
 from medsight.tasks.classification import network, ordinal
 from medsight.tasks.classification.steps import Speed, measure_speed
 from medsight.tasks.contract import Plan, TrainOptions
+from medsight.training.engine import averaging_decay
 from medsight.transforms import augmentation
 
 log = logging.getLogger("medsight.train")
@@ -138,6 +139,9 @@ class ClassificationPlan(Plan):
     loss: str = "cross-entropy"
     losses: list[str] = dataclasses.field(default_factory=list)
     balance_choices: list[bool] = dataclasses.field(default_factory=list)
+    #: Decay of the exponential weight average validated beside the trained weights each epoch (the better is kept;
+    #: ``engine.AveragedWeights``); None: no average (bundles from before it).
+    weight_average_decay: float | None = None
 
     @property
     def seconds_per_epoch(self) -> float:
@@ -320,7 +324,9 @@ class ClassificationPlanner:
         share = len(balance_choices) * len(losses)
         speed = self.determine_speed(net, batch_size, lr, balanced)
         iterations = math.ceil(len(self.train) / batch_size)
-        per_epoch = iterations * speed.seconds_per_iteration + speed.validation_seconds
+        # every epoch validates twice: the trained weights and their average (engine.AveragedWeights)
+        validation_seconds = 2 * speed.validation_seconds
+        per_epoch = iterations * speed.seconds_per_iteration + validation_seconds
         epochs, expected_epochs, budget, why, warnings = self.determine_epochs_and_budget(
             per_epoch, time.monotonic() - self.started, share
         )
@@ -344,8 +350,9 @@ class ClassificationPlanner:
             target_sensitivity=self.options.target_sensitivity,
             device=self.device,
             iterations_per_epoch=iterations,
+            weight_average_decay=round(averaging_decay(iterations), 4),
             seconds_per_iteration=round(speed.seconds_per_iteration, 4),
-            validation_seconds=round(speed.validation_seconds, 2),
+            validation_seconds=round(validation_seconds, 2),
             expected_seconds=round(expected, 1),
             timing=why,
             warnings=warnings,

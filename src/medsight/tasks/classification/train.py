@@ -39,6 +39,7 @@ from medsight.tasks.classification.steps import EVAL_BATCH, epoch_batches, loade
 from medsight.training import warm_start
 from medsight.training.bundle import FORMAT, ONNX, WEIGHTS, library_versions, now_iso, write_bundle_json
 from medsight.training.engine import (
+    AveragedWeights,
     EarlyStopping,
     Engine,
     KeepBest,
@@ -218,6 +219,23 @@ def fit(
     recipe = recipe or recipes.Recipe(plan.loss, plan.balanced_loss)
     loss = loss_fn(data.task_type, train_split.labels, recipe.balanced, recipe.loss, data.n_outputs)
     device = plan.device
+    averaged = AveragedWeights(model, plan.weight_average_decay, device) if plan.weight_average_decay else None
+
+    def score() -> tuple[float, dict[str, float]]:
+        """Validation of the trained weights and, beside them, of their average: the better is the epoch's model."""
+        trained = validation_score(data, val, predict_logits(model, val.images, device, EVAL_BATCH))
+        if averaged is None:
+            return trained
+        average = validation_score(data, val, predict_logits(averaged.module, val.images, device, EVAL_BATCH))
+        averaged.better = _finite(average[0]) > _finite(trained[0])  # a tie keeps the trained weights
+        kept = average if averaged.better else trained
+        return kept[0], {
+            **kept[1],
+            "val_score_trained": trained[0],
+            "val_score_averaged": average[0],
+            "averaged_weights": float(averaged.better),
+        }
+
     engine = Engine(
         model,
         optimizer,
@@ -229,8 +247,9 @@ def fit(
             LRSchedule(
                 plan.lr, plan.schedule, warmup_iterations=plan.warmup_epochs * len(batches), warmup_from_zero=True
             ),
-            Validate(lambda: validation_score(data, val, predict_logits(model, val.images, device, EVAL_BATCH))),
-            KeepBest(),
+            *([averaged] if averaged is not None else []),
+            Validate(score),
+            KeepBest(source=(lambda: averaged.kept(model)) if averaged is not None else None),
             EarlyStopping(plan.patience),
             TimeBudget(plan.time_budget_s),
             Progress("train"),
@@ -239,6 +258,24 @@ def fit(
         rank_batches=ddp.active(),  # the loader gives each rank its part (steps.loader)
     )
     return engine.run()
+
+
+def _finite(score: float) -> float:
+    return -np.inf if score is None or np.isnan(score) else float(score)
+
+
+def kept_weights(plan: ClassificationPlan, state: State) -> dict[str, Any]:
+    """Which weights the bundle holds: the trained ones or their average, as validation chose at the best epoch."""
+    if not plan.weight_average_decay:
+        return {"kept": "trained", "average": None}
+    best = next((h for h in state.history if int(h.get("epoch", 0)) == state.best_epoch), {})
+    return {
+        "kept": "average" if best.get("averaged_weights") else "trained",
+        "average": f"exponential moving average, decay {plan.weight_average_decay}, updated every step",
+        "chosen_on": "val",
+        "val_score_trained": best.get("val_score_trained"),
+        "val_score_averaged": best.get("val_score_averaged"),
+    }
 
 
 def validation_score(data: ClassificationData, val: SplitData, logits: np.ndarray) -> tuple[float, dict[str, float]]:
@@ -369,6 +406,7 @@ def _meta(
             + ("BCE per label" if data.task_type == "multilabel" else plan.loss),
             "device": plan.device,
             "selection": "best validation " + ("AUC" if data.task_type != "multiclass" else "macro AUC"),
+            "weights": kept_weights(plan, state),
             "history": state.history,
             "warnings": [*plan.warnings, *state.warnings],
         },
