@@ -41,6 +41,12 @@ def test_bundle_is_complete_and_onnx_matches_torch(breast_bundle: Path) -> None:
     assert meta["data"]["fingerprint"]["files"]["breastmnist.npz"] == "750601b1f35ba3300ea97c75c52ff8f6"
     assert meta["training"]["seed"] == 0 and meta["training"]["epochs_run"] == 3
     assert {"torch", "monai", "onnxruntime"} <= set(meta["versions"])
+    # the weights kept are the better of the trained weights and their average at the best epoch, on validation
+    weights, best = meta["training"]["weights"], meta["training"]["history"][meta["training"]["best_epoch"] - 1]
+    trained, averaged = weights["val_score_trained"], weights["val_score_averaged"]
+    assert weights["kept"] == ("average" if averaged > trained else "trained") and weights["chosen_on"] == "val"
+    assert best["val_score"] == pytest.approx(max(trained, averaged))
+    assert "decay" in weights["average"] and meta["plan"]["weight_average_decay"] == pytest.approx(0.9)
     # temperature and threshold were fitted on validation (p(malignant), the positive class): refitting them from the
     # bundle's own network on the validation split gives the recorded values (a range check would pass on anything)
     from medsight.data import medmnist
@@ -102,6 +108,7 @@ def test_evaluate_writes_metrics_and_card(breast_bundle: Path, tmp_path: Path) -
     assert sanity["passed"] is True and sanity["mean_abs_spearman"] < sanity["threshold"], sanity["reason"]
     assert metrics["subgroups"] == {}  # MedMNIST carries no attributes
     html = (out / "card.html").read_text()
+    assert "whichever scored higher on validation at the best epoch" in html
     assert html.count("data:image/png;base64,") >= 5 and "http://" not in html and "https://" not in html
     card = json.loads((out / "card.json").read_text())
     assert card["evaluation"]["metrics"] == metrics["metrics"]
