@@ -345,9 +345,9 @@ def _signal_thread(pid: int, tid: int, signum: int) -> None:
 
 @pytest.mark.parametrize("target", ["process group", "helper thread 1", "helper thread 2", "helper thread 3"])
 def test_ctrl_c_stops_workers_and_writes_a_report(shared_data: Path, tmp_path: Path, target: str) -> None:
-    """Ctrl-C stops a run whichever thread of the parent the kernel hands the SIGINT to: the pool's three helper
-    threads sleep in system calls too, and a parent that waited on the pool with no timeout never woke (a hang that
-    showed only under load, when the kernel picked a helper thread)."""
+    """Ctrl-C stops a run whichever thread of the parent the kernel hands the SIGINT to: its other threads (the pool's
+    handler threads, tqdm's monitor; the first three by thread id) sleep in system calls too, and a parent that waited
+    on the pool with no timeout never woke (a hang that showed only under load, when the kernel picked one of them)."""
     src = shared_data / "udacity_brain_mr_dicom"
     out, gate = tmp_path / "out", tmp_path / "gate"
     gate.mkdir()
@@ -367,7 +367,7 @@ def test_ctrl_c_stops_workers_and_writes_a_report(shared_data: Path, tmp_path: P
         os.killpg(proc.pid, signal.SIGINT)  # what a terminal's Ctrl-C does: the whole process group
     else:
         helpers = sorted(int(t) for t in os.listdir(f"/proc/{proc.pid}/task") if int(t) != proc.pid)
-        assert len(helpers) >= 3, f"expected the pool's helper threads, found {helpers}"
+        assert len(helpers) >= 3, f"expected the pool's handler threads, found {helpers}"
         _signal_thread(proc.pid, helpers[int(target.split()[-1]) - 1], signal.SIGINT)
     stopped = time.monotonic()
     try:
