@@ -350,7 +350,7 @@ class _CountingSocket:
     def __init__(self, sock: Any) -> None:
         self.sock, self.calls = sock, 0
 
-    def recv_into(self, view: memoryview, n: int) -> int:
+    def recv_into(self, view: memoryview, n: int = 0) -> int:
         self.calls += 1
         return int(self.sock.recv_into(view, n))
 
@@ -362,7 +362,7 @@ class _CountingSocket:
 @pytest.mark.parametrize("close_early", [False, True])
 def test_a_pdu_is_read_whole_in_few_calls_and_a_broken_connection_gives_a_short_read(close_early: bool) -> None:
     """The listener's socket returns exactly the bytes asked for (or what came before the peer closed), like
-    pynetdicom's, in far fewer reads than its 4 kB steps (which cost ~130 calls per CT slice)."""
+    pynetdicom's, in far fewer reads than its 4 kB steps (526 kB in 4 kB steps: ~130 calls per CT slice)."""
     import os
     import socket
 
@@ -382,5 +382,29 @@ def test_a_pdu_is_read_whole_in_few_calls_and_a_broken_connection_gives_a_short_
         assert bytes(got) == sent
         assert isinstance(got, bytearray)
         assert counting.calls < len(payload) // 4096  # pynetdicom's own needs at least 147 here
+    finally:
+        ours.close()
+
+
+def test_a_peer_announcing_a_huge_pdu_cannot_make_the_listener_allocate_it() -> None:
+    """A PDU header says how long the PDU is (up to 4 GiB), before the association is even accepted: the read must
+    grow with what arrives, not allocate what a peer announces (a 6-byte header would otherwise cost 4 GiB)."""
+    import socket
+    import tracemalloc
+
+    from medsight.serving.listener import _BulkReadSocket
+
+    ours, theirs = socket.socketpair()
+    try:
+        theirs.sendall(b"0123456789")
+        theirs.close()
+        sock = _BulkReadSocket.__new__(_BulkReadSocket)
+        sock.socket = ours  # type: ignore[assignment]
+        tracemalloc.start()
+        got = sock.recv(2**32 - 1)
+        _, peak = tracemalloc.get_traced_memory()
+        tracemalloc.stop()
+        assert bytes(got) == b"0123456789"  # the short read of a broken connection
+        assert peak < 16 * 2**20, f"{peak / 2**20:.0f} MiB allocated for 10 bytes received"
     finally:
         ours.close()

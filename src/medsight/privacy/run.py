@@ -292,7 +292,7 @@ def _interruptible(results: Any) -> Iterator[list[FileResult]]:
     """A pool's results, waited for in short ticks. Ctrl-C is raised only when the main thread runs Python code: a
     wait with no timeout sleeps through a SIGINT the kernel hands to one of the pool's helper threads (it may pick any
     thread that does not block the signal), and the run would hang until a result came, which a stuck worker never
-    sends (tests/privacy/test_leaks.py sends it to each thread in turn)."""
+    sends (tests/privacy/test_leaks.py sends it to the parent's other threads)."""
     while True:
         try:
             yield results.next(timeout=WAIT_TICK_S)
