@@ -20,7 +20,7 @@ from tqdm import tqdm
 
 from medsight.distributed.ledger import Ledger, key
 from medsight.errors import MedsightError
-from medsight.io.atomic import write_json
+from medsight.io.atomic import remove_leftovers, write_json
 
 #: Inputs per chunk sent to a worker: large enough to hide the scheduling cost, small enough to balance.
 CHUNK = 16
@@ -104,6 +104,7 @@ def predict_archive(
 
     load_bundle(bundle)  # a bad bundle is one clear error here, not one per worker
     ledger = Ledger(out)
+    remove_leftovers(out / RESULTS)  # half-written results of a killed earlier run
     counts = {"seen": 0, "resumed": 0}
     chunks = _chunks(archive, out, ledger.done(), counts)
     config = {"bundle": str(bundle.resolve()), "explain": explain}
@@ -125,6 +126,7 @@ def predict_archive(
             bar.update(len(records))
     finally:
         bar.close()
+    remove_leftovers(out / RESULTS)  # a worker killed mid-write leaves its temporary folder; its input was redone
     seconds = time.perf_counter() - started
     statuses: dict[str, int] = {}
     files = []

@@ -96,6 +96,23 @@ def atomic_dir(target: str | Path, overwrite: bool = True) -> Iterator[Path]:
             shutil.rmtree(tmp, ignore_errors=True)
 
 
+def remove_leftovers(folder: Path) -> int:
+    """Remove what :func:`atomic_dir` and the atomic file writers leave in ``folder`` when their process is killed
+    mid-write (``.<name>.<random>.tmp`` and ``.<name>.old``); call it only when no writer is active there. Returns
+    how many were removed."""
+    removed = 0
+    if not folder.is_dir():
+        return 0
+    for entry in folder.iterdir():
+        if entry.name.startswith(".") and entry.name.endswith((".tmp", ".old")):
+            if entry.is_dir() and not entry.is_symlink():
+                shutil.rmtree(entry, ignore_errors=True)
+            else:
+                entry.unlink(missing_ok=True)
+            removed += 1
+    return removed
+
+
 def _umask() -> int:
     """The process umask (read by setting and restoring it), so outputs get the user's usual permissions."""
     mask = os.umask(0)
