@@ -205,23 +205,14 @@ def test_training_chooses_loss_balance_and_decoding_on_validation(ordinal_bundle
     meta = load_bundle(bundle_path).meta
     selection = meta["training"]["recipe_selection"]
     names = [c["recipe"] for c in selection["candidates"]]
-    assert names == [
-        "cross-entropy",
-        "class-balanced cross-entropy",
-        "soft-ordinal",
-        "class-balanced soft-ordinal",
-    ]
+    singles = ["cross-entropy", "class-balanced cross-entropy", "soft-ordinal", "class-balanced soft-ordinal"]
+    # every recipe alone, then the ensemble of all four (mean logits), which competes under the same rule
+    assert names == [*singles, "ensemble (mean logits) of " + " + ".join(singles)]
     assert selection["decided_on"] == "val" and selection["metric"] == "qwk"
     assert all("qwk" in c and "accuracy" in c for c in selection["candidates"])
     # the kept recipe is the rule's pick from the recorded validation scores
-    best = recipes.choose(
-        [
-            recipes.Recipe(c["recipe"].removeprefix("class-balanced "), "balanced" in c["recipe"])
-            for c in selection["candidates"]
-        ],
-        selection["candidates"],
-        "qwk",
-    )
+    candidates = [recipes.Recipe(name.removeprefix("class-balanced "), "balanced" in name) for name in singles]
+    best = recipes.choose([*candidates, recipes.ensemble(candidates)], selection["candidates"], "qwk")
     assert selection["chosen"] == names[best]
     plan = load_bundle(bundle_path).plan(ClassificationPlan)
     assert plan.ordinal and plan.loss == selection["loss"] and plan.balanced_loss == selection["balanced"]

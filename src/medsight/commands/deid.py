@@ -170,8 +170,10 @@ def run(args: argparse.Namespace) -> int:
     if result.reid_table is not None:
         print(f"re-identification table: {result.reid_table} (keep it secret)")
     if result.report.interrupted:
-        print(f"interrupted: {counts['not_processed']} files not processed; the report covers what was done",
-              file=sys.stderr)
+        print(
+            f"interrupted: {counts['not_processed']} files not processed; the report covers what was done",
+            file=sys.stderr,
+        )
         return 130
     if counts["rejected"]:
         print(f"{counts['rejected']} DICOM files rejected (could not be de-identified): see the report")

@@ -33,9 +33,18 @@ def register(sub: argparse._SubParsersAction) -> None:
 
 
 def run(args: argparse.Namespace) -> int:
-    report = stream(args.bundle, args.source, args.out, video=not args.no_video, max_frames=args.max_frames,
-                    tta=args.tta, int8=args.int8)
-    print(f"{report.frames} frames in {report.seconds:.1f} s: {report.frames_per_second:.1f} frames/s "
-          f"(segmentation p50 {report.segment_ms['p50']:.1f} ms per frame, {report.engine})")
+    report = stream(
+        args.bundle,
+        args.source,
+        args.out,
+        video=not args.no_video,
+        max_frames=args.max_frames,
+        tta=args.tta,
+        int8=args.int8,
+    )
+    print(
+        f"{report.frames} frames in {report.seconds:.1f} s: {report.frames_per_second:.1f} frames/s "
+        f"(segmentation p50 {report.segment_ms['p50']:.1f} ms per frame, {report.engine})"
+    )
     print(f"results: {args.out}")
     return 0

@@ -20,6 +20,7 @@ OPTION_FLAGS = (
     "plan",
     "fold",
     "class_balance",
+    "ensemble",
     "image_size",
     "positive",
     "alpha",
@@ -70,6 +71,13 @@ def register(sub: argparse._SubParsersAction) -> None:
         "--class-balance",
         choices=("auto", "on", "off"),
         help="classification: weight the loss by inverse class frequency (default auto: when classes are imbalanced)",
+    )
+    p.add_argument(
+        "--ensemble",
+        choices=("auto", "on", "off"),
+        help="classification: when several recipes are trained (e.g. plain and class-balanced loss), the mean of "
+        "their logits competes on validation (auto, default), is kept (on) or is not built (off: half the "
+        "inference cost)",
     )
     p.add_argument(
         "--positive",

@@ -183,6 +183,11 @@ def recipe_section(bundle: Bundle, r: dict[str, Any]) -> Section:
             f" Weights: {which}, whichever scored higher on validation at the best epoch "
             f"(trained {fmt(weights.get('val_score_trained'))}, average {fmt(weights.get('val_score_averaged'))})."
         )
+    for member in bundle.meta["training"].get("ensemble_members") or []:
+        text += (
+            f" Member {member['recipe']}: best epoch {member['best_epoch']} of {member['epochs_run']}, "
+            f"{member['weights']['kept']} weights."
+        )
     keys = [k for k in ("qwk", "accuracy", "auc", "mae") if any(k in c for c in sel["candidates"])]
     rows: list[list[Any]] = [["recipe", *[f"val {k}" for k in keys]]]
     rows += [[c["recipe"], *[fmt(c.get(k)) for k in keys]] for c in sel["candidates"]]

@@ -29,11 +29,12 @@ from medsight.evaluation.metrics import (
     ordinal_metrics,
 )
 from medsight.evaluation.subgroups import audit
-from medsight.explain.gradcam import gradcam, gradcam_explainer, overlay
+from medsight.explain.gradcam import overlay
 from medsight.explain.sanity import cascading_randomisation
 from medsight.tasks.classification import card
 from medsight.tasks.classification.data import load_like, published_release
-from medsight.tasks.classification.network import gradcam_layer, probabilities
+from medsight.tasks.classification.network import explain as gradcam_maps
+from medsight.tasks.classification.network import members, probabilities, sanity_layers, signed_explainer
 from medsight.tasks.classification.predict import ClassificationModel, decided_labels, positive_index
 from medsight.training.bundle import load_bundle
 
@@ -256,7 +257,7 @@ def explain_sample(
         return names[int(labels[i])] if task_type != "multilabel" else f"{names[0]} {'yes' if truth[i] else 'no'}"
 
     idx = [i for _, i in chosen]
-    maps = gradcam(model, gradcam_layer(model), images[idx], [target_of(i) for i in idx])
+    maps = gradcam_maps(model, images[idx], [target_of(i) for i in idx])
     panels = []
     for (cell, i), heat in zip(chosen, maps, strict=True):
         rgb = overlay(images[i], heat)
@@ -265,7 +266,10 @@ def explain_sample(
     rng = np.random.default_rng(0)
     sample = rng.choice(len(images), size=min(n_sanity, len(images)), replace=False)
     sanity = cascading_randomisation(
-        model, gradcam_explainer("layer4"), images[sample], [target_of(int(i)) for i in sample]
+        model, signed_explainer, images[sample], [target_of(int(i)) for i in sample], sanity_layers(model)
     )
     examples = [{"kind": cell, "index": i, "target_class": names[target_of(i)]} for cell, i in chosen]
-    return {"method": "Grad-CAM (captum LayerGradCam on layer4)", "examples": examples, "sanity_check": sanity}, panels
+    method = "Grad-CAM (captum LayerGradCam on layer4" + (
+        ", mean over the ensemble's members)" if len(members(model)) > 1 else ")"
+    )
+    return {"method": method, "examples": examples, "sanity_check": sanity}, panels

@@ -10,6 +10,8 @@ from monai.networks.nets import ResNet
 from torch import nn
 
 NETWORK = "monai.networks.nets.ResNet"
+#: The ensemble of recipe runs (:class:`LogitAverage`), as bundle.json names it.
+LOGIT_AVERAGE = "medsight.tasks.classification.network.LogitAverage"
 
 
 def plan_network(
@@ -42,9 +44,66 @@ def build_network(kwargs: dict[str, Any]) -> nn.Module:
     return ResNet(**kwargs)
 
 
+class LogitAverage(nn.Module):
+    """An ensemble of ``n_members`` ResNets of one shape whose logits are averaged.
+
+    Training compares each recipe (plain and class-balanced loss, ...) on validation anyway; averaging their
+    logits is the seed/recipe ensemble the field uses, at no extra training time. It competes as one more
+    candidate under the same validation rule (:mod:`.recipes`). One module, so ONNX export, the bundle and
+    fine-tuning treat it like any network.
+    """
+
+    def __init__(self, member: dict[str, Any], n_members: int) -> None:
+        super().__init__()
+        if n_members < 2:
+            raise ValueError(f"an ensemble needs at least 2 members, not {n_members}")
+        self.members = nn.ModuleList([ResNet(**member) for _ in range(n_members)])
+
+    def forward(self, x: torch.Tensor) -> torch.Tensor:
+        return torch.stack([m(x) for m in self.members]).mean(dim=0)
+
+
+def ensemble_spec(member: dict[str, Any], n_members: int) -> dict[str, Any]:
+    """bundle.json's ``network`` entry of a :class:`LogitAverage` (name and constructor arguments)."""
+    return {"name": LOGIT_AVERAGE, "kwargs": {"member": member, "n_members": n_members}}
+
+
+def members(model: nn.Module) -> list[nn.Module]:
+    """The ResNets a model is made of: the ensemble's members, or the model itself."""
+    return list(model.members) if isinstance(model, LogitAverage) else [model]
+
+
 def gradcam_layer(model: nn.Module) -> nn.Module:
-    """The last convolutional stage: where Grad-CAM looks."""
+    """The last convolutional stage of a ResNet: where Grad-CAM looks."""
     return model.get_submodule("layer4")
+
+
+def explain(model: nn.Module, images: np.ndarray, targets: list[int], signed: bool = False) -> np.ndarray:
+    """Grad-CAM of ``model`` (see :func:`medsight.explain.gradcam.gradcam`); an ensemble's map is the mean of its
+    members' maps (each member's logit is an equal part of the averaged logit), scaled again to [0, 1] unless
+    ``signed``."""
+    from medsight.explain.gradcam import gradcam
+
+    maps = np.mean([gradcam(m, gradcam_layer(m), images, targets, signed=signed) for m in members(model)], axis=0)
+    if signed or not isinstance(model, LogitAverage):
+        return maps.astype(np.float32)
+    hi = maps.reshape(len(maps), -1).max(axis=1).reshape((-1,) + (1,) * (maps.ndim - 1))
+    return np.where(hi > 0, maps / np.where(hi > 0, hi, 1), 0.0).astype(np.float32)
+
+
+def signed_explainer(model: nn.Module, images: np.ndarray, targets: list[int]) -> np.ndarray:
+    """Signed Grad-CAM of whatever model the sanity check hands over (copies with layers re-initialised)."""
+    return explain(model, images, targets, signed=True)
+
+
+def sanity_layers(model: nn.Module) -> list[str]:
+    """The cascade of the randomisation check, from the logits down: for an ensemble, each block in every member
+    before the block below it."""
+    from medsight.explain.sanity import cascade_layers
+
+    if not isinstance(model, LogitAverage):
+        return cascade_layers(model)
+    return [f"members.{k}.{name}" for name in cascade_layers(model.members[0]) for k in range(len(model.members))]
 
 
 def is_imbalanced(task_type: str, labels: np.ndarray, ratio: float = 1.5) -> bool:

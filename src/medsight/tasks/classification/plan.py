@@ -37,6 +37,7 @@ from medsight.transforms import augmentation
 log = logging.getLogger("medsight.train")
 
 ClassBalance = Literal["auto", "on", "off"]
+Switch = Literal["auto", "on", "off"]
 
 #: A default run (data, planning, training, calibration, export) should take about this long: 10 minutes.
 DEFAULT_RUN_S = 600.0
@@ -60,6 +61,9 @@ class ClassificationOptions(TrainOptions):
     split_seed: int | None = None
     #: Fine-tune from this bundle's weights (same task, labels and network; training/warm_start.py).
     init: Path | None = None
+    #: The ensemble of the recipes trained (mean logits): "auto" (default) competes on validation, "on" keeps
+    #: it, "off" never builds it (half the inference cost).
+    ensemble: Switch | None = None
 
     def __post_init__(self) -> None:
         if self.alpha is not None and not 0 < self.alpha < 1:
@@ -68,6 +72,8 @@ class ClassificationOptions(TrainOptions):
             raise MedsightError(f"--target-sensitivity must lie between 0 and 1 (got {self.target_sensitivity})")
         if self.class_balance is not None and self.class_balance not in ("auto", "on", "off"):
             raise MedsightError(f"--class-balance must be auto, on or off (got {self.class_balance!r})")
+        if self.ensemble is not None and self.ensemble not in ("auto", "on", "off"):
+            raise MedsightError(f"--ensemble must be auto, on or off (got {self.ensemble!r})")
         for name in ("epochs", "batch_size"):
             value = getattr(self, name)
             if value is not None and value < 1:

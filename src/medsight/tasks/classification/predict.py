@@ -24,12 +24,13 @@ from torch import nn
 from medsight.evaluation.conformal import certain
 from medsight.evaluation.plots import png_image
 from medsight.evaluation.selective import MultilabelSelective, SelectivePrediction, multilabel_confidence
-from medsight.explain.gradcam import gradcam, overlay
+from medsight.explain.gradcam import overlay
 from medsight.io.images import is_dicom_file
 from medsight.runtime.onnx_export import OnnxPredictor
 from medsight.runtime.results import NO_DEFERRAL_RULE, Deferral, Heatmap, Result
 from medsight.tasks.classification.data import read_inputs
-from medsight.tasks.classification.network import gradcam_layer, probabilities
+from medsight.tasks.classification.network import explain as gradcam_maps
+from medsight.tasks.classification.network import probabilities
 from medsight.tasks.classification.plan import ClassificationPlan
 from medsight.training.bundle import BUNDLE_JSON, Bundle
 
@@ -154,7 +155,7 @@ class ClassificationModel:
                     if self.task_type == "binary"
                     else int(decided_labels(self.task_type, p[None], self.operating)[0])
                 )
-                heat = gradcam(self.network, gradcam_layer(self.network), image[None], [target])[0]
+                heat = gradcam_maps(self.network, image[None], [target])[0]
                 result.heatmap = Heatmap(heat, self.label_names[target], "Grad-CAM")
             results.append(result)
         return results

@@ -5,7 +5,9 @@ Two choices are not left to a fixed default, because which one wins depends on t
 * **class balance**: class-balanced cross-entropy raised validation AUC on PneumoniaMNIST and BreastMNIST, but it
   moves decisions towards rare classes, which can cost accuracy, the other figure MedMNIST reports. With
   ``--class-balance auto`` on imbalanced data both are trained and the validation split decides;
-* **the loss of ordinal grades**: plain cross-entropy or soft ordinal labels (:mod:`.ordinal`).
+* **the loss of ordinal grades**: plain cross-entropy or soft ordinal labels (:mod:`.ordinal`);
+* **one model or the ensemble of all**: when several recipes are trained, the mean of their logits
+  (:class:`~medsight.tasks.classification.network.LogitAverage`) competes too, listed last (the least simple).
 
 The rule, fixed before any run: the recipe with the best validation score of the reported decision metric
 (quadratic weighted kappa for ordinal grades, accuracy at the operating point otherwise) wins; a recipe within
@@ -26,14 +28,26 @@ TIE = 0.002
 
 @dataclass(frozen=True)
 class Recipe:
-    """One candidate: the loss (``cross-entropy``, ``soft-ordinal`` or ``bce``) and whether classes are weighted."""
+    """One candidate: the loss (``cross-entropy``, ``soft-ordinal`` or ``bce``) and whether classes are weighted;
+    or, with ``members``, the ensemble of those recipes' models (its loss and balance are the first member's, which
+    a fine-tuning run of the ensemble uses)."""
 
     loss: str
     balanced: bool
+    members: tuple[Recipe, ...] = ()
 
     @property
     def name(self) -> str:
+        if self.members:
+            return "ensemble (mean logits) of " + " + ".join(m.name for m in self.members)
         return ("class-balanced " if self.balanced else "") + self.loss
+
+
+def ensemble(members: Sequence[Recipe]) -> Recipe:
+    """The candidate that averages the logits of the ``members``' models."""
+    if len(members) < 2:
+        raise ValueError("an ensemble needs at least two recipes")
+    return Recipe(members[0].loss, members[0].balanced, tuple(members))
 
 
 def candidates(losses: Sequence[str], balance: Sequence[bool]) -> list[Recipe]:
@@ -65,10 +79,12 @@ def record(
 ) -> dict[str, Any]:
     """What bundle.json keeps of the choice: every candidate's validation scores, the winner and the rule."""
     keys = ("qwk", "accuracy", "auc", "mae")
+    kept = recipes[chosen]
     return {
-        "chosen": recipes[chosen].name,
-        "loss": recipes[chosen].loss,
-        "balanced": recipes[chosen].balanced,
+        "chosen": kept.name,
+        "loss": kept.loss,
+        "balanced": kept.balanced,
+        "ensemble": [m.name for m in kept.members] or None,
         "metric": metric,
         "decided_on": "val",
         "why_compared": why,

@@ -30,9 +30,10 @@ from medsight.evaluation.operating_point import choose_threshold
 from medsight.evaluation.selective import MultilabelSelective, SelectivePrediction
 from medsight.io.atomic import atomic_dir
 from medsight.runtime.onnx_export import export_onnx
+from medsight.tasks import registry
 from medsight.tasks.classification import ordinal, recipes
 from medsight.tasks.classification.data import load, load_like, positive_class, val_split
-from medsight.tasks.classification.network import build_network, loss_fn, probabilities
+from medsight.tasks.classification.network import LOGIT_AVERAGE, LogitAverage, ensemble_spec, loss_fn, probabilities
 from medsight.tasks.classification.plan import ClassificationOptions, ClassificationPlan, ClassificationPlanner
 from medsight.tasks.classification.predict import decided_labels
 from medsight.tasks.classification.steps import EVAL_BATCH, epoch_batches, loader, make_step
@@ -85,8 +86,18 @@ def train(spec: str, out: Path, options: ClassificationOptions) -> dict[str, Any
         _train_recipe(recipe, data, plan, options, parent, positive)
         for recipe in recipes.candidates(plan.losses or [plan.loss], plan.balance_choices or [plan.balanced_loss])
     ]
+    ensemble = options.ensemble or "auto"
+    # a fine-tuned model keeps its parent's network (training/warm_start.py): one model stays one, an ensemble stays
+    # an ensemble (each recipe then fine-tunes all its members)
+    if ensemble != "off" and len(runs) > 1 and parent is None:
+        runs.append(_ensemble_run(runs, data, plan, positive))
+    elif ensemble == "on":
+        log.warning("--ensemble on: no ensemble built (one recipe trained, or fine-tuning keeps the parent's network)")
     metric = recipes.selection_metric(data.task_type, data.ordinal)
-    chosen = recipes.choose([r.recipe for r in runs], [r.val_metrics for r in runs], metric)
+    forced = ensemble == "on" and bool(runs[-1].recipe.members)
+    chosen = (
+        len(runs) - 1 if forced else recipes.choose([r.recipe for r in runs], [r.val_metrics for r in runs], metric)
+    )
     run = runs[chosen]
     model, state, scaler, val_probs, operating, val_metrics = (
         run.model,
@@ -100,6 +111,8 @@ def train(spec: str, out: Path, options: ClassificationOptions) -> dict[str, Any
     selection = recipes.record(
         [r.recipe for r in runs], [r.val_metrics for r in runs], metric, chosen, plan.class_balance
     )
+    if forced:
+        selection["rule"] = "the ensemble, as asked (--ensemble on); the candidates' validation scores are recorded"
     if len(runs) > 1:
         log.info(
             "recipes compared on validation %s: %s; kept %s",
@@ -109,11 +122,25 @@ def train(spec: str, out: Path, options: ClassificationOptions) -> dict[str, Any
         )
     meta = _meta(data, plan, options, model, state, time.monotonic() - started, scaler.temperature_)
     meta |= {"operating_point": operating, "metrics": {"val": val_metrics}}
+    meta["network"] = {**network_spec(model, plan), "parameters": meta["network"]["parameters"]}
     meta["training"]["recipe_selection"] = selection
+    if run.recipe.members:
+        meta["training"]["loss"] = run.recipe.name
+        meta["training"]["ensemble_members"] = [
+            {
+                "recipe": r.recipe.name,
+                "epochs_run": r.state.epoch,
+                "best_epoch": r.state.best_epoch,
+                "stopped_by": r.state.stopped_by,
+                "weights": kept_weights(plan, r.state),
+            }
+            for r in runs
+            if r.recipe in run.recipe.members
+        ]
     if data.ordinal:
         meta["ordinal"] = {
             "grades": data.label_names,
-            "loss": run.recipe.loss,
+            "loss": run.recipe.name if run.recipe.members else run.recipe.loss,
             "decoding": operating["decoding"],
             "chosen_on": "val",
             "val_qwk": val_metrics["qwk"],
@@ -173,14 +200,57 @@ def _train_recipe(
     """Train ``recipe`` from the seed, then fit what the bundle keeps on the validation split: temperature, the
     operating point (the ordinal decoding for ordered grades), and the validation scores the recipes compete on."""
     seed_everything(options.seed)  # every recipe (and the planner's measurement) starts from the same seed
-    model = build_network(plan.network.kwargs())
+    model = registry.build_network(_planned_network(plan, parent))
     if parent is not None:
-        warm_start.check_network(parent, plan.network.name, plan.network.kwargs())
         warm_start.load_weights(parent, model)
         log.info("fine-tuning from %s (bundle sha256 %s)", parent.path, parent.checksum[:12])
     if len(plan.losses or [plan.loss]) * len(plan.balance_choices or [plan.balanced_loss]) > 1:
         log.info("training recipe: %s", recipe.name)
     state = fit(model, data, plan, options.seed, recipe)
+    return _fitted_on_val(recipe, model, state, data, plan, positive)
+
+
+def _planned_network(plan: ClassificationPlan, parent: warm_start.Parent | None) -> dict[str, Any]:
+    """The network to build: the planned ResNet, or, fine-tuning an ensemble, the parent's ensemble of planned
+    ResNets (checked against the parent either way)."""
+    theirs = parent.bundle.meta["network"] if parent is not None else None
+    if parent is not None and theirs is not None and theirs["name"] == LOGIT_AVERAGE:
+        spec = ensemble_spec(plan.network.kwargs(), int(theirs["kwargs"].get("n_members", 0)))
+    else:
+        spec = {"name": plan.network.name, "kwargs": plan.network.kwargs()}
+    if parent is not None:
+        warm_start.check_network(parent, spec["name"], spec["kwargs"])
+    return spec
+
+
+def network_spec(model: nn.Module, plan: ClassificationPlan) -> dict[str, Any]:
+    """bundle.json's ``network`` (name and constructor arguments) of a trained model."""
+    if isinstance(model, LogitAverage):
+        return ensemble_spec(plan.network.kwargs(), len(model.members))
+    return {"name": plan.network.name, "kwargs": plan.network.kwargs()}
+
+
+def _ensemble_run(
+    runs: list[RecipeRun], data: ClassificationData, plan: ClassificationPlan, positive: str | None
+) -> RecipeRun:
+    """The candidate averaging the logits of every recipe's kept model, fitted on validation like the others (the
+    training record it carries is the first member's; bundle.json lists every member's)."""
+    model = LogitAverage(plan.network.kwargs(), len(runs))
+    for member, run in zip(model.members, runs, strict=True):
+        member.load_state_dict(run.model.state_dict())
+    log.info("ensemble candidate: mean logits of %s", ", ".join(r.recipe.name for r in runs))
+    return _fitted_on_val(recipes.ensemble([r.recipe for r in runs]), model, runs[0].state, data, plan, positive)
+
+
+def _fitted_on_val(
+    recipe: recipes.Recipe,
+    model: nn.Module,
+    state: State,
+    data: ClassificationData,
+    plan: ClassificationPlan,
+    positive: str | None,
+) -> RecipeRun:
+    """Temperature, operating point (ordinal decoding) and the validation scores the candidates compete on."""
     model.cpu().eval()
     val = val_split(data)
     val_logits = predict_logits(model, val.images, "cpu", EVAL_BATCH)
