@@ -84,6 +84,8 @@ def run_one(flag: str, seed: int, epochs: int, budget: float, work: Path) -> dic
         "recipe": meta["training"].get("recipe_selection", {}).get("chosen"),
         "recipe_candidates_val": meta["training"].get("recipe_selection", {}).get("candidates"),
         "weights": meta["training"].get("weights"),  # trained or averaged weights, chosen on validation
+        # the recipes' models averaged (mean logits), when validation kept that candidate
+        "ensemble_members": meta["training"].get("ensemble_members"),
         "epochs_run": meta["training"]["epochs_run"],
         "best_epoch": meta["training"]["best_epoch"],
         "stopped_by": meta["training"]["stopped_by"],
