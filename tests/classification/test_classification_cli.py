@@ -327,7 +327,9 @@ def test_plan_is_logged_up_front_and_round_trips_through_bundle_json(
 
     bundle = load_bundle(breast_bundle)
     plan = bundle.plan(ClassificationPlan)
-    assert isinstance(plan.network, NetworkPlan) and plan.network.kwargs() == bundle.meta["network"]["kwargs"]
+    network = bundle.meta["network"]  # the planned ResNet, or the ensemble of planned ResNets
+    kwargs = network["kwargs"]["member"] if network["name"].endswith("LogitAverage") else network["kwargs"]
+    assert isinstance(plan.network, NetworkPlan) and plan.network.kwargs() == kwargs
     assert plan.epochs == 3 and plan.batch_size == 128 and plan.lr == 2e-3 and plan.width == 16
     assert plan.balanced_loss and plan.class_balance.startswith("auto")  # BreastMNIST is 1:2.7
     assert plan.time_budget_s is None and plan.seconds_per_iteration > 0 and plan.expected_seconds > 0
