@@ -104,7 +104,9 @@ def test_evaluate_writes_metrics_and_card(breast_bundle: Path, tmp_path: Path) -
     # those of the randomised model (a flat map, or maps that ignore the weights, would fail: tests/explain).
     sanity = metrics["explanations"]["sanity_check"]
     assert sanity["n_images"] == 16 and sanity["n_flat_original"] == 0
-    assert [s["randomised_through"] for s in sanity["steps"]] == sanity["layers"] and sanity["layers"][0] == "fc"
+    # the output layer first: the model's, or every member's when validation kept the ensemble of the recipes
+    assert [s["randomised_through"] for s in sanity["steps"]] == sanity["layers"]
+    assert sanity["layers"][0] in ("fc", "members.0.fc")
     assert sanity["passed"] is True and sanity["mean_abs_spearman"] < sanity["threshold"], sanity["reason"]
     assert metrics["subgroups"] == {}  # MedMNIST carries no attributes
     html = (out / "card.html").read_text()
@@ -331,7 +333,11 @@ def test_plan_is_logged_up_front_and_round_trips_through_bundle_json(
     kwargs = network["kwargs"]["member"] if network["name"].endswith("LogitAverage") else network["kwargs"]
     assert isinstance(plan.network, NetworkPlan) and plan.network.kwargs() == kwargs
     assert plan.epochs == 3 and plan.batch_size == 128 and plan.lr == 2e-3 and plan.width == 16
-    assert plan.balanced_loss and plan.class_balance.startswith("auto")  # BreastMNIST is 1:2.7
+    # BreastMNIST is 1:2.7: plain and class-balanced are both trained; the plan records the kept recipe's balance
+    # (an ensemble's is its first member's)
+    selection = bundle.meta["training"]["recipe_selection"]
+    assert plan.balance_choices == [False, True] and plan.class_balance.startswith("auto")
+    assert plan.balanced_loss == selection["balanced"]
     assert plan.time_budget_s is None and plan.seconds_per_iteration > 0 and plan.expected_seconds > 0
     assert ClassificationPlan.from_json(plan.to_json()) == plan
     assert bundle.meta["options"] == {"seed": 0, "epochs": 3}
