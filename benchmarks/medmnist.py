@@ -86,6 +86,8 @@ def run_one(flag: str, seed: int, epochs: int, budget: float, work: Path) -> dic
         "weights": meta["training"].get("weights"),  # trained or averaged weights, chosen on validation
         # the recipes' models averaged (mean logits), when validation kept that candidate
         "ensemble_members": meta["training"].get("ensemble_members"),
+        # test-time augmentation: the views averaged and every candidate's validation scores (chosen on validation)
+        "test_time_views": meta["training"].get("test_time_views"),
         "epochs_run": meta["training"]["epochs_run"],
         "best_epoch": meta["training"]["best_epoch"],
         "stopped_by": meta["training"]["stopped_by"],

@@ -70,33 +70,13 @@ def test_the_ensemble_is_listed_last_so_a_tie_keeps_the_simpler_recipe() -> None
         recipes.ensemble([plain])
 
 
-def _imbalanced_manifest(root: Path) -> Path:
-    """A bright square (the finding, 1 in 4) on noise: imbalanced, so plain and class-balanced losses are both
-    trained."""
-    import pandas as pd
-    from PIL import Image
-
-    rng = np.random.default_rng(0)
-    (root / "img").mkdir(parents=True)
-    rows = []
-    for i in range(96):
-        img = rng.normal(60, 10, (32, 32))
-        finding = i % 4 == 0
-        if finding:
-            img[6:16, 8:18] += 120
-        Image.fromarray(img.clip(0, 255).astype(np.uint8)).save(root / "img" / f"{i}.png")
-        rows.append({"path": f"img/{i}.png", "label": "square" if finding else "clear", "patient_id": f"P{i}"})
-    pd.DataFrame(rows).to_csv(root / "manifest.csv", index=False)
-    return root / "manifest.csv"
-
-
 @pytest.fixture(scope="module")
-def ensemble_bundle(tmp_path_factory: pytest.TempPathFactory) -> tuple[Path, Path]:
+def ensemble_bundle(tmp_path_factory: pytest.TempPathFactory, square_manifest: Path) -> tuple[Path, Path]:
     root = tmp_path_factory.mktemp("ensemble")
-    csv = _imbalanced_manifest(root / "set")
+    csv = square_manifest
     out = root / "bundle"
     args = [*TRAIN, str(csv), "--out", str(out), "--epochs", "2", "--batch-size", "16", "--positive", "square"]
-    assert main([*args, "--ensemble", "on"]) == 0
+    assert main([*args, "--ensemble", "on", "--tta", "off"]) == 0
     return csv, out
 
 

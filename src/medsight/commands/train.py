@@ -21,6 +21,7 @@ OPTION_FLAGS = (
     "fold",
     "class_balance",
     "ensemble",
+    "tta",
     "image_size",
     "positive",
     "alpha",
@@ -78,6 +79,13 @@ def register(sub: argparse._SubParsersAction) -> None:
         help="classification: when several recipes are trained (e.g. plain and class-balanced loss), the mean of "
         "their logits competes on validation (auto, default), is kept (on) or is not built (off: half the "
         "inference cost)",
+    )
+    p.add_argument(
+        "--tta",
+        choices=("auto", "on", "off"),
+        help="classification: test-time augmentation, the mean over the image, its left-right mirror (where the "
+        "modality allows one) and shifts by 4%% of its side: decided on validation (auto, default), kept (on) or "
+        "not used (off: one forward pass per image instead of up to 6)",
     )
     p.add_argument(
         "--positive",

@@ -30,8 +30,11 @@ def gradcam(
         attr, tuple(x.shape[2:]), interpolate_mode="bilinear" if x.ndim == 4 else "trilinear"
     )
     maps = up.detach().cpu().numpy()[:, 0]
-    if signed:
-        return maps.astype(np.float32)
+    return maps.astype(np.float32) if signed else unit_scaled(maps)
+
+
+def unit_scaled(maps: np.ndarray) -> np.ndarray:
+    """Each map divided by its maximum, so the displayed maps span [0, 1] (an all-zero map stays zero)."""
     flat = maps.reshape(len(maps), -1)
     hi = flat.max(axis=1, keepdims=True)
     flat = np.where(hi > 0, flat / np.where(hi > 0, hi, 1), 0.0)

@@ -188,9 +188,19 @@ def recipe_section(bundle: Bundle, r: dict[str, Any]) -> Section:
             f" Member {member['recipe']}: best epoch {member['best_epoch']} of {member['epochs_run']}, "
             f"{member['weights']['kept']} weights."
         )
+    views = bundle.meta["training"].get("test_time_views") or {}
+    tta = [c for c in views.get("candidates", []) if len(c["views"]) > 1]
+    if tta:
+        kept = len(views["views"]) > 1
+        text += (
+            f" Test-time augmentation ({', '.join(tta[0]['views'])}; the mean of their logits) was "
+            f"{'kept' if kept else 'not kept'} ({views['decided_on']}): it costs {len(tta[0]['views'])} forward "
+            "passes per image."
+        )
     keys = [k for k in ("qwk", "accuracy", "auc", "mae") if any(k in c for c in sel["candidates"])]
     rows: list[list[Any]] = [["recipe", *[f"val {k}" for k in keys]]]
     rows += [[c["recipe"], *[fmt(c.get(k)) for k in keys]] for c in sel["candidates"]]
+    rows += [[f"kept recipe, {len(c['views'])} test-time views", *[fmt(c.get(k)) for k in keys]] for c in tta]
     return Section("Training recipe (chosen on validation)", html.escape(text), rows)
 
 

@@ -33,8 +33,14 @@ from medsight.explain.gradcam import overlay
 from medsight.explain.sanity import cascading_randomisation
 from medsight.tasks.classification import card
 from medsight.tasks.classification.data import load_like, published_release
+from medsight.tasks.classification.network import (
+    ViewAverage,
+    members,
+    probabilities,
+    sanity_layers,
+    signed_explainer,
+)
 from medsight.tasks.classification.network import explain as gradcam_maps
-from medsight.tasks.classification.network import members, probabilities, sanity_layers, signed_explainer
 from medsight.tasks.classification.predict import ClassificationModel, decided_labels, positive_index
 from medsight.training.bundle import load_bundle
 
@@ -269,7 +275,10 @@ def explain_sample(
         model, signed_explainer, images[sample], [target_of(int(i)) for i in sample], sanity_layers(model)
     )
     examples = [{"kind": cell, "index": i, "target_class": names[target_of(i)]} for cell, i in chosen]
-    method = "Grad-CAM (captum LayerGradCam on layer4" + (
-        ", mean over the ensemble's members)" if len(members(model)) > 1 else ")"
+    method = (
+        "Grad-CAM (captum LayerGradCam on layer4"
+        + (", mean over the ensemble's members" if len(members(model)) > 1 else "")
+        + (", of the un-augmented view" if isinstance(model, ViewAverage) else "")
+        + ")"
     )
     return {"method": method, "examples": examples, "sanity_check": sanity}, panels

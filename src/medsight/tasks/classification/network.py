@@ -12,6 +12,11 @@ from torch import nn
 NETWORK = "monai.networks.nets.ResNet"
 #: The ensemble of recipe runs (:class:`LogitAverage`), as bundle.json names it.
 LOGIT_AVERAGE = "medsight.tasks.classification.network.LogitAverage"
+#: Test-time augmentation (:class:`ViewAverage`), as bundle.json names it.
+VIEW_AVERAGE = "medsight.tasks.classification.network.ViewAverage"
+#: Test-time shifts move the image by this share of its side (at least 1 px): half the training augmentation's
+#: largest translation (8 %, :func:`medsight.transforms.augmentation`), so every view is one training has shown.
+VIEW_SHIFT = 0.04
 
 
 def plan_network(
@@ -68,9 +73,92 @@ def ensemble_spec(member: dict[str, Any], n_members: int) -> dict[str, Any]:
     return {"name": LOGIT_AVERAGE, "kwargs": {"member": member, "n_members": n_members}}
 
 
+class ViewAverage(nn.Module):
+    """Test-time augmentation as one module: the mean logits of the image and fixed, mild copies of it.
+
+    The views are the image, its left-right mirror where the modality allows one (``flip``, as training
+    augmentation does) and the image shifted by ``shift`` pixels along each axis, both ways (edges repeated),
+    all within what training augmentation shows the model. They run as one batch through ``network`` (a ResNet or a
+    :class:`LogitAverage`, given as its bundle.json spec), so ONNX export, the bundle and the service treat the
+    whole as one network; it costs one forward pass per view. Whether it is used is decided on validation
+    (:mod:`.recipes`).
+    """
+
+    def __init__(self, network: dict[str, Any], flip: bool, shift: int) -> None:
+        super().__init__()
+        if not flip and shift < 1:
+            raise ValueError("test-time augmentation needs a mirror or a shift of at least 1 pixel")
+        kwargs = dict(network["kwargs"])
+        if network["name"] == LOGIT_AVERAGE:
+            self.model: nn.Module = LogitAverage(**kwargs)
+        elif network["name"] == NETWORK:
+            self.model = ResNet(**kwargs)
+        else:
+            raise ValueError(f"test-time augmentation wraps {NETWORK} or {LOGIT_AVERAGE}, not {network['name']}")
+        self.flip = bool(flip)
+        self.shift = int(shift)
+        self.spatial_dims = int(kwargs["member"]["spatial_dims"] if "member" in kwargs else kwargs["spatial_dims"])
+
+    def views(self, x: torch.Tensor) -> list[torch.Tensor]:
+        """The image and its test-time copies, in a fixed order."""
+        out = [x]
+        if self.flip:
+            out.append(torch.flip(x, dims=[-1]))
+        for dim in range(2, x.ndim):
+            for step in (self.shift, -self.shift) if self.shift else ():
+                out.append(_shifted(x, dim, step))
+        return out
+
+    def forward(self, x: torch.Tensor) -> torch.Tensor:
+        views = self.views(x)
+        logits = self.model(torch.cat(views))
+        return logits.reshape(len(views), -1, logits.shape[-1]).mean(dim=0)
+
+
+def _shifted(x: torch.Tensor, dim: int, step: int) -> torch.Tensor:
+    """``x`` moved by ``step`` pixels along ``dim`` (positive: towards higher indices), the edge row repeated."""
+    n = x.shape[dim]
+    if step > 0:
+        edge = x.narrow(dim, 0, 1)
+        return torch.cat([edge] * step + [x.narrow(dim, 0, n - step)], dim=dim)
+    edge = x.narrow(dim, n - 1, 1)
+    return torch.cat([x.narrow(dim, -step, n + step)] + [edge] * -step, dim=dim)
+
+
+def view_spec(network: dict[str, Any], flip: bool, shift: int) -> dict[str, Any]:
+    """bundle.json's ``network`` entry of a :class:`ViewAverage` around ``network`` (a spec)."""
+    return {"name": VIEW_AVERAGE, "kwargs": {"network": network, "flip": flip, "shift": shift}}
+
+
+def view_candidates(modality: str, spatial_size: list[int]) -> list[dict[str, Any]]:
+    """The test-time views a run compares on validation (besides the image alone), fewest first: the mirror where
+    training flips images of this modality, then the mirror (where allowed) with shifts by :data:`VIEW_SHIFT` of
+    the side."""
+    from medsight.transforms import FLIP_OK
+
+    flip = modality in FLIP_OK
+    shift = max(1, round(VIEW_SHIFT * min(spatial_size)))
+    return [*([{"flip": True, "shift": 0}] if flip else []), {"flip": flip, "shift": shift}]
+
+
+def view_names(model: nn.Module) -> list[str]:
+    """What each test-time view is, for bundle.json and the model card (``["image"]`` without augmentation)."""
+    if not isinstance(model, ViewAverage):
+        return ["image"]
+    axes = "yx" if model.spatial_dims == 2 else "zyx"
+    shifts = [f"shift {axis} {sign}{model.shift} px" for axis in axes for sign in "+-"] if model.shift else []
+    return ["image", *(["left-right mirror"] if model.flip else []), *shifts]
+
+
+def unwrapped(model: nn.Module) -> nn.Module:
+    """The network under test-time augmentation (the model itself without it)."""
+    return model.model if isinstance(model, ViewAverage) else model
+
+
 def members(model: nn.Module) -> list[nn.Module]:
-    """The ResNets a model is made of: the ensemble's members, or the model itself."""
-    return list(model.members) if isinstance(model, LogitAverage) else [model]
+    """The ResNets a model is made of: the ensemble's members, or the model itself (under any test-time views)."""
+    inner = unwrapped(model)
+    return list(inner.members) if isinstance(inner, LogitAverage) else [inner]
 
 
 def gradcam_layer(model: nn.Module) -> nn.Module:
@@ -79,16 +167,14 @@ def gradcam_layer(model: nn.Module) -> nn.Module:
 
 
 def explain(model: nn.Module, images: np.ndarray, targets: list[int], signed: bool = False) -> np.ndarray:
-    """Grad-CAM of ``model`` (see :func:`medsight.explain.gradcam.gradcam`); an ensemble's map is the mean of its
-    members' maps (each member's logit is an equal part of the averaged logit), scaled again to [0, 1] unless
-    ``signed``."""
-    from medsight.explain.gradcam import gradcam
+    """Grad-CAM of ``model`` (see :func:`medsight.explain.gradcam.gradcam`) on the image as given (under test-time
+    augmentation, the un-augmented view); an ensemble's map is the mean of its members' maps (each member's logit
+    is an equal part of the averaged logit), scaled again to [0, 1] unless ``signed``."""
+    from medsight.explain.gradcam import gradcam, unit_scaled
 
-    maps = np.mean([gradcam(m, gradcam_layer(m), images, targets, signed=signed) for m in members(model)], axis=0)
-    if signed or not isinstance(model, LogitAverage):
-        return maps.astype(np.float32)
-    hi = maps.reshape(len(maps), -1).max(axis=1).reshape((-1,) + (1,) * (maps.ndim - 1))
-    return np.where(hi > 0, maps / np.where(hi > 0, hi, 1), 0.0).astype(np.float32)
+    parts = members(model)
+    maps = np.mean([gradcam(m, gradcam_layer(m), images, targets, signed=signed) for m in parts], axis=0)
+    return maps.astype(np.float32) if signed or len(parts) == 1 else unit_scaled(maps)
 
 
 def signed_explainer(model: nn.Module, images: np.ndarray, targets: list[int]) -> np.ndarray:
@@ -101,9 +187,12 @@ def sanity_layers(model: nn.Module) -> list[str]:
     before the block below it."""
     from medsight.explain.sanity import cascade_layers
 
-    if not isinstance(model, LogitAverage):
-        return cascade_layers(model)
-    return [f"members.{k}.{name}" for name in cascade_layers(model.members[0]) for k in range(len(model.members))]
+    prefix = "model." if isinstance(model, ViewAverage) else ""
+    inner = unwrapped(model)
+    if not isinstance(inner, LogitAverage):
+        return [prefix + name for name in cascade_layers(inner)]
+    n = len(inner.members)
+    return [f"{prefix}members.{k}.{name}" for name in cascade_layers(inner.members[0]) for k in range(n)]
 
 
 def is_imbalanced(task_type: str, labels: np.ndarray, ratio: float = 1.5) -> bool:

@@ -64,6 +64,9 @@ class ClassificationOptions(TrainOptions):
     #: The ensemble of the recipes trained (mean logits): "auto" (default) competes on validation, "on" keeps
     #: it, "off" never builds it (half the inference cost).
     ensemble: Switch | None = None
+    #: Test-time augmentation (the mean of the image, its mirror and small shifts; :class:`network.ViewAverage`):
+    #: "auto" (default) is decided on validation, "on" keeps it, "off" never uses it (one forward pass per image).
+    tta: Switch | None = None
 
     def __post_init__(self) -> None:
         if self.alpha is not None and not 0 < self.alpha < 1:
@@ -74,6 +77,8 @@ class ClassificationOptions(TrainOptions):
             raise MedsightError(f"--class-balance must be auto, on or off (got {self.class_balance!r})")
         if self.ensemble is not None and self.ensemble not in ("auto", "on", "off"):
             raise MedsightError(f"--ensemble must be auto, on or off (got {self.ensemble!r})")
+        if self.tta is not None and self.tta not in ("auto", "on", "off"):
+            raise MedsightError(f"--tta must be auto, on or off (got {self.tta!r})")
         for name in ("epochs", "batch_size"):
             value = getattr(self, name)
             if value is not None and value < 1:

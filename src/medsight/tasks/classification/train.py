@@ -33,7 +33,19 @@ from medsight.runtime.onnx_export import export_onnx
 from medsight.tasks import registry
 from medsight.tasks.classification import ordinal, recipes
 from medsight.tasks.classification.data import load, load_like, positive_class, val_split
-from medsight.tasks.classification.network import LOGIT_AVERAGE, LogitAverage, ensemble_spec, loss_fn, probabilities
+from medsight.tasks.classification.network import (
+    LOGIT_AVERAGE,
+    VIEW_AVERAGE,
+    LogitAverage,
+    ViewAverage,
+    ensemble_spec,
+    loss_fn,
+    probabilities,
+    unwrapped,
+    view_candidates,
+    view_names,
+    view_spec,
+)
 from medsight.tasks.classification.plan import ClassificationOptions, ClassificationPlan, ClassificationPlanner
 from medsight.tasks.classification.predict import decided_labels
 from medsight.tasks.classification.steps import EVAL_BATCH, epoch_batches, loader, make_step
@@ -98,7 +110,7 @@ def train(spec: str, out: Path, options: ClassificationOptions) -> dict[str, Any
     chosen = (
         len(runs) - 1 if forced else recipes.choose([r.recipe for r in runs], [r.val_metrics for r in runs], metric)
     )
-    run = runs[chosen]
+    run, views = _with_views(runs[chosen], data, plan, positive, options.tta or "auto", metric, parent)
     model, state, scaler, val_probs, operating, val_metrics = (
         run.model,
         run.state,
@@ -124,6 +136,7 @@ def train(spec: str, out: Path, options: ClassificationOptions) -> dict[str, Any
     meta |= {"operating_point": operating, "metrics": {"val": val_metrics}}
     meta["network"] = {**network_spec(model, plan), "parameters": meta["network"]["parameters"]}
     meta["training"]["recipe_selection"] = selection
+    meta["training"]["test_time_views"] = views
     if run.recipe.members:
         meta["training"]["loss"] = run.recipe.name
         meta["training"]["ensemble_members"] = [
@@ -203,6 +216,7 @@ def _train_recipe(
     model = registry.build_network(_planned_network(plan, parent))
     if parent is not None:
         warm_start.load_weights(parent, model)
+        model = unwrapped(model)  # trained without its test-time views; they are put back after (_with_views)
         log.info("fine-tuning from %s (bundle sha256 %s)", parent.path, parent.checksum[:12])
     if len(plan.losses or [plan.loss]) * len(plan.balance_choices or [plan.balanced_loss]) > 1:
         log.info("training recipe: %s", recipe.name)
@@ -211,23 +225,84 @@ def _train_recipe(
 
 
 def _planned_network(plan: ClassificationPlan, parent: warm_start.Parent | None) -> dict[str, Any]:
-    """The network to build: the planned ResNet, or, fine-tuning an ensemble, the parent's ensemble of planned
-    ResNets (checked against the parent either way)."""
-    theirs = parent.bundle.meta["network"] if parent is not None else None
-    if parent is not None and theirs is not None and theirs["name"] == LOGIT_AVERAGE:
-        spec = ensemble_spec(plan.network.kwargs(), int(theirs["kwargs"].get("n_members", 0)))
-    else:
-        spec = {"name": plan.network.name, "kwargs": plan.network.kwargs()}
-    if parent is not None:
-        warm_start.check_network(parent, spec["name"], spec["kwargs"])
+    """The network to build: the planned ResNet, or, fine-tuning, the parent's arrangement of planned ResNets (an
+    ensemble, test-time views), checked against the parent; training then unwraps the views."""
+    spec: dict[str, Any] = {"name": plan.network.name, "kwargs": plan.network.kwargs()}
+    if parent is None:
+        return spec
+    theirs = parent.bundle.meta["network"]
+    inner = theirs["kwargs"].get("network") or {} if theirs["name"] == VIEW_AVERAGE else theirs
+    if inner.get("name") == LOGIT_AVERAGE:
+        spec = ensemble_spec(plan.network.kwargs(), int(inner["kwargs"].get("n_members", 0)))
+    if theirs["name"] == VIEW_AVERAGE:
+        spec = view_spec(spec, bool(theirs["kwargs"].get("flip")), int(theirs["kwargs"].get("shift", 0)))
+    warm_start.check_network(parent, spec["name"], spec["kwargs"])
     return spec
 
 
 def network_spec(model: nn.Module, plan: ClassificationPlan) -> dict[str, Any]:
     """bundle.json's ``network`` (name and constructor arguments) of a trained model."""
+    if isinstance(model, ViewAverage):
+        return view_spec(network_spec(model.model, plan), model.flip, model.shift)
     if isinstance(model, LogitAverage):
         return ensemble_spec(plan.network.kwargs(), len(model.members))
     return {"name": plan.network.name, "kwargs": plan.network.kwargs()}
+
+
+def _with_views(
+    run: RecipeRun,
+    data: ClassificationData,
+    plan: ClassificationPlan,
+    positive: str | None,
+    switch: str,
+    metric: str,
+    parent: warm_start.Parent | None,
+) -> tuple[RecipeRun, dict[str, Any]]:
+    """The kept model with or without test-time augmentation (:class:`ViewAverage`), and what bundle.json keeps of
+    the choice. The image alone and each set of views (:func:`view_candidates`, fewest first) are fitted on
+    validation and compared by the recipes' rule (a tie goes to the higher validation AUC, then to fewer views);
+    ``on`` drops the image alone from the comparison. Fine-tuning keeps the parent's views, as it keeps the rest of
+    its network."""
+    options = view_candidates(data.modality, data.spatial_size)
+    decided_on = {"auto": "val", "on": "val, among the sets of views (--tta on)", "off": "none (--tta off)"}[switch]
+    if parent is not None:
+        theirs = parent.bundle.meta["network"]
+        switch = "on" if theirs["name"] == VIEW_AVERAGE else "off"
+        options = [{"flip": bool(theirs["kwargs"].get("flip")), "shift": int(theirs["kwargs"].get("shift", 0))}]
+        decided_on = "the parent bundle's (fine-tuning keeps its network)"
+    if switch == "off":
+        return run, {"views": ["image"], "decided_on": decided_on}
+    spec = network_spec(run.model, plan)
+    fitted = [run]
+    for views in options:
+        model = ViewAverage(spec, views["flip"], views["shift"])
+        model.model.load_state_dict(run.model.state_dict())
+        fitted.append(_fitted_on_val(run.recipe, model, run.state, data, plan, positive))
+    names = [view_names(r.model) for r in fitted]
+    compared = fitted if switch == "auto" else fitted[1:]
+    kept = compared[recipes.choose([run.recipe] * len(compared), [r.val_metrics for r in compared], metric)]
+    log.info(
+        "test-time augmentation on validation %s: %s; kept %d view(s)",
+        metric,
+        ", ".join(
+            f"{len(n)} view(s) {r.val_metrics.get(metric, float('nan')):.4f}"
+            for n, r in zip(names, fitted, strict=True)
+        ),
+        len(view_names(kept.model)),
+    )
+    keys = ("qwk", "accuracy", "auc", "mae")
+    record = {
+        "views": view_names(kept.model),
+        "decided_on": decided_on,
+        "rule": f"best validation {metric}; within {recipes.TIE} is a tie, won by the higher validation AUC, then "
+        "by fewer views",
+        "candidates": [
+            {"views": n, **{k: round(float(m[k]), 4) for k in keys if k in m and not np.isnan(float(m[k]))}}
+            for n, m in zip(names, (r.val_metrics for r in fitted), strict=True)
+        ],
+        "forward_passes_per_image": len(view_names(kept.model)),
+    }
+    return kept, record
 
 
 def _ensemble_run(
