@@ -162,3 +162,25 @@ def test_ensemble_off_builds_none_and_auto_lets_validation_decide(
         auto["metric"],
     )
     assert auto["chosen"] == scores[kept]["recipe"]
+
+
+def test_a_hand_edited_ensemble_that_cannot_be_built_is_a_clear_bundle_error(
+    ensemble_bundle: tuple[Path, Path], tmp_path: Path, capsys: pytest.CaptureFixture[str]
+) -> None:
+    import shutil
+
+    from medsight.errors import MedsightError
+
+    csv, path = ensemble_bundle
+    edited = tmp_path / "edited"
+    shutil.copytree(path, edited)
+    meta = json.loads((edited / "bundle.json").read_text())
+    meta["network"]["kwargs"]["n_members"] = 1
+    (edited / "bundle.json").write_text(json.dumps(meta))
+    with pytest.raises(MedsightError, match="an ensemble needs at least 2 members") as info:
+        load_bundle(edited).network()
+    assert str(edited / "bundle.json") in str(info.value) and "cannot be built" in str(info.value)
+    image = csv.parent / "img" / "0.png"
+    assert main(["-q", "predict", str(edited), str(image), "--explain", "--out", str(tmp_path / "p")]) == 2
+    err = capsys.readouterr().err
+    assert "an ensemble needs at least 2 members" in err and "Traceback" not in err

@@ -98,12 +98,26 @@ class Bundle:
         """Rebuild the network from its recorded plan and load the weights."""
         from medsight.tasks.registry import build_network
 
-        model = build_network(self.meta["network"])
+        spec = self.meta["network"]
+        try:
+            model = build_network(spec)
+        except (TypeError, ValueError, KeyError, AttributeError, ImportError) as exc:
+            # a hand-edited or foreign bundle.json: one line naming the file, not a traceback
+            raise MedsightError(
+                f"its network {spec.get('name')} cannot be built ({exc})", self.path / BUNDLE_JSON
+            ) from exc
         try:
             state = torch.load(self.path / WEIGHTS, map_location=device, weights_only=True)
         except (OSError, RuntimeError) as exc:
             raise MedsightError(f"cannot load weights ({exc})", self.path / WEIGHTS) from exc
-        model.load_state_dict(state)
+        try:
+            model.load_state_dict(state)
+        except RuntimeError as exc:
+            lines = str(exc).strip().splitlines()
+            detail = lines[1].strip() if len(lines) > 1 else str(exc)
+            raise MedsightError(
+                f"the weights do not fit the network bundle.json names ({detail})", self.path / WEIGHTS
+            ) from exc
         return model.to(device).eval()
 
 
