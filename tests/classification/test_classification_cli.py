@@ -330,7 +330,10 @@ def test_plan_is_logged_up_front_and_round_trips_through_bundle_json(
 
     bundle = load_bundle(breast_bundle)
     plan = bundle.plan(ClassificationPlan)
-    network = bundle.meta["network"]  # the planned ResNet, or the ensemble of planned ResNets
+    # the planned ResNet, or the ensemble of planned ResNets, either possibly averaged over test-time views
+    network = bundle.meta["network"]
+    if network["name"].endswith("ViewAverage"):
+        network = network["kwargs"]["network"]
     kwargs = network["kwargs"]["member"] if network["name"].endswith("LogitAverage") else network["kwargs"]
     assert isinstance(plan.network, NetworkPlan) and plan.network.kwargs() == kwargs
     assert plan.epochs == 3 and plan.batch_size == 128 and plan.lr == 2e-3 and plan.width == 16

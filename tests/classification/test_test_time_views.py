@@ -127,7 +127,8 @@ def test_a_bundle_with_test_time_views_predicts_explains_and_evaluates(
     assert "of the un-augmented view" in explanations["method"]
     assert explanations["sanity_check"]["layers"][0] == "model.fc"
     card = (tmp_path / "e" / "card.html").read_text()
-    assert "Test-time augmentation (image, shift y +1 px" in card and "5 test-time views" in card
+    assert "Test-time augmentation kept (val, among the sets of views (--tta on)): the mean logits over image, " in card
+    assert "shift x -1 px, 5 forward passes per image" in card and "5 test-time views" in card
 
 
 def test_fine_tuning_keeps_the_parents_views_and_starts_from_its_weights(

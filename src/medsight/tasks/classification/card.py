@@ -190,13 +190,13 @@ def recipe_section(bundle: Bundle, r: dict[str, Any]) -> Section:
         )
     views = bundle.meta["training"].get("test_time_views") or {}
     tta = [c for c in views.get("candidates", []) if len(c["views"]) > 1]
-    if tta:
-        kept = len(views["views"]) > 1
+    if tta and len(views["views"]) > 1:
         text += (
-            f" Test-time augmentation ({', '.join(tta[0]['views'])}; the mean of their logits) was "
-            f"{'kept' if kept else 'not kept'} ({views['decided_on']}): it costs {len(tta[0]['views'])} forward "
-            "passes per image."
+            f" Test-time augmentation kept ({views['decided_on']}): the mean logits over "
+            f"{', '.join(views['views'])}, {len(views['views'])} forward passes per image."
         )
+    elif tta:
+        text += f" Test-time augmentation compared and not kept ({views['decided_on']}): {len(tta)} set(s) of views."
     keys = [k for k in ("qwk", "accuracy", "auc", "mae") if any(k in c for c in sel["candidates"])]
     rows: list[list[Any]] = [["recipe", *[f"val {k}" for k in keys]]]
     rows += [[c["recipe"], *[fmt(c.get(k)) for k in keys]] for c in sel["candidates"]]
