@@ -69,9 +69,15 @@ def main() -> None:
         f"{_num(rho['ci95'][1])}]; flagged {u['n_flagged']} of "
         f"{u['n']} (threshold {u['threshold']}, decided on {meta['uncertainty']['decided_on']})"
     )
+    flip = meta.get("test_time_flip") or {}
+    print(
+        f"  test-time flip ({flip.get('decided_on')}): {'kept' if flip.get('kept') else 'not kept'}; "
+        f"candidates {flip.get('candidates')}"
+    )
     summary = {
         "test": {"n_images": result["n"], "n_lesions": result["n_boxes"], "split": meta["data"]["n"]},
         "metrics": result["metrics"],
+        "test_time_flip": meta.get("test_time_flip"),
         "operating_point": meta["operating_point"],
         "training": {k: tr[k] for k in ("epochs_run", "best_epoch", "stopped_by", "seconds", "device", "warnings")},
         "uncertainty": {"review_threshold": meta["uncertainty"], "test": result["uncertainty"]},

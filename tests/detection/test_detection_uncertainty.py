@@ -12,16 +12,19 @@ import pytest
 
 from detection.test_detection_cli import coco_subset  # noqa: F401  (pytest fixture: 20 real COVID CXRs)
 from medsight import runtime
+from medsight.io.images import read_image
 from medsight.tasks.detection import TASK, DetectionOptions
 from medsight.tasks.detection.data import prepare
 from medsight.tasks.detection.network import Detections
-from medsight.tasks.detection.predict import DetectionResult
+from medsight.tasks.detection.predict import DetectionModel, DetectionResult
+from medsight.tasks.detection.test_time import FLIPPED, SINGLE, TIE, merge
 from medsight.tasks.detection.uncertainty import (
     REVIEW_QUANTILE,
     choose_review_threshold,
     disagreement,
     per_image,
     ranking,
+    second_pass,
     second_view,
 )
 
@@ -123,8 +126,13 @@ def test_lesion_bundle_records_flags_and_reports_uncertainty(mias_subset: Path, 
     assert unc == meta["uncertainty"] and "horizontal flip" in unc["method"]
     assert unc["decided_on"] == f"{meta['data']['n']['val']} validation image(s)"
     assert 0.0 <= unc["threshold"] <= 1.0
+    # the test-time flip was decided on validation by the epoch-selection metric (CPM), a tie keeping one pass
+    flip = meta["test_time_flip"]
+    assert flip["decided_on"] == "val" and [c["views"] for c in flip["candidates"]] == [SINGLE, FLIPPED]
+    assert flip["kept"] == (flip["candidates"][1]["cpm"] > flip["candidates"][0]["cpm"] + TIE)
 
     ev = TASK.evaluate(bundle, str(mias_subset), "test", tmp_path / "eval", 30)
+    assert ev["test_time_flip"] == flip and "test-time flip" in (tmp_path / "eval" / "card.html").read_text()
     rep = ev["uncertainty"]
     assert rep["threshold"] == unc["threshold"] and rep["n"] == ev["n"]
     assert set(rep["spearman_uncertainty_vs_errors"]) >= {"value", "ci95"}
@@ -142,6 +150,25 @@ def test_lesion_bundle_records_flags_and_reports_uncertainty(mias_subset: Path, 
     entry = result.to_json()
     assert entry["uncertainty"] == result.uncertainty and entry["flag_for_review"] == per[0]["flag_for_review"]
 
+    # a bundle that keeps the flip reports the merged findings of both views; the uncertainty does not change
+    path = bundle / "bundle.json"
+    edited = json.loads(path.read_text())
+    edited["test_time_flip"] = {**flip, "kept": True, "views": FLIPPED, "forward_passes_per_image": 2}
+    path.write_text(json.dumps(edited))
+    flipped = runtime.load(bundle)
+    assert isinstance(flipped, DetectionModel) and flipped.flip_merged
+    x, scale = prepare(read_image(image), flipped.plan.image_size)
+    images, scales = x[None], [scale]
+    dets, spread = flipped.findings(images, scales)
+    second = second_pass(flipped.detect, images, scales, True)
+    expected = merge(flipped.detect(images, scales)[0], second[0])
+    assert dets[0].scores == pytest.approx(expected.scores) and dets[0].boxes == pytest.approx(expected.boxes)
+    assert spread[0] == pytest.approx(result.uncertainty, abs=1e-6)
+    (merged_result,) = flipped.predict([image])
+    assert [f.score for f in merged_result.findings] == [  # type: ignore[attr-defined]
+        round(float(s), 4) for s in expected.scores if s >= flipped.threshold
+    ]
+
 
 def test_object_bundle_uses_the_contrast_view_and_old_bundles_do_not_flag(
     coco_subset: Path,  # noqa: F811
@@ -150,6 +177,7 @@ def test_object_bundle_uses_the_contrast_view_and_old_bundles_do_not_flag(
     bundle = tmp_path / "bundle"
     meta = TASK.train(str(coco_subset), bundle, DetectionOptions(epochs=1, image_size=64, batch_size=8))
     assert "contrast" in meta["uncertainty"]["method"]  # lungs are lateral: never mirrored
+    assert meta["test_time_flip"]["kept"] is False and meta["test_time_flip"]["decided_on"] == "plan"
     image = Path(json.loads((coco_subset / "annotations.json").read_text())["images"][0]["file_name"])
     (result,) = runtime.load(bundle).predict([image])
     assert isinstance(result, DetectionResult) and 0.0 <= result.uncertainty <= 1.0  # type: ignore[operator]
@@ -158,6 +186,7 @@ def test_object_bundle_uses_the_contrast_view_and_old_bundles_do_not_flag(
     path = bundle / "bundle.json"
     old = json.loads(path.read_text())
     old.pop("uncertainty")
+    old.pop("test_time_flip")  # nor had it decided on a test-time flip: one pass
     path.write_text(json.dumps(old))
     (again,) = runtime.load(bundle).predict([image])
     assert again.to_json()["flag_for_review"] is None and again.to_json()["uncertainty"] == result.uncertainty

@@ -7,11 +7,11 @@ tmpfs for ENOSPC and a real ``kill -9`` of a storing process.
 from __future__ import annotations
 
 import contextlib
+import io
 import os
 import signal
 import subprocess
 import sys
-import tempfile
 import textwrap
 import threading
 import time
@@ -52,7 +52,7 @@ def engine(tmp_path: Path) -> Iterator[Engine]:
 
 def copy_of(ds: Dataset, study: str | None = None, series: str | None = None, **values: object) -> Dataset:
     """``ds`` with a new SOPInstanceUID (and the given study/series UIDs and attribute values)."""
-    out = pydicom.dcmread(_bytes(ds))
+    out = pydicom.dcmread(_part10(ds))
     out.SOPInstanceUID = generate_uid()
     out.file_meta.MediaStorageSOPInstanceUID = out.SOPInstanceUID
     if study:
@@ -64,11 +64,12 @@ def copy_of(ds: Dataset, study: str | None = None, series: str | None = None, **
     return out
 
 
-def _bytes(ds: Dataset) -> Path:
-    fd, name = tempfile.mkstemp(suffix=".dcm")
-    os.close(fd)
-    ds.save_as(name, enforce_file_format=True)
-    return Path(name)
+def _part10(ds: Dataset) -> io.BytesIO:
+    """A Part-10 copy in memory (a temporary file here once left one .dcm per call in /tmp)."""
+    buffer = io.BytesIO()
+    ds.save_as(buffer, enforce_file_format=True)
+    buffer.seek(0)
+    return buffer
 
 
 def count_rows(engine: Engine, table: object) -> int:

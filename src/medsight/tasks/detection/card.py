@@ -128,12 +128,25 @@ def sections(bundle: Bundle, r: dict[str, Any], figs: list[Figure]) -> list[Sect
                 ["stopped by", tr["stopped_by"]],
                 ["training warnings", "; ".join(tr.get("warnings", [])) or "none"],
                 ["inference", str(r.get("inference_engine", ""))],
+                ["test-time flip", _flip_text(bundle.meta.get("test_time_flip"))],
                 ["ONNX (head maps) vs PyTorch max |diff|", str(onnx.get("max_abs_diff_vs_torch", onnx.get("error")))],
                 ["versions", ", ".join(f"{k} {v}" for k, v in bundle.meta["versions"].items())],
             ],
         )
     )
     return out
+
+
+def _flip_text(choice: dict[str, Any] | None) -> str:
+    """The test-time flip decision in words (bundles from before it existed ran one pass)."""
+    if not choice:
+        return "not used (bundle from before the choice existed)"
+    scores = "; ".join(
+        f"{' + '.join(c['views'])}: {', '.join(f'val {k} {v}' for k, v in c.items() if k != 'views')}"
+        for c in choice["candidates"]
+    )
+    verdict = "findings of the image and its mirror merged" if choice["kept"] else "the image alone"
+    return f"{verdict} ({choice['decided_on']}: {choice['rule']}" + (f"; {scores})" if scores else ")")
 
 
 def uncertainty_section(u: dict[str, Any], errors_definition: str) -> Section:

@@ -104,9 +104,8 @@ def evaluate(bundle_path: Path, spec: str, split: str, out: Path, n_boot: int) -
     leakage = check_leakage(bundle.meta["data"], case_hashes(prepared.images), split, spec)
     items = prepared.items
     started = time.monotonic()
-    dets = model.detect(prepared.images, prepared.scales)
+    dets, unc = model.findings(prepared.images, prepared.scales)  # both passes: the image and the second view
     seconds = time.monotonic() - started
-    unc = model.uncertainty(prepared.images, prepared.scales, dets)
     matches = match(dets, items, data.kind)
     names = bundle.label_names
     lesions = data.kind == "lesions"
@@ -132,7 +131,8 @@ def evaluate(bundle_path: Path, spec: str, split: str, out: Path, n_boot: int) -
         "metrics": metrics,
         "operating_point": op,
         "inference_engine": model.engine,
-        "inference_seconds_per_image": seconds / max(len(items), 1),
+        "inference_seconds_per_image": seconds / max(len(items), 1),  # both passes (findings and uncertainty)
+        "test_time_flip": bundle.meta.get("test_time_flip"),
         "uncertainty": {
             "method": uncertainty.method(model.plan.flip),
             "review_rule": (bundle.meta.get("uncertainty") or {}).get("rule"),

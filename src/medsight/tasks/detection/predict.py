@@ -17,7 +17,7 @@ from medsight.evaluation.plots import png_image
 from medsight.io.atomic import write_bytes
 from medsight.io.images import is_dicom_file, read_image
 from medsight.runtime.results import Result
-from medsight.tasks.detection import uncertainty
+from medsight.tasks.detection import test_time, uncertainty
 from medsight.tasks.detection.data import prepare
 from medsight.tasks.detection.network import Detections, OrtHeads, build_detector, detect
 from medsight.tasks.detection.overlay import draw_boxes
@@ -84,6 +84,7 @@ class DetectionModel:
         self.labels = bundle.label_names
         self.threshold = float(bundle.meta["operating_point"]["threshold"])
         self.review_threshold: float | None = (bundle.meta.get("uncertainty") or {}).get("threshold")
+        self.flip_merged = test_time.kept(bundle.meta)
         onnx_file = (bundle.meta.get("onnx") or {}).get("file")
         if onnx_file and (bundle.path / onnx_file).is_file():
             network: torch.nn.Module = OrtHeads(bundle.path / onnx_file, self.plan)
@@ -97,11 +98,16 @@ class DetectionModel:
         """Detections for prepared images (N, 1, S, S), boxes in the pixels of each image read."""
         return detect(self.detector, images, scales)
 
-    def uncertainty(
-        self, images: np.ndarray, scales: Sequence[tuple[float, float]], first: list[Detections]
-    ) -> np.ndarray:
-        """Each image's test-time augmentation disagreement, given its detections ``first`` (a second pass)."""
-        return uncertainty.per_image(self.detect, images, scales, self.plan.flip, first)
+    def findings(
+        self, images: np.ndarray, scales: Sequence[tuple[float, float]]
+    ) -> tuple[list[Detections], np.ndarray]:
+        """Each image's detections and its uncertainty, from two passes: the image, then the second view. Where the
+        bundle kept the test-time flip (decided on validation, :mod:`.test_time`), the detections are the merged
+        findings of both views; otherwise those of the image alone."""
+        first = self.detect(images, scales)
+        second = uncertainty.second_pass(self.detect, images, scales, self.plan.flip)
+        dets = test_time.merged(first, second) if self.flip_merged else first
+        return dets, uncertainty.spread(first, second)
 
     def read(self, inputs: Sequence[Path]) -> list[np.ndarray]:
         """Every input read and checked (2D) before any runs, so a bad file fails the call before work is done."""
@@ -122,8 +128,7 @@ class DetectionModel:
         raws = self.read(paths)
         prepared = [prepare(raw, self.plan.image_size) for raw in raws]
         images, scales = np.stack([a for a, _ in prepared]), [s for _, s in prepared]
-        dets = self.detect(images, scales)
-        spread = self.uncertainty(images, scales, dets)
+        dets, spread = self.findings(images, scales)
         results: list[Result] = []
         for k, (path, raw, d, u) in enumerate(zip(paths, raws, dets, spread, strict=True)):
             h, w = raw.shape[1:]

@@ -7,6 +7,7 @@ from __future__ import annotations
 import logging
 import math
 import warnings
+from collections.abc import Sequence
 from pathlib import Path
 from typing import Any
 
@@ -18,11 +19,12 @@ from medsight.data import splits
 from medsight.data.fingerprint import case_hashes, training_record
 from medsight.evaluation.froc import detection_metrics
 from medsight.io.atomic import atomic_dir
-from medsight.tasks.detection import uncertainty
+from medsight.tasks.detection import test_time, uncertainty
 from medsight.tasks.detection.data import EpochSampler, load_detection, read_items, split_digest
 from medsight.tasks.detection.evaluate import errors_at, match, operating_point
 from medsight.tasks.detection.network import (
     NETWORK,
+    Detections,
     build_detector,
     build_network,
     detect,
@@ -109,16 +111,34 @@ def train(spec: str, out: Path, options: DetectionOptions) -> dict[str, Any]:
     state = engine.run()
 
     detector.eval()
-    val_dets = detect(detector, val_set.images, val_set.scales)
-    val_matches = match(val_dets, val_set.items, data.kind)
-    val_metrics = detection_metrics(val_matches, data.class_names, froc=plan.kind == "lesions")
-    operating = operating_point(val_matches, data.kind)
-    # the review threshold for the per-image uncertainty, decided on validation like the operating point
-    val_uncertainty = uncertainty.per_image(
-        lambda images, scales: detect(detector, images, scales), val_set.images, val_set.scales, plan.flip, val_dets
+    lesions = plan.kind == "lesions"
+
+    def val_score(dets: Sequence[Detections]) -> float:
+        m = detection_metrics(match(list(dets), val_set.items, data.kind), data.class_names, froc=lesions)
+        score = float(m[plan.selection])
+        return -1.0 if math.isnan(score) else score  # as in epoch selection: undefined ranks below any score
+
+    val_first = detect(detector, val_set.images, val_set.scales)
+    val_second = uncertainty.second_pass(
+        lambda images, scales: detect(detector, images, scales), val_set.images, val_set.scales, plan.flip
     )
+    # the test-time flip, the operating point and the review threshold are all decided on validation
+    flip_choice = test_time.decide(plan.flip, val_first, val_second, val_score, plan.selection)
+    val_dets = test_time.merged(val_first, val_second) if flip_choice["kept"] else val_first
+    if plan.flip:
+        log.info(
+            "test-time flip on validation %s: image %.4f, with its mirror merged %.4f; %s",
+            plan.selection,
+            *(c[plan.selection] for c in flip_choice["candidates"]),
+            "kept" if flip_choice["kept"] else "not kept",
+        )
+    val_matches = match(val_dets, val_set.items, data.kind)
+    val_metrics = detection_metrics(val_matches, data.class_names, froc=lesions)
+    operating = operating_point(val_matches, data.kind)
     review = uncertainty.choose_review_threshold(
-        val_uncertainty, errors_at(val_matches, float(operating["threshold"]), data.kind), plan.flip
+        uncertainty.spread(val_first, val_second),
+        errors_at(val_matches, float(operating["threshold"]), data.kind),
+        plan.flip,
     )
     network.cpu()
     meta: dict[str, Any] = {
@@ -182,6 +202,7 @@ def train(spec: str, out: Path, options: DetectionOptions) -> dict[str, Any]:
             "history": state.history,
             "warnings": state.warnings,
         },
+        "test_time_flip": flip_choice,
         "operating_point": operating,
         "uncertainty": review,
         "metrics": {"val": {k: v for k, v in val_metrics.items() if not (isinstance(v, float) and math.isnan(v))}},

@@ -24,7 +24,7 @@ read the threshold from ``bundle.json["uncertainty"]`` and never choose it on th
 from __future__ import annotations
 
 import warnings
-from collections.abc import Callable, Sequence
+from collections.abc import Callable, Iterator, Sequence
 from typing import Any
 
 import numpy as np
@@ -52,22 +52,33 @@ def method(flip: bool) -> str:
     )
 
 
-def disagreement(first: Detections, second: Detections) -> float:
-    """``max |s_first − s_second|`` over boxes paired one-to-one by IoU within each class (unpaired: score 0)."""
-    worst = 0.0
+def paired(
+    first: Detections, second: Detections
+) -> Iterator[tuple[int, np.ndarray, np.ndarray, np.ndarray, np.ndarray]]:
+    """Per class ``c`` present in either view: the indices (within that class's boxes) of the pairs, rows in
+    ``first`` and columns in ``second`` (one-to-one by IoU, Hungarian assignment, IoU >= :data:`PAIR_IOU`), and
+    the masks of the boxes of each view left unpaired."""
     for c in np.union1d(first.labels, second.labels):
         a, b = first.labels == c, second.labels == c
-        sa, sb = first.scores[a], second.scores[b]
         iou = iou_matrix(first.boxes[a], second.boxes[b])
-        paired_a, paired_b = np.zeros(len(sa), bool), np.zeros(len(sb), bool)
+        alone_a, alone_b = np.ones(int(a.sum()), bool), np.ones(int(b.sum()), bool)
+        rows = cols = np.zeros(0, int)
         if iou.size:
             rows, cols = linear_sum_assignment(iou, maximize=True)
             ok = iou[rows, cols] >= PAIR_IOU
             rows, cols = rows[ok], cols[ok]
-            paired_a[rows], paired_b[cols] = True, True
-            if len(rows):
-                worst = max(worst, float(np.max(np.abs(sa[rows] - sb[cols]))))
-        worst = max(worst, float(sa[~paired_a].max(initial=0.0)), float(sb[~paired_b].max(initial=0.0)))
+            alone_a[rows], alone_b[cols] = False, False
+        yield int(c), rows, cols, alone_a, alone_b
+
+
+def disagreement(first: Detections, second: Detections) -> float:
+    """``max |s_first − s_second|`` over boxes paired one-to-one by IoU within each class (unpaired: score 0)."""
+    worst = 0.0
+    for c, rows, cols, alone_a, alone_b in paired(first, second):
+        sa, sb = first.scores[first.labels == c], second.scores[second.labels == c]
+        if len(rows):
+            worst = max(worst, float(np.max(np.abs(sa[rows] - sb[cols]))))
+        worst = max(worst, float(sa[alone_a].max(initial=0.0)), float(sb[alone_b].max(initial=0.0)))
     return worst
 
 
@@ -86,13 +97,25 @@ def unflip(d: Detections, width: int, scale: tuple[float, float]) -> Detections:
     return Detections(boxes, d.scores, d.labels)
 
 
+def second_pass(
+    detect: Detect, images: np.ndarray, scales: Sequence[tuple[float, float]], flip: bool
+) -> list[Detections]:
+    """The detections of the second view (:func:`second_view`), mirrored ones mapped back onto the image read."""
+    second = detect(second_view(images, flip), scales)
+    if flip:
+        second = [unflip(d, images.shape[-1], s) for d, s in zip(second, scales, strict=True)]
+    return second
+
+
 def per_image(
     detect: Detect, images: np.ndarray, scales: Sequence[tuple[float, float]], flip: bool, first: list[Detections]
 ) -> np.ndarray:
     """Each image's uncertainty, given its detections ``first`` on the original view."""
-    second = detect(second_view(images, flip), scales)
-    if flip:
-        second = [unflip(d, images.shape[-1], s) for d, s in zip(second, scales, strict=True)]
+    return spread(first, second_pass(detect, images, scales, flip))
+
+
+def spread(first: Sequence[Detections], second: Sequence[Detections]) -> np.ndarray:
+    """:func:`disagreement` for every image."""
     return np.asarray([disagreement(a, b) for a, b in zip(first, second, strict=True)], np.float64)
 
 
