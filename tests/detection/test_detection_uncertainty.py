@@ -22,10 +22,10 @@ from medsight.tasks.detection.uncertainty import (
     REVIEW_QUANTILE,
     choose_review_threshold,
     disagreement,
-    per_image,
     ranking,
     second_pass,
     second_view,
+    spread,
 )
 
 
@@ -68,7 +68,7 @@ def test_mirrored_boxes_map_back_onto_the_image_read() -> None:
     image, scale = prepare(raw, 64)
     first = _bright_square_detector(image[None], [scale])
     assert first[0].boxes[0] == pytest.approx([16, 4, 48, 12])
-    u = per_image(_bright_square_detector, image[None], [scale], True, first)
+    u = spread(first, second_pass(_bright_square_detector, image[None], [scale], True))
     assert u.tolist() == [0.0]  # mapped back exactly: the same box, the same score
     mirrored = _bright_square_detector(second_view(image[None], True), [scale])
     assert disagreement(first[0], mirrored[0]) == pytest.approx(0.9)  # not mapped back: a different place

@@ -3,19 +3,10 @@ whether a bundle merges them (tasks/detection/test_time.py)."""
 
 from __future__ import annotations
 
-import numpy as np
 import pytest
 
-from medsight.tasks.detection.network import Detections
-from medsight.tasks.detection.test_time import FLIPPED, SINGLE, TIE, decide, kept, merge
-
-
-def _d(boxes: list[list[float]], scores: list[float], labels: list[int] | None = None) -> Detections:
-    return Detections(
-        np.asarray(boxes, float).reshape(-1, 4),
-        np.asarray(scores, float),
-        np.zeros(len(scores), int) if labels is None else np.asarray(labels, int),
-    )
+from detection.test_detection_uncertainty import _d
+from medsight.tasks.detection.test_time import FLIPPED, SINGLE, TIE, decide, kept, merge, merged
 
 
 def test_paired_boxes_merge_score_weighted_and_a_box_one_view_missed_keeps_half_its_score() -> None:
@@ -46,13 +37,15 @@ def test_the_flip_is_kept_only_when_it_beats_the_single_pass_on_validation_by_mo
         # the single pass scores 0.5; the merged detections (their score changed to 0.6) score 0.5 + gain
         return lambda dets: 0.5 + (gain if dets[0].scores[0] == pytest.approx(0.6) else 0.0)
 
-    tie = decide(True, first, second, score(TIE / 2), "cpm")
+    both = merged(first, second)
+    tie = decide(True, first, both, score(TIE / 2), "cpm")
     assert tie["kept"] is False and tie["views"] == SINGLE and tie["forward_passes_per_image"] == 1
     assert tie["decided_on"] == "val" and [c["views"] for c in tie["candidates"]] == [SINGLE, FLIPPED]
-    win = decide(True, first, second, score(0.01), "cpm")
+    win = decide(True, first, both, score(0.01), "cpm")
     assert win["kept"] is True and win["views"] == FLIPPED and win["forward_passes_per_image"] == 2
     assert win["candidates"][1]["cpm"] == pytest.approx(0.51)
-    assert kept({"test_time_flip": win}) is True and kept({}) is False  # bundles from before the choice: one pass
+    assert kept({"test_time_flip": win}, True) is True and kept({}, True) is False  # bundles from before: one pass
+    assert kept({"test_time_flip": win}, False) is False  # hand-edited onto a plan that never mirrors: one pass
     # objects that training never mirrors get no candidate at all
-    lateral = decide(False, first, second, score(1.0), "map50")
+    lateral = decide(False, first, None, score(1.0), "map50")
     assert lateral["kept"] is False and lateral["candidates"] == [] and lateral["decided_on"] == "plan"

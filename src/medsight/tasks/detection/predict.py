@@ -84,7 +84,7 @@ class DetectionModel:
         self.labels = bundle.label_names
         self.threshold = float(bundle.meta["operating_point"]["threshold"])
         self.review_threshold: float | None = (bundle.meta.get("uncertainty") or {}).get("threshold")
-        self.flip_merged = test_time.kept(bundle.meta)
+        self.flip_merged = test_time.kept(bundle.meta, self.plan.flip)
         onnx_file = (bundle.meta.get("onnx") or {}).get("file")
         if onnx_file and (bundle.path / onnx_file).is_file():
             network: torch.nn.Module = OrtHeads(bundle.path / onnx_file, self.plan)

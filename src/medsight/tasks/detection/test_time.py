@@ -69,14 +69,14 @@ def merged(first: Sequence[Detections], second: Sequence[Detections]) -> list[De
 def decide(
     flip: bool,
     first: Sequence[Detections],
-    second: Sequence[Detections],
+    both: Sequence[Detections] | None,
     score: Callable[[Sequence[Detections]], float],
     metric: str,
 ) -> dict[str, Any]:
-    """Whether the flip is kept, from the validation detections of the image alone (``first``) and of its mirror
-    mapped back (``second``); ``score`` is the epoch-selection metric named ``metric``. The record for
-    ``bundle.json["test_time_flip"]``."""
-    if not flip:
+    """Whether the flip is kept, from the validation detections of the image alone (``first``) and the merged
+    findings of the image and its mirror (``both``, :func:`merged`; ``None`` where the plan never mirrors);
+    ``score`` is the epoch-selection metric named ``metric``. The record for ``bundle.json["test_time_flip"]``."""
+    if not flip or both is None:
         return {
             "kept": False,
             "views": SINGLE,
@@ -85,19 +85,20 @@ def decide(
             "candidates": [],
             "forward_passes_per_image": 1,
         }
-    single, both = float(score(first)), float(score(merged(first, second)))
-    kept = both > single + TIE
+    single, merged_score = float(score(first)), float(score(both))
+    kept = merged_score > single + TIE
     return {
         "kept": bool(kept),
         "views": FLIPPED if kept else SINGLE,
         "decided_on": "val",
         "rule": f"merge the mirror's findings when validation {metric} rises by more than {TIE:g} "
         "(otherwise the single pass: half the inference)",
-        "candidates": [{"views": SINGLE, metric: round(single, 4)}, {"views": FLIPPED, metric: round(both, 4)}],
+        "candidates": [{"views": SINGLE, metric: round(single, 4)}, {"views": FLIPPED, metric: round(merged_score, 4)}],
         "forward_passes_per_image": 2 if kept else 1,
     }
 
 
-def kept(meta: dict[str, Any]) -> bool:
-    """Does this bundle merge the mirror's findings? (Bundles from before the choice existed do not.)"""
-    return bool((meta.get("test_time_flip") or {}).get("kept"))
+def kept(meta: dict[str, Any], flip: bool) -> bool:
+    """Does this bundle merge the mirror's findings? Never where its plan does not mirror (``flip``: a hand-edited
+    bundle.json cannot merge a contrast view), nor in bundles from before the choice existed."""
+    return flip and bool((meta.get("test_time_flip") or {}).get("kept"))

@@ -123,8 +123,9 @@ def train(spec: str, out: Path, options: DetectionOptions) -> dict[str, Any]:
         lambda images, scales: detect(detector, images, scales), val_set.images, val_set.scales, plan.flip
     )
     # the test-time flip, the operating point and the review threshold are all decided on validation
-    flip_choice = test_time.decide(plan.flip, val_first, val_second, val_score, plan.selection)
-    val_dets = test_time.merged(val_first, val_second) if flip_choice["kept"] else val_first
+    val_both = test_time.merged(val_first, val_second) if plan.flip else None
+    flip_choice = test_time.decide(plan.flip, val_first, val_both, val_score, plan.selection)
+    val_dets = val_both if val_both is not None and flip_choice["kept"] else val_first
     if plan.flip:
         log.info(
             "test-time flip on validation %s: image %.4f, with its mirror merged %.4f; %s",

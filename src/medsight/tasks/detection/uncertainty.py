@@ -107,15 +107,9 @@ def second_pass(
     return second
 
 
-def per_image(
-    detect: Detect, images: np.ndarray, scales: Sequence[tuple[float, float]], flip: bool, first: list[Detections]
-) -> np.ndarray:
-    """Each image's uncertainty, given its detections ``first`` on the original view."""
-    return spread(first, second_pass(detect, images, scales, flip))
-
-
 def spread(first: Sequence[Detections], second: Sequence[Detections]) -> np.ndarray:
-    """:func:`disagreement` for every image."""
+    """Each image's uncertainty: :func:`disagreement` between its detections on the image (``first``) and on the
+    second view mapped back (``second``, from :func:`second_pass`)."""
     return np.asarray([disagreement(a, b) for a, b in zip(first, second, strict=True)], np.float64)
 
 
