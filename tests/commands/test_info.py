@@ -78,3 +78,27 @@ def test_info_bad_input_is_one_line_and_exit_2(
     err = capsys.readouterr().err
     assert "broken.dcm" in err and "truncated" in err
     assert all(value not in err for value in PHI)
+
+
+def test_info_on_a_folder_reports_unreadable_files_beside_the_readable_ones(
+    shared_data: Path, tmp_path: Path, capsys: pytest.CaptureFixture[str]
+) -> None:
+    """One broken file in a folder must not hide the rest: the summary is printed, each unreadable file is named
+    with its problem, and the exit status (1) says that not everything could be read."""
+    source = shared_data / "udacity_brain_mr_dicom" / "Study3" / "11-T1post-18670"
+    good = tmp_path / "good.dcm"
+    good.write_bytes((source / "000000.dcm").read_bytes())
+    broken = tmp_path / "broken.dcm"
+    broken.write_bytes((source / "000001.dcm").read_bytes()[:-1000])
+    (tmp_path / "notes.txt").write_text("hello")
+    assert main(["info", str(tmp_path)]) == 1
+    captured = capsys.readouterr()
+    assert "1 DICOM files in 1 study, 1 other files skipped, 1 unreadable" in captured.out
+    assert "[MR]" in captured.out and "size: 280 x 320 x 1" in captured.out
+    assert "broken.dcm: truncated DICOM file" in captured.out
+    assert all(value not in captured.out + captured.err for value in PHI)
+    assert main(["info", str(tmp_path), "--json"]) == 1
+    summary = json.loads(capsys.readouterr().out)
+    assert summary["dicom_files"] == 1 and summary["skipped_files"] == 1
+    assert [u["file"] for u in summary["unreadable_files"]] == [str(broken)]
+    assert "truncated" in summary["unreadable_files"][0]["problem"]

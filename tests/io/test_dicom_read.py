@@ -255,6 +255,36 @@ def test_jpeg2000_lossless_equals_uncompressed(samples: Path) -> None:
     assert len(series) == 1 and len(series[0].instances) == 1
 
 
+def test_deflated_and_big_endian_read_like_the_original(samples: Path, tmp_path: Path) -> None:
+    """Deflated Explicit VR Little Endian compresses the whole dataset, so element offsets are offsets in the inflated
+    stream, not in the file: the truncation check must not call a valid deflated file truncated. Explicit VR Big
+    Endian (retired, still met in old archives) reads too."""
+    from pydicom.filewriter import dcmwrite
+    from pydicom.uid import DeflatedExplicitVRLittleEndian, ExplicitVRBigEndian
+
+    source = samples / "pydicom_test_files" / "CT_small.dcm"
+    original = read_series(source)
+    ds = pydicom.dcmread(source)
+    ds.file_meta.TransferSyntaxUID = DeflatedExplicitVRLittleEndian
+    ds.save_as(tmp_path / "deflated.dcm")
+    assert (tmp_path / "deflated.dcm").stat().st_size < source.stat().st_size  # really deflated
+    ds = pydicom.dcmread(source)
+    ds.PixelData = ds.pixel_array.astype(ds.pixel_array.dtype.newbyteorder(">")).tobytes()  # words stored big endian
+    ds.file_meta.TransferSyntaxUID = ExplicitVRBigEndian
+    dcmwrite(tmp_path / "big_endian.dcm", ds, little_endian=False, implicit_vr=False)
+    for name in ("deflated.dcm", "big_endian.dcm"):
+        volume = read_series(tmp_path / name)
+        np.testing.assert_array_equal(volume.array, original.array)
+        assert volume.geometry == original.geometry
+        np.testing.assert_array_equal(read_dicom_image(tmp_path / name), read_dicom_image(source))
+    assert scan(tmp_path).n_instances == 1  # one SOP instance, the other file its duplicate
+    cut = tmp_path / "cut" / "deflated.dcm"
+    cut.parent.mkdir()
+    cut.write_bytes((tmp_path / "deflated.dcm").read_bytes()[:-4000])
+    with pytest.raises(MedsightError, match=r"deflated\.dcm"):
+        read_series(cut)  # a truncated deflated file is still named
+
+
 def test_rle_palette_ultrasound(samples: Path, tmp_path: Path) -> None:
     path = samples / "pydicom_data" / "OBXXXX1A_rle.dcm"
     ds = pydicom.dcmread(path)
@@ -328,4 +358,19 @@ def test_non_dicom_files_are_skipped_quietly_and_counted(study: Path, tmp_path: 
     with pytest.raises(MedsightError, match=r"bad\.dcm"):
         scan(folder)
     lenient = scan(folder, strict=False)
-    assert lenient.n_instances == 22 and len(lenient.skipped) == 3
+    assert lenient.n_instances == 22 and len(lenient.skipped) == 2  # not DICOM
+    assert [(p.name, problem.split(":")[0]) for p, problem in lenient.unreadable] == [
+        ("bad.dcm", "truncated DICOM file")
+    ]
+
+
+def test_read_image_takes_a_multiframe_file_as_a_volume(samples: Path, tmp_path: Path) -> None:
+    """``medsight predict``/manifests read images with ``read_image``: a multi-frame object (enhanced MR, a cine) is
+    one volume, as its frames are one series, not an error asking a command-line user to pick a frame."""
+    from medsight.io.images import read_image
+
+    path = samples / "pydicom_data" / "emri_small.dcm"
+    volume = read_image(path)
+    assert volume.shape == (1, *read_series(path).array.shape)  # channel, frames, rows, columns
+    assert volume.shape[1] == 10
+    np.testing.assert_array_equal(volume[0], read_series(path).array)

@@ -13,7 +13,7 @@ def register(sub: argparse._SubParsersAction) -> None:
         "compare",
         help="compare two bundles on the same cases with paired tests",
         description="Score NEW and OLD on the same cases of DATA (the frozen validation split of a feedback export "
-        "by default) and say whether NEW beats OLD: paired bootstrap of each metric's difference with a 95%% CI, "
+        "by default) and say whether NEW beats OLD: paired bootstrap of each metric's difference with a 95% CI, "
         "DeLong's test for a binary classifier's AUC, McNemar's test for accuracy, the Wilcoxon signed-rank test "
         "for per-case Dice. Writes DIR/compare.json and DIR/compare.html (with plots). Exit status 0 whatever the "
         "verdict; the verdict is printed and in compare.json. See docs/feedback.md.",

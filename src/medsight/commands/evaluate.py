@@ -15,7 +15,7 @@ def register(sub: argparse._SubParsersAction) -> None:
     p = sub.add_parser(
         "evaluate",
         help="evaluate a bundle: metrics.json and card.html",
-        description="Evaluate BUNDLE on a split of DATA: every metric with a 95%% bootstrap CI, the operating "
+        description="Evaluate BUNDLE on a split of DATA: every metric with a 95% bootstrap CI, the operating "
         "point chosen on validation, calibration, subgroup audit and explanation examples, written to "
         "DIR/metrics.json, DIR/card.json and a self-contained DIR/card.html.",
     )

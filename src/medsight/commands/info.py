@@ -36,16 +36,22 @@ def register(subparsers: Any) -> None:
 
 
 def run(args: argparse.Namespace) -> int:
-    """Scan, summarise, print; 0 on success (bad input raises MedsightError, exit 2)."""
-    result = scan(args.path)
+    """Scan, summarise, print: 0 when every DICOM file was read, 1 when some could not be (the rest is still
+    summarised and each unreadable file named with its problem), 2 on bad input (MedsightError): no such path, a
+    single file that cannot be read, or nothing readable at all."""
+    result = scan(args.path, strict=False)
     if result.n_instances == 0:
-        raise MedsightError(f"no DICOM objects found ({len(result.skipped)} other files)", args.path)
+        if len(result.unreadable) == 1:
+            file, problem = result.unreadable[0]
+            raise MedsightError(problem, file)
+        unreadable = f", {len(result.unreadable)} unreadable DICOM files" if result.unreadable else ""
+        raise MedsightError(f"no DICOM objects found ({len(result.skipped)} other files{unreadable})", args.path)
     summary = summarise(result, show_phi=args.show_phi)
     if args.json:
         print(json.dumps(summary, indent=2))
     else:
         print(render(summary))
-    return 0
+    return 1 if result.unreadable else 0
 
 
 def summarise(result: ScanResult, *, show_phi: bool = False) -> dict[str, Any]:
@@ -54,6 +60,7 @@ def summarise(result: ScanResult, *, show_phi: bool = False) -> dict[str, Any]:
         "path": str(result.root),
         "dicom_files": result.n_instances,
         "skipped_files": len(result.skipped),
+        "unreadable_files": [{"file": str(path), "problem": problem} for path, problem in result.unreadable],
         "studies": [_study(study, n, show_phi) for n, study in enumerate(result.studies, start=1)],
     }
 
@@ -122,6 +129,7 @@ def render(summary: dict[str, Any]) -> str:
         f"{summary['path']}: {summary['dicom_files']} DICOM files in {len(summary['studies'])} "
         f"stud{'y' if len(summary['studies']) == 1 else 'ies'}"
         + (f", {summary['skipped_files']} other files skipped" if summary["skipped_files"] else "")
+        + (f", {len(summary['unreadable_files'])} unreadable" if summary["unreadable_files"] else "")
     ]
     for study in summary["studies"]:
         description = study["description"] or "(no description)"
@@ -151,4 +159,7 @@ def render(summary: dict[str, Any]) -> str:
                 lines.append(f"    duplicate files ignored: {s['duplicate_files']}")
             if s.get("note"):
                 lines.append(f"    note: {s['note']}")
+    if summary["unreadable_files"]:
+        lines.append("Unreadable DICOM files (not summarised):")
+        lines += [f"  {u['file']}: {u['problem']}" for u in summary["unreadable_files"]]
     return "\n".join(lines)

@@ -7,6 +7,7 @@ from pathlib import Path
 
 from medsight import runtime
 from medsight.errors import MedsightError
+from medsight.io import modality
 
 
 def register(sub: argparse._SubParsersAction) -> None:
@@ -31,6 +32,12 @@ def register(sub: argparse._SubParsersAction) -> None:
         "into DIR/results/<key>/ with DIR/report.json; resumable (a re-run skips finished files)",
     )
     p.add_argument("--address", metavar="ADDR", help="archive mode on the existing Ray cluster at ADDR")
+    p.add_argument(
+        "--any-modality",
+        action="store_true",
+        help="predict on DICOM inputs whose Modality the model was not trained on (refused by default: a chest "
+        "X-ray model given a CT slice still answers confidently)",
+    )
     p.set_defaults(func=run)
 
 
@@ -38,6 +45,8 @@ def run(args: argparse.Namespace) -> int:
     if args.workers is not None or args.address is not None:
         return _run_archive(args)
     model = runtime.load(args.bundle)
+    if not args.any_modality:
+        modality.check(str(model.bundle.meta["data"].get("modality", "unknown")), args.inputs)
     results = model.predict(args.inputs, explain=args.explain)
     runtime.write_predictions(model, results, args.out)
     for r in results:
@@ -54,7 +63,14 @@ def _run_archive(args: argparse.Namespace) -> int:
     if len(args.inputs) != 1:
         raise MedsightError("with --workers or --address give one archive folder, not several inputs")
     report = predict_archive(
-        args.bundle, args.inputs[0], args.out, args.workers or 1, args.address, args.explain, not args.quiet
+        args.bundle,
+        args.inputs[0],
+        args.out,
+        args.workers or 1,
+        args.address,
+        args.explain,
+        not args.quiet,
+        any_modality=args.any_modality,
     )
     print(
         f"predicted {report['processed_this_run']} files ({report['finished_earlier']} finished by an earlier run) "

@@ -4,6 +4,9 @@ Paths are relative to the CSV's folder and may name PNG/JPEG/TIFF, DICOM files, 
 NIfTI or npy/npz images, 2D or 3D. Multi-label rows separate labels with ``|``. Every other column
 (``sex``, ``age``, ``site``...) is kept as a patient attribute for the subgroup audit.
 
+The modality (which ``medsight predict`` checks DICOM inputs against) is the one the images' DICOM Modality codes
+agree on, or ``{"modality": "xray"}`` in the sidecar below; otherwise ``unknown``.
+
 A binary data set declares its finding beside the CSV, in a JSON file of the same name (``manifest.json`` for
 ``manifest.csv``): ``{"positive": "malignant"}``, so that sensitivity is the recall of that label. Ordered grades
 (BI-RADS, diabetic retinopathy, Kellgren-Lawrence) are declared there too, because a CSV cannot say that its labels
@@ -158,7 +161,7 @@ def load_manifest(
         label_names=label_names,
         spatial_dims=spatial_dims,
         splits=splits,
-        modality=modality or "unknown",
+        modality=modality or _modality(sidecar, paths, csv_path),
         fingerprint={
             "files": {
                 csv_path.name: md5sum(csv_path),
@@ -170,6 +173,21 @@ def load_manifest(
         positive=declared_positive(csv_path, label_names) if task == "binary" else None,
         ordinal=ordinal,
     )
+
+
+def _modality(sidecar: dict[str, Any], paths: list[Path], csv_path: Path) -> str:
+    """The sidecar's ``modality`` when declared, else the one modality the images' DICOM headers agree on
+    (:func:`medsight.io.modality.of_dicom`), else ``unknown``; ``medsight predict`` checks DICOM inputs against it."""
+    from medsight.io.modality import of_dicom
+
+    declared = sidecar.get("modality")
+    if declared is not None:
+        if not isinstance(declared, str) or not declared.strip():
+            raise MedsightError(
+                '"modality" must be a word such as "xray", "CT", "MRI" or "ultrasound"', csv_path.with_suffix(".json")
+            )
+        return declared.strip()
+    return of_dicom(paths) or "unknown"
 
 
 def read_sidecar(csv_path: Path) -> dict[str, Any]:

@@ -42,17 +42,22 @@ def iter_files(archive: Path) -> Iterator[tuple[Path, str]]:
                 yield path, path.relative_to(archive).as_posix()
 
 
-def _setup(config: dict[str, Any]) -> tuple[Any, bool]:
+def _setup(config: dict[str, Any]) -> tuple[Any, bool, str | None]:
+    """The warm model, whether to explain, and the training modality DICOM inputs are checked against (``None``:
+    ``--any-modality``)."""
     from medsight import runtime
 
-    return runtime.load(config["bundle"]), bool(config["explain"])
+    model = runtime.load(config["bundle"])
+    checked = None if config.get("any_modality") else str(model.bundle.meta["data"].get("modality", "unknown"))
+    return model, bool(config["explain"]), checked
 
 
-def _work(state: tuple[Any, bool], chunk: list[Item]) -> list[dict[str, Any]]:
+def _work(state: tuple[Any, bool, str | None], chunk: list[Item]) -> list[dict[str, Any]]:
     """Predict and write each input of ``chunk``; outputs already in place (a re-run chunk) are kept, not redone."""
     from medsight import runtime
+    from medsight.io import modality
 
-    model, explain = state
+    model, explain, checked = state
     records = []
     for path, name, target in chunk:
         record: dict[str, Any] = {"key": name, "output": f"{RESULTS}/{name}"}
@@ -60,6 +65,8 @@ def _work(state: tuple[Any, bool], chunk: list[Item]) -> list[dict[str, Any]]:
             records.append(record | {"status": "written", "summary": "written by an earlier attempt"})
             continue
         try:
+            if checked is not None:
+                modality.check(checked, [Path(path)])
             results = model.predict([Path(path)], explain=explain)
             runtime.write_predictions(model, results, Path(target))
             records.append(record | {"status": "written", "summary": "; ".join(r.summary() for r in results)})
@@ -92,8 +99,11 @@ def predict_archive(
     address: str | None = None,
     explain: bool = False,
     progress: bool = True,
+    any_modality: bool = False,
 ) -> dict[str, Any]:
-    """Predict on every file under ``archive`` into ``out``; returns (and writes) the report."""
+    """Predict on every file under ``archive`` into ``out``; returns (and writes) the report. A DICOM file whose
+    Modality the bundle was not trained on fails with that reason unless ``any_modality`` (:mod:`medsight.io.modality`).
+    """
     if not archive.exists():
         raise MedsightError("archive not found", archive)
     if workers < 1:
@@ -107,7 +117,7 @@ def predict_archive(
     remove_leftovers(out / RESULTS)  # half-written results of a killed earlier run
     counts = {"seen": 0, "resumed": 0}
     chunks = _chunks(archive, out, ledger.done(), counts)
-    config = {"bundle": str(bundle.resolve()), "explain": explain}
+    config = {"bundle": str(bundle.resolve()), "explain": explain, "any_modality": any_modality}
     started = time.perf_counter()
     processed = 0
     bar = tqdm(unit="file", desc="predict", disable=not progress, file=sys.stderr)

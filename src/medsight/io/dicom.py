@@ -25,7 +25,7 @@ import pydicom
 from pydicom.dataset import Dataset
 from pydicom.errors import InvalidDicomError
 from pydicom.pixels import apply_color_lut, apply_modality_lut, apply_voi_lut
-from pydicom.uid import UID
+from pydicom.uid import UID, DeflatedExplicitVRLittleEndian
 
 from medsight.errors import MedsightError
 from medsight.io import geometry as geo
@@ -158,11 +158,13 @@ class Study:
 
 @dataclass
 class ScanResult:
-    """What a scan found: studies of DICOM objects, and the files skipped as not DICOM."""
+    """What a scan found: studies of DICOM objects, the files skipped as not DICOM, and (in a scan that is not
+    strict) the DICOM files that could not be read, each with its problem."""
 
     root: Path
     studies: list[Study]
     skipped: list[Path]
+    unreadable: list[tuple[Path, str]] = field(default_factory=list)
 
     @property
     def series(self) -> list[Series]:
@@ -210,7 +212,7 @@ def scan(path: PathLike, *, strict: bool = True) -> ScanResult:
 
     Files that are not DICOM are skipped quietly and listed in ``skipped`` (so a caller can say how many).
     A file that claims to be DICOM but cannot be read (corrupt, truncated) raises ``MedsightError`` naming it;
-    with ``strict=False`` it is logged and added to ``skipped`` instead.
+    with ``strict=False`` it is listed in ``unreadable`` with its problem instead, and the scan goes on.
     """
     root = Path(path)
     if not root.exists():
@@ -218,20 +220,20 @@ def scan(path: PathLike, *, strict: bool = True) -> ScanResult:
     files = [root] if root.is_file() else sorted(p for p in root.rglob("*") if p.is_file())
     instances: list[tuple[Instance, Dataset]] = []
     skipped: list[Path] = []
+    unreadable: list[tuple[Path, str]] = []
     for file in _progress(files, "scanning DICOM"):
         try:
             found = read_header(file)
         except MedsightError as exc:
             if strict:
                 raise
-            log.warning("skipping %s", exc)
-            skipped.append(file)
+            unreadable.append((file, exc.problem))
             continue
         if found is None:
             skipped.append(file)
         else:
             instances.append(found)
-    return ScanResult(root=root, studies=_group(instances), skipped=skipped)
+    return ScanResult(root=root, studies=_group(instances), skipped=skipped, unreadable=unreadable)
 
 
 def is_dicom_file(path: PathLike) -> bool:
@@ -305,13 +307,16 @@ def read_header(path: PathLike) -> tuple[Instance, Dataset] | None:
         return None
     try:
         ds = pydicom.dcmread(path, force=not preamble, defer_size="4 KB")
+        deflated = _transfer_syntax(ds) == DeflatedExplicitVRLittleEndian
+        if deflated:  # offsets are in the inflated stream: a deferred value could not be found again in the file
+            ds = pydicom.dcmread(path, force=not preamble)
     except Exception as exc:  # pydicom raises many types on malformed input; all mean "corrupt"
         raise MedsightError(f"corrupt DICOM file ({type(exc).__name__}: {exc})", path) from exc
     if is_dicomdir(ds):
         return None
     if "SOPInstanceUID" not in ds or "SOPClassUID" not in ds:
         raise MedsightError("corrupt or truncated DICOM file: no SOP Class/Instance UID", path)
-    _check_complete(ds, path)
+    _check_complete(ds, path, deflated)
     try:
         instance = _instance(ds, path)
     except (ValueError, TypeError, AttributeError, IndexError) as exc:
@@ -332,14 +337,27 @@ def _looks_like_bare_dataset(head: bytes) -> bool:
     return group in (0x0002, 0x0008) and element < 0x0100
 
 
-def _check_complete(ds: Dataset, path: Path) -> None:
-    """Raise if the file was cut short: an element runs past the end, or an image lacks its pixel data."""
+def _transfer_syntax(ds: Dataset) -> str:
+    meta = getattr(ds, "file_meta", None)
+    return str(meta.get("TransferSyntaxUID", "")) if meta is not None else ""
+
+
+def _check_complete(ds: Dataset, path: Path, deflated: bool = False) -> None:
+    """Raise if the file was cut short: an element runs past the end, or an image lacks its pixel data. In a
+    deflated file (read whole) an element is short when fewer bytes were read than its length says."""
     size = path.stat().st_size
     for tag in list(ds.keys()):  # the tags only: iterating the dataset would load deferred values
         raw = ds.get_item(tag, keep_deferred=True)
         tell = getattr(raw, "value_tell", None)
         length = getattr(raw, "length", None)
-        if tell is not None and length not in (None, 0xFFFFFFFF) and tell + length > size:
+        if deflated:
+            value = getattr(raw, "value", None)
+            if isinstance(value, bytes) and length not in (None, 0xFFFFFFFF) and len(value) < length:
+                what = "pixel data" if int(tag) in PIXEL_TAGS else f"element {tag}"
+                raise MedsightError(
+                    f"truncated DICOM file: {what} needs {length} bytes, {len(value)} present (deflated)", path
+                )
+        elif tell is not None and length not in (None, 0xFFFFFFFF) and tell + length > size:
             what = "pixel data" if int(tag) in PIXEL_TAGS else f"element {tag}"
             raise MedsightError(
                 f"truncated DICOM file: {what} needs {length} bytes, {max(size - tell, 0)} present", path

@@ -152,8 +152,12 @@ def _read_numpy(path: Path) -> np.ndarray:
 
 
 def _read_dicom_file(path: Path) -> np.ndarray:
-    from medsight.io.dicom import read_dicom_image
+    """One image; a multi-frame object (enhanced CT/MR, a cine loop) is a volume of its frames, read as a series."""
+    from medsight.io.dicom import read_dicom_image, read_header
 
+    header = read_header(path)
+    if header is not None and len(header[0].frames) > 1:
+        return _read_dicom_series(path)
     arr = np.asarray(read_dicom_image(path), dtype=np.float32)
     if arr.ndim == 2:
         return arr[None]

@@ -263,15 +263,15 @@ class ClassificationModel:
             codes=bundle_codes(meta),
         )
         if result.heatmap is not None:
-            picture = read_dicom_image(result.source, voi=True)
-            if picture.ndim == 2:
-                full = torch.nn.functional.interpolate(
-                    torch.as_tensor(result.heatmap.array)[None, None],
-                    size=picture.shape,
-                    mode="bilinear",
-                    align_corners=False,
-                )[0, 0].numpy()
-                rgb = overlay(picture[None].astype(np.float32), np.clip(full, 0, 1))
-                written["secondary_capture"] = f"{result.stem}_gradcam_sc.dcm"
-                write_secondary_capture(rgb, source, folder / written["secondary_capture"])
+            picture = read_dicom_image(result.source, voi=True)  # rows x columns, or x 3 for colour (ultrasound)
+            channels_first = picture[None] if picture.ndim == 2 else np.moveaxis(picture, -1, 0)
+            full = torch.nn.functional.interpolate(
+                torch.as_tensor(result.heatmap.array)[None, None],
+                size=picture.shape[:2],
+                mode="bilinear",
+                align_corners=False,
+            )[0, 0].numpy()
+            rgb = overlay(channels_first.astype(np.float32), np.clip(full, 0, 1))
+            written["secondary_capture"] = f"{result.stem}_gradcam_sc.dcm"
+            write_secondary_capture(rgb, source, folder / written["secondary_capture"])
         return written
