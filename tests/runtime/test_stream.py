@@ -94,9 +94,22 @@ def test_a_video_file_and_a_folder_of_frames_stream_alike(bundle: Path, shared_d
 
 def test_the_command_prints_frames_per_second(bundle: Path, shared_data: Path, tmp_path: Path) -> None:
     done = subprocess.run(
-        [sys.executable, "-m", "medsight", "stream", str(bundle), str(shared_data.joinpath(*US_CINE)), "--out",
-         str(tmp_path / "out"), "--max-frames", "3", "--no-video"],
-        capture_output=True, text=True, timeout=300,
+        [
+            sys.executable,
+            "-m",
+            "medsight",
+            "stream",
+            str(bundle),
+            str(shared_data.joinpath(*US_CINE)),
+            "--out",
+            str(tmp_path / "out"),
+            "--max-frames",
+            "3",
+            "--no-video",
+        ],
+        capture_output=True,
+        text=True,
+        timeout=300,
     )
     assert done.returncode == 0, done.stderr
     assert "3 frames in" in done.stdout and "frames/s" in done.stdout
@@ -127,3 +140,29 @@ def test_frames_become_the_models_channels_and_masks_are_drawn() -> None:
     mask[1:3, 1:3] = 1
     drawn = overlay(rgb[..., 0], mask)
     assert drawn.shape == (4, 5, 3) and (drawn[0, 0] == [200, 200, 200]).all() and not (drawn[1, 1] == 200).all()
+
+
+def test_a_dicom_source_of_another_modality_is_refused_unless_asked(
+    bundle: Path, shared_data: Path, tmp_path: Path, capsys: pytest.CaptureFixture[str]
+) -> None:
+    """As ``medsight predict`` does (medsight.io.modality): an ultrasound model given an MR cine says so and writes
+    nothing; ``--any-modality`` streams it anyway, and an ultrasound cine passes."""
+    from medsight.cli import main
+    from medsight.training.bundle import load_bundle, write_bundle_json
+
+    us_bundle = tmp_path / "us_bundle"
+    shutil.copytree(bundle, us_bundle)
+    meta = load_bundle(us_bundle).meta
+    meta["data"]["modality"] = "US"  # as a BUSI bundle records it
+    write_bundle_json(us_bundle, meta)
+    mr_cine = shared_data / "dicom_samples" / "pydicom_data" / "emri_small.dcm"
+    out = tmp_path / "out"
+    capsys.readouterr()
+    assert main(["stream", str(us_bundle), str(mr_cine), "--no-video", "--out", str(out)]) == 2
+    err = capsys.readouterr().err
+    assert "emri_small.dcm: a DICOM MR image, but this model was trained on US (US)" in err and not out.exists()
+    argv = ["-q", "stream", str(us_bundle), str(mr_cine), "--no-video", "--max-frames", "2", "--any-modality"]
+    assert main([*argv, "--out", str(out)]) == 0 and (out / "stream.json").is_file()
+    us_cine = shared_data.joinpath(*US_CINE)
+    argv = ["-q", "stream", str(us_bundle), str(us_cine), "--no-video", "--max-frames", "2"]
+    assert main([*argv, "--out", str(tmp_path / "us")]) == 0

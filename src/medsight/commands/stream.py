@@ -29,10 +29,20 @@ def register(sub: argparse._SubParsersAction) -> None:
         help="run the int8 model (ONNX Runtime static quantisation, calibrated once on the bundle's training images "
         "and cached; see docs/ultrasound.md)",
     )
+    p.add_argument(
+        "--any-modality",
+        action="store_true",
+        help="stream a DICOM source whose Modality the model was not trained on (refused by default, as by predict)",
+    )
     p.set_defaults(func=run)
 
 
 def run(args: argparse.Namespace) -> int:
+    if not args.any_modality and args.source.is_file():
+        from medsight.io import modality
+        from medsight.training.bundle import load_bundle
+
+        modality.check(str(load_bundle(args.bundle).meta["data"].get("modality", "unknown")), [args.source])
     report = stream(
         args.bundle,
         args.source,
