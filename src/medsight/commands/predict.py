@@ -46,7 +46,7 @@ def run(args: argparse.Namespace) -> int:
         return _run_archive(args)
     model = runtime.load(args.bundle)
     if not args.any_modality:
-        modality.check(str(model.bundle.meta["data"].get("modality", "unknown")), args.inputs)
+        modality.check(modality.trained_on(model.bundle.meta), args.inputs)
     results = model.predict(args.inputs, explain=args.explain)
     runtime.write_predictions(model, results, args.out)
     for r in results:

@@ -42,7 +42,7 @@ def run(args: argparse.Namespace) -> int:
         from medsight.io import modality
         from medsight.training.bundle import load_bundle
 
-        modality.check(str(load_bundle(args.bundle).meta["data"].get("modality", "unknown")), [args.source])
+        modality.check(modality.trained_on(load_bundle(args.bundle).meta), [args.source])
     report = stream(
         args.bundle,
         args.source,

@@ -46,9 +46,10 @@ def _setup(config: dict[str, Any]) -> tuple[Any, bool, str | None]:
     """The warm model, whether to explain, and the training modality DICOM inputs are checked against (``None``:
     ``--any-modality``)."""
     from medsight import runtime
+    from medsight.io.modality import trained_on
 
     model = runtime.load(config["bundle"])
-    checked = None if config.get("any_modality") else str(model.bundle.meta["data"].get("modality", "unknown"))
+    checked = None if config.get("any_modality") else trained_on(model.bundle.meta)
     return model, bool(config["explain"]), checked
 
 

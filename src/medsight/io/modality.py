@@ -13,6 +13,7 @@ from __future__ import annotations
 
 from collections.abc import Sequence
 from pathlib import Path
+from typing import Any
 
 from medsight.errors import MedsightError
 
@@ -51,6 +52,11 @@ WORDS: dict[str, str] = {
     "SM": "microscopy",
     "GM": "microscopy",
 }
+
+
+def trained_on(meta: dict[str, Any]) -> str:
+    """The training modality a bundle's ``bundle.json`` records (``unknown`` when it records none)."""
+    return str(meta["data"].get("modality", "unknown"))
 
 
 def accepted(bundle_modality: str) -> frozenset[str] | None:
