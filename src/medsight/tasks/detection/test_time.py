@@ -6,9 +6,8 @@ assignment on IoU, pairs need IoU >= 0.3). A pair becomes one finding: the score
 score; a box seen in one view only keeps its place with half its score (the other view scored it 0). So a lesion
 both views find rises above one that only one view finds, which is what averaging two views should do; and the
 merged set and the uncertainty are computed from the same pairs, so they cannot disagree about which boxes match.
-Why not a box-fusion library (ensemble-boxes' weighted boxes fusion): it clusters boxes greedily across many
-models and needs numba; for two views the one-to-one pairing above is the whole of it, and it is shared with the
-uncertainty.
+The rule is :func:`.fusion.fuse` for two views (a seed ensemble fuses its members by the same rule); why not a
+box-fusion library is said there.
 
 **Decision.** Only where training mirrors images (lesions; lateral objects are never mirrored). Training scores
 the image alone and the merged pair on validation with the epoch-selection metric (CPM for lesions) and keeps the
@@ -22,10 +21,8 @@ from __future__ import annotations
 from collections.abc import Callable, Sequence
 from typing import Any
 
-import numpy as np
-
+from medsight.tasks.detection.fusion import fuse
 from medsight.tasks.detection.network import Detections
-from medsight.tasks.detection.uncertainty import paired
 
 #: A merged candidate must beat the single pass by more than this on validation to be kept.
 TIE = 0.002
@@ -35,30 +32,9 @@ FLIPPED = ["image", "left-right mirror"]
 
 def merge(first: Detections, second: Detections) -> Detections:
     """One set of findings from two views of an image (``second`` already mapped back onto the image): paired boxes
-    become their score-weighted mean box with the mean score, unpaired boxes keep half their score; highest first."""
-    boxes: list[np.ndarray] = []
-    scores: list[float] = []
-    labels: list[int] = []
-    for c, rows, cols, alone_a, alone_b in paired(first, second):
-        ba, sa = first.boxes[first.labels == c], first.scores[first.labels == c]
-        bb, sb = second.boxes[second.labels == c], second.scores[second.labels == c]
-        for r, k in zip(rows, cols, strict=True):
-            weight = sa[r] + sb[k]
-            box = (sa[r] * ba[r] + sb[k] * bb[k]) / weight if weight > 0 else (ba[r] + bb[k]) / 2
-            boxes.append(box)
-            scores.append(float(weight / 2))
-            labels.append(int(c))
-        for box_set, score_set, alone in ((ba, sa, alone_a), (bb, sb, alone_b)):
-            for r in np.flatnonzero(alone):
-                boxes.append(box_set[r])
-                scores.append(float(score_set[r] / 2))
-                labels.append(int(c))
-    order = np.argsort(-np.asarray(scores, np.float64), kind="stable")
-    return Detections(
-        np.asarray(boxes, np.float64).reshape(-1, 4)[order],
-        np.asarray(scores, np.float64)[order],
-        np.asarray(labels, int)[order],
-    )
+    become their score-weighted mean box with the mean score, unpaired boxes keep half their score; highest first
+    (:func:`.fusion.fuse` of the two views)."""
+    return fuse([first, second])
 
 
 def merged(first: Sequence[Detections], second: Sequence[Detections]) -> list[Detections]:
