@@ -46,17 +46,27 @@ def build_parser() -> argparse.ArgumentParser:
     return parser
 
 
+def _not_root_chatter(record: logging.LogRecord) -> bool:
+    """Drop what a library logs through the root logger itself below WARNING (MONAI's detector announces "Running
+    ATSS Matching ..." with ``logging.info`` each time one is built); medsight logs through named loggers."""
+    return record.levelno >= logging.WARNING or record.name != "root"
+
+
+def configure_logging(quiet: bool) -> None:
+    """Messages to stderr, INFO and up (WARNING with ``--quiet``), without the libraries' chatter."""
+    logging.basicConfig(level=logging.WARNING if quiet else logging.INFO, format="%(message)s", stream=sys.stderr)
+    for name in QUIET_LOGGERS:
+        logging.getLogger(name).setLevel(logging.WARNING)
+    for handler in logging.getLogger().handlers:
+        if _not_root_chatter not in handler.filters:
+            handler.addFilter(_not_root_chatter)
+
+
 def main(argv: Sequence[str] | None = None) -> int:
     """Entry point; returns the exit status (0 ok, 1 partial failure, 2 bad input)."""
     parser = build_parser()
     args = parser.parse_args(argv)
-    logging.basicConfig(
-        level=logging.WARNING if args.quiet else logging.INFO,
-        format="%(message)s",
-        stream=sys.stderr,
-    )
-    for name in QUIET_LOGGERS:
-        logging.getLogger(name).setLevel(logging.WARNING)
+    configure_logging(args.quiet)
     try:
         status = args.func(args)
     except MedsightError as exc:

@@ -162,3 +162,30 @@ def test_without_onnx_the_model_runs_the_pytorch_network_alike(coco_subset: Path
     db = torch_model.detect(prepared[None], [scale])[0]  # type: ignore[attr-defined]
     assert len(da.scores) > 0 and len(da.scores) == len(db.scores)  # every box above the 0.02 pre-filter
     assert np.allclose(da.scores[:5], db.scores[:5], atol=1e-3) and np.allclose(da.boxes[:5], db.boxes[:5], atol=0.05)
+
+
+def test_predict_prints_no_library_chatter(coco_subset: Path, bundle: Path, tmp_path: Path) -> None:
+    """MONAI's detector logs "Running ATSS Matching ..." and "Sampling hard negatives ..." on the root logger at
+    INFO each time one is built; `medsight predict` must print its findings and nothing of that."""
+    import subprocess
+    import sys
+
+    run = subprocess.run(
+        [
+            sys.executable,
+            "-m",
+            "medsight.cli",
+            "predict",
+            str(bundle),
+            str(_first_image(coco_subset)),
+            "--out",
+            str(tmp_path / "p"),
+        ],
+        capture_output=True,
+        text=True,
+        timeout=300,
+    )
+    assert run.returncode == 0, run.stderr
+    assert "finding" in run.stdout
+    for chatter in ("Running ATSS Matching", "Sampling hard negatives"):
+        assert chatter not in run.stderr and chatter not in run.stdout
