@@ -190,10 +190,47 @@ def test_a_one_word_patient_name_reaches_no_warning_or_log(
         write_sr([Finding("tumour", 0.9)], datasets, tmp_path / "sr.dcm", "m", "1")
         write_secondary_capture(np.zeros((8, 8, 3)), source, tmp_path / "sc.dcm")
         box = ReaderBox(str(source.SOPInstanceUID), 1.0, 2.0, 5.0, 6.0, "tumour")
-        write_reader_sr(None, [source], tmp_path / "reader_sr.dcm", reader="dr^who", decision="agree",
-                        ai_label="tumour", reader_label="tumour", boxes=[box])
-        write_reader_seg({str(source.SOPInstanceUID): np.ones((int(source.Rows), int(source.Columns)), bool)},
-                         [source], tmp_path / "reader_seg.dcm", reader="dr^who", label="tumour")
+        write_reader_sr(
+            None,
+            [source],
+            tmp_path / "reader_sr.dcm",
+            reader="dr^who",
+            decision="agree",
+            ai_label="tumour",
+            reader_label="tumour",
+            boxes=[box],
+        )
+        write_reader_seg(
+            {str(source.SOPInstanceUID): np.ones((int(source.Rows), int(source.Columns)), bool)},
+            [source],
+            tmp_path / "reader_seg.dcm",
+            reader="dr^who",
+            label="tumour",
+        )
     said = [str(w.message) for w in caught] + [r.getMessage() for r in caplog.records]
     assert not [line for line in said if "SECRETNAME7" in line]
     assert pydicom.dcmread(tmp_path / "sr.dcm").PatientName == "SECRETNAME7"  # the objects keep it, as they must
+
+
+@pytest.mark.parametrize("keyword", ["SeriesInstanceUID", "StudyInstanceUID", "SOPInstanceUID"])
+def test_a_source_without_the_uids_results_must_reference_is_named_with_what_it_lacks(
+    series: tuple[Volume, list[Dataset]], tmp_path: Path, keyword: str
+) -> None:
+    """Not valid DICOM (Type 1 attributes): the error names the source file and the attribute, not the output."""
+    _, datasets = series
+    broken = pydicom.dcmread(datasets[0].filename)
+    delattr(broken, keyword)
+    broken.save_as(tmp_path / "no_uid.dcm")
+    source = pydicom.dcmread(tmp_path / "no_uid.dcm")
+    out = tmp_path / "out"
+    out.mkdir()
+    for write in (
+        lambda: write_sr([Finding("x", 0.5)], [source], out / "sr.dcm"),
+        lambda: write_seg(np.zeros((1, int(source.Rows), int(source.Columns)), np.uint8), [source], ["a"], out / "s"),
+        lambda: write_secondary_capture(np.zeros((4, 4, 3), np.uint8), source, out / "sc.dcm"),
+    ):
+        with pytest.raises(MedsightError) as err:
+            write()
+        assert "no_uid.dcm" in str(err.value) and keyword in str(err.value)
+        assert str(out) not in str(err.value)
+    assert list(out.iterdir()) == []

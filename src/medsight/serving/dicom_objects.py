@@ -116,6 +116,23 @@ TYPE2_ATTRIBUTES = (
 )
 
 
+#: What every object written from a source copies or references: without them no result can point at the source.
+REFERENCE_ATTRIBUTES = ("StudyInstanceUID", "SeriesInstanceUID", "SOPInstanceUID", "SOPClassUID")
+
+
+def require_references(datasets: Sequence[Dataset]) -> None:
+    """Refuse sources that lack a Type 1 UID the results must copy or reference, naming the source file (not the
+    output, which the user never named) and what it lacks."""
+    for i, ds in enumerate(datasets):
+        missing = [k for k in REFERENCE_ATTRIBUTES if not str(ds.get(k, "") or "").strip()]
+        if missing:
+            name = ds.filename if isinstance(ds.filename, str) and ds.filename else f"source image {i + 1}"
+            raise MedsightError(
+                f"not valid DICOM: {', '.join(missing)} (Type 1) missing or empty, so no result can reference it",
+                name,
+            )
+
+
 def with_type2(datasets: Sequence[Dataset]) -> list[Dataset]:
     """Shallow copies of ``datasets`` where every missing Type 2 attribute is present and empty.
 
@@ -212,6 +229,7 @@ def write_seg(
         raise MedsightError(f"mask must hold integer labels or booleans, got {arr.dtype}")
     if arr.min(initial=0) < 0 or arr.max(initial=0) > len(names):
         raise MedsightError(f"mask values must lie in 0..{len(names)} (one per label)")
+    require_references(source_datasets)
     order = volume_order(source_datasets)
     sources, pixels = _source_aligned(arr, with_type2(source_datasets), order)
     identity = identity or AlgorithmIdentity(model_name, model_version)
@@ -399,6 +417,7 @@ def write_sr(
     """
     if not source_datasets:
         raise MedsightError("an SR needs at least one source image to reference", out_path)
+    require_references(source_datasets)
     source_datasets = with_type2(source_datasets)
     identity = identity or AlgorithmIdentity(model_name, model_version)
     model_name, model_version = identity.name, identity.version
@@ -724,6 +743,7 @@ def write_secondary_capture(
     study; when it has the source's size it also keeps its pixel spacing and patient orientation. Pass the
     same ``series_instance_uid`` to put several overlays in one series.
     """
+    require_references([source_dataset])
     image = np.asarray(rgb_image)
     if image.ndim != 3 or image.shape[2] != 3:
         raise MedsightError(f"expected rows x columns x 3 RGB, got shape {image.shape}", out_path)
