@@ -164,3 +164,19 @@ def test_clean_pixels_blanks_ruled_regions_and_flags_the_rest(shared_data: Path,
     assert not b[:60].any() and a[:60].any()
     assert np.array_equal(a[60:], b[60:])
     assert "113101" in [i.CodeValue for i in cleaned.DeidentificationMethodCodeSequence]
+
+
+def test_rejected_and_quarantined_files_are_both_told(shared_data: Path, tmp_path: Path, key_file: Path,
+                                                      capsys: pytest.CaptureFixture[str]) -> None:
+    """A run with a broken file and an ultrasound no rule cleans: status 1 (rejected wins), and the summary still
+    says that a file was quarantined (before, that line was never printed when a file was also rejected)."""
+    src = tmp_path / "in"
+    src.mkdir()
+    shutil.copy(shared_data / "dicom_samples" / "pydicom_data" / "US1_J2KR.dcm", src / "us.dcm")
+    good = sorted((shared_data / "udacity_brain_mr_dicom" / "Study3" / "11-T1post-18670").glob("*.dcm"))[0]
+    (src / "truncated.dcm").write_bytes(good.read_bytes()[:4000])
+    rc = main(["deid", str(src), str(tmp_path / "out"), "--key-file", str(key_file), "--audit-log",
+               str(tmp_path / "a.log"), "--workers", "1", "--no-progress"])
+    out = capsys.readouterr().out
+    assert rc == 1
+    assert "1 DICOM files rejected" in out and "1 files quarantined" in out

@@ -177,11 +177,10 @@ def run(args: argparse.Namespace) -> int:
         return 130
     if counts["rejected"]:
         print(f"{counts['rejected']} DICOM files rejected (could not be de-identified): see the report")
-        return 1
     if counts["quarantined"]:
         print(
             f"{counts['quarantined']} files quarantined (text may be burned into their pixels; not written): "
             "see the report, add a pixel rule, or pass --accept-burned-in-risk"
         )
-        return 3
-    return 0
+    # both are told; the status names the graver (a file that could not be de-identified at all)
+    return 1 if counts["rejected"] else 3 if counts["quarantined"] else 0
