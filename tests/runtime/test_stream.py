@@ -166,3 +166,26 @@ def test_a_dicom_source_of_another_modality_is_refused_unless_asked(
     us_cine = shared_data.joinpath(*US_CINE)
     argv = ["-q", "stream", str(us_bundle), str(us_cine), "--no-video", "--max-frames", "2"]
     assert main([*argv, "--out", str(tmp_path / "us")]) == 0
+
+
+def test_a_folder_of_frames_skips_files_that_are_not_images_but_not_a_broken_frame(
+    bundle: Path, shared_data: Path, tmp_path: Path, caplog: pytest.LogCaptureFixture
+) -> None:
+    """Exported cine folders carry a README, a JSON sidecar or .DS_Store beside the frames: those are skipped and
+    said once, before any frame runs; a frame file that cannot be read is still an error naming it."""
+    folder = tmp_path / "frames"
+    folder.mkdir()
+    for k in range(1, 4):
+        with Image.open(shared_data / "busi" / "benign" / f"benign ({k}).png") as img:
+            img.convert("L").resize((128, 96)).save(folder / f"frame_{k:03d}.png")
+    (folder / "notes.txt").write_text("exported by the scanner")
+    (folder / "series.json").write_text("{}")
+    (folder / ".DS_Store").write_bytes(b"\0\1")
+    with caplog.at_level("WARNING", logger="medsight"):
+        result = stream(bundle, folder, tmp_path / "out", progress=False, video=False)
+    assert result.frames == 3
+    assert any("2 files that are not image frames skipped" in r.getMessage() for r in caplog.records)
+    (folder / "frame_004.png").write_bytes(b"not a png")
+    with pytest.raises(MedsightError, match="not an image frame") as info:
+        stream(bundle, folder, tmp_path / "out2", progress=False, video=False)
+    assert "frame_004.png" in str(info.value)

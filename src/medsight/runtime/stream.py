@@ -12,6 +12,7 @@ from __future__ import annotations
 
 import csv
 import json
+import logging
 import time
 from collections.abc import Iterator
 from dataclasses import dataclass, field
@@ -22,6 +23,8 @@ import numpy as np
 
 from medsight.errors import MedsightError
 from medsight.io.atomic import atomic_dir
+
+log = logging.getLogger("medsight")
 
 #: Suffixes read as video files (PyAV); anything else that is a file must be DICOM.
 VIDEO_SUFFIXES = (".mp4", ".avi", ".mov", ".mkv", ".webm", ".m4v", ".mpg", ".mpeg", ".gif")
@@ -75,9 +78,16 @@ def frames(source: Path) -> Iterator[Frame]:
 def _folder_frames(folder: Path) -> Iterator[Frame]:
     from PIL import Image, UnidentifiedImageError
 
-    files = sorted(p for p in folder.iterdir() if p.is_file() and not p.name.startswith("."))
+    from medsight.io.images import RASTER_SUFFIXES
+
+    visible = sorted(p for p in folder.iterdir() if p.is_file() and not p.name.startswith("."))
+    files = [p for p in visible if p.suffix.lower() in RASTER_SUFFIXES]
     if not files:
         raise MedsightError("the folder holds no frames", folder)
+    others = [p.name for p in visible if p.suffix.lower() not in RASTER_SUFFIXES]
+    if others:  # an exported cine folder often carries a README or a sidecar beside its frames
+        shown = ", ".join(others[:3]) + (", ..." if len(others) > 3 else "")
+        log.warning("%s: %d files that are not image frames skipped (%s)", folder, len(others), shown)
     for k, path in enumerate(files):
         try:
             with Image.open(path) as img:
@@ -171,8 +181,9 @@ class _VideoWriter:
             self.stream = self.container.add_stream("libx264", rate=max(1, round(self.fps)))
             self.stream.width, self.stream.height = w - w % 2, h - h % 2  # yuv420p needs even sizes
             self.stream.pix_fmt = "yuv420p"
-        frame = av.VideoFrame.from_ndarray(np.ascontiguousarray(rgb[: self.stream.height, : self.stream.width]),
-                                           format="rgb24")
+        frame = av.VideoFrame.from_ndarray(
+            np.ascontiguousarray(rgb[: self.stream.height, : self.stream.width]), format="rgb24"
+        )
         for packet in self.stream.encode(frame):
             self.container.mux(packet)
 
@@ -183,8 +194,17 @@ class _VideoWriter:
         self.container.close()
 
 
-def stream(bundle: Path, source: Path, out: Path, *, video: bool = True, progress: bool = True,
-           max_frames: int | None = None, tta: bool = False, int8: bool = False) -> StreamReport:
+def stream(
+    bundle: Path,
+    source: Path,
+    out: Path,
+    *,
+    video: bool = True,
+    progress: bool = True,
+    max_frames: int | None = None,
+    tta: bool = False,
+    int8: bool = False,
+) -> StreamReport:
     """Segment every frame of ``source`` with ``bundle``; write the overlaid video, ``frames.csv`` and
     ``stream.json`` into ``out`` (replaced atomically, so a failed run leaves an older result intact).
 
