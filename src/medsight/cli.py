@@ -7,6 +7,7 @@ import importlib
 import logging
 import pkgutil
 import sys
+import warnings
 from collections.abc import Sequence
 
 from medsight import __version__
@@ -67,6 +68,11 @@ def main(argv: Sequence[str] | None = None) -> int:
     parser = build_parser()
     args = parser.parse_args(argv)
     configure_logging(args.quiet)
+    if not args.debug:
+        # pydicom warns about what it meets in a broken file, with a line of its own source, before medsight names
+        # the file and the problem in one line; --debug keeps the library's words
+        warnings.filterwarnings("ignore", category=UserWarning, module="pydicom")
+        logging.getLogger("pydicom").setLevel(logging.ERROR)  # it logs the same words as it warns
     try:
         status = args.func(args)
     except MedsightError as exc:

@@ -102,3 +102,22 @@ def test_info_on_a_folder_reports_unreadable_files_beside_the_readable_ones(
     assert summary["dicom_files"] == 1 and summary["skipped_files"] == 1
     assert [u["file"] for u in summary["unreadable_files"]] == [str(broken)]
     assert "truncated" in summary["unreadable_files"][0]["problem"]
+
+
+def test_a_truncated_file_is_one_line_without_the_librarys_warning(shared_data: Path, tmp_path: Path) -> None:
+    """pydicom warns ("UserWarning: End of file reached before delimiter ...", with a line of its source) before
+    medsight names the problem; the user sees medsight's line only (``--debug`` keeps everything)."""
+    import subprocess
+    import sys
+
+    sample = shared_data / "dicom_samples" / "pydicom_data" / "US1_J2KR.dcm"
+    cut = tmp_path / "cut.dcm"
+    cut.write_bytes(sample.read_bytes()[:3000])
+    run = subprocess.run(
+        [sys.executable, "-m", "medsight.cli", "info", str(cut)], capture_output=True, text=True, timeout=120
+    )
+    assert run.returncode == 2
+    assert "UserWarning" not in run.stderr and "warn_and_log" not in run.stderr
+    assert run.stderr.strip().splitlines() == [
+        f"medsight info: error: {cut}: corrupt or truncated DICOM file: no SOP Class/Instance UID"
+    ]
