@@ -374,3 +374,14 @@ def test_read_image_takes_a_multiframe_file_as_a_volume(samples: Path, tmp_path:
     assert volume.shape == (1, *read_series(path).array.shape)  # channel, frames, rows, columns
     assert volume.shape[1] == 10
     np.testing.assert_array_equal(volume[0], read_series(path).array)
+
+
+def test_a_segmentation_object_given_as_an_image_is_refused_by_name(shared_data: Path) -> None:
+    """A SEG carries pixels, but they are a mask of other images: a model must not be run on it as an image (before,
+    predict crashed in highdicom when it tried to reference the SEG from its results)."""
+    from medsight.io.images import read_image
+
+    seg = shared_data / "dicom_samples" / "pydicom_test_files" / "liver_1frame.dcm"
+    with pytest.raises(MedsightError, match="Segmentation object, not an image") as info:
+        read_image(seg)
+    assert str(seg) in str(info.value)

@@ -234,3 +234,12 @@ def test_a_source_without_the_uids_results_must_reference_is_named_with_what_it_
         assert "no_uid.dcm" in str(err.value) and keyword in str(err.value)
         assert str(out) not in str(err.value)
     assert list(out.iterdir()) == []
+
+
+def test_an_sr_references_a_source_whose_attributes_are_stored_as_un(shared_data: Path, tmp_path: Path) -> None:
+    """explicit_VR-UN.dcm is valid DICOM with its attributes' VRs stored as UN; highdicom's optional Image Library
+    cannot describe such a source (a TypeError), so the SR is written without it and still references the image."""
+    source = pydicom.dcmread(shared_data / "dicom_samples" / "pydicom_data" / "explicit_VR-UN.dcm")
+    out = write_sr([Finding("x", 0.25)], [source], tmp_path / "sr.dcm")
+    assert dciodvfy_errors(out) == []
+    assert read_sr(out)[0].referenced_sop_instance_uids == (str(source.SOPInstanceUID),)

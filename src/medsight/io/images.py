@@ -153,9 +153,12 @@ def _read_numpy(path: Path) -> np.ndarray:
 
 def _read_dicom_file(path: Path) -> np.ndarray:
     """One image; a multi-frame object (enhanced CT/MR, a cine loop) is a volume of its frames, read as a series."""
-    from medsight.io.dicom import read_dicom_image, read_header
+    from medsight.io.dicom import NOT_VOLUME_SOP_CLASSES, read_dicom_image, read_header
 
     header = read_header(path)
+    kind = NOT_VOLUME_SOP_CLASSES.get(header[0].sop_class_uid) if header is not None else None
+    if kind:
+        raise MedsightError(f"a DICOM {kind} object, not an image: give the images it was made from", path)
     if header is not None and len(header[0].frames) > 1:
         return _read_dicom_series(path)
     arr = np.asarray(read_dicom_image(path), dtype=np.float32)

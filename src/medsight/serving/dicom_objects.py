@@ -480,9 +480,10 @@ def write_sr(
 
     try:
         report = measurement_report(list(source_datasets))
-    except AttributeError:
+    except (AttributeError, TypeError, ValueError):
         # The optional Image Library (TID 1600) needs descriptors some real files lack (e.g. a CR without
-        # Imager Pixel Spacing); each finding still references its source images.
+        # Imager Pixel Spacing) or hold in a form highdicom cannot use (attributes stored with VR UN); each finding
+        # still references its source images.
         report = measurement_report(None)
     try:
         sr = hd.sr.Comprehensive3DSR(
