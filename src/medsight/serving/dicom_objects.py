@@ -230,7 +230,7 @@ def write_seg(
     if arr.min(initial=0) < 0 or arr.max(initial=0) > len(names):
         raise MedsightError(f"mask values must lie in 0..{len(names)} (one per label)")
     require_references(source_datasets)
-    order = volume_order(source_datasets)
+    order = [(0, 0)] if _one_plane_without_geometry(source_datasets) else volume_order(source_datasets)
     sources, pixels = _source_aligned(arr, with_type2(source_datasets), order)
     identity = identity or AlgorithmIdentity(model_name, model_version)
     model_name = identity.name
@@ -266,7 +266,20 @@ def write_seg(
         )
     except (ValueError, TypeError, AttributeError) as exc:
         raise MedsightError(f"cannot build DICOM SEG: {exc}", out_path) from exc
+    if "PatientOrientation" not in seg and _one_plane_without_geometry(sources):
+        # General Image, type 2C when there is no patient geometry: the source's, else present and empty
+        seg.PatientOrientation = sources[0].get("PatientOrientation", "")
     return _save(seg, out_path)
+
+
+def _one_plane_without_geometry(source_datasets: Sequence[Dataset]) -> bool:
+    """One single-frame image without patient geometry (an ultrasound image, a radiograph): its SEG is one plane in
+    the image's own pixels, which highdicom writes without a coordinate system."""
+    if len(source_datasets) != 1:
+        return False
+    ds = source_datasets[0]
+    one_frame = int(ds.get("NumberOfFrames", 1) or 1) == 1
+    return one_frame and not ("ImagePositionPatient" in ds and "ImageOrientationPatient" in ds)
 
 
 def _source_aligned(
@@ -292,10 +305,11 @@ def _source_aligned(
 
 @dataclass
 class SegmentationResult:
-    """A SEG read back: an integer mask ``[slice, row, column]`` (0 = background, k = ``labels[k-1]``)."""
+    """A SEG read back: an integer mask ``[slice, row, column]`` (0 = background, k = ``labels[k-1]``); ``geometry``
+    is None for a SEG of one image without patient geometry (an ultrasound image, a radiograph)."""
 
     mask: np.ndarray
-    geometry: Geometry
+    geometry: Geometry | None
     labels: list[str]
     model: list[str] = field(default_factory=list)
 
@@ -309,7 +323,11 @@ def read_seg(path: PathLike, reference: Geometry | None = None) -> SegmentationR
     path = Path(path)
     try:
         seg = hd.seg.segread(path)
+        if "FrameOfReferenceUID" not in seg:  # one plane in its source image's pixels (write_seg's 2D case)
+            return _read_plane_seg(seg, path, reference)
         volume = seg.get_volume(combine_segments=True, relabel=False, dtype=np.uint16)
+    except MedsightError:
+        raise
     except Exception as exc:  # highdicom raises many types for objects it cannot interpret
         raise MedsightError(f"cannot read DICOM SEG ({type(exc).__name__}: {exc})", path) from exc
     if volume is None or volume.array.ndim != 3:
@@ -325,6 +343,32 @@ def read_seg(path: PathLike, reference: Geometry | None = None) -> SegmentationR
         mask = _place(mask, geometry, reference, path)
         geometry = reference
     return SegmentationResult(mask=mask, geometry=geometry, labels=labels, model=list(dict.fromkeys(models)))
+
+
+def _read_plane_seg(seg: hd.seg.Segmentation, path: Path, reference: Geometry | None) -> SegmentationResult:
+    """A SEG without a frame of reference: one plane ``[1, row, column]`` on its single source image, no geometry."""
+    if reference is not None:
+        raise MedsightError("the SEG has no patient geometry to place on a reference series", path)
+    sources = [i for s in seg.ReferencedSeriesSequence for i in s.ReferencedInstanceSequence]
+    if len(sources) != 1:
+        raise MedsightError(f"a SEG without patient geometry must reference one image, not {len(sources)}", path)
+    # highdicom 0.28's get_pixels_by_source_frame fails on a single-frame source without a frame of reference
+    # (TypeError inside it), so the frames are combined here: each frame is one segment's binary plane
+    frames = np.asarray(seg.pixel_array).reshape(-1, int(seg.Rows), int(seg.Columns))
+    mask = np.zeros((1, int(seg.Rows), int(seg.Columns)), np.uint16)
+    shared = seg.get("SharedFunctionalGroupsSequence", [Dataset()])[0]
+    for frame, item in zip(frames, seg.PerFrameFunctionalGroupsSequence, strict=True):
+        ident = item.get("SegmentIdentificationSequence") or shared.get("SegmentIdentificationSequence")
+        mask[0][frame > 0] = int(ident[0].ReferencedSegmentNumber)
+    labels = [str(item.SegmentLabel) for item in seg.SegmentSequence]
+    models = [
+        f"{a.AlgorithmName} {a.AlgorithmVersion}"
+        for item in seg.SegmentSequence
+        for a in item.get("SegmentationAlgorithmIdentificationSequence", [])
+    ]
+    return SegmentationResult(
+        mask=np.ascontiguousarray(mask), geometry=None, labels=labels, model=list(dict.fromkeys(models))
+    )
 
 
 def _canonical(array: np.ndarray, hd_affine: np.ndarray) -> tuple[np.ndarray, Geometry]:

@@ -43,7 +43,7 @@ class InputImage:
     """An input read and checked: image ``(C, *spatial)``, spacing, and what writing results in its geometry needs."""
 
     path: Path
-    kind: str  # "nifti", "volume", "raster" or "dicom"
+    kind: str  # "nifti", "volume", "raster", "dicom" (a series with geometry) or "dicom2d" (one image without)
     image: np.ndarray
     spacing: tuple[float, ...]
     affine: np.ndarray
@@ -101,6 +101,8 @@ def read_input(path: Path) -> InputImage:
         from medsight.io.dicom import read_series, to_metatensor
 
         volume = read_series(path)
+        if volume.geometry is None and path.is_file() and len(volume.files) == 1:
+            return _one_dicom_image(path, volume)
         if volume.geometry is None or volume.array.ndim != 3:
             raise MedsightError("DICOM input must be a greyscale series with patient geometry", path)
         mt = to_metatensor(volume)
@@ -120,6 +122,23 @@ def read_input(path: Path) -> InputImage:
         "PPM/PGM/WebP, DICOM)",
         path,
     )
+
+
+def _one_dicom_image(path: Path, volume: Any) -> InputImage:
+    """A single-frame DICOM image without patient geometry (ultrasound, a radiograph): read as a 2D image in its own
+    pixels, like a PNG (a 2D model was trained on pixels, so no spacing is applied); the SEG and SR reference it. A
+    multi-frame one is a cine loop, which ``medsight stream`` segments frame by frame."""
+    from medsight.io.dicom import read_header
+    from medsight.io.images import read_image
+
+    header = read_header(path)
+    if header is not None and len(header[0].frames) > 1:
+        raise MedsightError(
+            f"a multi-frame image without patient geometry ({len(header[0].frames)} frames, a cine loop?): "
+            "'medsight stream BUNDLE FILE' segments it frame by frame",
+            path,
+        )
+    return InputImage(path, "dicom2d", read_image(path), (1.0, 1.0), np.eye(4), volume)
 
 
 def _is_dicom(path: Path) -> bool:
@@ -246,7 +265,7 @@ class SegmentationModel:
         results = []
         for k, r in enumerate(tqdm(read, desc="segment", unit="input", disable=len(read) < 2)):
             mask, spread, peaks, confidence = self._segment(r.image, r.spacing)
-            raster = r.kind == "raster"
+            raster = r.kind in ("raster", "dicom2d")  # in pixels
             unit = "mm³" if len(r.spacing) == 3 else ("pixels" if raster else "mm²")
             size = 1.0 if raster else float(np.prod(r.spacing))
             amounts = {self.labels[c]: float((mask == c).sum()) * size for c in range(1, len(self.labels))}
@@ -281,7 +300,7 @@ class SegmentationModel:
         for r in results:
             assert isinstance(r, SegmentationResult) and r.source is not None
             src, stem = r.source, r.stem
-            if src.kind == "raster":
+            if src.kind in ("raster", "dicom2d"):
                 from PIL import Image
 
                 buf = io.BytesIO()
@@ -298,7 +317,7 @@ class SegmentationModel:
                 name = f"{stem}_seg.nii.gz"
                 nib.save(nib.Nifti1Image(r.mask.astype(np.uint8), r.affine, header), str(folder / name))
                 r.files["mask"] = name
-            if src.kind == "dicom":
+            if src.kind in ("dicom", "dicom2d"):
                 from medsight.io.dicom import read_datasets
                 from medsight.serving.codes import bundle_codes
                 from medsight.serving.dicom_objects import write_seg
@@ -310,8 +329,9 @@ class SegmentationModel:
                     self.bundle, f"medsight {self.bundle.meta['data']['source']} segmentation"
                 )
                 codes = bundle_codes(self.bundle.meta)
+                planes = r.mask[None] if src.kind == "dicom2d" else np.transpose(r.mask, (2, 1, 0))
                 write_seg(
-                    np.ascontiguousarray(np.transpose(r.mask, (2, 1, 0))).astype(np.uint8),
+                    np.ascontiguousarray(planes).astype(np.uint8),
                     datasets,
                     self.labels[1:],
                     folder / seg_name,
