@@ -73,3 +73,16 @@ def test_the_seg_of_one_image_reads_back_to_the_mask(bundle: Path, shared_data: 
     back = read_seg(out / record["dicom"]["seg"])
     assert back.geometry is None and back.labels == ["foreground"]
     np.testing.assert_array_equal(back.mask[0], np.asarray(Image.open(out / record["files"]["mask"])))
+
+
+def test_a_dicom_result_that_cannot_be_built_is_blamed_on_the_input(
+    bundle: Path, shared_data: Path, tmp_path: Path, capsys: pytest.CaptureFixture[str]
+) -> None:
+    """693_UNCR.dcm is a CT slice without the Frame of Reference UID its IOD requires: the SEG cannot be built.
+    The error names the input and the reason, not the temporary output file the user never named."""
+    source = shared_data / "dicom_samples" / "pydicom_data" / "693_UNCR.dcm"
+    out = tmp_path / "out"
+    assert main(["predict", str(bundle), str(source), "--out", str(out), "--any-modality"]) == 2
+    err = capsys.readouterr().err.strip().splitlines()[-1]
+    assert err.startswith(f"medsight predict: error: {source}: ") and "Frame Of Reference" in err
+    assert ".tmp" not in err and not out.exists()

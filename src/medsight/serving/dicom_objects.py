@@ -21,7 +21,8 @@ import copy
 import functools
 import re
 import warnings
-from collections.abc import Callable, Mapping, Sequence
+from collections.abc import Callable, Iterator, Mapping, Sequence
+from contextlib import contextmanager
 from dataclasses import dataclass, field
 from pathlib import Path
 from typing import ParamSpec, TypeVar
@@ -114,6 +115,18 @@ TYPE2_ATTRIBUTES = (
     "StudyID",
     "AccessionNumber",
 )
+
+
+@contextmanager
+def for_input(source: PathLike) -> Iterator[None]:
+    """DICOM results written for the input ``source``: a failure names the input and the reason, not the (temporary)
+    output file the user never named. An error that already names the source is passed on as it is."""
+    try:
+        yield
+    except MedsightError as exc:
+        if exc.path == str(source):
+            raise
+        raise MedsightError(f"cannot write its DICOM results: {exc.problem}", source) from exc
 
 
 #: What every object written from a source copies or references: without them no result can point at the source.

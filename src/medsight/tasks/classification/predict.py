@@ -239,7 +239,10 @@ class ClassificationModel:
                 )
                 np.save(folder / result.files["heatmap_array"], result.heatmap.array)
             if result.source is not None and result.source.is_file() and is_dicom_file(result.source):
-                result.dicom.update(self._dicom(result, folder))
+                from medsight.serving.dicom_objects import for_input
+
+                with for_input(result.source):
+                    result.dicom.update(self._dicom(result, folder))
 
     def _dicom(self, result: ClassificationResult, folder: Path) -> dict[str, str]:
         """A TID 1500 SR of the class probabilities and, with a heatmap, a Secondary Capture of it over the

@@ -165,7 +165,10 @@ class DetectionModel:
             write_bytes(folder / name, png_image(draw_boxes(small.numpy(), np.zeros((0, 4)), boxes, scale)))
             r.files["overlay"] = name
             if r.path is not None and r.path.is_file() and is_dicom_file(r.path):
-                r.dicom.update(self._write_sr(r, folder))
+                from medsight.serving.dicom_objects import for_input
+
+                with for_input(r.path):
+                    r.dicom.update(self._write_sr(r, folder))
 
     def _write_sr(self, r: DetectionResult, folder: Path) -> dict[str, str]:
         """A TID 1500 SR with one planar-ROI measurement group per finding: label, score and its box as a closed

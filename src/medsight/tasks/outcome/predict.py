@@ -181,7 +181,10 @@ class OutcomeModel:
                 write_bytes(folder / f"{r.stem}_gradcam.npy", buf.getvalue())
                 r.files.update({"heatmap_image": f"{r.stem}_gradcam.png", "heatmap_array": f"{r.stem}_gradcam.npy"})
             if r.source is not None and r.source.is_file() and is_dicom_file(r.source):
-                self._write_sr(r, folder / f"{r.stem}_sr.dcm")
+                from medsight.serving.dicom_objects import for_input
+
+                with for_input(r.source):
+                    self._write_sr(r, folder / f"{r.stem}_sr.dcm")
                 r.dicom["sr"] = f"{r.stem}_sr.dcm"
 
     def _write_sr(self, r: OutcomeResult, path: Path) -> None:

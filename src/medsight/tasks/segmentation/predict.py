@@ -320,7 +320,7 @@ class SegmentationModel:
             if src.kind in ("dicom", "dicom2d"):
                 from medsight.io.dicom import read_datasets
                 from medsight.serving.codes import bundle_codes
-                from medsight.serving.dicom_objects import write_seg
+                from medsight.serving.dicom_objects import for_input, write_seg
                 from medsight.serving.provenance import AlgorithmIdentity
 
                 seg_name = f"{stem}_seg.dcm"
@@ -330,16 +330,17 @@ class SegmentationModel:
                 )
                 codes = bundle_codes(self.bundle.meta)
                 planes = r.mask[None] if src.kind == "dicom2d" else np.transpose(r.mask, (2, 1, 0))
-                write_seg(
-                    np.ascontiguousarray(planes).astype(np.uint8),
-                    datasets,
-                    self.labels[1:],
-                    folder / seg_name,
-                    identity=identity,
-                    codes=codes,
-                )
-                r.dicom["seg"] = seg_name
-                r.dicom["sr"] = self._write_sr(r, folder, datasets, identity, codes)
+                with for_input(src.path):
+                    write_seg(
+                        np.ascontiguousarray(planes).astype(np.uint8),
+                        datasets,
+                        self.labels[1:],
+                        folder / seg_name,
+                        identity=identity,
+                        codes=codes,
+                    )
+                    r.dicom["seg"] = seg_name
+                    r.dicom["sr"] = self._write_sr(r, folder, datasets, identity, codes)
             img, _unused, shown = view(src.image, None, r.mask)
             (folder / f"{stem}_overlay.png").write_bytes(png_image(overlay(img, shown)))
             r.files["overlay"] = f"{stem}_overlay.png"
