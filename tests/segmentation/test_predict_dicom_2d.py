@@ -86,3 +86,20 @@ def test_a_dicom_result_that_cannot_be_built_is_blamed_on_the_input(
     err = capsys.readouterr().err.strip().splitlines()[-1]
     assert err.startswith(f"medsight predict: error: {source}: ") and "Frame Of Reference" in err
     assert ".tmp" not in err and not out.exists()
+
+
+def test_a_folder_holding_one_such_image_and_a_stray_file_is_read_alike(
+    bundle: Path, shared_data: Path, tmp_path: Path
+) -> None:
+    """What the service and a PACS export hand over: the image in a series folder, beside a file that is not DICOM."""
+    import shutil
+
+    folder = tmp_path / "series"
+    folder.mkdir()
+    shutil.copy(shared_data / "dicom_samples" / "pydicom_data" / "US1_J2KR.dcm", folder / "IM0001")
+    (folder / "README.txt").write_text("exported")
+    out = tmp_path / "out"
+    assert main(["predict", str(bundle), str(folder), "--out", str(out), "--any-modality"]) == 0
+    record = json.loads((out / "predictions.json").read_text())["predictions"][0]
+    assert dciodvfy_errors(out / record["dicom"]["seg"]) == []
+    assert np.asarray(Image.open(out / record["files"]["mask"])).shape == (480, 640)
