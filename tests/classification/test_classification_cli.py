@@ -153,6 +153,30 @@ def test_predict_on_real_dicom_and_png_with_explanations(
     assert "dicom" not in preds[1]
 
 
+def test_predict_on_a_series_folder_of_one_image_writes_its_dicom_results(
+    breast_bundle: Path, shared_data: Path, tmp_path: Path
+) -> None:
+    """A PACS export puts the one ultrasound image in a series folder (here beside a README): it is classified as the
+    file is, and the SR and the Secondary Capture reference that image (before: "a 3D image", then no SR)."""
+    import shutil
+
+    folder = tmp_path / "series"
+    folder.mkdir()
+    dcm = shared_data / "dicom_samples" / "pydicom_data" / "US1_J2KR.dcm"
+    shutil.copy(dcm, folder / "IM0001")
+    (folder / "README.txt").write_text("exported")
+    out = tmp_path / "pred"
+    assert main(["predict", str(breast_bundle), str(folder), "--explain", "--out", str(out)]) == 0
+    pred = json.loads((out / "predictions.json").read_text())["predictions"][0]
+    assert set(pred["dicom"]) == {"sr", "secondary_capture"}
+    from serving.test_dicom_objects import dciodvfy_errors
+
+    for written in pred["dicom"].values():
+        assert dciodvfy_errors(out / written) == [], written
+    sc = pydicom.dcmread(out / pred["dicom"]["secondary_capture"])
+    assert sc.StudyInstanceUID == pydicom.dcmread(dcm, stop_before_pixels=True).StudyInstanceUID
+
+
 def _small_3d_npz(path: Path) -> Path:
     """A MedMNIST-format 3D file: a bright blob (label 1) or not (label 0) in 16^3 noise."""
     rng = np.random.default_rng(0)

@@ -385,3 +385,21 @@ def test_a_segmentation_object_given_as_an_image_is_refused_by_name(shared_data:
     with pytest.raises(MedsightError, match="Segmentation object, not an image") as info:
         read_image(seg)
     assert str(seg) in str(info.value)
+
+
+@pytest.mark.parametrize(("name", "shape"), [("RG3_J2KR.dcm", (1, 1760, 1760)), ("US1_J2KR.dcm", (3, 480, 640))])
+def test_a_series_folder_of_one_image_reads_as_that_2d_image(
+    shared_data: Path, tmp_path: Path, name: str, shape: tuple[int, ...]
+) -> None:
+    """A PACS export puts even a single radiograph or ultrasound image in a series folder: it is a 2D image (before,
+    a volume of one slice, so a 2D classifier said "a 3D image"), exactly as the file itself reads."""
+    from medsight.io.images import read_image
+
+    source = shared_data / "dicom_samples" / "pydicom_data" / name
+    folder = tmp_path / "series"
+    folder.mkdir()
+    shutil.copy(source, folder / "IM0001")
+    (folder / "README.txt").write_text("exported")
+    image = read_image(folder)
+    assert image.shape == shape
+    np.testing.assert_array_equal(image, read_image(source))

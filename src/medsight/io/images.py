@@ -174,4 +174,21 @@ def _read_dicom_series(path: Path) -> np.ndarray:
 
     volume = read_series(path)
     arr = np.asarray(volume.array, dtype=np.float32)
-    return np.ascontiguousarray(np.moveaxis(arr, -1, 0)) if arr.ndim == 4 else arr[None]
+    out = np.ascontiguousarray(np.moveaxis(arr, -1, 0)) if arr.ndim == 4 else arr[None]
+    # a series of one image (a radiograph or an ultrasound image exported in its own folder) is that 2D image
+    return np.ascontiguousarray(out[:, 0]) if out.shape[1] == 1 else out
+
+
+def dicom_image_file(source: Path | None) -> Path | None:
+    """The DICOM file a 2D prediction's DICOM results reference: the input itself, or the one image of a series folder
+    (a 2D model was given that folder, so it held one image); None for other inputs."""
+    if source is None:
+        return None
+    if source.is_file():
+        return source if is_dicom_file(source) else None
+    if source.is_dir():
+        from medsight.io.dicom import scan
+
+        files = [i.path for study in scan(source).studies for series in study.series for i in series.instances]
+        return files[0] if len(files) == 1 else None
+    return None

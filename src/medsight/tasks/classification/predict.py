@@ -25,7 +25,7 @@ from medsight.evaluation.conformal import certain
 from medsight.evaluation.plots import png_image
 from medsight.evaluation.selective import MultilabelSelective, SelectivePrediction, multilabel_confidence
 from medsight.explain.gradcam import overlay
-from medsight.io.images import is_dicom_file
+from medsight.io.images import dicom_image_file
 from medsight.runtime.onnx_export import OnnxPredictor
 from medsight.runtime.results import NO_DEFERRAL_RULE, Deferral, Heatmap, Result
 from medsight.tasks.classification.data import read_inputs
@@ -238,13 +238,14 @@ class ClassificationModel:
                     png_image(np.kron(rgb, np.ones((scale, scale, 1), np.uint8)))
                 )
                 np.save(folder / result.files["heatmap_array"], result.heatmap.array)
-            if result.source is not None and result.source.is_file() and is_dicom_file(result.source):
+            image_file = dicom_image_file(result.source)
+            if image_file is not None:
                 from medsight.serving.dicom_objects import for_input
 
-                with for_input(result.source):
-                    result.dicom.update(self._dicom(result, folder))
+                with for_input(result.source or image_file):
+                    result.dicom.update(self._dicom(result, image_file, folder))
 
-    def _dicom(self, result: ClassificationResult, folder: Path) -> dict[str, str]:
+    def _dicom(self, result: ClassificationResult, image_file: Path, folder: Path) -> dict[str, str]:
         """A TID 1500 SR of the class probabilities and, with a heatmap, a Secondary Capture of it over the
         full-resolution image, so a PACS viewer shows both beside the study."""
         from medsight.io.dicom import read_datasets, read_dicom_image
@@ -252,9 +253,8 @@ class ClassificationModel:
         from medsight.serving.dicom_objects import Finding, write_secondary_capture, write_sr
         from medsight.serving.provenance import AlgorithmIdentity
 
-        assert result.source is not None
         meta = self.bundle.meta
-        source = read_datasets([result.source])[0]
+        source = read_datasets([image_file])[0]
         model_name = f"medsight {meta['data']['source']} classifier"
         findings = [Finding(label=name, probability=float(p)) for name, p in result.probabilities.items()]
         written = {"sr": f"{result.stem}_findings_sr.dcm"}
@@ -266,7 +266,7 @@ class ClassificationModel:
             codes=bundle_codes(meta),
         )
         if result.heatmap is not None:
-            picture = read_dicom_image(result.source, voi=True)  # rows x columns, or x 3 for colour (ultrasound)
+            picture = read_dicom_image(image_file, voi=True)  # rows x columns, or x 3 for colour (ultrasound)
             channels_first = picture[None] if picture.ndim == 2 else np.moveaxis(picture, -1, 0)
             full = torch.nn.functional.interpolate(
                 torch.as_tensor(result.heatmap.array)[None, None],

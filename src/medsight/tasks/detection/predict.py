@@ -15,7 +15,7 @@ import torch
 from medsight.errors import MedsightError
 from medsight.evaluation.plots import png_image
 from medsight.io.atomic import write_bytes
-from medsight.io.images import is_dicom_file, read_image
+from medsight.io.images import dicom_image_file, read_image
 from medsight.runtime.results import Result
 from medsight.tasks.detection import test_time, uncertainty
 from medsight.tasks.detection.data import prepare
@@ -164,13 +164,14 @@ class DetectionModel:
             name = f"{r.stem}_boxes.png"
             write_bytes(folder / name, png_image(draw_boxes(small.numpy(), np.zeros((0, 4)), boxes, scale)))
             r.files["overlay"] = name
-            if r.path is not None and r.path.is_file() and is_dicom_file(r.path):
+            image_file = dicom_image_file(r.path)
+            if r.path is not None and image_file is not None:
                 from medsight.serving.dicom_objects import for_input
 
                 with for_input(r.path):
-                    r.dicom.update(self._write_sr(r, folder))
+                    r.dicom.update(self._write_sr(r, image_file, folder))
 
-    def _write_sr(self, r: DetectionResult, folder: Path) -> dict[str, str]:
+    def _write_sr(self, r: DetectionResult, image_file: Path, folder: Path) -> dict[str, str]:
         """A TID 1500 SR with one planar-ROI measurement group per finding: label, score and its box as a closed
         polyline on the source image. Boxes are in the pixels of the image read (``image_size``); for a
         single-frame DICOM that is the stored pixel matrix, so they are DICOM 2D image coordinates (column, row;
@@ -181,10 +182,9 @@ class DetectionModel:
         from medsight.serving.dicom_objects import Finding, write_sr
         from medsight.serving.provenance import AlgorithmIdentity
 
-        assert r.path is not None
         if not r.findings:
             return {"sr": "", "note": "no finding above the operating point; no SR written"}
-        source = read_datasets([r.path])[0]
+        source = read_datasets([image_file])[0]
         w, h = r.image_size
         fx, fy = int(source.Columns) / w, int(source.Rows) / h
         findings = [
