@@ -9,7 +9,7 @@ announced in docs/benchmarks.md before the members were trained: the ensemble is
 beats the best member's by more than 0.002. The operating point is fitted on validation (<= 1 FP per image) as
 training fits a single detector's. Test figures (95% bootstrap CIs over images, stratified by "has a lesion") are
 computed for the ensemble and every member and decide nothing. Writes
-``benchmarks/results/mias_seed_ensemble.json``.
+``benchmarks/results/mias_ensemble.json``.
 """
 
 from __future__ import annotations
@@ -30,17 +30,11 @@ from medsight.io.atomic import write_json
 from medsight.tasks.detection.data import load_detection, read_items, split_digest
 from medsight.tasks.detection.evaluate import DEFINITIONS, match, operating_point
 from medsight.tasks.detection.fusion import fused
-from medsight.tasks.detection.network import Detections
 from medsight.tasks.detection.predict import DetectionModel
+from medsight.tasks.detection.test_time import TIE  # the ensemble must win on validation by the flip's margin
 from medsight.training.bundle import load_bundle
 
-RESULTS = Path(__file__).resolve().parent / "results" / "mias_seed_ensemble.json"
-#: The ensemble must beat the best member's validation CPM by more than this (the test-time flip's margin).
-TIE = 0.002
-
-
-def _findings(model: DetectionModel, images: np.ndarray, scales: list[tuple[float, float]]) -> list[Detections]:
-    return model.findings(images, scales)[0]
+RESULTS = Path(__file__).resolve().parent / "results" / "mias_ensemble.json"
 
 
 def main() -> None:
@@ -73,7 +67,6 @@ def main() -> None:
         raise SystemExit(f"the members take different input sizes: {sorted(sizes)}")
     size = sizes.pop()
     names = bundles[0].label_names
-    scored: dict[str, Any] = {}
     per_split: dict[str, dict[str, Any]] = {}
     for split in ("val", "test"):
         idx = parts[split]
@@ -82,7 +75,7 @@ def main() -> None:
             if recorded != split_digest(data.items, idx):
                 raise SystemExit(f"{b.path}: its {split} split differs from this data's")
         prepared = read_items([data.items[i] for i in idx], size)
-        members = [_findings(m, prepared.images, prepared.scales) for m in models]
+        members = [m.findings(prepared.images, prepared.scales)[0] for m in models]  # as predict reports them
         per_split[split] = {
             "items": prepared.items,
             "members": [match(d, prepared.items, data.kind) for d in members],
@@ -101,10 +94,10 @@ def main() -> None:
     def metrics(matches: list[Any]) -> dict[str, Any]:
         return bootstrap(lambda ix: detection_metrics([matches[i] for i in ix], names), len(items), has, args.bootstrap)
 
-    scored["ensemble"] = metrics(test["ensemble"])
-    scored["members"] = [metrics(m) for m in test["members"]]
+    ensemble_test = metrics(test["ensemble"])
+    member_test = [metrics(m) for m in test["members"]]
     record = {
-        "benchmark": "mias_seed_ensemble",
+        "benchmark": "mias_ensemble",
         **provenance("mias_ensemble.py", ("src/medsight",)),
         "members": [
             {
@@ -138,8 +131,8 @@ def main() -> None:
         "fusion": "medsight.tasks.detection.fusion.fuse: one-to-one pairing (Hungarian on IoU >= 0.3) into clusters, "
         "score-weighted mean box, score = sum of the members' scores / number of members",
         "test": {"n_images": len(items), "n_lesions": int(sum(len(it.boxes) for it in items))},
-        "metrics": scored["ensemble"],
-        "member_metrics": scored["members"],
+        "metrics": ensemble_test,
+        "member_metrics": member_test,
         "definitions": {**DEFINITIONS, "froc_hit": DEFINITIONS["froc_hit"]["lesions"]},
         "ci95": f"percentile bootstrap over test images ({args.bootstrap} resamples, stratified by 'has a lesion')",
     }
@@ -148,7 +141,7 @@ def main() -> None:
         f"validation CPM: members {[round(float(v), 4) for v in member_val]}, ensemble {ensemble_val:.4f} -> "
         f"{'kept' if kept else 'not kept'}"
     )
-    for label, m in [("ensemble", scored["ensemble"])] + [(f"member {i}", s) for i, s in enumerate(scored["members"])]:
+    for label, m in [("ensemble", ensemble_test)] + [(f"member {i}", s) for i, s in enumerate(member_test)]:
         print(
             label
             + ": "

@@ -15,22 +15,14 @@ from PIL import Image
 
 from medsight.cli import main
 from medsight.errors import MedsightError
-from medsight.tasks import segmentation
-from medsight.tasks.segmentation import SegmentationOptions
-from runtime.test_stream import TINY_2D, _busi_pairs
+from runtime import test_stream
 from serving.test_dicom_objects import dciodvfy_errors
 
 SAMPLES = ("US1_J2KR.dcm", "RG3_J2KR.dcm")
 
 
-@pytest.fixture(scope="module")
-def bundle(shared_data: Path, tmp_path_factory: pytest.TempPathFactory) -> Path:
-    tmp = tmp_path_factory.mktemp("seg2d")
-    data = _busi_pairs(shared_data / "busi", tmp / "busi_pairs", 6)
-    plan = tmp / "plan.json"
-    plan.write_text(json.dumps(TINY_2D))
-    segmentation.TASK.train(str(data), tmp / "bundle", SegmentationOptions(epochs=1, plan=plan))
-    return tmp / "bundle"
+#: The tiny 2D segmentation bundle the stream tests train (seconds, on real BUSI image/mask pairs).
+bundle = test_stream.bundle
 
 
 @pytest.mark.parametrize("name", SAMPLES)

@@ -9,10 +9,14 @@ from __future__ import annotations
 
 import zipfile
 from pathlib import Path
+from typing import TYPE_CHECKING
 
 import numpy as np
 
 from medsight.errors import MedsightError
+
+if TYPE_CHECKING:
+    from medsight.io.dicom import Volume
 
 #: Pillow plugins that only identify a file (HDF5, GRIB, BUFR, WMF/EMF stubs), need an outside program (EPS/PS via
 #: Ghostscript) or hold video: listing them would promise images Pillow cannot decode here.
@@ -172,10 +176,14 @@ def _read_dicom_file(path: Path) -> np.ndarray:
 def _read_dicom_series(path: Path) -> np.ndarray:
     from medsight.io.dicom import read_series
 
-    volume = read_series(path)
+    return volume_image(read_series(path))
+
+
+def volume_image(volume: Volume) -> np.ndarray:
+    """A DICOM series read (``medsight.io.dicom.Volume``) as channels first: ``(C, slices, rows, columns)``, and
+    ``(C, rows, columns)`` for a series of one image (a radiograph or an ultrasound image in its own folder)."""
     arr = np.asarray(volume.array, dtype=np.float32)
     out = np.ascontiguousarray(np.moveaxis(arr, -1, 0)) if arr.ndim == 4 else arr[None]
-    # a series of one image (a radiograph or an ultrasound image exported in its own folder) is that 2D image
     return np.ascontiguousarray(out[:, 0]) if out.shape[1] == 1 else out
 
 

@@ -1,5 +1,5 @@
 """Findings of several views or models of one image fused into one set: the test-time flip fuses two views of one
-model (:mod:`.test_time`), a seed ensemble fuses the members' findings (:mod:`.ensemble`).
+model (:mod:`.test_time`); a seed ensemble fuses its members' findings (``benchmarks/mias_ensemble.py``).
 
 **Rule.** Within each class, the views are taken in turn: the boxes of the next view are paired one-to-one with the
 clusters formed so far (each represented by its score-weighted mean box) exactly as the uncertainty pairs two views

@@ -102,7 +102,7 @@ def read_input(path: Path) -> InputImage:
 
         volume = read_series(path)
         if volume.geometry is None and len(volume.files) == 1:  # a file, or a folder holding one image
-            return _one_dicom_image(path, Path(volume.files[0]), volume)
+            return _one_dicom_image(path, volume)
         if volume.geometry is None or volume.array.ndim != 3:
             raise MedsightError("DICOM input must be a greyscale series with patient geometry", path)
         mt = to_metatensor(volume)
@@ -124,21 +124,20 @@ def read_input(path: Path) -> InputImage:
     )
 
 
-def _one_dicom_image(path: Path, file: Path, volume: Any) -> InputImage:
-    """A single-frame DICOM image without patient geometry (ultrasound, a radiograph): read as a 2D image in its own
-    pixels, like a PNG (a 2D model was trained on pixels, so no spacing is applied); the SEG and SR reference it. A
-    multi-frame one is a cine loop, which ``medsight stream`` segments frame by frame."""
-    from medsight.io.dicom import read_header
-    from medsight.io.images import read_image
+def _one_dicom_image(path: Path, volume: Any) -> InputImage:
+    """A DICOM image without patient geometry (ultrasound, a radiograph) already read as ``volume``: a 2D image in its
+    own pixels, like a PNG (a 2D model was trained on pixels, so no spacing is applied); the SEG and SR reference it.
+    A multi-frame one is a cine loop, which ``medsight stream`` segments frame by frame."""
+    from medsight.io.images import volume_image
 
-    header = read_header(file)
-    if header is not None and len(header[0].frames) > 1:
+    frames = int(np.asarray(volume.array).shape[0])
+    if frames > 1:
         raise MedsightError(
-            f"a multi-frame image without patient geometry ({len(header[0].frames)} frames, a cine loop?): "
+            f"a multi-frame image without patient geometry ({frames} frames, a cine loop?): "
             "'medsight stream BUNDLE FILE' segments it frame by frame",
             path,
         )
-    return InputImage(path, "dicom2d", read_image(file), (1.0, 1.0), np.eye(4), volume)
+    return InputImage(path, "dicom2d", volume_image(volume), (1.0, 1.0), np.eye(4), volume)
 
 
 def _is_dicom(path: Path) -> bool:
