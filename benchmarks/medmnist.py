@@ -86,6 +86,8 @@ def run_one(flag: str, seed: int, epochs: int, budget: float, work: Path) -> dic
         "weights": meta["training"].get("weights"),  # trained or averaged weights, chosen on validation
         # the recipes' models averaged (mean logits), when validation kept that candidate
         "ensemble_members": meta["training"].get("ensemble_members"),
+        # seeds each recipe was trained from (the further ones join the ensemble only), as the planner chose
+        "seed_members": meta["plan"].get("seed_members", 1),
         # test-time augmentation: the views averaged and every candidate's validation scores (chosen on validation)
         "test_time_views": meta["training"].get("test_time_views"),
         "epochs_run": meta["training"]["epochs_run"],

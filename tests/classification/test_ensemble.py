@@ -184,3 +184,41 @@ def test_a_hand_edited_ensemble_that_cannot_be_built_is_a_clear_bundle_error(
     assert main(["-q", "predict", str(edited), str(image), "--explain", "--out", str(tmp_path / "p")]) == 2
     err = capsys.readouterr().err
     assert "an ensemble needs at least 2 members" in err and "Traceback" not in err
+
+
+def test_seed_members_are_named_seeded_apart_and_only_join_the_ensemble() -> None:
+    compared = recipes.candidates(["cross-entropy"], [False, True])
+    extra = recipes.seed_members(compared, 3)
+    assert [r.name for r in extra] == [
+        "cross-entropy, seed member 2",
+        "class-balanced cross-entropy, seed member 2",
+        "cross-entropy, seed member 3",
+        "class-balanced cross-entropy, seed member 3",
+    ]
+    assert recipes.seed_members(compared, 1) == []
+    assert [recipes.seed_of(r, 7) for r in [compared[0], *extra]] == [7, 1007, 1007, 2007, 2007]
+
+
+def test_a_run_with_seed_members_ensembles_every_model_and_compares_only_the_recipes(
+    square_manifest: Path, tmp_path: Path
+) -> None:
+    out = tmp_path / "bundle"
+    args = [*TRAIN, str(square_manifest), "--out", str(out), "--epochs", "1", "--batch-size", "16"]
+    assert main([*args, "--positive", "square", "--seed-members", "2", "--ensemble", "on", "--tta", "off"]) == 0
+    meta = load_bundle(out).meta
+    assert meta["plan"]["seed_members"] == 2 and meta["network"]["kwargs"]["n_members"] == 4
+    names = [
+        "cross-entropy",
+        "class-balanced cross-entropy",
+        "cross-entropy, seed member 2",
+        "class-balanced cross-entropy, seed member 2",
+    ]
+    selection = meta["training"]["recipe_selection"]
+    assert [c["recipe"] for c in selection["candidates"]] == [
+        *names[:2],
+        "ensemble (mean logits) of " + " + ".join(names),
+    ]
+    assert selection["ensemble"] == names == [m["recipe"] for m in meta["training"]["ensemble_members"]]
+    model = load_bundle(out).network()
+    plain, plain_again = (dict(model.members[i].named_parameters())["fc.weight"] for i in (0, 2))
+    assert not torch.allclose(plain, plain_again)  # the same recipe from another seed is another model

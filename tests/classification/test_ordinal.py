@@ -274,7 +274,7 @@ def test_recipes_compared_on_validation_share_the_time_budget() -> None:
     assert planner().determine_losses() == ["cross-entropy"]
     one = planner(time_budget_s=1200.0).determine_epochs_and_budget(60.0, 0.0)
     two = planner(time_budget_s=1200.0).determine_epochs_and_budget(60.0, 0.0, share=2)
-    assert one[2] == 1200.0 and two[2] == 600.0 and two[1] == 10 and "shared by 2 recipes" in two[3]
+    assert one[2] == 1200.0 and two[2] == 600.0 and two[1] == 10 and "shared by 2 models" in two[3]
     data.ordinal = True
     assert planner().determine_losses() == ["cross-entropy", "soft-ordinal"]
 

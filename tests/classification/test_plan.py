@@ -12,6 +12,7 @@ from medsight.errors import MedsightError
 from medsight.tasks.classification.network import build_network, is_imbalanced, loss_fn, plan_network
 from medsight.tasks.classification.plan import (
     DEFAULT_RUN_S,
+    MAX_SEED_MEMBERS,
     ClassificationOptions,
     ClassificationPlan,
     ClassificationPlanner,
@@ -120,3 +121,32 @@ def test_plan_measures_speed_and_round_trips() -> None:
     broken["colour"] = "blue"
     with pytest.raises(MedsightError, match=r"unknown key\(s\) \['colour'\]; missing \['epochs'\]"):
         ClassificationPlan.from_json(broken)
+
+
+def test_seed_members_fill_the_time_limit_without_cutting_an_epoch() -> None:
+    # (epochs, expected epochs, budget per recipe, seconds per epoch, recipes)
+    seeds = _planner().determine_seed_members
+    assert seeds(40, 40, 270.0, 2.0, 2)[0] == 2  # 270 s hold 2 x 40 epochs of 2 s with the margin, not 3
+    assert seeds(40, 40, 600.0, 1.0, 2)[0] == MAX_SEED_MEMBERS  # never more than the most
+    assert seeds(40, 19, 270.0, 13.5, 2)[0] == 1  # time-limited already: one seed, nothing cut
+    assert seeds(40, 40, 110.0, 2.0, 1)[0] == 1  # 2 seeds would need 2 x 80 s x margin
+    assert seeds(2, 2, None, 1.0, 2) == (1, "one seed per recipe")  # --epochs alone: exactly the run asked for
+    assert _planner(ensemble="off").determine_seed_members(40, 40, 600.0, 1.0, 2)[0] == 1  # nothing would use them
+    assert _planner(init="parent").determine_seed_members(40, 40, 600.0, 1.0, 2)[0] == 1  # fine-tuning keeps one
+    asked = _planner(seed_members=3).determine_seed_members(2, 2, None, 1.0, 2)
+    assert asked == (3, "3 seeds per recipe as asked")
+    for bad in (0, MAX_SEED_MEMBERS + 1):
+        with pytest.raises(MedsightError, match="--seed-members must be 1 to 3"):
+            ClassificationOptions(seed_members=bad)
+
+
+def test_a_plan_with_seed_members_splits_the_budget_between_every_model() -> None:
+    plan = _planner(epochs=2, time_budget_s=3600.0, batch_size=16).plan()
+    assert plan.seed_members == MAX_SEED_MEMBERS and plan.balance_choices == [False, True]
+    assert plan.time_budget_s == pytest.approx(3600.0 / (2 * MAX_SEED_MEMBERS), abs=0.1)
+    assert plan.expected_seconds == pytest.approx(2 * MAX_SEED_MEMBERS * 2 * plan.seconds_per_epoch, rel=0.01, abs=0.2)
+    assert "each from 3 seeds for the ensemble" in plan.summary() and "per model" in plan.summary()
+    assert ClassificationPlan.from_json(plan.to_json()) == plan
+    old = plan.to_json()
+    del old["seed_members"]  # bundles from before seed members read as one seed per recipe
+    assert ClassificationPlan.from_json(old).seed_members == 1

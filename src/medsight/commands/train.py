@@ -22,6 +22,7 @@ OPTION_FLAGS = (
     "class_balance",
     "ensemble",
     "tta",
+    "seed_members",
     "image_size",
     "positive",
     "alpha",
@@ -86,6 +87,14 @@ def register(sub: argparse._SubParsersAction) -> None:
         help="classification: test-time augmentation, the mean over the image, its left-right mirror (where the "
         "modality allows one) and shifts by 4%% of its side: decided on validation (auto, default), kept (on) or "
         "not used (off: one forward pass per image instead of up to 6)",
+    )
+    p.add_argument(
+        "--seed-members",
+        type=int,
+        metavar="N",
+        help="classification: train each recipe from N seeds (1-3); the further models join the ensemble only "
+        "(default: as many as the time limit holds without cutting an epoch; 1 with --epochs alone, --ensemble off "
+        "or --init)",
     )
     p.add_argument(
         "--positive",

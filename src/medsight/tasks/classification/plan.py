@@ -41,6 +41,9 @@ Switch = Literal["auto", "on", "off"]
 
 #: A default run (data, planning, training, calibration, export) should take about this long: 10 minutes.
 DEFAULT_RUN_S = 600.0
+#: The most seeds a recipe is trained from for the ensemble (issue 13), and the slack the planned time keeps for them.
+MAX_SEED_MEMBERS = 3
+SEED_MEMBER_MARGIN = 1.25
 #: Seconds kept for what follows training (calibration, the operating point, ONNX export and its check).
 AFTER_TRAINING_S = 15.0
 
@@ -67,6 +70,9 @@ class ClassificationOptions(TrainOptions):
     #: Test-time augmentation (the mean of the image, its mirror and small shifts; :class:`network.ViewAverage`):
     #: "auto" (default) is decided on validation, "on" keeps it, "off" never uses it (one forward pass per image).
     tta: Switch | None = None
+    #: Seeds each recipe is trained from for the ensemble (:func:`recipes.seed_members`); default planned: as many
+    #: as the time limit holds without cutting an epoch, up to :data:`MAX_SEED_MEMBERS`.
+    seed_members: int | None = None
 
     def __post_init__(self) -> None:
         if self.alpha is not None and not 0 < self.alpha < 1:
@@ -79,6 +85,8 @@ class ClassificationOptions(TrainOptions):
             raise MedsightError(f"--ensemble must be auto, on or off (got {self.ensemble!r})")
         if self.tta is not None and self.tta not in ("auto", "on", "off"):
             raise MedsightError(f"--tta must be auto, on or off (got {self.tta!r})")
+        if self.seed_members is not None and not 1 <= self.seed_members <= MAX_SEED_MEMBERS:
+            raise MedsightError(f"--seed-members must be 1 to {MAX_SEED_MEMBERS} (got {self.seed_members})")
         for name in ("epochs", "batch_size"):
             value = getattr(self, name)
             if value is not None and value < 1:
@@ -153,6 +161,9 @@ class ClassificationPlan(Plan):
     #: Decay of the exponential weight average validated beside the trained weights each epoch (the better is kept;
     #: ``engine.AveragedWeights``); None: no average (bundles from before it).
     weight_average_decay: float | None = None
+    #: Seeds each recipe was trained from: the further ones join the ensemble only (:mod:`.recipes`); 1 in
+    #: bundles from before seed members.
+    seed_members: int = 1
 
     @property
     def seconds_per_epoch(self) -> float:
@@ -160,10 +171,10 @@ class ClassificationPlan(Plan):
 
     def summary(self) -> str:
         """The plan in one paragraph, for the log before training starts."""
-        n = max(1, len(self.losses)) * max(1, len(self.balance_choices))
+        n = max(1, len(self.losses)) * max(1, len(self.balance_choices)) * self.seed_members
         budget = f"time budget {self.time_budget_s / 60:.1f} min" if self.time_budget_s else "no time budget"
         if self.time_budget_s and n > 1:
-            budget += " per recipe"
+            budget += " per model"
         return (
             f"plan: {self.network.describe()}, batch {self.batch_size}, lr {self.lr:g} (AdamW, {self.warmup_epochs} "
             f"warm-up epoch + {self.schedule}), {self.describe_loss()}, early stopping after {self.patience} "
@@ -176,12 +187,14 @@ class ClassificationPlan(Plan):
     def describe_loss(self) -> str:
         """The loss, or the recipes that training compares on validation (each in its share of the budget)."""
         n = max(1, len(self.losses)) * max(1, len(self.balance_choices))
+        seeds = f", each from {self.seed_members} seeds for the ensemble" if self.seed_members > 1 else ""
         if n == 1:
-            return ("class-balanced " if self.balanced_loss else "") + (
+            loss = ("class-balanced " if self.balanced_loss else "") + (
                 "BCE" if self.task_type == "multilabel" else self.loss
             )
+            return loss + seeds
         balance = "plain and class-balanced x " if len(self.balance_choices) > 1 else ""
-        return f"{n} recipes compared on validation ({balance}{' and '.join(self.losses or [self.loss])})"
+        return f"{n} recipes compared on validation ({balance}{' and '.join(self.losses or [self.loss])}){seeds}"
 
     def describe_epochs(self) -> str:
         if self.expected_epochs >= self.epochs:
@@ -284,8 +297,9 @@ class ClassificationPlanner:
         - neither: up to the default epochs, as many as fit in the default run (:data:`DEFAULT_RUN_S`, less what
           loading and planning already took and what follows training); that remainder is the time budget.
         With a budget the engine re-plans the epochs from its own epoch times, so the expected epochs are what the
-        planner announces, not a cap. ``share`` recipes compared on validation split a budget evenly (the figures
-        returned are per recipe); given epochs are each recipe's.
+        planner announces, not a cap. The ``share`` models a run trains (the recipes compared on validation, and
+        their seed members) split a budget evenly (the figures returned are per model); given epochs are each
+        model's.
         """
         given_epochs, given_budget = self.options.epochs, self.options.time_budget_s
         if given_budget is not None:
@@ -308,7 +322,7 @@ class ClassificationPlanner:
             budget = max(60.0, self.default_run_s - elapsed - AFTER_TRAINING_S) / share
             source = f"the default run of {self.default_run_s / 60:.0f} min"
         if share > 1:
-            source += f" shared by {share} recipes"
+            source += f" shared by {share} models"
         fit = int(budget // per_epoch)
         most = self.default_epochs
         if fit >= most:
@@ -321,6 +335,26 @@ class ClassificationPlanner:
         )
         return most, epochs, budget, f"about {epochs} epochs fit {source}", warnings
 
+    def determine_seed_members(
+        self, epochs: int, expected_epochs: int, budget: float | None, seconds_per_epoch: float, recipes: int
+    ) -> tuple[int, str]:
+        """(seeds each recipe trains from, why): the number asked, else as many as the time limit holds with every
+        model keeping all its planned epochs (with :data:`SEED_MEMBER_MARGIN` to spare), up to
+        :data:`MAX_SEED_MEMBERS`. One where nothing would use them (``--ensemble off``, fine-tuning, which keeps
+        its parent's network) or where no time limit is known (``--epochs`` alone asks for exactly one run)."""
+        asked = self.options.seed_members
+        if asked is not None:
+            return asked, f"{asked} seeds per recipe as asked"
+        if self.options.ensemble == "off" or self.options.init is not None or budget is None:
+            return 1, "one seed per recipe"
+        if expected_epochs < epochs:
+            return 1, "one seed per recipe (the time limit does not hold more)"
+        held = int(budget // (SEED_MEMBER_MARGIN * epochs * max(seconds_per_epoch, 1e-6)))
+        seeds = max(1, min(MAX_SEED_MEMBERS, held))
+        if seeds == 1:
+            return 1, "one seed per recipe (the time limit does not hold more)"
+        return seeds, f"{seeds} seeds per recipe fit the time limit (the further ones join the ensemble)"
+
     # ------------------------------------------------------------------------------------------------ plan
 
     def plan(self) -> ClassificationPlan:
@@ -332,15 +366,19 @@ class ClassificationPlanner:
         balance_choices, losses = self.determine_balance_choices(), self.determine_losses()
         if len(balance_choices) > 1:
             balance_why += ": plain and class-balanced compared on validation"
-        share = len(balance_choices) * len(losses)
+        recipes = len(balance_choices) * len(losses)
         speed = self.determine_speed(net, batch_size, lr, balanced)
         iterations = math.ceil(len(self.train) / batch_size)
         # every epoch validates twice: the trained weights and their average (engine.AveragedWeights)
         validation_seconds = 2 * speed.validation_seconds
         per_epoch = iterations * speed.seconds_per_iteration + validation_seconds
-        epochs, expected_epochs, budget, why, warnings = self.determine_epochs_and_budget(
-            per_epoch, time.monotonic() - self.started, share
-        )
+        elapsed = time.monotonic() - self.started
+        epochs, expected_epochs, budget, why, warnings = self.determine_epochs_and_budget(per_epoch, elapsed, recipes)
+        seeds, seeds_why = self.determine_seed_members(epochs, expected_epochs, budget, per_epoch, recipes)
+        share = recipes * seeds
+        if seeds > 1:
+            epochs, expected_epochs, budget, why, warnings = self.determine_epochs_and_budget(per_epoch, elapsed, share)
+            why += f"; {seeds_why}"
         expected = share * (expected_epochs * per_epoch if budget is None else min(expected_epochs * per_epoch, budget))
         return ClassificationPlan(
             task_type=self.data.task_type,
@@ -371,4 +409,5 @@ class ClassificationPlanner:
             loss=losses[0],
             losses=losses,
             balance_choices=balance_choices,
+            seed_members=seeds,
         )

@@ -8,6 +8,9 @@ Two choices are not left to a fixed default, because which one wins depends on t
 * **the loss of ordinal grades**: plain cross-entropy or soft ordinal labels (:mod:`.ordinal`);
 * **one model or the ensemble of all**: when several recipes are trained, the mean of their logits
   (:class:`~medsight.tasks.classification.network.LogitAverage`) competes too, listed last (the least simple).
+  Where the time limit holds more models than recipes, each recipe is also trained from further seeds (seed
+  members, planned in :mod:`.plan`); they join the ensemble only and never compete alone, so that more models do
+  not mean more single candidates for 78 validation images to pick between by chance.
 
 The rule, fixed before any run: the recipe with the best validation score of the reported decision metric
 (quadratic weighted kappa for ordinal grades, accuracy at the operating point otherwise) wins; a recipe within
@@ -19,7 +22,7 @@ from __future__ import annotations
 
 import math
 from collections.abc import Sequence
-from dataclasses import dataclass
+from dataclasses import dataclass, replace
 from typing import Any
 
 #: Scores within this of the best count as tied (as in benchmarks/classification_ablation.py).
@@ -35,12 +38,15 @@ class Recipe:
     loss: str
     balanced: bool
     members: tuple[Recipe, ...] = ()
+    #: Which seed member this is: 0 trains from the run's seed, k from ``seed + SEED_STRIDE * k`` (:func:`seed_of`).
+    seed_member: int = 0
 
     @property
     def name(self) -> str:
         if self.members:
             return "ensemble (mean logits) of " + " + ".join(m.name for m in self.members)
-        return ("class-balanced " if self.balanced else "") + self.loss
+        name = ("class-balanced " if self.balanced else "") + self.loss
+        return name + (f", seed member {self.seed_member + 1}" if self.seed_member else "")
 
 
 def ensemble(members: Sequence[Recipe]) -> Recipe:
@@ -53,6 +59,20 @@ def ensemble(members: Sequence[Recipe]) -> Recipe:
 def candidates(losses: Sequence[str], balance: Sequence[bool]) -> list[Recipe]:
     """Every loss with every balance choice, simplest first."""
     return [Recipe(loss, b) for loss in losses for b in balance]
+
+
+def seed_members(recipes: Sequence[Recipe], n_seeds: int) -> list[Recipe]:
+    """The further seed members of ``recipes`` when each is trained from ``n_seeds`` seeds (seed 0 excluded)."""
+    return [replace(r, seed_member=k) for k in range(1, n_seeds) for r in recipes]
+
+
+#: Seed member k trains from ``seed + SEED_STRIDE * k``: runs asked with neighbouring ``--seed`` values never share one.
+SEED_STRIDE = 1000
+
+
+def seed_of(recipe: Recipe, seed: int) -> int:
+    """The training seed of ``recipe`` in a run started with ``seed``."""
+    return seed + SEED_STRIDE * recipe.seed_member
 
 
 def selection_metric(task_type: str, ordinal: bool) -> str:

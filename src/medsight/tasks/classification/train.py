@@ -94,15 +94,19 @@ def train(spec: str, out: Path, options: ClassificationOptions) -> dict[str, Any
     for warning in plan.warnings:
         log.warning(warning)
 
-    runs = [
-        _train_recipe(recipe, data, plan, options, parent, positive)
-        for recipe in recipes.candidates(plan.losses or [plan.loss], plan.balance_choices or [plan.balanced_loss])
-    ]
+    compared = recipes.candidates(plan.losses or [plan.loss], plan.balance_choices or [plan.balanced_loss])
+    runs = [_train_recipe(recipe, data, plan, options, parent, positive) for recipe in compared]
     ensemble = options.ensemble or "auto"
     # a fine-tuned model keeps its parent's network (training/warm_start.py): one model stays one, an ensemble stays
-    # an ensemble (each recipe then fine-tunes all its members)
-    if ensemble != "off" and len(runs) > 1 and parent is None:
-        runs.append(_ensemble_run(runs, data, plan, positive))
+    # an ensemble (each recipe then fine-tunes all its members); seed members only ever join the ensemble
+    trained = list(runs)
+    if ensemble != "off" and parent is None:
+        trained += [
+            _train_recipe(member, data, plan, options, parent, positive)
+            for member in recipes.seed_members(compared, plan.seed_members)
+        ]
+    if ensemble != "off" and len(trained) > 1 and parent is None:
+        runs.append(_ensemble_run(trained, data, plan, positive))
     elif ensemble == "on":
         log.warning("--ensemble on: no ensemble built (one recipe trained, or fine-tuning keeps the parent's network)")
     metric = recipes.selection_metric(data.task_type, data.ordinal)
@@ -147,7 +151,7 @@ def train(spec: str, out: Path, options: ClassificationOptions) -> dict[str, Any
                 "stopped_by": r.state.stopped_by,
                 "weights": kept_weights(plan, r.state),
             }
-            for r in runs
+            for r in trained
             if r.recipe in run.recipe.members
         ]
     if data.ordinal:
@@ -212,15 +216,17 @@ def _train_recipe(
 ) -> RecipeRun:
     """Train ``recipe`` from the seed, then fit what the bundle keeps on the validation split: temperature, the
     operating point (the ordinal decoding for ordered grades), and the validation scores the recipes compete on."""
-    seed_everything(options.seed)  # every recipe (and the planner's measurement) starts from the same seed
+    seed = recipes.seed_of(recipe, options.seed)
+    # every recipe (and the planner's measurement) starts from the run's seed; each seed member from its own
+    seed_everything(seed)
     model = registry.build_network(_planned_network(plan, parent))
     if parent is not None:
         warm_start.load_weights(parent, model)
         model = unwrapped(model)  # trained without its test-time views; they are put back after (_with_views)
         log.info("fine-tuning from %s (bundle sha256 %s)", parent.path, parent.checksum[:12])
-    if len(plan.losses or [plan.loss]) * len(plan.balance_choices or [plan.balanced_loss]) > 1:
-        log.info("training recipe: %s", recipe.name)
-    state = fit(model, data, plan, options.seed, recipe)
+    if len(plan.losses or [plan.loss]) * len(plan.balance_choices or [plan.balanced_loss]) * plan.seed_members > 1:
+        log.info("training %s: %s", "seed member" if recipe.seed_member else "recipe", recipe.name)
+    state = fit(model, data, plan, seed, recipe)
     return _fitted_on_val(recipe, model, state, data, plan, positive)
 
 
@@ -308,8 +314,9 @@ def _with_views(
 def _ensemble_run(
     runs: list[RecipeRun], data: ClassificationData, plan: ClassificationPlan, positive: str | None
 ) -> RecipeRun:
-    """The candidate averaging the logits of every recipe's kept model, fitted on validation like the others (the
-    training record it carries is the first member's; bundle.json lists every member's)."""
+    """The candidate averaging the logits of every model trained (each recipe's and its seed members'), fitted on
+    validation like the others (the training record it carries is the first member's; bundle.json lists every
+    member's)."""
     model = LogitAverage(plan.network.kwargs(), len(runs))
     for member, run in zip(model.members, runs, strict=True):
         member.load_state_dict(run.model.state_dict())
