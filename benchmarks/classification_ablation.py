@@ -50,11 +50,24 @@ TIE = 0.002
 DEPENDS_ON = ("src/medsight/tasks/classification", "src/medsight/training", "src/medsight/data")
 
 
-def run_one(flag: str, setting: str, seed: int, epochs: int, work: Path) -> dict[str, Any]:
-    cfg = SETTINGS[setting]
+def run_one(
+    flag: str, setting: str, seed: int, epochs: int, work: Path, settings: dict[str, dict[str, Any]] = SETTINGS
+) -> dict[str, Any]:
+    """Train one model of ``setting`` and keep its validation scores. One model alone: no seed members, no
+    ensemble and no test-time views (the later validation candidates), so settings are compared as trained."""
+    cfg = settings[setting]
     ClassificationPlanner.default_width = int(cfg["width"])
     try:
-        options = ClassificationOptions(seed=seed, epochs=epochs, time_budget_s=1e6, class_balance=cfg["class_balance"])
+        options = ClassificationOptions(
+            seed=seed,
+            epochs=epochs,
+            time_budget_s=1e6,
+            class_balance=cfg["class_balance"],
+            mixup=cfg.get("mixup"),
+            seed_members=1,
+            ensemble="off",
+            tta="off",
+        )
         start = time.monotonic()
         meta = TASK.train(f"medmnist:{flag}", work / f"{flag}_{setting}_{seed}", options)
     finally:
@@ -73,11 +86,12 @@ def run_one(flag: str, setting: str, seed: int, epochs: int, work: Path) -> dict
     }
 
 
-def decide(runs: list[dict[str, Any]]) -> dict[str, Any]:
-    """Mean validation AUC per setting (over seeds, then over data sets) and the winner by the rule above."""
+def decide(runs: list[dict[str, Any]], simplicity: list[str] = SIMPLICITY) -> dict[str, Any]:
+    """Mean validation AUC per setting (over seeds, then over data sets) and the winner by the rule above, among
+    the settings of ``simplicity`` (simplest first)."""
     sets = sorted({r["set"] for r in runs})
     table: dict[str, dict[str, Any]] = {}
-    for setting in SETTINGS:
+    for setting in simplicity:
         per_set = {}
         for flag in sets:
             vals = [r["val_auc"] for r in runs if r["set"] == flag and r["setting"] == setting]
@@ -92,25 +106,34 @@ def decide(runs: list[dict[str, Any]]) -> dict[str, Any]:
     if not table:
         return {"table": table, "winner": None}
     best = max(v["mean"] for v in table.values())
-    tied = [s for s in SIMPLICITY if s in table and table[s]["mean"] >= best - TIE]
+    tied = [s for s in simplicity if s in table and table[s]["mean"] >= best - TIE]
     return {"table": table, "best_mean_val_auc": best, "tied_within": TIE, "winner": tied[0]}
 
 
-def main() -> None:
-    parser = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
-    parser.add_argument("--sets", nargs="+", default=["pneumoniamnist", "breastmnist"])
+def ablate(
+    doc: str,
+    script: str,
+    settings: dict[str, dict[str, Any]],
+    simplicity: list[str],
+    results: Path,
+    default_sets: tuple[str, ...] = ("pneumoniamnist", "breastmnist"),
+) -> None:
+    """The command line of an ablation: train every (set, setting, seed) asked, scored on validation, adding each
+    run to ``results`` as it finishes (under a lock) with the decision by the rule in ``doc``."""
+    parser = argparse.ArgumentParser(description=doc, formatter_class=argparse.RawDescriptionHelpFormatter)
+    parser.add_argument("--sets", nargs="+", default=list(default_sets))
     parser.add_argument("--seeds", nargs="+", type=int, default=[0, 1, 2])
-    parser.add_argument("--settings", nargs="+", default=list(SETTINGS), choices=list(SETTINGS))
+    parser.add_argument("--settings", nargs="+", default=list(settings), choices=list(settings))
     parser.add_argument("--epochs", type=int, default=40)
-    parser.add_argument("--results", type=Path, default=RESULTS)
+    parser.add_argument("--results", type=Path, default=results)
     args = parser.parse_args()
     logging.basicConfig(level=logging.WARNING)
-    prov = provenance("classification_ablation.py", DEPENDS_ON, seeds=args.seeds, epochs=args.epochs)
+    prov = provenance(script, DEPENDS_ON, seeds=args.seeds, epochs=args.epochs)
     with tempfile.TemporaryDirectory() as tmp:
         for flag in args.sets:
             for setting in args.settings:
                 for seed in args.seeds:
-                    r = run_one(flag, setting, seed, args.epochs, Path(tmp)) | {"provenance": prov}
+                    r = run_one(flag, setting, seed, args.epochs, Path(tmp), settings) | {"provenance": prov}
                     print(
                         f"{flag} {setting} seed {seed}: val AUC {r['val_auc']:.4f}, {r['epochs_run']} epochs "
                         f"(best {r['best_epoch']}), {r['seconds']} s",
@@ -118,15 +141,18 @@ def main() -> None:
                     )
                     with open(args.results.with_suffix(".lock"), "w") as lock:
                         fcntl.flock(lock, fcntl.LOCK_EX)
-                        doc = json.loads(args.results.read_text()) if args.results.is_file() else {"runs": []}
-                        doc["runs"] = [
-                            x for x in doc["runs"] if (x["set"], x["setting"], x["seed"]) != (flag, setting, seed)
+                        saved = json.loads(args.results.read_text()) if args.results.is_file() else {"runs": []}
+                        saved["runs"] = [
+                            x for x in saved["runs"] if (x["set"], x["setting"], x["seed"]) != (flag, setting, seed)
                         ] + [r]
-                        doc["decision"] = decide(doc["runs"])
-                        doc["rule"] = __doc__.split("Decision rule, fixed before the runs: ")[1].split("\n\n")[0]
-                        write_json(args.results, doc)
-    doc = json.loads(args.results.read_text())
-    print(json.dumps(doc["decision"], indent=1))
+                        saved["decision"] = decide(saved["runs"], simplicity)
+                        saved["rule"] = doc.split("Decision rule, fixed before the runs: ")[1].split("\n\n")[0]
+                        write_json(args.results, saved)
+    print(json.dumps(json.loads(args.results.read_text())["decision"], indent=1))
+
+
+def main() -> None:
+    ablate(__doc__, "classification_ablation.py", SETTINGS, SIMPLICITY, RESULTS)
 
 
 if __name__ == "__main__":

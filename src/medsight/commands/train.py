@@ -23,6 +23,7 @@ OPTION_FLAGS = (
     "ensemble",
     "tta",
     "seed_members",
+    "mixup",
     "image_size",
     "positive",
     "alpha",
@@ -95,6 +96,13 @@ def register(sub: argparse._SubParsersAction) -> None:
         help="classification: train each recipe from N seeds (1-3); the further models join the ensemble only "
         "(default: as many as the time limit holds without cutting an epoch; 1 with --epochs alone, --ensemble off "
         "or --init)",
+    )
+    p.add_argument(
+        "--mixup",
+        type=float,
+        metavar="ALPHA",
+        help="classification: mixup, blending each training batch with a shuffled copy by a weight drawn from "
+        "Beta(ALPHA, ALPHA) and the loss alike (0: off, the default as decided on validation)",
     )
     p.add_argument(
         "--positive",

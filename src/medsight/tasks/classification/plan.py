@@ -73,6 +73,8 @@ class ClassificationOptions(TrainOptions):
     #: Seeds each recipe is trained from for the ensemble (:func:`recipes.seed_members`); default planned: as many
     #: as the time limit holds without cutting an epoch, up to :data:`MAX_SEED_MEMBERS`.
     seed_members: int | None = None
+    #: Mixup's Beta parameter α (0: off); default the planner's (:attr:`ClassificationPlanner.default_mixup`).
+    mixup: float | None = None
 
     def __post_init__(self) -> None:
         if self.alpha is not None and not 0 < self.alpha < 1:
@@ -87,6 +89,8 @@ class ClassificationOptions(TrainOptions):
             raise MedsightError(f"--tta must be auto, on or off (got {self.tta!r})")
         if self.seed_members is not None and not 1 <= self.seed_members <= MAX_SEED_MEMBERS:
             raise MedsightError(f"--seed-members must be 1 to {MAX_SEED_MEMBERS} (got {self.seed_members})")
+        if self.mixup is not None and not 0 <= self.mixup <= 10:
+            raise MedsightError(f"--mixup must be 0 (off) or a Beta parameter up to 10 (got {self.mixup})")
         for name in ("epochs", "batch_size"):
             value = getattr(self, name)
             if value is not None and value < 1:
@@ -164,6 +168,8 @@ class ClassificationPlan(Plan):
     #: Seeds each recipe was trained from: the further ones join the ensemble only (:mod:`.recipes`); 1 in
     #: bundles from before seed members.
     seed_members: int = 1
+    #: Mixup's Beta parameter α (``steps.make_step``); 0: off, as in bundles from before it.
+    mixup_alpha: float = 0.0
 
     @property
     def seconds_per_epoch(self) -> float:
@@ -177,7 +183,8 @@ class ClassificationPlan(Plan):
             budget += " per model"
         return (
             f"plan: {self.network.describe()}, batch {self.batch_size}, lr {self.lr:g} (AdamW, {self.warmup_epochs} "
-            f"warm-up epoch + {self.schedule}), {self.describe_loss()}, early stopping after {self.patience} "
+            f"warm-up epoch + {self.schedule}), {self.describe_loss()}"
+            f"{f', mixup α {self.mixup_alpha:g}' if self.mixup_alpha else ''}, early stopping after {self.patience} "
             f"epochs without improvement, {self.describe_epochs()} on {self.device}. Measured "
             f"{1 / max(self.seconds_per_iteration, 1e-9):.2f} iterations/s: {self.iterations_per_epoch} iterations "
             f"+ {self.validation_seconds:.1f} s validation = {self.seconds_per_epoch:.1f} s per epoch; expected "
@@ -213,6 +220,8 @@ class ClassificationPlanner:
     default_batch_size = 128
     default_lr = 2e-3
     default_width = 16
+    #: Mixup α of a default run: 0, off (benchmarks/classification_ablation.py compared it on validation).
+    default_mixup = 0.0
     weight_decay = 1e-4
     patience = 12
     warmup_epochs = 1
@@ -269,6 +278,10 @@ class ClassificationPlanner:
         if self.data.task_type == "multilabel":
             return ["bce"]
         return list(ordinal.LOSSES) if self.data.ordinal else ["cross-entropy"]
+
+    def determine_mixup(self) -> float:
+        """Mixup's α: the user's, else :attr:`default_mixup` (decided on validation: docs/benchmarks.md)."""
+        return float(self.options.mixup if self.options.mixup is not None else self.default_mixup)
 
     def determine_augmentation(self) -> str:
         return repr(augmentation(self.data.modality, self.data.spatial_dims, self.options.seed).transforms)
@@ -410,4 +423,5 @@ class ClassificationPlanner:
             losses=losses,
             balance_choices=balance_choices,
             seed_members=seeds,
+            mixup_alpha=self.determine_mixup(),
         )

@@ -29,14 +29,29 @@ EVAL_BATCH = 256
 
 
 def make_step(
-    model: nn.Module, loss: nn.Module, device: str
+    model: nn.Module, loss: nn.Module, device: str, mixup: float = 0.0, seed: int = 0
 ) -> Callable[[Batch], tuple[torch.Tensor, dict[str, float]]]:
-    """One optimisation step's forward pass: batch in, loss out (the engine does backward and the update)."""
+    """One optimisation step's forward pass: batch in, loss out (the engine does backward and the update).
+
+    With ``mixup`` (the Beta parameter α > 0; Zhang et al., ICLR 2018) each batch is blended with a shuffled copy
+    of itself by one λ ~ Beta(α, α), and the loss is the same blend of the losses against both sets of labels, which
+    holds for every loss here (cross-entropy, class-balanced, soft ordinal, BCE). Written here rather than taken
+    from MONAI: ``monai.transforms.MixUp`` (1.6) blends only image-shaped labels (class labels raise "Unexpected
+    number of dimensions") and needs every batch the same size (an epoch's last, smaller batch raises).
+    """
     loss = loss.to(device)
+    rng = np.random.default_rng(seed)  # λ and the pairing repeat with the seed
+    pairing = torch.Generator().manual_seed(seed)
 
     def step(batch: Batch) -> tuple[torch.Tensor, dict[str, float]]:
         xb, yb = batch
-        return loss(model(xb.to(device, non_blocking=True)), yb.to(device, non_blocking=True)), {}
+        xb, yb = xb.to(device, non_blocking=True), yb.to(device, non_blocking=True)
+        if mixup <= 0:
+            return loss(model(xb), yb), {}
+        lam = float(rng.beta(mixup, mixup))
+        other = torch.randperm(len(xb), generator=pairing).to(xb.device)
+        out = model(lam * xb + (1 - lam) * xb[other])
+        return lam * loss(out, yb) + (1 - lam) * loss(out, yb[other]), {}
 
     return step
 

@@ -391,7 +391,7 @@ def fit(
     engine = Engine(
         model,
         optimizer,
-        make_step(model, loss, device),
+        make_step(model, loss, device, plan.mixup_alpha, seed),
         epoch_batches(batches),
         plan.epochs,
         len(batches),
