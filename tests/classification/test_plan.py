@@ -138,6 +138,11 @@ def test_seed_members_fill_the_time_limit_without_cutting_an_epoch() -> None:
     for bad in (0, MAX_SEED_MEMBERS + 1):
         with pytest.raises(MedsightError, match="--seed-members must be 1 to 3"):
             ClassificationOptions(seed_members=bad)
+    with pytest.raises(MedsightError, match="--ensemble off builds none"):
+        ClassificationOptions(seed_members=2, ensemble="off")
+    with pytest.raises(MedsightError, match=r"fine-tuning \(--init\) keeps its parent's network"):
+        ClassificationOptions(seed_members=2, init="parent")
+    assert ClassificationOptions(seed_members=1, ensemble="off").seed_members == 1
 
 
 def test_a_plan_with_seed_members_splits_the_budget_between_every_model() -> None:

@@ -89,6 +89,15 @@ class ClassificationOptions(TrainOptions):
             raise MedsightError(f"--tta must be auto, on or off (got {self.tta!r})")
         if self.seed_members is not None and not 1 <= self.seed_members <= MAX_SEED_MEMBERS:
             raise MedsightError(f"--seed-members must be 1 to {MAX_SEED_MEMBERS} (got {self.seed_members})")
+        if (self.seed_members or 1) > 1 and (self.ensemble == "off" or self.init is not None):
+            raise MedsightError(
+                "--seed-members above 1 needs a new ensemble: seed members only join one, and "
+                + (
+                    "--ensemble off builds none"
+                    if self.ensemble == "off"
+                    else "fine-tuning (--init) keeps its parent's network"
+                )
+            )
         if self.mixup is not None and not 0 <= self.mixup <= 10:
             raise MedsightError(f"--mixup must be 0 (off) or a Beta parameter up to 10 (got {self.mixup})")
         for name in ("epochs", "batch_size"):
@@ -220,7 +229,7 @@ class ClassificationPlanner:
     default_batch_size = 128
     default_lr = 2e-3
     default_width = 16
-    #: Mixup α of a default run: 0, off (benchmarks/classification_ablation.py compared it on validation).
+    #: Mixup α of a default run: 0, off (benchmarks/mixup_ablation.py compared it on validation).
     default_mixup = 0.0
     weight_decay = 1e-4
     patience = 12
