@@ -155,3 +155,20 @@ def test_a_plan_with_seed_members_splits_the_budget_between_every_model() -> Non
     old = plan.to_json()
     del old["seed_members"]  # bundles from before seed members read as one seed per recipe
     assert ClassificationPlan.from_json(old).seed_members == 1
+
+
+def test_every_data_parallel_rank_plans_rank_0s_seed_members(monkeypatch: pytest.MonkeyPatch) -> None:
+    """Ranks measure their own speed; were their seed counts to differ, they would train different models and hang
+    in DDP's collectives. The planner takes rank 0's count."""
+    from medsight.distributed import ddp
+
+    sent: list[list[object]] = []
+
+    def rank_0_says(values: list[object]) -> list[object]:
+        sent.append(values)
+        return [2, "2 seeds per recipe fit the time limit (rank 0)"] if len(values) == 2 else values
+
+    monkeypatch.setattr(ddp, "broadcast", rank_0_says)
+    plan = _planner(epochs=2, time_budget_s=3600.0, batch_size=16).plan()  # this rank alone would plan 3
+    assert [v[0] for v in sent] == [MAX_SEED_MEMBERS] and plan.seed_members == 2
+    assert "(rank 0)" in plan.timing and plan.time_budget_s == pytest.approx(3600.0 / 4, abs=0.1)

@@ -37,7 +37,7 @@ def test_unknown_option_is_named() -> None:
         _Options.from_mapping({"seed": 3, "class_balance": "on", "plan": "x"}, "toy")
     message = str(info.value)
     assert "the toy task does not take --class-balance, --plan" in message
-    assert "--fold" in message and "--time-budget-s" not in message.split("takes")[0]
+    assert "--fold" in message and "--time-budget-s" not in message and message.endswith("--time-budget)")
 
 
 def test_given_lists_only_what_was_set() -> None:
@@ -89,3 +89,18 @@ def test_common_options_convert_and_foreign_ones_are_refused(name: str) -> None:
 
     with pytest.raises(MedsightError, match="does not take --not-an-option-anywhere"):
         task.options(Foreign())
+
+
+def test_the_options_an_error_offers_are_flags_medsight_train_has() -> None:
+    """A user told "it takes --x" must be able to type --x (``time_budget_s`` is ``--time-budget``)."""
+    from medsight.cli import build_parser
+    from medsight.commands.train import OPTION_FLAGS
+
+    commands = build_parser()._subparsers._group_actions[0].choices  # type: ignore[union-attr]
+    flags = {s for action in commands["train"]._actions for s in action.option_strings}
+    for name in tasks.TASKS:
+        with pytest.raises(MedsightError) as info:
+            tasks.get(name).Options.from_mapping({"no_such_option": 1}, name)
+        offered = str(info.value).split("(it takes ")[1].rstrip(")").split(", ")
+        assert offered and set(offered) <= flags, (name, sorted(set(offered) - flags))
+        assert all(o.lstrip("-").replace("-", "_") in OPTION_FLAGS or o == "--time-budget" for o in offered)

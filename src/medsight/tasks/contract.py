@@ -25,8 +25,15 @@ OptionsT = TypeVar("OptionsT", bound="TrainOptions")
 P = TypeVar("P", bound="Plan")
 
 
+#: Options whose ``medsight train`` flag is not their name with dashes.
+FLAG_SPELLINGS = {"time_budget_s": "--time-budget"}
+#: Field metadata of an option the API takes but the command line does not offer (never listed as a flag).
+API_ONLY = {"flag": False}
+
+
 def _flag(name: str) -> str:
-    return "--" + name.replace("_", "-")
+    """The command-line flag of option ``name``, as ``medsight train`` spells it."""
+    return FLAG_SPELLINGS.get(name, "--" + name.replace("_", "-"))
 
 
 @dataclasses.dataclass(kw_only=True)
@@ -45,10 +52,11 @@ class TrainOptions:
     @classmethod
     def from_mapping(cls: type[OptionsT], given: Mapping[str, Any], task: str) -> OptionsT:
         """Build the options from ``given``; an option the task does not take is an error naming it."""
-        known = {f.name for f in dataclasses.fields(cls)}
+        fields = dataclasses.fields(cls)
+        known = {f.name for f in fields}
         unknown = sorted(k for k in given if k not in known)
         if unknown:
-            takes = ", ".join(sorted(_flag(k) for k in known))
+            takes = ", ".join(sorted(_flag(f.name) for f in fields if f.metadata.get("flag", True)))
             raise MedsightError(
                 f"the {task} task does not take {', '.join(_flag(k) for k in unknown)} (it takes {takes})"
             )

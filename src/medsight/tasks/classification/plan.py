@@ -27,6 +27,7 @@ from pathlib import Path
 from typing import Any, Literal
 
 from medsight.data.dataset import ClassificationData
+from medsight.distributed import ddp
 from medsight.errors import MedsightError
 from medsight.tasks.classification import network, ordinal
 from medsight.tasks.classification.steps import Speed, measure_speed
@@ -396,7 +397,10 @@ class ClassificationPlanner:
         per_epoch = iterations * speed.seconds_per_iteration + validation_seconds
         elapsed = time.monotonic() - self.started
         epochs, expected_epochs, budget, why, warnings = self.determine_epochs_and_budget(per_epoch, elapsed, recipes)
-        seeds, seeds_why = self.determine_seed_members(epochs, expected_epochs, budget, per_epoch, recipes)
+        # each data-parallel rank measured its own speed, but all must train the same models: rank 0's count holds
+        seeds, seeds_why = ddp.broadcast(
+            list(self.determine_seed_members(epochs, expected_epochs, budget, per_epoch, recipes))
+        )
         share = recipes * seeds
         if seeds > 1:
             epochs, expected_epochs, budget, why, warnings = self.determine_epochs_and_budget(per_epoch, elapsed, share)

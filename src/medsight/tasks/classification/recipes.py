@@ -10,7 +10,7 @@ Two choices are not left to a fixed default, because which one wins depends on t
   (:class:`~medsight.tasks.classification.network.LogitAverage`) competes too, listed last (the least simple).
   Where the time limit holds more models than recipes, each recipe is also trained from further seeds (seed
   members, planned in :mod:`.plan`); they join the ensemble only and never compete alone, so that more models do
-  not mean more single candidates for 78 validation images to pick between by chance.
+  not mean more single candidates for a small validation split to pick between by chance.
 
 The rule, fixed before any run: the recipe with the best validation score of the reported decision metric
 (quadratic weighted kappa for ordinal grades, accuracy at the operating point otherwise) wins; a recipe within

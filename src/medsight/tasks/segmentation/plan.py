@@ -39,7 +39,7 @@ from typing import Any
 import numpy as np
 
 from medsight.errors import MedsightError
-from medsight.tasks.contract import Plan, TrainOptions
+from medsight.tasks.contract import API_ONLY, Plan, TrainOptions
 
 PLAN_ENV = "MEDSIGHT_SEG_PLAN"
 NETWORK = "monai.networks.nets.DynUNet"
@@ -53,7 +53,7 @@ class SegmentationOptions(TrainOptions):
 
     plan: Path | None = None
     fold: int | None = None
-    max_cases: int | None = None
+    max_cases: int | None = field(default=None, metadata=API_ONLY)
     #: Fine-tune from this bundle: its plan and weights, with these options applied (training/warm_start.py).
     init: Path | None = None
 
