@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import dataclasses
 import json
+from pathlib import Path
 
 import pytest
 
@@ -104,3 +105,41 @@ def test_the_options_an_error_offers_are_flags_medsight_train_has() -> None:
         offered = str(info.value).split("(it takes ")[1].rstrip(")").split(", ")
         assert offered and set(offered) <= flags, (name, sorted(set(offered) - flags))
         assert all(o.lstrip("-").replace("-", "_") in OPTION_FLAGS or o == "--time-budget" for o in offered)
+
+
+@pytest.mark.parametrize("name", tasks.TASKS)
+@pytest.mark.parametrize(
+    ("option", "value", "flag"),
+    [
+        ("epochs", 0, "--epochs"),
+        ("batch_size", 0, "--batch-size"),
+        ("time_budget_s", -5.0, "--time-budget"),
+        ("lr", -1.0, "--lr"),
+        ("lr", 0.0, "--lr"),
+    ],
+)
+def test_every_task_refuses_impossible_common_options_by_flag(name: str, option: str, value: float, flag: str) -> None:
+    """Segmentation and detection used to take --epochs 0 (a bundle of an untrained model), --batch-size 0 (a
+    RuntimeError from torch) and a negative --lr (a ValueError from the optimiser) without a word."""
+    with pytest.raises(MedsightError, match=f"^{flag} must be"):
+        tasks.get(name).Options.from_mapping({option: value}, name)
+
+
+def test_detection_refuses_an_input_smaller_than_its_network_takes() -> None:
+    for size in (0, 8, 31):
+        with pytest.raises(MedsightError, match=r"^--image-size must be at least 32"):
+            tasks.get("detection").Options.from_mapping({"image_size": size}, "detection")
+    assert tasks.get("detection").Options.from_mapping({"image_size": 64}, "detection").image_size == 64
+
+
+def test_train_with_an_impossible_option_exits_before_reading_data_and_writes_nothing(
+    tmp_path: Path, capsys: pytest.CaptureFixture[str]
+) -> None:
+    from medsight.cli import main
+
+    out = tmp_path / "bundle"
+    for task, flags in (("segmentation", ["--epochs", "0"]), ("detection", ["--lr", "-1"])):
+        assert main(["train", "--task", task, str(tmp_path / "no-such-data"), "--out", str(out), *flags]) == 2
+        err = capsys.readouterr().err
+        assert f"{flags[0]} must be" in err and "no-such-data" not in err and "Traceback" not in err
+        assert not out.exists()

@@ -31,6 +31,16 @@ FLAG_SPELLINGS = {"time_budget_s": "--time-budget"}
 API_ONLY = {"flag": False}
 
 
+#: The smallest square input the 2D networks with a 32-fold downsampling take (detection, outcome).
+MIN_IMAGE_SIZE = 32
+
+
+def check_image_size(size: int | None) -> None:
+    """``--image-size``, when given, must be a side the network can downsample."""
+    if size is not None and size < MIN_IMAGE_SIZE:
+        raise MedsightError(f"--image-size must be at least {MIN_IMAGE_SIZE} (got {size})")
+
+
 def _flag(name: str) -> str:
     """The command-line flag of option ``name``, as ``medsight train`` spells it."""
     return FLAG_SPELLINGS.get(name, "--" + name.replace("_", "-"))
@@ -48,6 +58,17 @@ class TrainOptions:
     time_budget_s: float | None = None
     batch_size: int | None = None
     lr: float | None = None
+
+    def __post_init__(self) -> None:
+        """Refuse what no task can train with, by flag, before any data are read."""
+        for name in ("epochs", "batch_size"):
+            value = getattr(self, name)
+            if value is not None and value < 1:
+                raise MedsightError(f"{_flag(name)} must be at least 1 (got {value})")
+        for name in ("time_budget_s", "lr"):
+            value = getattr(self, name)
+            if value is not None and not value > 0:
+                raise MedsightError(f"{_flag(name)} must be positive (got {value})")
 
     @classmethod
     def from_mapping(cls: type[OptionsT], given: Mapping[str, Any], task: str) -> OptionsT:

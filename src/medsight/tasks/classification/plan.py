@@ -78,6 +78,7 @@ class ClassificationOptions(TrainOptions):
     mixup: float | None = None
 
     def __post_init__(self) -> None:
+        super().__post_init__()
         if self.alpha is not None and not 0 < self.alpha < 1:
             raise MedsightError(f"--alpha must lie strictly between 0 and 1 (got {self.alpha})")
         if self.target_sensitivity is not None and not 0 < self.target_sensitivity < 1:
@@ -101,14 +102,6 @@ class ClassificationOptions(TrainOptions):
             )
         if self.mixup is not None and not 0 <= self.mixup <= 10:
             raise MedsightError(f"--mixup must be 0 (off) or a Beta parameter up to 10 (got {self.mixup})")
-        for name in ("epochs", "batch_size"):
-            value = getattr(self, name)
-            if value is not None and value < 1:
-                raise MedsightError(f"--{name.replace('_', '-')} must be at least 1 (got {value})")
-        if self.time_budget_s is not None and self.time_budget_s <= 0:
-            raise MedsightError(f"--time-budget must be positive (got {self.time_budget_s})")
-        if self.lr is not None and self.lr <= 0:
-            raise MedsightError(f"--lr must be positive (got {self.lr})")
 
 
 @dataclass

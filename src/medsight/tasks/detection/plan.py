@@ -11,7 +11,7 @@ from dataclasses import dataclass, field
 
 import numpy as np
 
-from medsight.tasks.contract import Plan, TrainOptions
+from medsight.tasks.contract import Plan, TrainOptions, check_image_size
 
 DEFAULT_IMAGE_SIZE = 256
 DEFAULT_EPOCHS = 30
@@ -28,6 +28,10 @@ class DetectionOptions(TrainOptions):
     image_size: int | None = None
     #: Seed of the derived train/val/test split (default $MEDSIGHT_SPLIT_SEED or 0); never the training seed.
     split_seed: int | None = None
+
+    def __post_init__(self) -> None:
+        super().__post_init__()
+        check_image_size(self.image_size)
 
 
 @dataclass

@@ -15,7 +15,7 @@ import numpy as np
 
 from medsight.errors import MedsightError
 from medsight.evaluation.conformal import DEFAULT_ALPHA, check_alpha
-from medsight.tasks.contract import Plan, TrainOptions
+from medsight.tasks.contract import Plan, TrainOptions, check_image_size
 from medsight.tasks.outcome.models import FUSION_BEATS_BOTH
 from medsight.tasks.outcome.network import plan_resnet
 
@@ -39,6 +39,10 @@ class OutcomeOptions(TrainOptions):
     alpha: float | None = None
     #: Seed of the derived train/val/test split (default $MEDSIGHT_SPLIT_SEED or 0); never the training seed.
     split_seed: int | None = None
+
+    def __post_init__(self) -> None:
+        super().__post_init__()
+        check_image_size(self.image_size)
 
 
 @dataclass
@@ -101,37 +105,25 @@ class OutcomePlanner:
     def determine_image_size(self) -> int:
         """128 px: chest X-rays downsized far enough for CPU training, large enough for lung fields."""
         size = self.options.image_size
-        if size is None:
-            return DEFAULT_IMAGE_SIZE
-        if size < 32:
-            raise MedsightError(f"--image-size must be at least 32 (got {size})")
-        return int(size)
+        return DEFAULT_IMAGE_SIZE if size is None else int(size)
 
     def determine_network(self, image_size: int) -> dict[str, Any]:
         return plan_resnet(image_size)
 
     def determine_batch_size(self) -> int:
         bs = self.options.batch_size
-        if bs is not None and bs < 1:
-            raise MedsightError(f"--batch-size must be positive (got {bs})")
         return int(bs) if bs is not None else max(1, min(DEFAULT_BATCH_SIZE, len(self.y_train)))
 
     def determine_lr(self) -> float:
         lr = self.options.lr
-        if lr is not None and not lr > 0:
-            raise MedsightError(f"--lr must be positive (got {lr})")
         return float(lr) if lr is not None else DEFAULT_LR
 
     def determine_epochs(self) -> int:
         epochs = self.options.epochs
-        if epochs is not None and epochs < 1:
-            raise MedsightError(f"--epochs must be at least 1 (got {epochs})")
         return int(epochs) if epochs is not None else DEFAULT_EPOCHS
 
     def determine_time_budget(self) -> float | None:
         budget = self.options.time_budget_s
-        if budget is not None and not budget > 0:
-            raise MedsightError(f"--time-budget must be positive (got {budget})")
         return float(budget) if budget is not None else DEFAULT_TIME_BUDGET_S
 
     def determine_class_weights(self) -> list[float]:
