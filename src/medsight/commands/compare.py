@@ -5,6 +5,7 @@ from __future__ import annotations
 import argparse
 from pathlib import Path
 
+from medsight.commands._arguments import MIN_BOOTSTRAP, whole
 from medsight.defaults import N_BOOTSTRAP
 
 
@@ -24,7 +25,10 @@ def register(sub: argparse._SubParsersAction) -> None:
     p.add_argument("--split", default="val", help="split to compare on (default val: the frozen feedback split)")
     p.add_argument("--out", type=Path, help="output folder (default: compare_out)", default=Path("compare_out"))
     p.add_argument(
-        "--bootstrap", type=int, default=N_BOOTSTRAP, help=f"bootstrap resamples for CIs (default {N_BOOTSTRAP})"
+        "--bootstrap",
+        type=whole(MIN_BOOTSTRAP),
+        default=N_BOOTSTRAP,
+        help=f"bootstrap resamples for CIs, at least {MIN_BOOTSTRAP} (default {N_BOOTSTRAP})",
     )
     p.set_defaults(func=run)
 

@@ -7,6 +7,7 @@ from pathlib import Path
 from typing import Any
 
 from medsight import tasks
+from medsight.commands._arguments import MIN_BOOTSTRAP, whole
 from medsight.defaults import N_BOOTSTRAP
 from medsight.errors import MedsightError
 
@@ -29,7 +30,10 @@ def register(sub: argparse._SubParsersAction) -> None:
     )
     p.add_argument("--out", required=True, type=Path, help="output folder (replaced atomically)")
     p.add_argument(
-        "--bootstrap", type=int, default=N_BOOTSTRAP, help=f"bootstrap resamples for CIs (default {N_BOOTSTRAP})"
+        "--bootstrap",
+        type=whole(MIN_BOOTSTRAP),
+        default=N_BOOTSTRAP,
+        help=f"bootstrap resamples for CIs, at least {MIN_BOOTSTRAP} (default {N_BOOTSTRAP})",
     )
     p.add_argument(
         "--positive",
@@ -48,7 +52,7 @@ def register(sub: argparse._SubParsersAction) -> None:
     )
     shift.add_argument(
         "--recalibrate",
-        type=int,
+        type=whole(0),
         default=0,
         metavar="N",
         help="fit temperature scaling on N labelled cases of DATA and report the ECE before and after on the rest",

@@ -6,6 +6,7 @@ import argparse
 from pathlib import Path
 
 from medsight import runtime
+from medsight.commands._arguments import whole
 from medsight.errors import MedsightError
 from medsight.io import modality
 
@@ -26,7 +27,7 @@ def register(sub: argparse._SubParsersAction) -> None:
     p.add_argument("--explain", action="store_true", help="also write a heatmap (e.g. Grad-CAM) per input")
     p.add_argument(
         "--workers",
-        type=int,
+        type=whole(1),
         metavar="N",
         help="archive mode: FILE is one folder, predicted file by file on N workers (N > 1: Ray, see docs/scale.md) "
         "into DIR/results/<key>/ with DIR/report.json; resumable (a re-run skips finished files)",

@@ -12,6 +12,8 @@ import logging
 from pathlib import Path
 from typing import Any
 
+from medsight.commands._arguments import seconds_or_more
+
 
 class _JsonFormatter(logging.Formatter):
     """One JSON object per log line (``log_format = "json"``), for log shippers."""
@@ -43,7 +45,9 @@ def register(subparsers: Any) -> None:
     parser.add_argument("--config", type=Path, default=None, help="the site configuration (TOML; docs/service.md)")
     parser.add_argument("--bundle", type=Path, default=None, help="without --config: serve this bundle instead")
     parser.add_argument("--check", action="store_true", help="check the configuration, print it and exit")
-    parser.add_argument("--grace", type=float, default=30.0, help="seconds running jobs get to finish at shutdown")
+    parser.add_argument(
+        "--grace", type=seconds_or_more, default=30.0, help="seconds running jobs get to finish at shutdown"
+    )
     parser.set_defaults(func=run)
 
 

@@ -6,6 +6,7 @@ import argparse
 from pathlib import Path
 
 from medsight import tasks
+from medsight.commands._arguments import whole
 from medsight.data.splits import SPLIT_SEED, SPLIT_SEED_ENV
 from medsight.defaults import DEFAULT_ALPHA
 
@@ -136,7 +137,7 @@ def register(sub: argparse._SubParsersAction) -> None:
     )
     p.add_argument(
         "--workers",
-        type=int,
+        type=whole(1),
         metavar="N",
         help="classification, outcome: train on N data-parallel workers (PyTorch DDP on Ray Train; needs Ray, see "
         "docs/scale.md), on a local cluster started for the run unless --address is given",

@@ -16,6 +16,7 @@ from datetime import UTC, datetime
 from pathlib import Path
 from typing import TYPE_CHECKING, Any
 
+from medsight.commands._arguments import positive
 from medsight.serving.roles import ROLE_HELP, ROLES
 
 if TYPE_CHECKING:
@@ -55,7 +56,7 @@ def register(subparsers: Any) -> None:
     common(add)
     token = actions.add_parser("token", help="create a token for a user and print it (once)")
     token.add_argument("name")
-    token.add_argument("--expires-days", type=float, help="lifetime in days (default: until revoked)")
+    token.add_argument("--expires-days", type=positive, help="lifetime in days (default: until revoked)")
     common(token)
     password = actions.add_parser(
         "password",

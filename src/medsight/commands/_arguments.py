@@ -1,0 +1,49 @@
+"""Argument types the commands share: a number outside the range a flag can use is refused by argparse, which names
+the flag (``argument --bootstrap: must be at least 10 (got 0)``), before anything runs or is written."""
+
+from __future__ import annotations
+
+import argparse
+import math
+from collections.abc import Callable
+
+#: Fewer resamples than this give a percentile CI that means nothing.
+MIN_BOOTSTRAP = 10
+
+
+def whole(minimum: int) -> Callable[[str], int]:
+    """A whole number of at least ``minimum``."""
+
+    def parse(text: str) -> int:
+        try:
+            value = int(text)
+        except ValueError:
+            raise argparse.ArgumentTypeError(f"not a whole number: {text!r}") from None
+        if value < minimum:
+            raise argparse.ArgumentTypeError(f"must be at least {minimum} (got {value})")
+        return value
+
+    return parse
+
+
+def seconds_or_more(text: str) -> float:
+    """A finite number of at least 0."""
+    value = _number(text)
+    if not value >= 0 or math.isinf(value):
+        raise argparse.ArgumentTypeError(f"must be at least 0 (got {value})")
+    return value
+
+
+def positive(text: str) -> float:
+    """A finite number above 0."""
+    value = _number(text)
+    if not value > 0 or math.isinf(value):
+        raise argparse.ArgumentTypeError(f"must be positive (got {value})")
+    return value
+
+
+def _number(text: str) -> float:
+    try:
+        return float(text)
+    except ValueError:
+        raise argparse.ArgumentTypeError(f"not a number: {text!r}") from None
