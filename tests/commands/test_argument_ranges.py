@@ -36,3 +36,38 @@ def test_out_of_range_numbers_are_refused_by_flag(
         main(args)
     err = capsys.readouterr().err
     assert done.value.code == 2 and f"argument {flag}: {words}" in err, err
+
+
+@pytest.mark.parametrize(
+    "args",
+    [
+        ["train", "--task", "classification", "D"],
+        ["evaluate", "B", "D"],
+        ["predict", "B", "F"],
+        ["stream", "B", "S"],
+        ["compare", "N", "O", "D"],
+        ["feedback", "export", "--model", "chest"],
+    ],
+)
+def test_an_output_that_is_a_file_is_refused_before_anything_runs_and_the_file_survives(
+    args: list[str], tmp_path: Path, capsys: pytest.CaptureFixture[str]
+) -> None:
+    """``train --out notes.txt`` used to train, then replace the user's file with the bundle folder."""
+    existing = tmp_path / "notes.txt"
+    existing.write_text("mine")
+    with pytest.raises(SystemExit) as done:
+        main([*args, "--out", str(existing)])
+    err = capsys.readouterr().err
+    assert done.value.code == 2 and f"argument --out: {existing}: exists and is not a folder" in err, err
+    assert existing.read_text() == "mine"
+
+
+def test_the_atomic_writer_never_replaces_a_file_with_a_folder(tmp_path: Path) -> None:
+    from medsight.errors import MedsightError
+    from medsight.io.atomic import atomic_dir
+
+    existing = tmp_path / "notes.txt"
+    existing.write_text("mine")
+    with pytest.raises(MedsightError, match="exists and is not a folder"), atomic_dir(existing) as tmp:
+        (tmp / "bundle.json").write_text("{}")
+    assert existing.read_text() == "mine" and sorted(p.name for p in tmp_path.iterdir()) == ["notes.txt"]

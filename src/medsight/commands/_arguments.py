@@ -6,6 +6,7 @@ from __future__ import annotations
 import argparse
 import math
 from collections.abc import Callable
+from pathlib import Path
 
 #: Fewer resamples than this give a percentile CI that means nothing.
 MIN_BOOTSTRAP = 10
@@ -47,3 +48,13 @@ def _number(text: str) -> float:
         return float(text)
     except ValueError:
         raise argparse.ArgumentTypeError(f"not a number: {text!r}") from None
+
+
+def output_folder(text: str) -> Path:
+    """A folder the command writes (and replaces atomically): never a path that already holds something else."""
+    path = Path(text)
+    if path.exists() and not path.is_dir():
+        raise argparse.ArgumentTypeError(
+            f"{path}: exists and is not a folder (the output replaces a folder, not a file)"
+        )
+    return path

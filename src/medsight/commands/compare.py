@@ -5,7 +5,7 @@ from __future__ import annotations
 import argparse
 from pathlib import Path
 
-from medsight.commands._arguments import MIN_BOOTSTRAP, whole
+from medsight.commands._arguments import MIN_BOOTSTRAP, output_folder, whole
 from medsight.defaults import N_BOOTSTRAP
 
 
@@ -23,7 +23,9 @@ def register(sub: argparse._SubParsersAction) -> None:
     p.add_argument("old", type=Path, help="the bundle in use")
     p.add_argument("data", help="data source both can read (as for 'medsight evaluate')")
     p.add_argument("--split", default="val", help="split to compare on (default val: the frozen feedback split)")
-    p.add_argument("--out", type=Path, help="output folder (default: compare_out)", default=Path("compare_out"))
+    p.add_argument(
+        "--out", type=output_folder, help="output folder (default: compare_out)", default=Path("compare_out")
+    )
     p.add_argument(
         "--bootstrap",
         type=whole(MIN_BOOTSTRAP),

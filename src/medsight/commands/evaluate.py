@@ -7,7 +7,7 @@ from pathlib import Path
 from typing import Any
 
 from medsight import tasks
-from medsight.commands._arguments import MIN_BOOTSTRAP, whole
+from medsight.commands._arguments import MIN_BOOTSTRAP, output_folder, whole
 from medsight.defaults import N_BOOTSTRAP
 from medsight.errors import MedsightError
 
@@ -28,7 +28,7 @@ def register(sub: argparse._SubParsersAction) -> None:
         help="split to evaluate (default test); a test split holding a case the bundle was trained or validated on "
         "(recognised by its pixels, in any folder or format) is refused",
     )
-    p.add_argument("--out", required=True, type=Path, help="output folder (replaced atomically)")
+    p.add_argument("--out", required=True, type=output_folder, help="output folder (replaced atomically)")
     p.add_argument(
         "--bootstrap",
         type=whole(MIN_BOOTSTRAP),

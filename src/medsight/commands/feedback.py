@@ -5,6 +5,8 @@ from __future__ import annotations
 import argparse
 from pathlib import Path
 
+from medsight.commands._arguments import output_folder
+
 
 def register(sub: argparse._SubParsersAction) -> None:
     p = sub.add_parser(
@@ -25,7 +27,7 @@ def register(sub: argparse._SubParsersAction) -> None:
         "keyed pseudonyms. Train on it with 'medsight train DIR --init BUNDLE'.",
     )
     e.add_argument("--model", required=True, help="the model's name: its route in the site configuration")
-    e.add_argument("--out", required=True, type=Path, help="folder to write (replaced atomically)")
+    e.add_argument("--out", required=True, type=output_folder, help="folder to write (replaced atomically)")
     e.add_argument("--config", type=Path, help="the service's site configuration (default: the built-in one)")
     e.set_defaults(func=run_export)
 

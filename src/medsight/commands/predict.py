@@ -6,7 +6,7 @@ import argparse
 from pathlib import Path
 
 from medsight import runtime
-from medsight.commands._arguments import whole
+from medsight.commands._arguments import output_folder, whole
 from medsight.errors import MedsightError
 from medsight.io import modality
 
@@ -23,7 +23,7 @@ def register(sub: argparse._SubParsersAction) -> None:
     )
     p.add_argument("bundle", type=Path, help="bundle folder written by 'medsight train'")
     p.add_argument("inputs", nargs="+", type=Path, metavar="FILE", help="images to predict on")
-    p.add_argument("--out", required=True, type=Path, help="output folder (replaced atomically)")
+    p.add_argument("--out", required=True, type=output_folder, help="output folder (replaced atomically)")
     p.add_argument("--explain", action="store_true", help="also write a heatmap (e.g. Grad-CAM) per input")
     p.add_argument(
         "--workers",

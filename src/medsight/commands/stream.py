@@ -5,7 +5,7 @@ from __future__ import annotations
 import argparse
 from pathlib import Path
 
-from medsight.commands._arguments import whole
+from medsight.commands._arguments import output_folder, whole
 from medsight.runtime.stream import stream
 
 
@@ -20,7 +20,7 @@ def register(sub: argparse._SubParsersAction) -> None:
     )
     p.add_argument("bundle", type=Path, help="a 2D segmentation bundle written by 'medsight train'")
     p.add_argument("source", type=Path, help="DICOM multi-frame file, video file, or folder of frames")
-    p.add_argument("--out", required=True, type=Path, help="output folder (replaced atomically)")
+    p.add_argument("--out", required=True, type=output_folder, help="output folder (replaced atomically)")
     p.add_argument("--no-video", action="store_true", help="do not write the overlaid video")
     p.add_argument("--tta", action="store_true", help="average mirrored test-time passes (slower)")
     p.add_argument("--max-frames", type=whole(1), help="stop after this many frames")

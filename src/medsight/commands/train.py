@@ -6,7 +6,7 @@ import argparse
 from pathlib import Path
 
 from medsight import tasks
-from medsight.commands._arguments import whole
+from medsight.commands._arguments import output_folder, whole
 from medsight.data.splits import SPLIT_SEED, SPLIT_SEED_ENV
 from medsight.defaults import DEFAULT_ALPHA
 
@@ -43,7 +43,7 @@ def register(sub: argparse._SubParsersAction) -> None:
         "are planned from the data; the plan, with the expected training time, is printed before training starts.",
     )
     p.add_argument("data", help="data source, e.g. medmnist:breastmnist or path/to/manifest.csv")
-    p.add_argument("--out", required=True, type=Path, help="bundle folder to write (replaced atomically)")
+    p.add_argument("--out", required=True, type=output_folder, help="bundle folder to write (replaced atomically)")
     p.add_argument("--task", choices=tasks.TASKS, help="task (default: detected from DATA)")
     p.add_argument("--seed", type=int, default=0, help="random seed; the same seed repeats the run (default 0)")
     p.add_argument("--epochs", type=int, help="maximum epochs (default: planned from the data)")

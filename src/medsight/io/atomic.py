@@ -11,6 +11,8 @@ from contextlib import contextmanager
 from pathlib import Path
 from typing import Any
 
+from medsight.errors import MedsightError
+
 
 @contextmanager
 def atomic_path(target: str | Path) -> Iterator[Path]:
@@ -75,6 +77,8 @@ def atomic_dir(target: str | Path, overwrite: bool = True) -> Iterator[Path]:
     An existing ``target`` survives untouched when the block fails.
     """
     target = Path(target)
+    if target.exists() and not target.is_dir():
+        raise MedsightError(f"{target}: exists and is not a folder (the output replaces a folder, not a file)")
     target.parent.mkdir(parents=True, exist_ok=True)
     tmp = Path(tempfile.mkdtemp(prefix=f".{target.name}.", suffix=".tmp", dir=target.parent))
     os.chmod(tmp, 0o777 & ~_umask())
