@@ -8,6 +8,9 @@ import math
 from collections.abc import Callable
 from pathlib import Path
 
+from medsight.errors import MedsightError
+from medsight.io.atomic import check_replaceable_folder
+
 #: Fewer resamples than this give a percentile CI that means nothing.
 MIN_BOOTSTRAP = 10
 
@@ -51,10 +54,10 @@ def _number(text: str) -> float:
 
 
 def output_folder(text: str) -> Path:
-    """A folder the command writes (and replaces atomically): never a path that already holds something else."""
+    """A folder the command writes (replaced atomically): a file already there is refused before anything runs."""
     path = Path(text)
-    if path.exists() and not path.is_dir():
-        raise argparse.ArgumentTypeError(
-            f"{path}: exists and is not a folder (the output replaces a folder, not a file)"
-        )
+    try:
+        check_replaceable_folder(path)
+    except MedsightError as exc:
+        raise argparse.ArgumentTypeError(str(exc)) from None
     return path

@@ -70,6 +70,12 @@ def json_default(obj: Any) -> Any:
     raise TypeError(f"not JSON serialisable: {type(obj).__name__}")
 
 
+def check_replaceable_folder(target: Path) -> None:
+    """:func:`atomic_dir` replaces a folder, never a file: one already at ``target`` is refused by name."""
+    if target.exists() and not target.is_dir():
+        raise MedsightError("exists and is not a folder (the output replaces a folder, not a file)", target)
+
+
 @contextmanager
 def atomic_dir(target: str | Path, overwrite: bool = True) -> Iterator[Path]:
     """Yield a fresh temporary folder beside ``target``; it replaces ``target`` only if the block succeeds.
@@ -77,8 +83,7 @@ def atomic_dir(target: str | Path, overwrite: bool = True) -> Iterator[Path]:
     An existing ``target`` survives untouched when the block fails.
     """
     target = Path(target)
-    if target.exists() and not target.is_dir():
-        raise MedsightError(f"{target}: exists and is not a folder (the output replaces a folder, not a file)")
+    check_replaceable_folder(target)
     target.parent.mkdir(parents=True, exist_ok=True)
     tmp = Path(tempfile.mkdtemp(prefix=f".{target.name}.", suffix=".tmp", dir=target.parent))
     os.chmod(tmp, 0o777 & ~_umask())

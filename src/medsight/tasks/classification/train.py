@@ -99,12 +99,11 @@ def train(spec: str, out: Path, options: ClassificationOptions) -> dict[str, Any
     ensemble = options.ensemble or "auto"
     # a fine-tuned model keeps its parent's network (training/warm_start.py): one model stays one, an ensemble stays
     # an ensemble (each recipe then fine-tunes all its members); seed members only ever join the ensemble
-    trained = list(runs)
-    if ensemble != "off" and parent is None:
-        trained += [
-            _train_recipe(member, data, plan, options, parent, positive)
-            for member in recipes.seed_members(compared, plan.seed_members)
-        ]
+    # the plan holds one seed per recipe under --ensemble off and fine-tuning (plan.determine_seed_members)
+    trained = runs + [
+        _train_recipe(member, data, plan, options, parent, positive)
+        for member in recipes.seed_members(compared, plan.seed_members)
+    ]
     if ensemble != "off" and len(trained) > 1 and parent is None:
         runs.append(_ensemble_run(trained, data, plan, positive))
     elif ensemble == "on":
