@@ -63,7 +63,7 @@ def segmentation_fold(view: Path, out: Path, args: argparse.Namespace) -> dict[s
         seed=args.seed,
         epochs=args.seg_epochs,
         time_budget_s=args.seg_time_budget,
-        plan=Path(args.preset) if args.preset != "default" else None,
+        plan=plan_overrides(args, out),
     )
     started = time.monotonic()
     meta = task.train(str(view), out / "seg_bundle", options)
@@ -84,11 +84,23 @@ def segmentation_fold(view: Path, out: Path, args: argparse.Namespace) -> dict[s
         "hd95": result["metrics"].get("hd95"),
         "case_situations": result.get("case_situations"),
         "val_dice": meta["metrics"]["val"].get("dice"),
+        "val_dice_before_gate": (post.get("unsure_trials") or {}).get("1", {}).get("dice_before"),
         "preset": meta["plan"]["preset"],
+        "image_pixels": meta["plan"].get("image_pixels"),
+        "patch_size": meta["plan"]["patch_size"],
         "training": {k: tr.get(k) for k in ("epochs_run", "iterations", "stopped_by", "seconds", "threads")},
         "engine": result["engine"],
         "seconds": round(time.monotonic() - started, 1),
     }
+
+
+def plan_overrides(args: argparse.Namespace, out: Path) -> Path | None:
+    """The plan asked for: the preset's name, or, with ``--image-pixels``, a plan-override file beside the fold."""
+    if args.image_pixels is None:
+        return Path(args.preset) if args.preset != "default" else None
+    path = out / "plan_overrides.json"
+    write_json(path, {"preset": args.preset, "image_pixels": args.image_pixels})
+    return path
 
 
 def without_gate(bundle: Path) -> Path:
@@ -189,6 +201,11 @@ def main() -> None:
     )
     parser.add_argument("--seed", type=int, default=0, help="training seed (the folds are fixed)")
     parser.add_argument("--preset", default="default", choices=["default", "fast"], help="segmentation plan preset")
+    parser.add_argument(
+        "--image-pixels",
+        type=int,
+        help="plan override: resize every image, aspect kept, to about this many pixels (whole image in view)",
+    )
     parser.add_argument("--seg-epochs", type=int, help="segmentation epochs (default: planned)")
     parser.add_argument("--seg-time-budget", type=float, help="segmentation training seconds (default: planned)")
     parser.add_argument("--cls-epochs", type=int, help="classification epochs (default: planned)")

@@ -9,6 +9,7 @@ from __future__ import annotations
 
 import hashlib
 import json
+import math
 from collections.abc import Sequence
 from dataclasses import dataclass
 from typing import Any
@@ -129,6 +130,12 @@ def resize(array: np.ndarray, shape: Sequence[int], label: bool, anti_aliasing: 
     return np.asarray(out.cpu().numpy() if isinstance(out, torch.Tensor) else out)
 
 
+def whole_image_shape(shape: Sequence[int], pixels: int) -> list[int]:
+    """``shape`` scaled, aspect kept, to about ``pixels`` pixels (the plan's ``image_pixels``)."""
+    factor = math.sqrt(pixels / float(np.prod(shape)))
+    return [max(1, round(s * factor)) for s in shape]
+
+
 def needs_resampling(spacing: Sequence[float], plan: SegmentationPlan) -> bool:
     """Every image whose spacing differs from the plan's by more than 1% is resampled (training and inference)."""
     target = plan.target_spacing
@@ -149,8 +156,10 @@ def preprocess(
         factors = fundus.scale_factors(fov, plan.field_of_view.diameter)
         if any(f != 1.0 for f in factors):
             shape = [max(1, round(s * f)) for s, f in zip(shape or image.shape[1:], factors, strict=True)]
+    if plan.image_pixels:
+        shape = whole_image_shape(shape or image.shape[1:], plan.image_pixels)
     if shape is not None:
-        image = resize(image, shape, label=False, anti_aliasing=fov is not None)
+        image = resize(image, shape, label=False, anti_aliasing=fov is not None or plan.image_pixels is not None)
         if label is not None:
             label = resize(label[None].astype(np.float32), shape, label=True)[0].astype(np.int64)
     return image.astype(np.float32), label
@@ -206,6 +215,8 @@ def cache_key(ds: SegmentationDataset, fp: dict[str, Any], plan: SegmentationPla
     }
     if plan.field_of_view is not None:
         what["field_of_view"] = plan.field_of_view.to_json()
+    if plan.image_pixels:
+        what["image_pixels"] = plan.image_pixels
     return hashlib.sha256(json.dumps(what, sort_keys=True, default=str).encode()).hexdigest()[:24]
 
 

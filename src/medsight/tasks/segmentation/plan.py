@@ -110,6 +110,10 @@ class Preset:
     test_time_flips: bool = True
     overlap: float = 0.5
     window_mode: str = "gaussian"
+    #: Whole image in view (2D): every image is resized, aspect kept, to about this many pixels (``None``: pixels
+    #: as they are). For images whose pixels have no physical size (ultrasound screen captures, photographs), so
+    #: that a CPU-sized patch sees the whole lesion and its surroundings rather than a part of them.
+    image_pixels: dict[int, int] | None = None
 
 
 #: ``default``: nnU-Net's rules within the device budget. ``fast``: made for live ultrasound (``medsight stream``),
@@ -221,6 +225,9 @@ class SegmentationPlan(Plan):
     field_of_view: FieldOfViewPlan | None = None
     #: The speed/accuracy preset the plan was made with (:data:`PRESETS`): ``default`` or ``fast``.
     preset: str = "default"
+    #: 2D only: every image (training and inference) is resized, aspect kept, to about this many pixels after any
+    #: resampling, and predictions are resized back to the image's own grid (``None``: no such resize).
+    image_pixels: int | None = None
 
     def with_overrides(self, overrides: Mapping[str, Any]) -> SegmentationPlan:
         """A copy with ``overrides`` applied key by key (nested plans merged by key); an unknown key is an error."""
@@ -307,6 +314,7 @@ class SegmentationPlanner:
         "batch_size",
         "network",
         "field_of_view",
+        "image_pixels",
     )
 
     def __init__(self, fp: Mapping[str, Any], device: str = "cpu", overrides: Mapping[str, Any] | None = None):
@@ -346,10 +354,24 @@ class SegmentationPlanner:
             self.fp["spacing_max"], spacing, rtol=0.01
         )
 
-    def determine_median_shape(self, spacing: Sequence[float], resample: bool) -> np.ndarray:
+    def determine_image_pixels(self) -> int | None:
+        """The pixel count every 2D image is resized to (the preset's, or ``image_pixels`` overridden; ``null``
+        turns it off); ``None`` for 3D."""
+        if "image_pixels" in self.overrides:
+            given = self.overrides["image_pixels"]
+            if given is not None and (self.dims != 2 or int(given) < 64):
+                raise MedsightError(f"plan override image_pixels={given!r}: only for 2D images, at least 64 pixels")
+            return None if given is None else int(given)
+        return (self.preset.image_pixels or {}).get(self.dims) if self.dims == 2 else None
+
+    def determine_median_shape(
+        self, spacing: Sequence[float], resample: bool, image_pixels: int | None = None
+    ) -> np.ndarray:
         shape = np.asarray(self.fp["shape_median"], dtype=float)
         if resample:
             shape = shape * np.asarray(self.fp["spacing_median"]) / np.asarray(spacing)
+        if image_pixels:
+            shape = shape * math.sqrt(image_pixels / float(np.prod(shape)))
         return shape
 
     def determine_normalisation(self) -> NormalisationPlan:
@@ -431,7 +453,8 @@ class SegmentationPlanner:
         flips, window = self.determine_test_time()
         spacing = self.determine_target_spacing()
         resample = self.determine_resampling(spacing)
-        shape = self.determine_median_shape(spacing, resample)
+        image_pixels = self.determine_image_pixels()
+        shape = self.determine_median_shape(spacing, resample, image_pixels)
         patch = self.determine_patch_size(shape, spacing)
         iterations, epochs, budget = self.determine_schedule()
         amp, bf16 = self.determine_precision()
@@ -455,6 +478,7 @@ class SegmentationPlanner:
             field_of_view=self.determine_field_of_view(),
             test_time_flips=flips,
             preset=preset,
+            image_pixels=image_pixels,
         )
         rest = {k: v for k, v in self.overrides.items() if k not in self.STEP_KEYS}
         return plan.with_overrides(rest)
@@ -498,6 +522,14 @@ def describe(plan: SegmentationPlan, fp: Mapping[str, Any]) -> list[str]:
             else f"keep {_x(plan.target_spacing)}: every case already has it, no resampling"
         ),
         f"normalisation: {why_norm}",
+        *(
+            [
+                f"scale: every image is resized, aspect kept, to about {plan.image_pixels} pixels (whole image in "
+                "view of the patch), predictions resized back to the image's own grid"
+            ]
+            if plan.image_pixels
+            else []
+        ),
         f"patch: {_x(plan.patch_size)} (the median image shape within a {plan.device_budget} budget, a multiple "
         f"of the network's downsampling), batch {plan.batch_size}",
         f"network: DynUNet with {len(net.strides)} levels, strides {net.strides[1:]}, filters {net.filters}, "
