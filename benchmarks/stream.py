@@ -137,6 +137,9 @@ def main() -> None:
     parser.add_argument("--heldout", type=int, help="held-out images for the Dice (default: the whole test fold)")
     parser.add_argument("--seed", type=int, default=0)
     parser.add_argument("--bootstrap", type=int, default=1000)
+    parser.add_argument(
+        "--keep-previous", action="store_true", help="keep the run already in --results under 'previous' (a rerun)"
+    )
     args = parser.parse_args()
     logging.basicConfig(level=logging.INFO, format="%(message)s")
     torch.set_num_threads(config.num_threads())
@@ -172,6 +175,8 @@ def main() -> None:
             "plan_preset": meta["plan"]["preset"],
             "network_filters": meta["plan"]["network"]["filters"],
             "patch_size": meta["plan"]["patch_size"],
+            "image_pixels": meta["plan"].get("image_pixels"),
+            "training": {k: meta["training"].get(k) for k in ("epochs_run", "iterations", "stopped_by", "seconds")},
             "int8": json.loads((int8 / "bundle.json").read_text())["onnx"]["quantization"],
             "frames_from": f"{len(ids)} held-out BUSI images (test fold) resized to {args.size}x{args.size}",
             "goal_fps": GOAL_FPS,
@@ -180,6 +185,8 @@ def main() -> None:
         "dice_heldout": dice_cost(models, ds, ids, args.bootstrap),
         "dicom_us_cine": end_to_end(bundle, int8, args.dicom, args.out / "dicom_stream"),
     }
+    if args.keep_previous and args.results.is_file():
+        record["previous"] = json.loads(args.results.read_text(encoding="utf-8"))
     write_json(args.results, record)
     for name, s in record["speed"].items():
         d = record["dice_heldout"][name]["dice"]

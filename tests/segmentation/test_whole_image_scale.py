@@ -40,7 +40,7 @@ def test_whole_image_shape_keeps_the_aspect_and_reaches_the_pixel_count() -> Non
 
 
 def test_planner_scales_the_median_image_and_plans_the_patch_on_it() -> None:
-    native = make_plan(BUSI_LIKE, overrides={"preset": "fast"})
+    native = make_plan(BUSI_LIKE, overrides={"preset": "fast", "image_pixels": None})
     whole = make_plan(BUSI_LIKE, overrides={"preset": "fast", "image_pixels": 20480})
     assert native.image_pixels is None and whole.image_pixels == 20480
     assert native.patch_size == [256, 272]  # half of a 337x400 image
@@ -91,7 +91,7 @@ def test_images_and_labels_are_resized_and_predictions_come_back_on_the_image_gr
 def test_the_preprocessing_cache_is_keyed_by_image_pixels() -> None:
     from medsight.tasks.segmentation import data
 
-    plan = make_plan(BUSI_LIKE, overrides={"preset": "fast"})
+    plan = make_plan(BUSI_LIKE, overrides={"preset": "fast", "image_pixels": None})
 
     dataset = SimpleNamespace(train=[], root=Path("."))  # only what cache_key reads
     keys = {
