@@ -85,7 +85,7 @@ def main() -> None:
         "rule": RULE,
         "reference": {"file": str(args.reference.name), "val_dice_before_gate": ref_val},
         "screen": {
-            "settings": [summary(e) for e in screened],
+            "runs": [summary(e) for e in screened],
             "best_image_pixels": best.get("image_pixels"),
             "goes_on": goes_on,
         },
