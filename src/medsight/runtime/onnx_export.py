@@ -59,14 +59,20 @@ class quiet_onnx_logs:
 
 
 class OnnxPredictor:
-    """ONNX Runtime session with the thread count set for this machine."""
+    """ONNX Runtime session with the thread count set for this machine.
 
-    def __init__(self, path: str | Path, threads: int | None = None) -> None:
+    ``spinning=False`` stops ONNX Runtime's worker threads from busy-waiting after each run. Where every call is
+    followed by work of our own on the same cores (a segmentation frame's resizing and post-processing), the spinning
+    threads take those cores from it (measured on the streaming path: ``benchmarks/ort_spinning.py``)."""
+
+    def __init__(self, path: str | Path, threads: int | None = None, spinning: bool = True) -> None:
         import onnxruntime as ort
 
         options = ort.SessionOptions()
         options.intra_op_num_threads = threads or int(os.environ.get("MEDSIGHT_THREADS", os.cpu_count() or 1))
         options.log_severity_level = 3
+        if not spinning:
+            options.add_session_config_entry("session.intra_op.allow_spinning", "0")
         providers = (
             ["CUDAExecutionProvider", "CPUExecutionProvider"]
             if "CUDAExecutionProvider" in ort.get_available_providers()

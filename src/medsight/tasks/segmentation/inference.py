@@ -98,10 +98,12 @@ def torch_predictor(model: torch.nn.Module, device: str = "cpu", amp: bool = Fal
     return run
 
 
-def onnx_predictor(path: Path, threads: int | None = None) -> Predictor:
+def onnx_predictor(path: Path, threads: int | None = None, spinning: bool = False) -> Predictor:
+    """ONNX Runtime as a predictor; its threads do not busy-wait between calls (``spinning``), because every window
+    is followed by our own resizing and post-processing on the same cores (``OnnxPredictor``)."""
     from medsight.runtime.onnx_export import OnnxPredictor
 
-    runner = OnnxPredictor(path, threads)
+    runner = OnnxPredictor(path, threads, spinning=spinning)
 
     def run(x: torch.Tensor) -> torch.Tensor:
         return torch.from_numpy(runner.run(x.cpu().numpy()))
