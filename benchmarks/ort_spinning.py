@@ -4,7 +4,7 @@ worker threads busy-waiting between calls (its default) and without, on the same
 
 Frames: the streaming bundle's **validation** images (never its test fold) resized to 256x256, so that the choice
 of the default (``segmentation.inference.onnx_predictor``) is made on data that decides nothing else. frames/s with a
-95% bootstrap CI over frames, p50/p95 per frame.
+95% bootstrap CI over frames, p50/p95 per frame (``stream.speed``, every frame once per round).
 
 Run: ``MEDSIGHT_DATA=../shared/data MEDSIGHT_THREADS=2 .venv/bin/python benchmarks/ort_spinning.py --bundle B``
 Writes ``benchmarks/results/ort_spinning.json``.
@@ -15,17 +15,15 @@ from __future__ import annotations
 import argparse
 import dataclasses
 import json
-import time
 from pathlib import Path
 from typing import Any
 
-import numpy as np
 import torch
+from stream import speed
 from support.provenance import provenance
 from support.seg_record import RESULTS, machine
 
 from medsight import config, runtime
-from medsight.evaluation.metrics import bootstrap
 from medsight.io.atomic import write_json
 from medsight.tasks.segmentation.data import load_case, open_dataset, resize
 from medsight.tasks.segmentation.inference import onnx_predictor
@@ -49,35 +47,17 @@ def main() -> None:
     parser.add_argument("--results", type=Path, default=RESULTS / "ort_spinning.json")
     args = parser.parse_args()
     torch.set_num_threads(config.num_threads())
+    started = provenance("ort_spinning.py")
 
     meta = json.loads((args.bundle / "bundle.json").read_text())
     ds = open_dataset(meta["data"]["root"])
     ids = list(meta["data"]["val_ids"])
     frames = [resize(load_case(ds, ds.case(i)).image, [args.size, args.size], label=False) for i in ids]
     models = {"spinning": model_with(args.bundle, True), "no_spinning": model_with(args.bundle, False)}
-    times: dict[str, list[float]] = {name: [] for name in models}
-    for m in models.values():
-        for f in frames[:3]:
-            m.segment(f, (1.0, 1.0))
-    for _ in range(args.rounds):
-        for name, m in models.items():
-            for f in frames:
-                t0 = time.perf_counter()
-                m.segment(f, (1.0, 1.0))
-                times[name].append(time.perf_counter() - t0)
-    speed: dict[str, Any] = {}
-    for name, t in times.items():
-        arr = np.asarray(t)
-        stats = bootstrap(lambda ix, a=arr: {"fps": float(len(ix) / a[ix].sum())}, len(arr), n_boot=args.bootstrap)
-        speed[name] = {
-            "frames_per_second": stats["fps"],
-            "ms_per_frame_p50": float(np.percentile(arr * 1000, 50)),
-            "ms_per_frame_p95": float(np.percentile(arr * 1000, 95)),
-            "frames_timed": len(arr),
-        }
-    faster = max(speed, key=lambda k: speed[k]["frames_per_second"]["value"])
+    measured = speed(models, frames, len(frames), args.rounds, args.bootstrap)
+    faster = max(measured, key=lambda k: measured[k]["frames_per_second"]["value"])
     record = {
-        "provenance": provenance("ort_spinning.py"),
+        "provenance": started,
         "machine": machine(),
         "settings": {
             "bundle": str(args.bundle),
@@ -85,11 +65,11 @@ def main() -> None:
             "threads": config.num_threads(),
             "rounds": args.rounds,
         },
-        "speed": speed,
+        "speed": measured,
         "faster": faster,
     }
     write_json(args.results, record)
-    for name, s in speed.items():
+    for name, s in measured.items():
         print(f"{name}: {s['frames_per_second']['value']:.1f} frames/s {s['frames_per_second']['ci95']}")
     print(f"faster: {faster}; results: {args.results}")
 
