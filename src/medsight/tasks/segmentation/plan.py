@@ -363,9 +363,13 @@ class SegmentationPlanner:
         turns it off); ``None`` for 3D."""
         if "image_pixels" in self.overrides:
             given = self.overrides["image_pixels"]
-            if given is not None and (self.dims != 2 or int(given) < 64):
-                raise MedsightError(f"plan override image_pixels={given!r}: only for 2D images, at least 64 pixels")
-            return None if given is None else int(given)
+            if given is None:
+                return None
+            if self.dims != 2 or isinstance(given, bool) or not isinstance(given, int) or given < 64:
+                raise MedsightError(
+                    f"plan override image_pixels={given!r}: a whole number of pixels, at least 64, for 2D images only"
+                )
+            return given
         return (self.preset.image_pixels or {}).get(self.dims) if self.dims == 2 else None
 
     def determine_median_shape(
