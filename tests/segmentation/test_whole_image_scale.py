@@ -12,24 +12,12 @@ import numpy as np
 import pytest
 import torch
 
+from fingerprints import BUSI_LIKE
 from medsight.data.segmentation import Loaded
 from medsight.errors import MedsightError
-from medsight.tasks.segmentation.data import preprocess, whole_image_shape
+from medsight.tasks.segmentation.data import preprocess
 from medsight.tasks.segmentation.inference import predict_case
-from medsight.tasks.segmentation.plan import SegmentationPlan, describe, make_plan
-
-BUSI_LIKE = {  # the fingerprint of BUSI's training images, as the planner sees it
-    "n_cases": 468,
-    "spatial_dims": 2,
-    "n_channels": 1,
-    "modality": "US",
-    "spacing_median": [1.0, 1.0],
-    "spacing_min": [1.0, 1.0],
-    "spacing_max": [1.0, 1.0],
-    "shape_median": [337.0, 400.0],
-    "class_frequency": {"background": 0.92, "lesion": 0.08},
-    "foreground_intensity": [{"mean": 60.0, "std": 30.0, "p00_5": 5.0, "p99_5": 200.0, "min": 0.0, "max": 255.0}],
-}
+from medsight.tasks.segmentation.plan import SegmentationPlan, describe, make_plan, whole_image_shape
 
 
 def test_whole_image_shape_keeps_the_aspect_and_reaches_the_pixel_count() -> None:
@@ -46,6 +34,8 @@ def test_planner_scales_the_median_image_and_plans_the_patch_on_it() -> None:
     assert native.patch_size == [256, 272]  # half of a 337x400 image
     assert whole.patch_size == [144, 160]  # the whole 131x156 image, rounded up to the network's downsampling
     assert whole.batch_size > native.batch_size  # the same voxels per step hold more images
+    # the screen's other setting planned this patch on BUSI (busi_whole_image.json): the plan must not drift
+    assert make_plan(BUSI_LIKE, overrides={"preset": "fast", "image_pixels": 65536}).patch_size == [240, 288]
     assert SegmentationPlan.from_json(whole.to_json()) == whole
     words = describe(whole, BUSI_LIKE)
     assert any(line.startswith("scale: every image is resized, aspect kept, to about 20480 pixels") for line in words)

@@ -8,23 +8,17 @@ from pathlib import Path
 
 import pytest
 
+from fingerprints import BUSI_LIKE
 from medsight.errors import MedsightError
-from medsight.tasks.segmentation.data import whole_image_shape
-from medsight.tasks.segmentation.plan import PRESETS, SegmentationPlan, SegmentationPlanner, make_plan, read_overrides
+from medsight.tasks.segmentation.plan import (
+    PRESETS,
+    SegmentationPlan,
+    SegmentationPlanner,
+    make_plan,
+    read_overrides,
+    whole_image_shape,
+)
 from medsight.training.bundle import load_bundle
-
-BUSI_LIKE = {  # the fingerprint of BUSI's training images, as the planner sees it
-    "n_cases": 468,
-    "spatial_dims": 2,
-    "n_channels": 1,
-    "modality": "US",
-    "spacing_median": [1.0, 1.0],
-    "spacing_min": [1.0, 1.0],
-    "spacing_max": [1.0, 1.0],
-    "shape_median": [337.0, 400.0],
-    "class_frequency": {"background": 0.92, "lesion": 0.08},
-    "foreground_intensity": [{"mean": 60.0, "std": 30.0, "p00_5": 5.0, "p99_5": 200.0, "min": 0.0, "max": 255.0}],
-}
 
 
 def test_busi_fast_preset_plans_a_small_network_that_sees_a_256_frame_in_one_window() -> None:

@@ -9,7 +9,6 @@ from __future__ import annotations
 
 import hashlib
 import json
-import math
 from collections.abc import Sequence
 from dataclasses import dataclass
 from typing import Any
@@ -25,7 +24,7 @@ from medsight.data.segmentation import Loaded, SegmentationDataset, load_case, o
 from medsight.data.segmentation import fingerprint as data_fingerprint
 from medsight.io.atomic import atomic_path
 from medsight.tasks.segmentation import fundus
-from medsight.tasks.segmentation.plan import SegmentationPlan
+from medsight.tasks.segmentation.plan import SegmentationPlan, whole_image_shape
 
 __all__ = [
     "Loaded",
@@ -128,12 +127,6 @@ def resize(array: np.ndarray, shape: Sequence[int], label: bool, anti_aliasing: 
     mode = "nearest" if label else ("bilinear" if len(shape) == 2 else "trilinear")
     out = Resize(spatial_size=list(shape), mode=mode, anti_aliasing=anti_aliasing and not label)(torch.as_tensor(array))
     return np.asarray(out.cpu().numpy() if isinstance(out, torch.Tensor) else out)
-
-
-def whole_image_shape(shape: Sequence[int], pixels: int) -> list[int]:
-    """``shape`` scaled, aspect kept, to about ``pixels`` pixels (the plan's ``image_pixels``)."""
-    factor = math.sqrt(pixels / float(np.prod(shape)))
-    return [max(1, round(s * factor)) for s in shape]
 
 
 def needs_resampling(spacing: Sequence[float], plan: SegmentationPlan) -> bool:

@@ -270,6 +270,18 @@ def read_overrides(source: Path | None) -> dict[str, Any]:
     return loaded
 
 
+def whole_image_factor(shape: Sequence[float], pixels: int) -> float:
+    """The factor that scales ``shape``, aspect kept, to ``pixels`` pixels (the plan's ``image_pixels``): applied to
+    the median shape the patch is planned on, and to every image (:func:`whole_image_shape`)."""
+    return math.sqrt(pixels / float(np.prod(shape)))
+
+
+def whole_image_shape(shape: Sequence[int], pixels: int) -> list[int]:
+    """The shape an image of ``shape`` is resized to under ``image_pixels`` = ``pixels``."""
+    factor = whole_image_factor(shape, pixels)
+    return [max(1, round(s * factor)) for s in shape]
+
+
 def topology_for(
     patch: Sequence[int], spacing: Sequence[float], max_pools: int = MAX_POOLS
 ) -> dict[str, list[list[int]]]:
@@ -379,7 +391,7 @@ class SegmentationPlanner:
         if resample:
             shape = shape * np.asarray(self.fp["spacing_median"]) / np.asarray(spacing)
         if image_pixels:
-            shape = shape * math.sqrt(image_pixels / float(np.prod(shape)))
+            shape = shape * whole_image_factor(shape.tolist(), image_pixels)
         return shape
 
     def determine_normalisation(self) -> NormalisationPlan:
