@@ -7,9 +7,10 @@ docs/benchmarks.md before the runs, made from ``busi.py`` results files on valid
    ``fast`` preset adopts it) only if its mean validation Dice before the gate beats the run of record's.
 
 No test figure is read to decide: they are copied into the results file, reported whatever they are.
-Run: ``.venv/bin/python benchmarks/busi_whole_image.py --screen A.json B.json [--folds C.json D.json] [--replace]``
-Writes ``benchmarks/results/busi_whole_image.json``; with ``--replace`` and a win, ``--reference`` becomes the new run
-of record (its segmentation folds under ``previous``, its classification folds kept).
+Run: ``.venv/bin/python benchmarks/busi_whole_image.py --screen A.json B.json [--folds C.json D.json] [--replace]
+[--rule whole-image|smaller] [--results R.json]``. Writes ``benchmarks/results/busi_whole_image.json`` (or
+``--results``); with ``--replace`` and a win, ``--reference`` becomes the new run of record (its segmentation folds
+under ``previous`` with the records before them, its classification folds kept).
 """
 
 from __future__ import annotations
@@ -25,12 +26,22 @@ from support.seg_record import RESULTS
 
 from medsight.io.atomic import write_json
 
-RULE = (
-    "docs/benchmarks.md, 'BUSI: the whole image in view', fixed at commit 183366e before the runs: the decisive figure "
-    "is each fold's validation Dice before the unsure-lesion gate; the screen's better setting goes on only if it "
-    "beats the run of record's fold 0; it replaces the run of record (and the fast preset adopts it) only if its "
-    "five-fold mean beats the run of record's"
-)
+#: The rules fixed in docs/benchmarks.md before their runs (``--rule``); each decides the same way.
+RULES = {
+    "whole-image": (
+        "docs/benchmarks.md, 'BUSI: the whole image in view', fixed at commit 183366e before the runs: the decisive "
+        "figure is each fold's validation Dice before the unsure-lesion gate; the screen's better setting goes on only "
+        "if it beats the run of record's fold 0; it replaces the run of record (and the fast preset adopts it) only if "
+        "its five-fold mean beats the run of record's"
+    ),
+    "smaller": (
+        "docs/benchmarks.md, 'BUSI: a smaller whole image', fixed on 29 November 2026 at 14:16 UTC before the runs: "
+        "image_pixels 12288 and 8192 against the run of record's 20480; the decisive figure is each fold's validation "
+        "Dice before the unsure-lesion gate; the screen's better setting goes on only if it beats the run of record's "
+        "fold 0; it replaces the run of record (and the fast preset adopts it) only if its five-fold mean beats the "
+        "run of record's"
+    ),
+}
 
 
 def val_before_gate(entry: dict[str, Any]) -> float:
@@ -72,6 +83,7 @@ def main() -> None:
     parser.add_argument("--reference", type=Path, default=RESULTS / "busi.json", help="the run of record")
     parser.add_argument("--results", type=Path, default=RESULTS / "busi_whole_image.json")
     parser.add_argument("--replace", action="store_true", help="on a five-fold win, make it the run of record")
+    parser.add_argument("--rule", choices=sorted(RULES), default="whole-image", help="which fixed rule this applies")
     args = parser.parse_args()
 
     reference = json.loads(args.reference.read_text(encoding="utf-8"))
@@ -82,7 +94,7 @@ def main() -> None:
     goes_on = val_before_gate(best) > ref_val[0]
     record: dict[str, Any] = {
         "provenance": provenance("busi_whole_image.py"),
-        "rule": RULE,
+        "rule": RULES[args.rule],
         "reference": {"file": str(args.reference.name), "val_dice_before_gate": ref_val},
         "screen": {
             "runs": [summary(e) for e in screened],
@@ -113,10 +125,12 @@ def main() -> None:
         }
         if adopted and args.replace:
             previous = {"segmentation": reference["segmentation"], "provenance": reference["provenance"]}
+            if "previous" in reference:  # the chain of earlier records stays whole
+                previous["previous"] = reference["previous"]
             reference["segmentation"] = {
                 "folds": folds,
                 "across_folds": record["five_folds"]["test_across_folds"],
-                "chosen_by": RULE,
+                "chosen_by": RULES[args.rule],
             }
             reference["previous"] = previous
             reference["provenance"] = record["provenance"]

@@ -26,11 +26,15 @@ def _fold(fold: int, val: float, test: float, pixels: int | None = None) -> dict
 
 
 def _write(path: Path, folds: list[dict[str, Any]], command: str) -> Path:
-    path.write_text(json.dumps({
-        "provenance": {"command": command, "commit": "c"},
-        "segmentation": {"folds": folds},
-        "classification": {"folds": [{"fold": 0, "auc": 0.9}]},
-    }))
+    path.write_text(
+        json.dumps(
+            {
+                "provenance": {"command": command, "commit": "c"},
+                "segmentation": {"folds": folds},
+                "classification": {"folds": [{"fold": 0, "auc": 0.9}]},
+            }
+        )
+    )
     return path
 
 
@@ -38,7 +42,9 @@ def _run(tmp: Path, *args: str) -> dict[str, Any]:
     out = tmp / "decision.json"
     subprocess.run(
         [sys.executable, str(ROOT / "benchmarks" / "busi_whole_image.py"), *args, "--results", str(out)],
-        check=True, capture_output=True, cwd=ROOT,
+        check=True,
+        capture_output=True,
+        cwd=ROOT,
     )
     return json.loads(out.read_text())
 
@@ -49,8 +55,9 @@ def test_the_better_setting_on_validation_goes_on_and_replaces_the_record_on_a_f
     a = _write(tmp_path / "a.json", [_fold(0, 0.55, 0.9, 65536)], "a")
     b = _write(tmp_path / "b.json", [_fold(0, 0.60, 0.7, 20480)], "b")
     rest = _write(tmp_path / "c.json", [_fold(k, 0.58, 0.65, 20480) for k in (1, 2, 3, 4)], "c")
-    record = _run(tmp_path, "--screen", str(a), str(b), "--folds", str(rest), "--reference", str(reference),
-                  "--replace")
+    record = _run(
+        tmp_path, "--screen", str(a), str(b), "--folds", str(rest), "--reference", str(reference), "--replace"
+    )
     assert record["screen"]["best_image_pixels"] == 20480 and record["screen"]["goes_on"] is True
     five = record["five_folds"]
     assert five["adopted"] is True and abs(five["val_dice_before_gate_mean"] - (0.60 + 4 * 0.58) / 5) < 1e-9
@@ -74,3 +81,27 @@ def test_nothing_changes_when_validation_does_not_beat_the_run_of_record(tmp_pat
     worse = _write(tmp_path / "w.json", [_fold(0, 0.49, 0.99, 20480)], "w")
     record = _run(tmp_path, "--screen", str(worse), "--folds", str(rest), "--reference", str(reference))
     assert record["screen"]["goes_on"] is False and "five_folds" not in record
+
+
+def test_a_replaced_record_keeps_every_earlier_record_under_previous(tmp_path: Path) -> None:
+    older = {"segmentation": {"folds": []}, "provenance": {"command": "oldest"}}
+    reference = _write(tmp_path / "busi.json", [_fold(k, 0.5, 0.6) for k in range(5)], "old")
+    reference.write_text(json.dumps({**json.loads(reference.read_text()), "previous": older}))
+    b = _write(tmp_path / "b.json", [_fold(0, 0.60, 0.7, 12288)], "b")
+    rest = _write(tmp_path / "c.json", [_fold(k, 0.58, 0.65, 12288) for k in (1, 2, 3, 4)], "c")
+    record = _run(
+        tmp_path,
+        "--screen",
+        str(b),
+        "--folds",
+        str(rest),
+        "--reference",
+        str(reference),
+        "--replace",
+        "--rule",
+        "smaller",
+    )
+    assert record["five_folds"]["adopted"] is True and "before the runs" in record["rule"]
+    replaced = json.loads(reference.read_text())
+    assert replaced["previous"]["provenance"]["command"] == "old"
+    assert replaced["previous"]["previous"] == older  # the record before the one replaced is not dropped
