@@ -26,10 +26,11 @@ def test_busi_fast_preset_plans_a_small_network_that_sees_a_256_frame_in_one_win
     assert default.preset == "default" and default.test_time_flips and default.network.filters[0] == 16
     assert fast.preset == "fast" and not fast.test_time_flips
     assert fast.network.filters == [8, 16, 32, 64, 64] and len(fast.network.strides) < len(default.network.strides)
-    assert fast.image_pixels == 128 * 160 and default.image_pixels is None  # the whole image in view
-    assert fast.patch_size == [144, 160]  # BUSI's median 337x400 image, resized to about 131x156, is one window
+    assert fast.image_pixels == 8192 and default.image_pixels is None  # the whole image in view
+    assert fast.patch_size == [96, 112]  # BUSI's median 337x400 image, resized to about 83x99, is one window
     frame = whole_image_shape([256, 256], fast.image_pixels)
-    assert all(f <= p for f, p in zip(frame, fast.patch_size, strict=True))  # so is a 256x256 frame (143x143)
+    assert all(f <= p for f, p in zip(frame, fast.patch_size, strict=True))  # so is a 256x256 frame (91x91)
+    assert fast.batch_size == 17
     assert fast.sliding_window.overlap == 0.25 and fast.sliding_window.mode == "constant"
     assert SegmentationPlan.from_json(fast.to_json()).preset == "fast"  # recorded, and read back typed
 

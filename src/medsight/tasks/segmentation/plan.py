@@ -117,16 +117,17 @@ class Preset:
 
 
 #: ``default``: nnU-Net's rules within the device budget. ``fast``: made for live ultrasound (``medsight stream``),
-#: >= 30 frames/s at 256x256 on 2 CPU cores with ONNX Runtime: every image resized, aspect kept, to about 128x160
-#: pixels, so that one window holds the whole image (won on BUSI's validation folds against the image at its own
-#: pixels: benchmarks/results/busi_whole_image.json), filters 8 doubling to 64, at most 4 poolings (5 levels), no
-#: test-time flips, sliding-window overlap 0.25 with constant blending (a Gaussian map is rebuilt for every call, a
-#: cost per frame that buys nothing when the frame is one window) (measured in benchmarks/stream.py, with the Dice
-#: it costs).
+#: >= 30 frames/s at 256x256 on 2 CPU cores with ONNX Runtime: every image resized, aspect kept, to about 8192
+#: pixels (BUSI's median 337x400 image: 83x99), so that one window holds the whole image (won on BUSI's validation
+#: folds against the image at its own pixels, benchmarks/results/busi_whole_image.json, then against about 20480
+#: and 12288 pixels, benchmarks/results/busi_smaller_image.json), filters 8 doubling to 64, at most 4 poolings (5
+#: levels), no test-time flips, sliding-window overlap 0.25 with constant blending (a Gaussian map is rebuilt for
+#: every call, a cost per frame that buys nothing when the frame is one window) (measured in benchmarks/stream.py,
+#: with the Dice it costs).
 PRESETS: dict[str, Preset] = {
     "default": Preset("nnU-Net's rules within the device budget"),
     "fast": Preset(
-        "real time: the whole image resized to about 128x160 pixels in one window, filters 8-64, 5 levels, "
+        "real time: the whole image resized to about 8192 pixels in one window, filters 8-64, 5 levels, "
         "no test-time flips",
         patch_voxels={2: 256 * 256, 3: 32 * 48 * 32},
         step_voxels={2: 4 * 256 * 256, 3: 4 * 32 * 48 * 32},
@@ -136,7 +137,7 @@ PRESETS: dict[str, Preset] = {
         test_time_flips=False,
         overlap=0.25,
         window_mode="constant",
-        image_pixels={2: 128 * 160},
+        image_pixels={2: 8192},
     ),
 }
 
