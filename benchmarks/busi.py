@@ -88,6 +88,8 @@ def segmentation_fold(view: Path, out: Path, args: argparse.Namespace) -> dict[s
         "preset": meta["plan"]["preset"],
         "image_pixels": meta["plan"].get("image_pixels"),
         "patch_size": meta["plan"]["patch_size"],
+        "flip_axes": meta["plan"].get("flip_axes"),
+        "max_rotation_degrees": meta["plan"].get("max_rotation_degrees"),
         "training": {k: tr.get(k) for k in ("epochs_run", "iterations", "stopped_by", "seconds", "threads")},
         "engine": result["engine"],
         "seconds": round(time.monotonic() - started, 1),
@@ -95,11 +97,21 @@ def segmentation_fold(view: Path, out: Path, args: argparse.Namespace) -> dict[s
 
 
 def plan_overrides(args: argparse.Namespace, out: Path) -> Path | None:
-    """The plan asked for: the preset's name, or, with ``--image-pixels``, a plan-override file beside the fold."""
-    if args.image_pixels is None:
+    """The plan asked for: the preset's name, or, with ``--image-pixels``, ``--flip-axes`` or ``--max-rotation``, a
+    plan-override file beside the fold."""
+    extra = {
+        key: value
+        for key, value in (
+            ("image_pixels", args.image_pixels),
+            ("flip_axes", args.flip_axes),
+            ("max_rotation_degrees", args.max_rotation),
+        )
+        if value is not None
+    }
+    if not extra:
         return Path(args.preset) if args.preset != "default" else None
     path = out / "plan_overrides.json"
-    write_json(path, {"preset": args.preset, "image_pixels": args.image_pixels})
+    write_json(path, {"preset": args.preset, **extra})
     return path
 
 
@@ -205,6 +217,15 @@ def main() -> None:
         "--image-pixels",
         type=int,
         help="plan override: resize every image, aspect kept, to about this many pixels (whole image in view)",
+    )
+    parser.add_argument(
+        "--flip-axes",
+        type=lambda text: [int(a) for a in text.split(",") if a != ""],
+        help="plan override: the spatial axes training flips and test time mirrors, e.g. 1 (left-right only); "
+        "'' for none",
+    )
+    parser.add_argument(
+        "--max-rotation", type=float, help="plan override: training's largest in-plane rotation, in degrees"
     )
     parser.add_argument("--seg-epochs", type=int, help="segmentation epochs (default: planned)")
     parser.add_argument("--seg-time-budget", type=float, help="segmentation training seconds (default: planned)")

@@ -1,14 +1,15 @@
-"""BUSI with the whole image in view (the plan's ``image_pixels``): the decisions of the rule fixed in
-docs/benchmarks.md before the runs, made from ``busi.py`` results files on validation figures alone.
+"""BUSI's screened plan changes (first the whole image in view, the plan's ``image_pixels``; then a smaller whole
+image; then the orientation training keeps): the decisions of the rules fixed in docs/benchmarks.md before their
+runs, made from ``busi.py`` results files on validation figures alone.
 
-1. Screen: of the fold-0 runs given (``--screen``, one ``--image-pixels`` setting each), the one with the higher
-   validation Dice before the unsure-lesion gate goes on, if it beats the run of record's fold 0 (``--reference``).
+1. Screen: of the fold-0 runs given (``--screen``, one setting each), the one with the higher validation Dice before
+   the unsure-lesion gate goes on, if it beats the run of record's fold 0 (``--reference``).
 2. Five folds: that setting's folds 1-4 (``--folds``) with its screen fold 0; it replaces the run of record (and the
-   ``fast`` preset adopts it) only if its mean validation Dice before the gate beats the run of record's.
+   plan adopts it) only if its mean validation Dice before the gate beats the run of record's.
 
 No test figure is read to decide: they are copied into the results file, reported whatever they are.
 Run: ``.venv/bin/python benchmarks/busi_whole_image.py --screen A.json B.json [--folds C.json D.json] [--replace]
-[--rule whole-image|smaller] [--results R.json]``. Writes ``benchmarks/results/busi_whole_image.json`` (or
+[--rule whole-image|smaller|orientation] [--results R.json]``. Writes ``benchmarks/results/busi_whole_image.json`` (or
 ``--results``); with ``--replace`` and a win, ``--reference`` becomes the new run of record (its segmentation folds
 under ``previous`` with the records before them, its classification folds kept).
 """
@@ -41,6 +42,13 @@ RULES = {
         "fold 0; it replaces the run of record (and the fast preset adopts it) only if its five-fold mean beats the "
         "run of record's"
     ),
+    "orientation": (
+        "docs/benchmarks.md, 'BUSI: the transducer on top', fixed before the runs: training flips left-right only and "
+        "rotates within 15 degrees (a) or not at all (b), against nnU-Net's flips of every axis and rotations of up to "
+        "180 degrees in the run of record; the decisive figure is each fold's validation Dice before the unsure-lesion "
+        "gate; the screen's better setting goes on only if it beats the run of record's fold 0; it replaces the run of "
+        "record (and the planner adopts it for 2D ultrasound) only if its five-fold mean beats the run of record's"
+    ),
 }
 
 
@@ -66,6 +74,8 @@ def summary(entry: dict[str, Any]) -> dict[str, Any]:
         "fold": entry["fold"],
         "image_pixels": entry.get("image_pixels"),
         "patch_size": entry.get("patch_size"),
+        "flip_axes": entry.get("flip_axes"),
+        "max_rotation_degrees": entry.get("max_rotation_degrees"),
         "val_dice_before_gate": val_before_gate(entry),
         "val_dice_after_gate": entry.get("val_dice"),
         "test_dice": entry["dice"],
@@ -99,6 +109,7 @@ def main() -> None:
         "screen": {
             "runs": [summary(e) for e in screened],
             "best_image_pixels": best.get("image_pixels"),
+            "best_setting": {k: best.get(k) for k in ("image_pixels", "flip_axes", "max_rotation_degrees")},
             "goes_on": goes_on,
         },
     }

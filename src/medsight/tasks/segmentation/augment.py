@@ -41,7 +41,8 @@ def train_transforms(plan: SegmentationPlan, seed: int) -> Any:
 
     dims = plan.spatial_dims
     patch = plan.patch_size
-    rot = math.pi if dims == 2 else math.pi / 6
+    degrees = plan.max_rotation_degrees
+    rot = (math.pi if dims == 2 else math.pi / 6) if degrees is None else math.radians(degrees)
     keys = ["image", "label"]
     blur = (
         [RandGaussianSmoothd(["image"], prob=0.1, sigma_x=(0.5, 1.0), sigma_y=(0.5, 1.0), sigma_z=(0.5, 1.0))]
@@ -73,7 +74,7 @@ def train_transforms(plan: SegmentationPlan, seed: int) -> Any:
             *blur,
             RandScaleIntensityd(["image"], factors=0.25, prob=0.15),
             RandAdjustContrastd(["image"], prob=0.15, gamma=(0.7, 1.5)),
-            *[RandFlipd(keys, prob=0.5, spatial_axis=a) for a in range(dims)],
+            *[RandFlipd(keys, prob=0.5, spatial_axis=a) for a in plan.mirrored_axes()],
         ]
     )
     chain.set_random_state(seed=seed)

@@ -22,12 +22,13 @@ from medsight.tasks.segmentation.uncertainty import Mirrors
 Predictor = Callable[[torch.Tensor], torch.Tensor]
 
 
-def mirror_axes(dims: int, every_combination: bool) -> list[tuple[int, ...]]:
-    """Axes of an ``(N, C, *spatial)`` batch to mirror, the identity first: every combination of spatial axes
-    (nnU-Net's test-time mirroring, 2^dims passes) or, bounded, one flip per axis (dims + 1 passes)."""
-    spatial = range(2, 2 + dims)
+def mirror_axes(dims: int, every_combination: bool, flip_axes: Sequence[int] | None = None) -> list[tuple[int, ...]]:
+    """Axes of an ``(N, C, *spatial)`` batch to mirror, the identity first: every combination of the spatial axes
+    training flipped (``flip_axes``, 0-based; ``None``: all of them; nnU-Net's test-time mirroring, 2^n passes) or,
+    bounded, one flip per axis (n + 1 passes). An axis training never flipped is never mirrored at test time."""
+    spatial = [2 + a for a in (range(dims) if flip_axes is None else flip_axes)]
     if every_combination:
-        return [()] + [c for r in range(1, dims + 1) for c in itertools.combinations(spatial, r)]
+        return [()] + [c for r in range(1, len(spatial) + 1) for c in itertools.combinations(spatial, r)]
     return [()] + [(a,) for a in spatial]
 
 
@@ -51,8 +52,9 @@ def sliding_probabilities(
     padded = SpatialPad(spatial_size=patch, method="symmetric")(torch.as_tensor(image))
     x = torch.as_tensor(np.asarray(padded))[None].float()
     use_flips = plan.test_time_flips if flips is None else flips
-    averaged = mirror_axes(len(patch), every_combination=True) if use_flips else [()]
-    passes = averaged if mirrors is None or use_flips else mirror_axes(len(patch), every_combination=False)
+    axes_flipped = plan.mirrored_axes()
+    averaged = mirror_axes(len(patch), True, axes_flipped) if use_flips else [()]
+    passes = averaged if mirrors is None or use_flips else mirror_axes(len(patch), False, axes_flipped)
     total = None
     with torch.no_grad():
         for axes in passes:

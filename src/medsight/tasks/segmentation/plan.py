@@ -233,6 +233,16 @@ class SegmentationPlan(Plan):
     #: 2D only: every image (training and inference) is resized, aspect kept, to about this many pixels after any
     #: resampling, and predictions are resized back to the image's own grid (``None``: no such resize).
     image_pixels: int | None = None
+    #: Spatial axes (0-based, of the image without its channel axis) that training flips at random and that test-time
+    #: mirroring and the flip uncertainty flip (``None``: every axis, nnU-Net's rule). ``[1]`` on a 2D ultrasound
+    #: image flips left-right only: the transducer stays on top, so depth (acoustic shadowing) keeps its direction.
+    flip_axes: list[int] | None = None
+    #: The largest in-plane rotation of training's random affine, in degrees (``None``: 180 in 2D, 30 in 3D).
+    max_rotation_degrees: float | None = None
+
+    def mirrored_axes(self) -> list[int]:
+        """The spatial axes flipped in training and at test time (every axis unless ``flip_axes`` says fewer)."""
+        return list(range(self.spatial_dims)) if self.flip_axes is None else [int(a) for a in self.flip_axes]
 
     def with_overrides(self, overrides: Mapping[str, Any]) -> SegmentationPlan:
         """A copy with ``overrides`` applied key by key (nested plans merged by key); an unknown key is an error."""
@@ -332,6 +342,8 @@ class SegmentationPlanner:
         "network",
         "field_of_view",
         "image_pixels",
+        "flip_axes",
+        "max_rotation_degrees",
     )
 
     def __init__(self, fp: Mapping[str, Any], device: str = "cpu", overrides: Mapping[str, Any] | None = None):
@@ -360,6 +372,23 @@ class SegmentationPlanner:
     def determine_test_time(self) -> tuple[bool, SlidingWindowPlan]:
         """Test-time flips and the sliding window's overlap, as the preset says."""
         return self.preset.test_time_flips, SlidingWindowPlan(overlap=self.preset.overlap, mode=self.preset.window_mode)
+
+    def determine_orientation(self) -> tuple[list[int] | None, float | None]:
+        """The axes training flips and the largest rotation it draws: every axis and nnU-Net's range (``None``,
+        ``None``) unless overridden (``flip_axes``, ``max_rotation_degrees``); a malformed override is refused."""
+        axes = self.overrides.get("flip_axes")
+        degrees = self.overrides.get("max_rotation_degrees")
+        if axes is not None and (
+            not isinstance(axes, list)
+            or len(set(axes)) != len(axes)
+            or not all(type(a) is int and 0 <= a < self.dims for a in axes)
+        ):
+            raise MedsightError(
+                f"plan override flip_axes={axes!r}: a list of distinct spatial axes, each from 0 to {self.dims - 1}"
+            )
+        if degrees is not None and (type(degrees) not in (int, float) or not 0 <= degrees <= 180):
+            raise MedsightError(f"plan override max_rotation_degrees={degrees!r}: a number of degrees from 0 to 180")
+        return axes, None if degrees is None else float(degrees)
 
     def determine_target_spacing(self) -> list[float]:
         return [float(v) for v in self.overrides.get("target_spacing", self.fp["spacing_median"])]
@@ -475,6 +504,7 @@ class SegmentationPlanner:
         spacing = self.determine_target_spacing()
         resample = self.determine_resampling(spacing)
         image_pixels = self.determine_image_pixels()
+        flip_axes, max_rotation = self.determine_orientation()
         shape = self.determine_median_shape(spacing, resample, image_pixels)
         patch = self.determine_patch_size(shape, spacing)
         iterations, epochs, budget = self.determine_schedule()
@@ -500,6 +530,8 @@ class SegmentationPlanner:
             test_time_flips=flips,
             preset=preset,
             image_pixels=image_pixels,
+            flip_axes=flip_axes,
+            max_rotation_degrees=max_rotation,
         )
         rest = {k: v for k, v in self.overrides.items() if k not in self.STEP_KEYS}
         return plan.with_overrides(rest)
@@ -556,7 +588,7 @@ def describe(plan: SegmentationPlan, fp: Mapping[str, Any]) -> list[str]:
         f"network: DynUNet with {len(net.strides)} levels, strides {net.strides[1:]}, filters {net.filters}, "
         f"instance norm, leaky ReLU ({net.in_channels} in, {net.out_channels} classes)",
         f"loss: Dice + cross-entropy; {plan.foreground_oversampling:.0%} of patches centred on foreground; "
-        f"{plan.augmentation} augmentation",
+        f"{plan.augmentation} augmentation" + _orientation_words(plan),
         f"training: {plan.iterations_per_epoch} iterations per epoch, up to {plan.epochs} epochs"
         + (f" or {plan.time_budget_s:.0f} s" if plan.time_budget_s else "")
         + f", {plan.optimizer.name} lr {plan.optimizer.lr:g}"
@@ -565,6 +597,17 @@ def describe(plan: SegmentationPlan, fp: Mapping[str, Any]) -> list[str]:
         + (", test-time flips" if plan.test_time_flips else ""),
         f"preset: {plan.preset} ({PRESETS[plan.preset].description if plan.preset in PRESETS else 'unknown'})",
     ]
+
+
+def _orientation_words(plan: SegmentationPlan) -> str:
+    """How training's flips and rotations are bounded, when a plan bounds them (nothing for nnU-Net's rule)."""
+    words = []
+    if plan.flip_axes is not None:
+        axes = ", ".join(str(a) for a in plan.flip_axes) or "none"
+        words.append(f"flips along axis {axes} only (the same at test time)")
+    if plan.max_rotation_degrees is not None:
+        words.append(f"rotation within ±{plan.max_rotation_degrees:g}°")
+    return f" ({'; '.join(words)})" if words else ""
 
 
 def _ct_values(norm: NormalisationPlan) -> str:
