@@ -18,7 +18,7 @@ def test_images_without_foreground_give_patches_without_a_warning_each() -> None
     item = TrainingItem(np.random.default_rng(0).random((1, 40, 40), np.float32), label, np.array([], np.int64),
                         np.arange(1600))
     plan = SimpleNamespace(spatial_dims=2, patch_size=[32, 32], augmentation="cpu", foreground_oversampling=0.33,
-                           batch_size=4)
+                           batch_size=4, max_rotation_degrees=None, mirrored_axes=lambda: [0, 1])
     with warnings.catch_warnings(record=True) as caught:
         warnings.simplefilter("always")
         sampler = PatchSampler([item], plan, seed=0)  # type: ignore[arg-type]

@@ -52,9 +52,11 @@ def sliding_probabilities(
     padded = SpatialPad(spatial_size=patch, method="symmetric")(torch.as_tensor(image))
     x = torch.as_tensor(np.asarray(padded))[None].float()
     use_flips = plan.test_time_flips if flips is None else flips
-    axes_flipped = plan.mirrored_axes()
-    averaged = mirror_axes(len(patch), True, axes_flipped) if use_flips else [()]
-    passes = averaged if mirrors is None or use_flips else mirror_axes(len(patch), False, axes_flipped)
+    if use_flips:
+        passes = averaged = mirror_axes(len(patch), True, plan.mirrored_axes())
+    else:  # one pass; with ``mirrors``, one flip per flipped axis more, for the uncertainty only
+        averaged = [()]
+        passes = averaged if mirrors is None else mirror_axes(len(patch), False, plan.mirrored_axes())
     total = None
     with torch.no_grad():
         for axes in passes:
