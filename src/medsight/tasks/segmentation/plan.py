@@ -380,8 +380,8 @@ class SegmentationPlanner:
         degrees = self.overrides.get("max_rotation_degrees")
         if axes is not None and (
             not isinstance(axes, list)
-            or len(set(axes)) != len(axes)
             or not all(type(a) is int and 0 <= a < self.dims for a in axes)
+            or len(set(axes)) != len(axes)
         ):
             raise MedsightError(
                 f"plan override flip_axes={axes!r}: a list of distinct spatial axes, each from 0 to {self.dims - 1}"
