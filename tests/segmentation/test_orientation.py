@@ -73,7 +73,7 @@ def test_the_plan_says_how_it_bounds_the_augmentation_and_reads_back() -> None:
 
 @pytest.mark.parametrize(
     ("key", "wrong"),
-    [("flip_axes", [2]), ("flip_axes", [1, 1]), ("flip_axes", [True]), ("flip_axes", 1), ("flip_axes", ["1"]), ("flip_axes", [[1]])]
+    [("flip_axes", v) for v in ([2], [1, 1], [True], 1, ["1"], [[1]])]
     + [("max_rotation_degrees", v) for v in (-1, 200, "15", True)],
 )
 def test_a_malformed_orientation_override_is_refused_by_name(key: str, wrong: object) -> None:
