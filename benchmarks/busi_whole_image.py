@@ -122,6 +122,8 @@ def main() -> None:
             "goes_on": goes_on,
         },
     }
+    if args.folds and not goes_on:  # run beside the screen to save a round: reported, deciding nothing
+        record["folds_not_counted"] = [summary(e) for path in args.folds for e in fold_entries(path)]
     if goes_on and args.folds:
         chosen = {0: best} | {e["fold"]: e for path in args.folds for e in fold_entries(path)}
         folds = [chosen[k] for k in sorted(chosen)]

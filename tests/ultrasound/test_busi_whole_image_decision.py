@@ -105,3 +105,15 @@ def test_a_replaced_record_keeps_every_earlier_record_under_previous(tmp_path: P
     replaced = json.loads(reference.read_text())
     assert replaced["previous"]["provenance"]["command"] == "old"
     assert replaced["previous"]["previous"] == older  # the record before the one replaced is not dropped
+
+
+def test_folds_run_beside_a_screen_that_stops_are_reported_and_decide_nothing(tmp_path: Path) -> None:
+    reference = _write(tmp_path / "busi.json", [_fold(k, 0.5, 0.6) for k in range(5)], "old")
+    before = reference.read_text()
+    screen = _write(tmp_path / "s.json", [_fold(0, 0.49, 0.7, 8192)], "s")
+    beside = _write(tmp_path / "f1.json", [_fold(1, 0.9, 0.9, 8192)], "f1")  # a fine fold 1 cannot rescue the screen
+    record = _run(tmp_path, "--screen", str(screen), "--folds", str(beside), "--reference", str(reference), "--replace")
+    assert record["screen"]["goes_on"] is False and "five_folds" not in record
+    assert [(f["fold"], f["val_dice_before_gate"]) for f in record["folds_not_counted"]] == [(1, 0.9)]
+    assert record["folds_not_counted"][0]["test_dice"]["value"] == 0.9  # reported as the rule says
+    assert reference.read_text() == before
