@@ -90,6 +90,9 @@ def segmentation_fold(view: Path, out: Path, args: argparse.Namespace) -> dict[s
         "patch_size": meta["plan"]["patch_size"],
         "flip_axes": meta["plan"].get("flip_axes"),
         "max_rotation_degrees": meta["plan"].get("max_rotation_degrees"),
+        "filters": meta["plan"]["network"]["filters"],
+        "res_block": meta["plan"]["network"].get("res_block", False),
+        "batch_size": meta["plan"]["batch_size"],
         "training": {k: tr.get(k) for k in ("epochs_run", "iterations", "stopped_by", "seconds", "threads")},
         "engine": result["engine"],
         "seconds": round(time.monotonic() - started, 1),
@@ -97,9 +100,9 @@ def segmentation_fold(view: Path, out: Path, args: argparse.Namespace) -> dict[s
 
 
 def plan_overrides(args: argparse.Namespace, out: Path) -> Path | None:
-    """The plan asked for: the preset's name, or, with ``--image-pixels``, ``--flip-axes`` or ``--max-rotation``, a
-    plan-override file beside the fold."""
-    extra = {
+    """The plan asked for: the preset's name, or, with ``--image-pixels``, ``--flip-axes``, ``--max-rotation``,
+    ``--filters`` or ``--res-block``, a plan-override file beside the fold."""
+    extra: dict[str, Any] = {
         key: value
         for key, value in (
             ("image_pixels", args.image_pixels),
@@ -108,6 +111,9 @@ def plan_overrides(args: argparse.Namespace, out: Path) -> Path | None:
         )
         if value is not None
     }
+    network = {key: value for key, value in (("filters", args.filters), ("res_block", args.res_block)) if value}
+    if network:
+        extra["network"] = network
     if not extra:
         return Path(args.preset) if args.preset != "default" else None
     path = out / "plan_overrides.json"
@@ -226,6 +232,14 @@ def main() -> None:
     )
     parser.add_argument(
         "--max-rotation", type=float, help="plan override: training's largest in-plane rotation, in degrees"
+    )
+    parser.add_argument(
+        "--filters",
+        type=lambda text: [int(f) for f in text.split(",")],
+        help="plan override: the network's filters per level, e.g. 16,32,64,128,128 (one per level the plan makes)",
+    )
+    parser.add_argument(
+        "--res-block", action="store_true", help="plan override: residual blocks in the network (MONAI DynUNet)"
     )
     parser.add_argument("--seg-epochs", type=int, help="segmentation epochs (default: planned)")
     parser.add_argument("--seg-time-budget", type=float, help="segmentation training seconds (default: planned)")

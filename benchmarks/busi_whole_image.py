@@ -1,6 +1,6 @@
 """BUSI's screened plan changes (first the whole image in view, the plan's ``image_pixels``; then a smaller whole
-image; then the orientation training keeps; then a longer training budget): the decisions of the rules fixed in
-docs/benchmarks.md before their runs, made from ``busi.py`` results files on validation figures alone.
+image; then the orientation training keeps; then a longer training budget; then the network): the decisions of the
+rules fixed in docs/benchmarks.md before their runs, made from ``busi.py`` results files on validation figures alone.
 
 1. Screen: of the fold-0 runs given (``--screen``, one setting each), the one with the higher validation Dice before
    the unsure-lesion gate goes on, if it beats the run of record's fold 0 (``--reference``).
@@ -9,7 +9,7 @@ docs/benchmarks.md before their runs, made from ``busi.py`` results files on val
 
 No test figure is read to decide: they are copied into the results file, reported whatever they are.
 Run: ``.venv/bin/python benchmarks/busi_whole_image.py --screen A.json B.json [--folds C.json D.json] [--replace]
-[--rule whole-image|smaller|orientation|longer] [--results R.json]``. Writes
+[--rule whole-image|smaller|orientation|longer|network] [--results R.json]``. Writes
 ``benchmarks/results/busi_whole_image.json`` (or ``--results``); with ``--replace`` and a win, ``--reference``
 becomes the new run of record (its segmentation folds under ``previous`` with the records before them, its
 classification folds kept).
@@ -58,6 +58,13 @@ RULES = {
         "record (and the benchmark's command of record trains 1890 s per fold) only if its five-fold mean beats the "
         "run of record's"
     ),
+    "network": (
+        "docs/benchmarks.md, 'BUSI: a wider network, or residual blocks', fixed on 29 November 2026 before the runs: "
+        "residual blocks (a) or filters 16-128 (b) against the fast preset's plain blocks of 8-64 filters, 1260 s of "
+        "single-thread training per fold as the run of record; the decisive figure is each fold's validation Dice "
+        "before the unsure-lesion gate; the screen's better setting goes on only if it beats the run of record's fold "
+        "0; it replaces the run of record only if its five-fold mean beats the run of record's"
+    ),
 }
 
 
@@ -85,6 +92,8 @@ def summary(entry: dict[str, Any]) -> dict[str, Any]:
         "patch_size": entry.get("patch_size"),
         "flip_axes": entry.get("flip_axes"),
         "max_rotation_degrees": entry.get("max_rotation_degrees"),
+        "filters": entry.get("filters"),
+        "res_block": entry.get("res_block"),
         "val_dice_before_gate": val_before_gate(entry),
         "val_dice_after_gate": entry.get("val_dice"),
         "test_dice": entry["dice"],
@@ -118,7 +127,9 @@ def main() -> None:
         "screen": {
             "runs": [summary(e) for e in screened],
             "best_image_pixels": best.get("image_pixels"),
-            "best_setting": {k: best.get(k) for k in ("image_pixels", "flip_axes", "max_rotation_degrees")},
+            "best_setting": {
+                k: best.get(k) for k in ("image_pixels", "flip_axes", "max_rotation_degrees", "filters", "res_block")
+            },
             "goes_on": goes_on,
         },
     }

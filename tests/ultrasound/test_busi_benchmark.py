@@ -3,6 +3,7 @@ CIs on the test fold of a fold view, the split it used, and the provenance every
 
 from __future__ import annotations
 
+import argparse
 import json
 import os
 import subprocess
@@ -118,3 +119,20 @@ def test_merge_joins_folds_run_in_parallel_later_files_winning(tmp_path: Path) -
                                                {"fold": 1, "dice": 0.7, "provenance": b}]
     assert record["classification"]["folds"] == [{"fold": 0, "auc": 0.9, "provenance": old}]
     assert record["split"]["folds_tested"] == [0, 1] and record["merged_from"] == [old, a, b]
+
+
+def test_network_options_become_a_plan_override_the_planner_applies(tmp_path: Path) -> None:
+    sys.path.insert(0, str(ROOT / "benchmarks"))
+    import busi as bench
+
+    from fingerprints import BUSI_LIKE
+    from medsight.tasks.segmentation.plan import make_plan, read_overrides
+
+    base = {"preset": "fast", "image_pixels": None, "flip_axes": None, "max_rotation": None}
+    args = argparse.Namespace(**base, filters=[16, 32, 64, 128, 128], res_block=True)
+    overrides = read_overrides(bench.plan_overrides(args, tmp_path))
+    assert overrides == {"preset": "fast", "network": {"filters": [16, 32, 64, 128, 128], "res_block": True}}
+    plan = make_plan(BUSI_LIKE, overrides=overrides)
+    assert plan.network.filters == [16, 32, 64, 128, 128] and plan.network.res_block and plan.image_pixels == 8192
+    # without them, the preset's name stands for the plan, as before
+    assert bench.plan_overrides(argparse.Namespace(**base, filters=None, res_block=False), tmp_path) == Path("fast")
