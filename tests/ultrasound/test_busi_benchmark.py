@@ -9,6 +9,7 @@ import os
 import subprocess
 import sys
 from pathlib import Path
+from typing import Any
 
 ROOT = Path(__file__).resolve().parents[2]
 
@@ -71,6 +72,30 @@ def test_busi_benchmark_smoke_run_records_dice_and_auc_with_cis(shared_data: Pat
     assert "BUSI CV fold 1" in cls["split_method"]
     assert doc["split"]["file"] == "src/medsight/data/busi_folds.json" and doc["split"]["folds_tested"] == [1]
     assert {"command", "commit", "date", "load_average_1min"} <= set(doc["provenance"])
+
+    # test-time mirroring (benchmarks/busi_tta.py) decides on the fold's validation images, both ways the same code
+    tta = tmp_path / "tta.json"
+    fold_dir = tmp_path / "out" / "fold1"
+    paths = ["--fold-dirs", str(fold_dir), "--reference", str(results), "--results", str(tta)]
+    run = subprocess.run(
+        [sys.executable, "benchmarks/busi_tta.py", *paths, "--bootstrap", "20", "--replace"],
+        cwd=ROOT,
+        env=env,
+        capture_output=True,
+        text=True,
+        timeout=600,
+    )
+    assert run.returncode == 0, run.stderr[-3000:]
+    decision = json.loads(tta.read_text())
+    (fold,) = decision["validation"]["folds"]
+    assert fold["fold"] == 1 and {"one_pass", "mirrored"} <= set(fold)
+    means = decision["validation"]["val_dice_before_gate_mean"]
+    assert decision["adopted"] is (means["mirrored"] > means["one_pass"])
+    replaced = json.loads(results.read_text())
+    if decision["adopted"]:  # the mirrored fold is scored once on test and becomes the record
+        assert replaced["segmentation"]["folds"][0]["test_time_flips"] is True and "previous" in replaced
+    else:
+        assert replaced == doc
 
 
 def test_add_keeps_the_earlier_runs_other_folds_with_their_own_provenance(tmp_path: Path) -> None:
@@ -136,3 +161,16 @@ def test_network_options_become_a_plan_override_the_planner_applies(tmp_path: Pa
     assert plan.network.filters == [16, 32, 64, 128, 128] and plan.network.res_block and plan.image_pixels == 8192
     # without them, the preset's name stands for the plan, as before
     assert bench.plan_overrides(argparse.Namespace(**base, filters=None, res_block=False), tmp_path) == Path("fast")
+
+
+def test_mirroring_wins_only_when_its_mean_validation_dice_before_the_gate_is_higher() -> None:
+    sys.path.insert(0, str(ROOT / "benchmarks"))
+    import busi_tta
+
+    def ways(one: float, mirrored: float) -> dict[str, Any]:
+        return {"one_pass": {"val_dice_before_gate": one}, "mirrored": {"val_dice_before_gate": mirrored}}
+
+    means, adopted = busi_tta.decide({0: ways(0.6, 0.7), 1: ways(0.7, 0.62)})
+    assert adopted and abs(means["mirrored"] - 0.66) < 1e-9 and abs(means["one_pass"] - 0.65) < 1e-9
+    assert busi_tta.decide({0: ways(0.6, 0.6)})[1] is False  # a tie keeps one pass
+    assert busi_tta.decide({0: ways(0.6, 0.7), 1: ways(0.7, 0.55)})[1] is False

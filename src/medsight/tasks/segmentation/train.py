@@ -137,7 +137,7 @@ def train(data: str, out: Path, options: SegmentationOptions) -> dict[str, Any]:
         except Exception as exc:  # the exporter's failures are many; the bundle still works through PyTorch
             log.warning("ONNX export failed (%s); predict and evaluate will use PyTorch", exc)
             onnx = {"error": f"{type(exc).__name__}: {exc}"}
-        post, val_metrics, review = _postprocessing(ds, val_cases, plan, predictor)
+        post, val_metrics, review = validation_postprocessing(ds, val_cases, plan, predictor)
         log.info("validation Dice (fold %d): %s", fold, ", ".join(f"{k} {v:.4f}" for k, v in val_metrics.items()))
         meta = _meta(ds, folds, fold, train_ids, val_ids, fp, plan, words, model, state, options, device)
         meta["data"] |= {
@@ -183,7 +183,7 @@ def _parent(options: SegmentationOptions, ds: SegmentationDataset) -> warm_start
     return parent
 
 
-def _postprocessing(
+def validation_postprocessing(
     ds: SegmentationDataset, val_cases: list[Loaded], plan: SegmentationPlan, predictor: Predictor
 ) -> tuple[dict[str, Any], dict[str, float], dict[str, Any]]:
     """nnU-Net's post-processing decision on the validation cases, their Dice after it, and the review threshold
