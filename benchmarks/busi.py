@@ -67,22 +67,10 @@ def segmentation_fold(view: Path, out: Path, args: argparse.Namespace) -> dict[s
     )
     started = time.monotonic()
     meta = task.train(str(view), out / "seg_bundle", options)
-    result = task.evaluate(out / "seg_bundle", str(view), "test", out / "seg_eval", args.bootstrap)
-    without = task.evaluate(without_gate(out / "seg_bundle"), str(view), "test", out / "seg_eval_no_gate", 0)
     tr = meta["training"]
     post = meta["postprocessing"]
     return {
-        "n_test": result["n"],
-        "dice": result["metrics"]["dice"],
-        "dice_lesion_images": lesion_image_dice(result["per_case"], args.bootstrap),
-        "postprocessing": {k: post.get(k) for k in ("keep_largest_component", "drop_unsure", "unsure_trials")},
-        "ablation_without_unsure_gate": {
-            "dice": without["metrics"]["dice"]["value"],
-            "case_situations": without.get("case_situations"),
-            "dice_lesion_images": lesion_image_dice(without["per_case"], 0)["value"],
-        },
-        "hd95": result["metrics"].get("hd95"),
-        "case_situations": result.get("case_situations"),
+        **scored_on_test(out / "seg_bundle", view, out / "seg_eval", args.bootstrap),
         "val_dice": meta["metrics"]["val"].get("dice"),
         "val_dice_before_gate": (post.get("unsure_trials") or {}).get("1", {}).get("dice_before"),
         "preset": meta["plan"]["preset"],
@@ -94,8 +82,30 @@ def segmentation_fold(view: Path, out: Path, args: argparse.Namespace) -> dict[s
         "res_block": meta["plan"]["network"].get("res_block", False),
         "batch_size": meta["plan"]["batch_size"],
         "training": {k: tr.get(k) for k in ("epochs_run", "iterations", "stopped_by", "seconds", "threads")},
-        "engine": result["engine"],
         "seconds": round(time.monotonic() - started, 1),
+    }
+
+
+def scored_on_test(bundle: Path, view: Path, out: Path, n_boot: int) -> dict[str, Any]:
+    """A fold's test figures: ``bundle`` scored once on the view's test split, and once with its unsure-lesion gate
+    switched off (the ablation); the post-processing it was scored with."""
+    task = segmentation.TASK
+    result = task.evaluate(bundle, str(view), "test", out, n_boot)
+    without = task.evaluate(without_gate(bundle), str(view), "test", out.with_name(out.name + "_no_gate"), 0)
+    post = load_bundle(bundle).meta["postprocessing"]
+    return {
+        "n_test": result["n"],
+        "dice": result["metrics"]["dice"],
+        "dice_lesion_images": lesion_image_dice(result["per_case"], n_boot),
+        "postprocessing": {k: post.get(k) for k in ("keep_largest_component", "drop_unsure", "unsure_trials")},
+        "ablation_without_unsure_gate": {
+            "dice": without["metrics"]["dice"]["value"],
+            "case_situations": without.get("case_situations"),
+            "dice_lesion_images": lesion_image_dice(without["per_case"], 0)["value"],
+        },
+        "hd95": result["metrics"].get("hd95"),
+        "case_situations": result.get("case_situations"),
+        "engine": result["engine"],
     }
 
 

@@ -22,13 +22,12 @@ from pathlib import Path
 from typing import Any
 
 import torch
-from busi import lesion_image_dice, pooled, without_gate
+from busi import pooled, scored_on_test
 from support.provenance import provenance
 from support.seg_record import RESULTS
 
 from medsight import config
 from medsight.io.atomic import write_json
-from medsight.tasks import segmentation
 from medsight.tasks.segmentation.data import open_dataset, read_cases
 from medsight.tasks.segmentation.inference import onnx_predictor
 from medsight.tasks.segmentation.plan import SegmentationPlan
@@ -88,28 +87,6 @@ def mirrored_bundle(fold_dir: Path, way: dict[str, Any]) -> Path:
     return copy
 
 
-def score_on_test(fold_dir: Path, bundle: Path, n_boot: int) -> dict[str, Any]:
-    """The test figures busi.py records for a fold, with the mirrored bundle (scored once, and without its gate)."""
-    view = str(fold_dir / "data")
-    result = segmentation.TASK.evaluate(bundle, view, "test", fold_dir / "seg_eval_mirrored", n_boot)
-    without = segmentation.TASK.evaluate(without_gate(bundle), view, "test", fold_dir / "seg_eval_mirrored_no_gate", 0)
-    post = load_bundle(bundle).meta["postprocessing"]
-    return {
-        "n_test": result["n"],
-        "dice": result["metrics"]["dice"],
-        "dice_lesion_images": lesion_image_dice(result["per_case"], n_boot),
-        "postprocessing": {k: post.get(k) for k in ("keep_largest_component", "drop_unsure", "unsure_trials")},
-        "ablation_without_unsure_gate": {
-            "dice": without["metrics"]["dice"]["value"],
-            "case_situations": without.get("case_situations"),
-            "dice_lesion_images": lesion_image_dice(without["per_case"], 0)["value"],
-        },
-        "hd95": result["metrics"].get("hd95"),
-        "case_situations": result.get("case_situations"),
-        "engine": result["engine"],
-    }
-
-
 def main() -> None:
     parser = argparse.ArgumentParser(description=__doc__.split("\n\n")[0])
     parser.add_argument(
@@ -155,7 +132,8 @@ def main() -> None:
         for fold_dir in args.fold_dirs:
             fold = int(fold_dir.name.removeprefix("fold"))
             way = decided[fold]["mirrored"]
-            tested = score_on_test(fold_dir, mirrored_bundle(fold_dir, way), args.bootstrap)
+            bundle = mirrored_bundle(fold_dir, way)
+            tested = scored_on_test(bundle, fold_dir / "data", fold_dir / "seg_eval_mirrored", args.bootstrap)
             folds.append(
                 record_folds[fold]
                 | tested
