@@ -5,7 +5,8 @@ The `fast` preset predicts in one pass (no mirroring: it is made for frames/s). 
 is Dice and not speed, mirroring costs only inference time. For each fold's bundle of the run of record (``busi.py``
 wrote it under ``--out``/foldK), the validation images are predicted twice with the same ONNX model, in one pass and
 averaged over nnU-Net's mirrors (every axis), and the post-processing (the unsure-lesion gate included) is chosen on
-each as training chooses it. The decisive figure is the five-fold mean validation Dice before the gate.
+each as training chooses it. The decisive figure is the five-fold mean validation Dice before the gate. A folder
+whose bundle did not train the run of record's fold (its iterations or training seconds differ) is refused.
 
 Run: ``.venv/bin/python benchmarks/busi_tta.py --fold-dirs DIR0 ... DIR4 [--replace] [--results R.json]``.
 Writes ``benchmarks/results/busi_tta.json``; with ``--replace`` and a win, the mirrored folds become the run of record
@@ -40,6 +41,13 @@ RULE = (
     "post-processing is chosen on each as training chooses it; mirroring replaces the run of record only if its "
     "five-fold mean validation Dice before the unsure-lesion gate beats the one-pass figure computed the same way"
 )
+
+
+def check_is_record(fold_dir: Path, entry: dict[str, Any] | None) -> None:
+    """Refuse a folder whose bundle is not the one that scored the run of record's fold (its training differs)."""
+    trained = load_bundle(fold_dir / "seg_bundle").meta["training"]
+    if entry is None or any(trained.get(k) != (entry.get("training") or {}).get(k) for k in ("iterations", "seconds")):
+        raise SystemExit(f"{fold_dir}: its bundle did not train the run of record's fold (its training differs)")
 
 
 def decide_ways(fold_dir: Path) -> dict[str, Any]:
@@ -105,6 +113,7 @@ def main() -> None:
     decided: dict[int, dict[str, Any]] = {}
     for fold_dir in args.fold_dirs:
         fold = int(fold_dir.name.removeprefix("fold"))
+        check_is_record(fold_dir, record_folds.get(fold))
         decided[fold] = decide_ways(fold_dir)
     if sorted(decided) != sorted(record_folds):
         raise SystemExit(f"the run of record's folds are needed, got {sorted(decided)}")

@@ -96,6 +96,13 @@ def test_busi_benchmark_smoke_run_records_dice_and_auc_with_cis(shared_data: Pat
         assert replaced["segmentation"]["folds"][0]["test_time_flips"] is True and "previous" in replaced
     else:
         assert replaced == doc
+    # a folder whose bundle did not train the record's fold is refused by name, and the record is left as it was
+    doc["segmentation"]["folds"][0]["training"]["iterations"] += 1
+    results.write_text(json.dumps(doc))
+    command = [sys.executable, "benchmarks/busi_tta.py", *paths, "--replace"]
+    run = subprocess.run(command, cwd=ROOT, env=env, capture_output=True, text=True)
+    assert run.returncode != 0 and str(fold_dir) in run.stderr and "did not train" in run.stderr
+    assert json.loads(results.read_text()) == doc
 
 
 def test_add_keeps_the_earlier_runs_other_folds_with_their_own_provenance(tmp_path: Path) -> None:
