@@ -33,7 +33,7 @@ from medsight.tasks.segmentation.data import open_dataset, read_cases
 from medsight.tasks.segmentation.inference import onnx_predictor
 from medsight.tasks.segmentation.plan import SegmentationPlan
 from medsight.tasks.segmentation.train import validation_postprocessing
-from medsight.training.bundle import ONNX, load_bundle, write_bundle_json
+from medsight.training.bundle import ONNX, Bundle, load_bundle, write_bundle_json
 
 RULE = (
     "docs/benchmarks.md, 'BUSI: test-time mirroring', fixed on 29 November 2026 before the run: the run of record's "
@@ -43,16 +43,23 @@ RULE = (
 )
 
 
-def check_is_record(fold_dir: Path, entry: dict[str, Any] | None) -> None:
+def fold_of(fold_dir: Path) -> int:
+    """The CV fold a ``busi.py`` fold folder holds (its name: ``fold0`` ... ``fold4``)."""
+    number = fold_dir.name.removeprefix("fold")
+    if not number.isdigit():
+        raise SystemExit(f"{fold_dir}: not a busi.py fold folder (named fold0 ... fold4)")
+    return int(number)
+
+
+def check_is_record(fold_dir: Path, bundle: Bundle, entry: dict[str, Any] | None) -> None:
     """Refuse a folder whose bundle is not the one that scored the run of record's fold (its training differs)."""
-    trained = load_bundle(fold_dir / "seg_bundle").meta["training"]
+    trained = bundle.meta["training"]
     if entry is None or any(trained.get(k) != (entry.get("training") or {}).get(k) for k in ("iterations", "seconds")):
         raise SystemExit(f"{fold_dir}: its bundle did not train the run of record's fold (its training differs)")
 
 
-def decide_ways(fold_dir: Path) -> dict[str, Any]:
+def decide_ways(fold_dir: Path, bundle: Bundle) -> dict[str, Any]:
     """Both ways of predicting one fold's validation images: the post-processing each chooses and its figures."""
-    bundle = load_bundle(fold_dir / "seg_bundle")
     plan = bundle.plan(SegmentationPlan)
     ds = open_dataset(str(fold_dir / "data"))
     val_cases = list(read_cases(ds, bundle.meta["data"]["val_ids"]).values())
@@ -112,9 +119,9 @@ def main() -> None:
     record_folds = {f["fold"]: f for f in reference["segmentation"]["folds"]}
     decided: dict[int, dict[str, Any]] = {}
     for fold_dir in args.fold_dirs:
-        fold = int(fold_dir.name.removeprefix("fold"))
-        check_is_record(fold_dir, record_folds.get(fold))
-        decided[fold] = decide_ways(fold_dir)
+        fold, bundle = fold_of(fold_dir), load_bundle(fold_dir / "seg_bundle")
+        check_is_record(fold_dir, bundle, record_folds.get(fold))
+        decided[fold] = decide_ways(fold_dir, bundle)
     if sorted(decided) != sorted(record_folds):
         raise SystemExit(f"the run of record's folds are needed, got {sorted(decided)}")
     means, adopted = decide(decided)
@@ -139,7 +146,7 @@ def main() -> None:
     if adopted:
         folds = []
         for fold_dir in args.fold_dirs:
-            fold = int(fold_dir.name.removeprefix("fold"))
+            fold = fold_of(fold_dir)
             way = decided[fold]["mirrored"]
             bundle = mirrored_bundle(fold_dir, way)
             tested = scored_on_test(bundle, fold_dir / "data", fold_dir / "seg_eval_mirrored", args.bootstrap)

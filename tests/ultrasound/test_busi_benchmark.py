@@ -6,10 +6,13 @@ from __future__ import annotations
 import argparse
 import json
 import os
-import subprocess
 import sys
 from pathlib import Path
 from typing import Any
+
+import pytest
+
+from benchmark_scripts import run_script
 
 ROOT = Path(__file__).resolve().parents[2]
 
@@ -34,30 +37,11 @@ def test_busi_benchmark_smoke_run_records_dice_and_auc_with_cis(shared_data: Pat
         "MEDSIGHT_THREADS": "1",
         "MEDSIGHT_SEG_PLAN": str(plan),
     }
-    run = subprocess.run(
-        [
-            sys.executable,
-            "benchmarks/busi.py",
-            "--folds",
-            "1",
-            "--limit",
-            "4",
-            "--seg-epochs",
-            "1",
-            "--cls-epochs",
-            "1",
-            "--bootstrap",
-            "20",
-            "--out",
-            str(tmp_path / "out"),
-            "--results",
-            str(results),
-        ],
-        cwd=ROOT,
+    run = run_script(
+        "busi.py",
+        *("--folds", "1", "--limit", "4", "--seg-epochs", "1", "--cls-epochs", "1", "--bootstrap", "20"),
+        *("--out", str(tmp_path / "out"), "--results", str(results)),
         env=env,
-        capture_output=True,
-        text=True,
-        timeout=600,
     )
     assert run.returncode == 0, run.stderr[-3000:]
     doc = json.loads(results.read_text())
@@ -77,14 +61,7 @@ def test_busi_benchmark_smoke_run_records_dice_and_auc_with_cis(shared_data: Pat
     tta = tmp_path / "tta.json"
     fold_dir = tmp_path / "out" / "fold1"
     paths = ["--fold-dirs", str(fold_dir), "--reference", str(results), "--results", str(tta)]
-    run = subprocess.run(
-        [sys.executable, "benchmarks/busi_tta.py", *paths, "--bootstrap", "20", "--replace"],
-        cwd=ROOT,
-        env=env,
-        capture_output=True,
-        text=True,
-        timeout=600,
-    )
+    run = run_script("busi_tta.py", *paths, "--bootstrap", "20", "--replace", env=env)
     assert run.returncode == 0, run.stderr[-3000:]
     decision = json.loads(tta.read_text())
     (fold,) = decision["validation"]["folds"]
@@ -99,8 +76,7 @@ def test_busi_benchmark_smoke_run_records_dice_and_auc_with_cis(shared_data: Pat
     # a folder whose bundle did not train the record's fold is refused by name, and the record is left as it was
     doc["segmentation"]["folds"][0]["training"]["iterations"] += 1
     results.write_text(json.dumps(doc))
-    command = [sys.executable, "benchmarks/busi_tta.py", *paths, "--replace"]
-    run = subprocess.run(command, cwd=ROOT, env=env, capture_output=True, text=True)
+    run = run_script("busi_tta.py", *paths, "--replace", env=env)
     assert run.returncode != 0 and str(fold_dir) in run.stderr and "did not train" in run.stderr
     assert json.loads(results.read_text()) == doc
 
@@ -181,3 +157,12 @@ def test_mirroring_wins_only_when_its_mean_validation_dice_before_the_gate_is_hi
     assert adopted and abs(means["mirrored"] - 0.66) < 1e-9 and abs(means["one_pass"] - 0.65) < 1e-9
     assert busi_tta.decide({0: ways(0.6, 0.6)})[1] is False  # a tie keeps one pass
     assert busi_tta.decide({0: ways(0.6, 0.7), 1: ways(0.7, 0.55)})[1] is False
+
+
+def test_a_folder_not_named_for_its_fold_is_refused_by_name() -> None:
+    sys.path.insert(0, str(ROOT / "benchmarks"))
+    import busi_tta
+
+    assert busi_tta.fold_of(Path("out/fold3")) == 3
+    with pytest.raises(SystemExit, match=r"seg_bundle: not a busi\.py fold folder"):
+        busi_tta.fold_of(Path("out/fold3/seg_bundle"))

@@ -5,11 +5,9 @@ from __future__ import annotations
 
 import json
 import os
-import subprocess
-import sys
 from pathlib import Path
 
-ROOT = Path(__file__).resolve().parents[2]
+from benchmark_scripts import run_script
 
 
 def test_stream_speed_benchmark_runs_small_and_records_every_engine(
@@ -17,32 +15,11 @@ def test_stream_speed_benchmark_runs_small_and_records_every_engine(
 ) -> None:
     results = tmp_path / "stream.json"
     env = {**os.environ, "MEDSIGHT_DATA": str(shared_data.resolve()), "MEDSIGHT_THREADS": "1"}
-    run = subprocess.run(
-        [
-            sys.executable,
-            "benchmarks/stream.py",
-            "--bundle",
-            str(fast_bundle),
-            "--out",
-            str(tmp_path / "out"),
-            "--results",
-            str(results),
-            "--size",
-            "64",
-            "--frames",
-            "3",
-            "--rounds",
-            "1",
-            "--heldout",
-            "3",
-            "--bootstrap",
-            "20",
-        ],
-        cwd=ROOT,
+    run = run_script(
+        "stream.py",
+        *("--bundle", str(fast_bundle), "--out", str(tmp_path / "out"), "--results", str(results)),
+        *("--size", "64", "--frames", "3", "--rounds", "1", "--heldout", "3", "--bootstrap", "20"),
         env=env,
-        capture_output=True,
-        text=True,
-        timeout=600,
     )
     assert run.returncode == 0, run.stderr[-3000:]
     doc = json.loads(results.read_text())
