@@ -102,6 +102,61 @@ def mirrored_bundle(fold_dir: Path, way: dict[str, Any]) -> Path:
     return copy
 
 
+def scored_folds(
+    tested: dict[int, tuple[Path, Path, dict[str, Any], Path]],
+    record_folds: dict[int, dict[str, Any]],
+    prov: dict[str, Any],
+    n_boot: int,
+    extra: dict[str, Any],
+) -> tuple[list[dict[str, Any]], dict[str, Any]]:
+    """Each fold's adopted bundle scored once on its test fold (``tested``: fold -> bundle, fold folder, the way its
+    validation figures were decided, evaluation folder), as run-of-record entries, and the figures across folds."""
+    folds = []
+    for fold, (bundle, fold_dir, way, out) in sorted(tested.items()):
+        scored = scored_on_test(bundle, fold_dir / "data", out, n_boot)
+        folds.append(
+            record_folds[fold]
+            | scored
+            | {
+                "val_dice": way["val_dice_after_gate"],
+                "val_dice_before_gate": way["val_dice_before_gate"],
+                **extra,
+                "provenance": prov,
+                "trained_by": record_folds[fold].get("trained_by", record_folds[fold]["provenance"]),
+            }
+        )
+    across = {
+        "dice": pooled(folds, "dice"),
+        "dice_lesion_images": pooled(folds, "dice_lesion_images"),
+        "ablation_without_unsure_gate": pooled([f["ablation_without_unsure_gate"] for f in folds], "dice"),
+    }
+    return folds, across
+
+
+def test_summary(folds: list[dict[str, Any]]) -> list[dict[str, Any]]:
+    """What a decision's results file keeps of each fold's test figures."""
+    keys = ("fold", "dice", "dice_lesion_images", "ablation_without_unsure_gate", "case_situations")
+    return [{k: f.get(k) for k in keys} for f in folds]
+
+
+def install_record(
+    path: Path,
+    reference: dict[str, Any],
+    folds: list[dict[str, Any]],
+    across: dict[str, Any],
+    rule: str,
+    prov: dict[str, Any],
+) -> None:
+    """Make ``folds`` the run of record in ``path``: the old one under ``previous``, with the records before it."""
+    previous = {"segmentation": reference["segmentation"], "provenance": reference["provenance"]}
+    if "previous" in reference:
+        previous["previous"] = reference["previous"]
+    reference["segmentation"] = {"folds": folds, "across_folds": across, "chosen_by": rule}
+    reference["previous"] = previous
+    reference["provenance"] = prov
+    write_json(path, reference)
+
+
 def main() -> None:
     parser = argparse.ArgumentParser(description=__doc__.split("\n\n")[0])
     parser.add_argument(
@@ -144,45 +199,18 @@ def main() -> None:
         "adopted": adopted,
     }
     if adopted:
-        folds = []
+        tested = {}
         for fold_dir in args.fold_dirs:
-            fold = fold_of(fold_dir)
-            way = decided[fold]["mirrored"]
+            way = decided[fold_of(fold_dir)]["mirrored"]
             bundle = mirrored_bundle(fold_dir, way)
-            tested = scored_on_test(bundle, fold_dir / "data", fold_dir / "seg_eval_mirrored", args.bootstrap)
-            folds.append(
-                record_folds[fold]
-                | tested
-                | {
-                    "val_dice": way["val_dice_after_gate"],
-                    "val_dice_before_gate": way["val_dice_before_gate"],
-                    "test_time_flips": True,
-                    "provenance": record["provenance"],
-                    "trained_by": record_folds[fold]["provenance"],
-                }
-            )
-        folds.sort(key=lambda f: f["fold"])
-        across = {
-            "dice": pooled(folds, "dice"),
-            "dice_lesion_images": pooled(folds, "dice_lesion_images"),
-            "ablation_without_unsure_gate": pooled([f["ablation_without_unsure_gate"] for f in folds], "dice"),
-        }
+            tested[fold_of(fold_dir)] = (bundle, fold_dir, way, fold_dir / "seg_eval_mirrored")
+        folds, across = scored_folds(
+            tested, record_folds, record["provenance"], args.bootstrap, {"test_time_flips": True}
+        )
         record["test_across_folds"] = across
-        record["test_folds"] = [
-            {
-                k: f.get(k)
-                for k in ("fold", "dice", "dice_lesion_images", "ablation_without_unsure_gate", "case_situations")
-            }
-            for f in folds
-        ]
+        record["test_folds"] = test_summary(folds)
         if args.replace:
-            previous = {"segmentation": reference["segmentation"], "provenance": reference["provenance"]}
-            if "previous" in reference:
-                previous["previous"] = reference["previous"]
-            reference["segmentation"] = {"folds": folds, "across_folds": across, "chosen_by": RULE}
-            reference["previous"] = previous
-            reference["provenance"] = record["provenance"]
-            write_json(args.reference, reference)
+            install_record(args.reference, reference, folds, across, RULE, record["provenance"])
     write_json(args.results, record)
     print(json.dumps({k: v for k, v in record.items() if k not in ("provenance", "test_folds")}, indent=1)[:3000])
 

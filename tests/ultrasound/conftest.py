@@ -1,5 +1,6 @@
 """Fixtures of the ultrasound tests: BUSI read in place, and a fast-preset bundle trained on it for seconds (tiny patch,
-30 iterations) with its int8 variant. The bundle is barely trained: tests on it check behaviour, not accuracy."""
+30 iterations) with its int8 variant and a second seed. The bundles are barely trained: tests on them check
+behaviour, not accuracy."""
 
 from __future__ import annotations
 
@@ -27,14 +28,24 @@ def busi_root(shared_data: Path) -> Path:
     return shared_data / "busi"
 
 
+def train_fast(busi_root: Path, folder: Path, seed: int) -> Path:
+    """The tiny fast-preset training the fixtures share, with ``seed``; returns the bundle's folder."""
+    plan = folder / "plan.json"
+    plan.write_text(json.dumps(TINY_FAST))
+    options = SegmentationOptions(seed=seed, epochs=3, max_cases=12, plan=plan)
+    segmentation.TASK.train(str(busi_root), folder / "bundle", options)
+    return folder / "bundle"
+
+
 @pytest.fixture(scope="session")
 def fast_bundle(busi_root: Path, tmp_path_factory: pytest.TempPathFactory) -> Path:
-    tmp = tmp_path_factory.mktemp("busi_fast")
-    plan = tmp / "plan.json"
-    plan.write_text(json.dumps(TINY_FAST))
-    options = SegmentationOptions(seed=0, epochs=3, max_cases=12, plan=plan)
-    segmentation.TASK.train(str(busi_root), tmp / "bundle", options)
-    return tmp / "bundle"
+    return train_fast(busi_root, tmp_path_factory.mktemp("busi_fast"), seed=0)
+
+
+@pytest.fixture(scope="session")
+def fast_bundle_seed1(busi_root: Path, tmp_path_factory: pytest.TempPathFactory) -> Path:
+    """The same training with seed 1: same plan and fold, other weights (an ensemble's second member)."""
+    return train_fast(busi_root, tmp_path_factory.mktemp("busi_fast_seed1"), seed=1)
 
 
 @pytest.fixture(scope="session")

@@ -1,5 +1,6 @@
 """``benchmarks/busi.py`` as a smoke run (4 images per fold, one epoch): segmentation Dice and classification AUC with
-CIs on the test fold of a fold view, the split it used, and the provenance every results file carries."""
+CIs on the test fold of a fold view, the split it used, and the provenance every results file carries; then the
+mirroring and two-seed ensemble decisions (``busi_tta.py``, ``busi_seed_ensemble.py``) on that fold."""
 
 from __future__ import annotations
 
@@ -13,6 +14,7 @@ from typing import Any
 import pytest
 
 from benchmark_scripts import run_script
+from medsight.training.bundle import load_bundle
 
 ROOT = Path(__file__).resolve().parents[2]
 
@@ -80,6 +82,39 @@ def test_busi_benchmark_smoke_run_records_dice_and_auc_with_cis(shared_data: Pat
     assert run.returncode != 0 and str(fold_dir) in run.stderr and "did not train" in run.stderr
     assert json.loads(results.read_text()) == doc
 
+    # two seeds per fold as one model (benchmarks/busi_seed_ensemble.py): decided on validation, the same way
+    results.write_text(json.dumps(replaced))  # the record as the mirroring decision left it
+    seed1 = tmp_path / "seed1"
+    run = run_script(
+        "busi.py",
+        *("--folds", "1", "--limit", "4", "--seg-epochs", "1", "--seed", "1", "--skip", "classification"),
+        *("--bootstrap", "20", "--out", str(seed1), "--results", str(tmp_path / "seed1.json")),
+        env=env,
+    )
+    assert run.returncode == 0, run.stderr[-3000:]
+    ens = tmp_path / "ensemble.json"
+    paths = ["--fold-dirs", str(fold_dir), "--seed-dirs", str(seed1 / "fold1"), "--reference", str(results)]
+    run = run_script("busi_seed_ensemble.py", *paths, "--results", str(ens), "--bootstrap", "20", "--replace", env=env)
+    assert run.returncode == 0, run.stderr[-3000:]
+    decision = json.loads(ens.read_text())
+    (fold,) = decision["validation"]["folds"]
+    assert fold["fold"] == 1 and {"record", "ensemble"} <= set(fold)
+    means = decision["validation"]["val_dice_before_gate_mean"]
+    assert decision["adopted"] is (means["ensemble"] > means["record"])
+    assert len(load_bundle(fold_dir / "seg_bundle_seeds2").meta["ensemble"]["members"]) == 2
+    after = json.loads(results.read_text())
+    if decision["adopted"]:  # scored once on test, every member's training recorded
+        entry = after["segmentation"]["folds"][0]
+        assert entry["ensemble_seeds"] == [0, 1] and [m["seed"] for m in entry["members_training"]] == [0, 1]
+        assert after["previous"] == {
+            k: replaced[k] for k in ("segmentation", "provenance", "previous") if k in replaced
+        }
+    else:
+        assert after == replaced
+    # a seed-0 folder given as the second seed is refused by name
+    run = run_script("busi_seed_ensemble.py", *paths[:2], "--seed-dirs", str(fold_dir), *paths[-2:], env=env)
+    assert run.returncode != 0 and "not the seed-1 bundle" in run.stderr
+
 
 def test_add_keeps_the_earlier_runs_other_folds_with_their_own_provenance(tmp_path: Path) -> None:
     sys.path.insert(0, str(ROOT / "benchmarks"))
@@ -87,21 +122,33 @@ def test_add_keeps_the_earlier_runs_other_folds_with_their_own_provenance(tmp_pa
 
     earlier_run = {"command": "busi.py --folds 0,1", "commit": "aaaa"}
     results = tmp_path / "busi.json"
-    results.write_text(json.dumps({
-        "provenance": earlier_run,
-        "segmentation": {"folds": [{"fold": 0, "dice": 0.5}, {"fold": 1, "dice": 0.4}]},
-        "classification": {"folds": [{"fold": 1, "auc": 0.8}]},
-    }))
-    record = {"provenance": {"command": "busi.py --folds 1,2 --add"}, "split": {"folds_tested": [1, 2]},
-              "segmentation": {"folds": []}, "classification": {"folds": []}}
+    results.write_text(
+        json.dumps(
+            {
+                "provenance": earlier_run,
+                "segmentation": {"folds": [{"fold": 0, "dice": 0.5}, {"fold": 1, "dice": 0.4}]},
+                "classification": {"folds": [{"fold": 1, "auc": 0.8}]},
+            }
+        )
+    )
+    record = {
+        "provenance": {"command": "busi.py --folds 1,2 --add"},
+        "split": {"folds_tested": [1, 2]},
+        "segmentation": {"folds": []},
+        "classification": {"folds": []},
+    }
     bench.keep_earlier_folds(record, results, [1, 2], [])
     assert record["segmentation"]["folds"] == [{"fold": 0, "dice": 0.5, "provenance": earlier_run}]
     assert record["classification"]["folds"] == []  # fold 1 is measured again by this run
     assert record["split"]["folds_tested"] == [0, 1, 2] and record["earlier_runs"] == [earlier_run]
 
     # a segmentation-only run of fold 1 keeps the earlier run's fold-1 classification
-    record = {"provenance": {"command": "busi.py --folds 1 --skip classification --add"},
-              "split": {"folds_tested": [1]}, "segmentation": {"folds": []}, "classification": {"folds": []}}
+    record = {
+        "provenance": {"command": "busi.py --folds 1 --skip classification --add"},
+        "split": {"folds_tested": [1]},
+        "segmentation": {"folds": []},
+        "classification": {"folds": []},
+    }
     bench.keep_earlier_folds(record, results, [1], ["classification"])
     assert record["classification"]["folds"] == [{"fold": 1, "auc": 0.8, "provenance": earlier_run}]
 
@@ -118,13 +165,20 @@ def test_merge_joins_folds_run_in_parallel_later_files_winning(tmp_path: Path) -
         ("b", b, [{"fold": 1, "dice": 0.7}], []),
     ):
         files.append(tmp_path / f"{name}.json")
-        files[-1].write_text(json.dumps({"provenance": prov, "segmentation": {"folds": seg},
-                                         "classification": {"folds": cls}}))
-    record = {"provenance": {"command": "busi.py --merge"}, "split": {"folds_tested": []},
-              "segmentation": {"folds": []}, "classification": {"folds": []}}
+        files[-1].write_text(
+            json.dumps({"provenance": prov, "segmentation": {"folds": seg}, "classification": {"folds": cls}})
+        )
+    record = {
+        "provenance": {"command": "busi.py --merge"},
+        "split": {"folds_tested": []},
+        "segmentation": {"folds": []},
+        "classification": {"folds": []},
+    }
     bench.merge(record, files)
-    assert record["segmentation"]["folds"] == [{"fold": 0, "dice": 0.6, "provenance": a},
-                                               {"fold": 1, "dice": 0.7, "provenance": b}]
+    assert record["segmentation"]["folds"] == [
+        {"fold": 0, "dice": 0.6, "provenance": a},
+        {"fold": 1, "dice": 0.7, "provenance": b},
+    ]
     assert record["classification"]["folds"] == [{"fold": 0, "auc": 0.9, "provenance": old}]
     assert record["split"]["folds_tested"] == [0, 1] and record["merged_from"] == [old, a, b]
 
