@@ -22,11 +22,9 @@ def register(sub: argparse._SubParsersAction) -> None:
     p.add_argument("--data", required=True, help="the data the bundles were trained on (as for 'medsight train')")
     p.add_argument("--out", type=output_folder, required=True, help="the ensemble bundle's folder")
     flips = p.add_mutually_exclusive_group()
-    flips.add_argument(
-        "--mirror", dest="flips", action="store_true", default=None, help="predict averaged over mirrored copies"
-    )
+    flips.add_argument("--mirror", dest="flips", action="store_true", help="predict averaged over mirrored copies")
     flips.add_argument("--no-mirror", dest="flips", action="store_false", help="predict in one pass")
-    p.set_defaults(func=run)
+    p.set_defaults(func=run, flips=None)
 
 
 def run(args: argparse.Namespace) -> int:
