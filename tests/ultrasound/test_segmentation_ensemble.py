@@ -101,3 +101,14 @@ def test_ensemble_command_writes_the_bundle_and_wrong_data_fails_by_name(
     wrong = shared_data / "drive"
     run = subprocess.run([*cmd, "--data", str(wrong), "--out", str(tmp_path / "no")], capture_output=True, text=True)
     assert run.returncode != 0 and "validation cases" in run.stderr and not (tmp_path / "no").exists()
+
+
+def test_ensemble_command_mirrors_as_the_first_member_unless_told(tmp_path: Path) -> None:
+    from medsight.cli import build_parser
+
+    base = ["ensemble", "a", "b", "--data", "d", "--out", str(tmp_path / "e")]
+    assert build_parser().parse_args(base).flips is None
+    assert build_parser().parse_args([*base, "--mirror"]).flips is True
+    assert build_parser().parse_args([*base, "--no-mirror"]).flips is False
+    with pytest.raises(SystemExit):
+        build_parser().parse_args([*base, "--mirror", "--no-mirror"])
