@@ -86,6 +86,21 @@ def ensemble_of(fold_dir: Path, members: list[Path]) -> tuple[Path, dict[str, fl
     return out, before_gate(combine(members, str(fold_dir / "data"), out, True))
 
 
+def member_run(path: Path) -> dict[str, Any]:
+    """A further seed's own run as ``busi.py`` recorded it (one model, one pass): reported, deciding nothing."""
+    doc = json.loads(path.read_text(encoding="utf-8"))
+    (fold,) = doc["segmentation"]["folds"]
+    return {
+        "fold": fold["fold"],
+        "seed": doc["provenance"].get("seeds", [None])[0],
+        "iterations": fold["training"]["iterations"],
+        "val_dice_before_gate": fold.get("val_dice_before_gate"),
+        "test_dice": fold["dice"]["value"],
+        "test_dice_lesion_images": fold["dice_lesion_images"]["value"],
+        "provenance": doc["provenance"],
+    }
+
+
 def main() -> None:
     parser = argparse.ArgumentParser(description=__doc__.split("\n\n")[0])
     parser.add_argument("--fold-dirs", type=Path, nargs="+", required=True, help="the run of record's foldK folders")
@@ -104,6 +119,9 @@ def main() -> None:
     parser.add_argument("--results", type=Path, default=RESULTS / "busi_seed_ensemble.json")
     parser.add_argument("--replace", action="store_true", help="on a win, make the ensemble folds the run of record")
     parser.add_argument("--bootstrap", type=int, default=1000)
+    parser.add_argument(
+        "--member-runs", type=Path, nargs="*", default=[], help="busi.py results of the further seeds (reported only)"
+    )
     args = parser.parse_args()
     logging.basicConfig(level=logging.INFO, format="%(message)s")
     torch.set_num_threads(config.num_threads())
@@ -147,6 +165,7 @@ def main() -> None:
             "val_dice_before_gate_mean": means,
         },
         "adopted": adopted,
+        "member_runs": [member_run(path) for path in args.member_runs],
     }
     if adopted:
         tested = {

@@ -94,13 +94,15 @@ def test_busi_benchmark_smoke_run_records_dice_and_auc_with_cis(shared_data: Pat
     assert run.returncode == 0, run.stderr[-3000:]
     ens = tmp_path / "ensemble.json"
     paths = ["--fold-dirs", str(fold_dir), "--seed-dirs", str(seed1 / "fold1"), "--reference", str(results)]
-    run = run_script("busi_seed_ensemble.py", *paths, "--results", str(ens), "--bootstrap", "20", "--replace", env=env)
+    extra = ["--results", str(ens), "--bootstrap", "20", "--member-runs", str(tmp_path / "seed1.json"), "--replace"]
+    run = run_script("busi_seed_ensemble.py", *paths, *extra, env=env)
     assert run.returncode == 0, run.stderr[-3000:]
     decision = json.loads(ens.read_text())
     (fold,) = decision["validation"]["folds"]
     assert fold["fold"] == 1 and {"record", "ensemble"} <= set(fold)
     means = decision["validation"]["val_dice_before_gate_mean"]
     assert decision["adopted"] is (means["ensemble"] > means["record"])
+    assert [(m["fold"], m["seed"]) for m in decision["member_runs"]] == [(1, 1)]  # reported, deciding nothing
     assert len(load_bundle(fold_dir / "seg_bundle_seeds2").meta["ensemble"]["members"]) == 2
     after = json.loads(results.read_text())
     if decision["adopted"]:  # scored once on test, every member's training recorded
