@@ -24,18 +24,14 @@ from pathlib import Path
 from typing import Any
 
 import torch
-from busi_tta import check_is_record, fold_of, install_record, scored_folds, test_summary
+from busi_tta import check_is_record, decide_ways, fold_of, install_record, scored_folds, test_summary
 from support.provenance import provenance
 from support.seg_record import RESULTS
 
 from medsight import config
 from medsight.io.atomic import write_json
-from medsight.tasks.segmentation.data import open_dataset, read_cases
 from medsight.tasks.segmentation.ensemble import combine
-from medsight.tasks.segmentation.inference import onnx_predictor
-from medsight.tasks.segmentation.plan import SegmentationPlan
-from medsight.tasks.segmentation.train import validation_postprocessing
-from medsight.training.bundle import ONNX, load_bundle
+from medsight.training.bundle import Bundle, load_bundle
 
 RULES = {
     2: "docs/benchmarks.md, 'BUSI: two seeds per fold, one ensemble', fixed on 29 November 2026 before the runs: per "
@@ -58,15 +54,10 @@ def before_gate(meta: dict[str, Any]) -> dict[str, float]:
     }
 
 
-def single_mirrored(fold_dir: Path) -> dict[str, float]:
-    """The run of record's single model on its validation fold: its seed-0 bundle, predicting mirrored."""
-    bundle = load_bundle(fold_dir / "seg_bundle")
-    plan = bundle.plan(SegmentationPlan).with_overrides({"test_time_flips": True})
-    ds = open_dataset(str(fold_dir / "data"))
-    cases = list(read_cases(ds, bundle.meta["data"]["val_ids"]).values())
-    predictor = onnx_predictor(bundle.path / ONNX, torch.get_num_threads())
-    post, metrics, _ = validation_postprocessing(ds, cases, plan, predictor)
-    return before_gate({"postprocessing": post, "metrics": {"val": metrics}})
+def single_mirrored(fold_dir: Path, bundle: Bundle) -> dict[str, float]:
+    """The run of record's single model (its seed-0 ``bundle``) on its validation fold, predicting mirrored."""
+    way = decide_ways(fold_dir, bundle, (("mirrored", True),))["mirrored"]
+    return {k: way[k] for k in ("val_dice_before_gate", "val_dice_after_gate")}
 
 
 def members_of(fold_dir: Path, seed_dirs: list[Path]) -> list[Path]:
@@ -136,13 +127,14 @@ def main() -> None:
     bundles: dict[int, tuple[Path, list[Path]]] = {}
     for fold_dir in args.fold_dirs:
         fold = fold_of(fold_dir)
-        check_is_record(fold_dir, load_bundle(fold_dir / "seg_bundle"), record_folds.get(fold))
+        record_bundle = load_bundle(fold_dir / "seg_bundle")
+        check_is_record(fold_dir, record_bundle, record_folds.get(fold))
         if any(fold not in group for group in by_fold):
             raise SystemExit(f"fold {fold} is missing from a --seed-dirs list")
         members = members_of(fold_dir, [group[fold] for group in by_fold])
         path, candidate = ensemble_of(fold_dir, members)
         if args.baseline_seeds == 1:
-            record_way = single_mirrored(fold_dir)
+            record_way = single_mirrored(fold_dir, record_bundle)
         else:
             record_way = ensemble_of(fold_dir, members[: args.baseline_seeds])[1]
         bundles[fold] = (path, members)

@@ -58,24 +58,28 @@ def check_is_record(fold_dir: Path, bundle: Bundle, entry: dict[str, Any] | None
         raise SystemExit(f"{fold_dir}: its bundle did not train the run of record's fold (its training differs)")
 
 
-def decide_ways(fold_dir: Path, bundle: Bundle) -> dict[str, Any]:
-    """Both ways of predicting one fold's validation images: the post-processing each chooses and its figures."""
+#: The ways of predicting the rule compares: its name, and whether it averages over the mirrors.
+WAYS = (("one_pass", False), ("mirrored", True))
+
+
+def decide_ways(fold_dir: Path, bundle: Bundle, ways: tuple[tuple[str, bool], ...] = WAYS) -> dict[str, Any]:
+    """Each way of predicting one fold's validation images: the post-processing it chooses and its figures."""
     plan = bundle.plan(SegmentationPlan)
     ds = open_dataset(str(fold_dir / "data"))
     val_cases = list(read_cases(ds, bundle.meta["data"]["val_ids"]).values())
     predictor = onnx_predictor(bundle.path / ONNX, torch.get_num_threads())
-    ways: dict[str, Any] = {}
-    for name, mirrored in (("one_pass", False), ("mirrored", True)):
+    decided: dict[str, Any] = {}
+    for name, mirrored in ways:
         variant = plan.with_overrides({"test_time_flips": mirrored})
         post, metrics, review = validation_postprocessing(ds, val_cases, variant, predictor)
-        ways[name] = {
+        decided[name] = {
             "val_dice_before_gate": float(post["unsure_trials"]["1"]["dice_before"]),
             "val_dice_after_gate": metrics["dice"],
             "postprocessing": post,
             "metrics": metrics,
             "uncertainty": review,
         }
-    return ways
+    return decided
 
 
 def decide(decided: dict[int, dict[str, Any]]) -> tuple[dict[str, float], bool]:

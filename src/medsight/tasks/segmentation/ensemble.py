@@ -24,7 +24,6 @@ from medsight.data.fingerprint import case_hash
 from medsight.errors import MedsightError
 from medsight.io.atomic import atomic_dir, write_json
 from medsight.runtime.onnx_export import export_onnx
-from medsight.serving.provenance import bundle_checksum
 from medsight.tasks.segmentation.data import Loaded, SegmentationDataset, open_dataset, read_cases
 from medsight.tasks.segmentation.inference import onnx_predictor, torch_predictor
 from medsight.tasks.segmentation.network import PROBABILITY_AVERAGE, ProbabilityAverage
@@ -141,6 +140,8 @@ def _meta(
     bundles: Sequence[Bundle], plan: SegmentationPlan, model: torch.nn.Module, onnx: dict[str, Any]
 ) -> dict[str, Any]:
     """The first member's record (task, input, data, split), with the ensemble's network, plan and members."""
+    from medsight.serving.provenance import bundle_checksum  # the checksum the service's results carry
+
     meta = copy.deepcopy(bundles[0].meta)
     for key in ("postprocessing", "metrics", "uncertainty", "parent"):
         meta.pop(key, None)
