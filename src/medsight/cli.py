@@ -5,6 +5,7 @@ from __future__ import annotations
 import argparse
 import importlib
 import logging
+import os
 import pkgutil
 import sys
 import warnings
@@ -67,6 +68,7 @@ def main(argv: Sequence[str] | None = None) -> int:
     """Entry point; returns the exit status (0 ok, 1 partial failure, 2 bad input)."""
     parser = build_parser()
     args = parser.parse_args(argv)
+    _never_fail_on_names()
     configure_logging(args.quiet)
     if not args.debug:
         # pydicom warns about what it meets in a broken file, with a line of its own source, before medsight names
@@ -83,7 +85,22 @@ def main(argv: Sequence[str] | None = None) -> int:
     except KeyboardInterrupt:
         print("medsight: interrupted", file=sys.stderr)
         return 130
+    except BrokenPipeError:
+        # the reader closed the pipe (``medsight info DIR | head``): stop quietly as Unix tools do, and send what is
+        # still buffered nowhere so that the interpreter's last flush does not fail again
+        os.dup2(os.open(os.devnull, os.O_WRONLY), sys.stdout.fileno())
+        return 141  # 128 + SIGPIPE, what the shell reports for a tool stopped by a closed pipe
     return int(status or 0)
+
+
+def _never_fail_on_names() -> None:
+    """Print any file name: one that is not valid in the locale's encoding (Latin-1 bytes from a Windows or CD
+    export, held by Python as surrogates) is written with backslash escapes instead of ending the run with a
+    UnicodeEncodeError after its results were written."""
+    for stream in (sys.stdout, sys.stderr):
+        reconfigure = getattr(stream, "reconfigure", None)
+        if callable(reconfigure):
+            reconfigure(errors="backslashreplace")
 
 
 if __name__ == "__main__":  # pragma: no cover

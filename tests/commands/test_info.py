@@ -3,6 +3,9 @@
 from __future__ import annotations
 
 import json
+import os
+import subprocess
+import sys
 from pathlib import Path
 
 import pydicom
@@ -121,3 +124,57 @@ def test_a_truncated_file_is_one_line_without_the_librarys_warning(shared_data: 
     assert run.stderr.strip().splitlines() == [
         f"medsight info: error: {cut}: corrupt or truncated DICOM file: no SOP Class/Instance UID"
     ]
+
+
+def test_a_folder_where_nothing_reads_names_each_file_and_its_problem(
+    shared_data: Path, tmp_path: Path, capsys: pytest.CaptureFixture[str]
+) -> None:
+    source = shared_data / "dicom_samples" / "pydicom_test_files" / "CT_small.dcm"
+    data = source.read_bytes()
+    for name, cut in (("a.dcm", 0.5), ("b.dcm", 0.9)):
+        (tmp_path / name).write_bytes(data[: int(len(data) * cut)])
+    assert main(["info", str(tmp_path)]) == 2
+    err = capsys.readouterr().err
+    assert "no DICOM objects found (0 other files, 2 unreadable DICOM files)" in err
+    for name in ("a.dcm", "b.dcm"):  # once only a count: which files, and why, stayed unsaid
+        line = next(line for line in err.splitlines() if name in line)
+        assert "truncated DICOM file" in line
+
+
+def _run(args: list[str], **kwargs: object) -> subprocess.CompletedProcess[str]:
+    env = {**os.environ, "LC_ALL": "C.UTF-8", "LANG": "C.UTF-8"}
+    env.pop("PYTHONIOENCODING", None)
+    return subprocess.run(
+        [sys.executable, "-m", "medsight.cli", *args], capture_output=True, text=True, env=env, **kwargs
+    )  # type: ignore[call-overload]
+
+
+def test_a_file_name_that_is_not_utf8_is_printed_not_a_crash(shared_data: Path, tmp_path: Path) -> None:
+    """Latin-1 names (``Müller.dcm`` from a Windows or CD export) once ended info with a UnicodeEncodeError traceback
+    under a UTF-8 locale, whose stdout is strict."""
+    source = shared_data / "dicom_samples" / "pydicom_test_files" / "CT_small.dcm"
+    data = source.read_bytes()
+    folder = tmp_path / "study"
+    folder.mkdir()
+    (folder / "ok.dcm").write_bytes(data)
+    with open(os.path.join(os.fsencode(folder), b"M\xfcller.dcm"), "wb") as fh:
+        fh.write(data[: len(data) // 2])
+    run = _run(["info", str(folder)])
+    assert "Traceback" not in run.stderr and run.returncode == 1, run.stderr  # 1: one file could not be read
+    assert "M\\udcfcller.dcm: truncated DICOM file" in run.stdout
+
+
+def test_a_closed_pipe_stops_quietly(shared_data: Path) -> None:
+    """``medsight info DIR | head`` once dumped a BrokenPipeError traceback."""
+    env = {**os.environ}
+    proc = subprocess.Popen(
+        [sys.executable, "-m", "medsight.cli", "info", str(shared_data / "dicom_samples")],
+        stdout=subprocess.PIPE,
+        stderr=subprocess.PIPE,
+        env=env,
+    )
+    assert proc.stdout is not None and proc.stderr is not None
+    proc.stdout.close()  # the reader goes away before the first line
+    err = proc.stderr.read().decode()
+    assert proc.wait(timeout=120) == 141
+    assert "Traceback" not in err and "BrokenPipe" not in err

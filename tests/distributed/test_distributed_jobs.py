@@ -20,8 +20,11 @@ KEY = bytes(range(32))
 
 @pytest.fixture(scope="module")
 def ray_cluster(shared_data: Path, tmp_path_factory: pytest.TempPathFactory) -> Iterator[ModuleType]:
-    env = {"MEDSIGHT_DATA": str(shared_data.resolve()), "MEDSIGHT_THREADS": "1",
-           "MEDSIGHT_CACHE": str(tmp_path_factory.mktemp("raycache"))}
+    env = {
+        "MEDSIGHT_DATA": str(shared_data.resolve()),
+        "MEDSIGHT_THREADS": "1",
+        "MEDSIGHT_CACHE": str(tmp_path_factory.mktemp("raycache")),
+    }
     yield from raycluster.start(env)
 
 
@@ -76,8 +79,9 @@ def test_deid_on_ray_survives_a_killed_worker(ray_cluster: ModuleType, shared_da
     assert {p: p.stat().st_mtime_ns for p in sorted(out.rglob("*.dcm"))} == stamps
 
 
-def test_deid_resumes_after_a_crash_while_placing(shared_data: Path, tmp_path: Path,
-                                                   monkeypatch: pytest.MonkeyPatch) -> None:
+def test_deid_resumes_after_a_crash_while_placing(
+    shared_data: Path, tmp_path: Path, monkeypatch: pytest.MonkeyPatch
+) -> None:
     """The local path too: a run that dies before placing its outputs leaves marks; the re-run redoes nothing."""
     from medsight.privacy import run
 
@@ -98,8 +102,9 @@ def test_deid_resumes_after_a_crash_while_placing(shared_data: Path, tmp_path: P
     assert result.report.counts["written"] == n and len(list(out.rglob("*.dcm"))) == n
 
 
-def test_predict_archive_on_ray_survives_a_killed_worker(bundle: Path, ray_cluster: ModuleType,
-                                                         shared_data: Path, tmp_path: Path) -> None:
+def test_predict_archive_on_ray_survives_a_killed_worker(
+    bundle: Path, ray_cluster: ModuleType, shared_data: Path, tmp_path: Path
+) -> None:
     from PIL import Image
 
     archive = tmp_path / "archive"
@@ -114,11 +119,11 @@ def test_predict_archive_on_ray_survives_a_killed_worker(bundle: Path, ray_clust
     report = predict_archive(bundle, archive, out, workers=2, address="auto", progress=False)
     thread.join()
     assert killed, "no worker was killed: the test proved nothing"
-    assert report["files_seen"] == 97 and report["counts"] == {"written": 96, "failed": 1}
+    assert report["files_seen"] == 97 and report["counts"] == {"written": 96, "skipped": 1}  # the text file
     folders = sorted((out / "results").iterdir())
     assert len(folders) == 96 and all((f / "predictions.json").exists() for f in folders)
-    failed = [f for f in report["files"] if f["status"] == "failed"]
-    assert "notes.txt" not in str(report) and failed[0]["reason"]
+    skipped = [f for f in report["files"] if f["status"] == "skipped"]
+    assert "notes.txt" not in str(report) and skipped[0]["reason"].startswith("not an image file")
     # resumable: a second run finds everything done and writes nothing
     stamps = {f: f.stat().st_mtime_ns for f in folders}
     again = predict_archive(bundle, archive, out, workers=1, progress=False)
@@ -133,6 +138,7 @@ def test_missing_ray_is_a_clear_error(monkeypatch: pytest.MonkeyPatch) -> None:
     from medsight.errors import MedsightError
 
     real = builtins.__import__
+
     def fake(name: str, *args: object, **kwargs: object) -> object:
         if name == "ray":
             raise ImportError(name)
@@ -149,5 +155,3 @@ def test_workers_refused_for_tasks_that_do_not_train_on_shared_batches(tmp_path:
 
     with pytest.raises(MedsightError, match="segmentation task trains in one process"):
         train("segmentation", "x", tmp_path / "b", None, workers=2)
-
-

@@ -53,11 +53,25 @@ def _number(text: str) -> float:
         raise argparse.ArgumentTypeError(f"not a number: {text!r}") from None
 
 
-def output_folder(text: str) -> Path:
-    """A folder the command writes (replaced atomically): a file already there is refused before anything runs."""
-    path = Path(text)
-    try:
-        check_replaceable_folder(path)
-    except MedsightError as exc:
-        raise argparse.ArgumentTypeError(str(exc)) from None
-    return path
+def output_folder(*written: str) -> Callable[[str], Path]:
+    """A folder the command writes (replaced atomically), whose kind always holds one of ``written`` at its top
+    level. A file already there, or a folder that is not empty and holds none of them (not an earlier output of this
+    command: replacing it would delete a user's files), is refused before anything runs."""
+
+    def parse(text: str) -> Path:
+        path = Path(text)
+        try:
+            check_replaceable_folder(path, written)
+        except MedsightError as exc:
+            raise argparse.ArgumentTypeError(str(exc)) from None
+        return path
+
+    return parse
+
+
+def refuse_inputs_inside(out: Path, *inputs: str | Path | None) -> None:
+    """The output folder may not be, or hold, an input (``medsight predict B scans/x.dcm --out scans`` would delete
+    the scans). Inputs that are not paths (``medmnist:...``) or not given (``None``) are skipped."""
+    from medsight.io.atomic import refuse_inputs_inside as refuse
+
+    refuse(out, [p for p in inputs if p is not None and not (isinstance(p, str) and ":" in p and not Path(p).exists())])

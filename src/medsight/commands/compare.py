@@ -5,7 +5,7 @@ from __future__ import annotations
 import argparse
 from pathlib import Path
 
-from medsight.commands._arguments import MIN_BOOTSTRAP, output_folder, whole
+from medsight.commands._arguments import MIN_BOOTSTRAP, output_folder, refuse_inputs_inside, whole
 from medsight.defaults import N_BOOTSTRAP
 
 
@@ -24,7 +24,10 @@ def register(sub: argparse._SubParsersAction) -> None:
     p.add_argument("data", help="data source both can read (as for 'medsight evaluate')")
     p.add_argument("--split", default="val", help="split to compare on (default val: the frozen feedback split)")
     p.add_argument(
-        "--out", type=output_folder, help="output folder (default: compare_out)", default=Path("compare_out")
+        "--out",
+        type=output_folder("compare.json"),
+        help="output folder (default: compare_out)",
+        default=Path("compare_out"),
     )
     p.add_argument(
         "--bootstrap",
@@ -36,6 +39,7 @@ def register(sub: argparse._SubParsersAction) -> None:
 
 
 def run(args: argparse.Namespace) -> int:
+    refuse_inputs_inside(args.out, args.new, args.old, args.data)
     from medsight.feedback.compare import compare
     from medsight.feedback.compare_report import write_report
 

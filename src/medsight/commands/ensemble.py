@@ -5,7 +5,7 @@ from __future__ import annotations
 import argparse
 from pathlib import Path
 
-from medsight.commands._arguments import output_folder
+from medsight.commands._arguments import output_folder, refuse_inputs_inside
 
 
 def register(sub: argparse._SubParsersAction) -> None:
@@ -20,7 +20,7 @@ def register(sub: argparse._SubParsersAction) -> None:
     )
     p.add_argument("bundles", type=Path, nargs="+", help="two or more segmentation bundles of one fold")
     p.add_argument("--data", required=True, help="the data the bundles were trained on (as for 'medsight train')")
-    p.add_argument("--out", type=output_folder, required=True, help="the ensemble bundle's folder")
+    p.add_argument("--out", type=output_folder("bundle.json"), required=True, help="the ensemble bundle's folder")
     flips = p.add_mutually_exclusive_group()
     flips.add_argument("--mirror", dest="flips", action="store_true", help="predict averaged over mirrored copies")
     flips.add_argument("--no-mirror", dest="flips", action="store_false", help="predict in one pass")
@@ -28,6 +28,7 @@ def register(sub: argparse._SubParsersAction) -> None:
 
 
 def run(args: argparse.Namespace) -> int:
+    refuse_inputs_inside(args.out, *args.bundles, args.data)
     from medsight.tasks.segmentation.ensemble import combine
 
     meta = combine(args.bundles, args.data, args.out, args.flips)

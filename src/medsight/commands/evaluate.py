@@ -7,9 +7,13 @@ from pathlib import Path
 from typing import Any
 
 from medsight import tasks
-from medsight.commands._arguments import MIN_BOOTSTRAP, output_folder, whole
+from medsight.commands._arguments import MIN_BOOTSTRAP, output_folder, refuse_inputs_inside, whole
 from medsight.defaults import N_BOOTSTRAP
 from medsight.errors import MedsightError
+
+#: What this command's output folder always holds (metrics.json; shift.json under --shift-only): another folder
+#: is not replaced.
+WRITES = ("metrics.json", "shift.json")
 
 
 def register(sub: argparse._SubParsersAction) -> None:
@@ -28,7 +32,7 @@ def register(sub: argparse._SubParsersAction) -> None:
         help="split to evaluate (default test); a test split holding a case the bundle was trained or validated on "
         "(recognised by its pixels, in any folder or format) is refused",
     )
-    p.add_argument("--out", required=True, type=output_folder, help="output folder (replaced atomically)")
+    p.add_argument("--out", required=True, type=output_folder(*WRITES), help="output folder (replaced atomically)")
     p.add_argument(
         "--bootstrap",
         type=whole(MIN_BOOTSTRAP),
@@ -70,6 +74,7 @@ def register(sub: argparse._SubParsersAction) -> None:
 
 
 def run(args: argparse.Namespace) -> int:
+    refuse_inputs_inside(args.out, args.bundle, args.data)
     from medsight.training.bundle import load_bundle  # torch: imported when the command runs
 
     bundle = load_bundle(args.bundle)

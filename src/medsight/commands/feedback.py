@@ -5,7 +5,7 @@ from __future__ import annotations
 import argparse
 from pathlib import Path
 
-from medsight.commands._arguments import output_folder
+from medsight.commands._arguments import output_folder, refuse_inputs_inside
 
 
 def register(sub: argparse._SubParsersAction) -> None:
@@ -27,12 +27,15 @@ def register(sub: argparse._SubParsersAction) -> None:
         "keyed pseudonyms. Train on it with 'medsight train DIR --init BUNDLE'.",
     )
     e.add_argument("--model", required=True, help="the model's name: its route in the site configuration")
-    e.add_argument("--out", required=True, type=output_folder, help="folder to write (replaced atomically)")
+    e.add_argument(
+        "--out", required=True, type=output_folder("export.json"), help="folder to write (replaced atomically)"
+    )
     e.add_argument("--config", type=Path, help="the service's site configuration (default: the built-in one)")
     e.set_defaults(func=run_export)
 
 
 def run_export(args: argparse.Namespace) -> int:
+    refuse_inputs_inside(args.out, args.config)
     from medsight.feedback.export import export
 
     summary = export(args.config, args.model, args.out)

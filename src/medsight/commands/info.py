@@ -13,6 +13,9 @@ from typing import Any
 from medsight.errors import MedsightError
 from medsight.io.dicom import ScanResult, Series, Study, scan, series_layout
 
+#: Unreadable files named one per line when nothing in a folder could be read (each with its problem).
+SHOWN_IN_ERROR = 20
+
 
 def register(subparsers: Any) -> None:
     """Add the ``info`` subcommand."""
@@ -45,7 +48,12 @@ def run(args: argparse.Namespace) -> int:
             file, problem = result.unreadable[0]
             raise MedsightError(problem, file)
         unreadable = f", {len(result.unreadable)} unreadable DICOM files" if result.unreadable else ""
-        raise MedsightError(f"no DICOM objects found ({len(result.skipped)} other files{unreadable})", args.path)
+        named = [f"\n  {file}: {problem}" for file, problem in result.unreadable[:SHOWN_IN_ERROR]]
+        if len(result.unreadable) > SHOWN_IN_ERROR:
+            named.append(f"\n  ... and {len(result.unreadable) - SHOWN_IN_ERROR} more")
+        raise MedsightError(
+            f"no DICOM objects found ({len(result.skipped)} other files{unreadable}){''.join(named)}", args.path
+        )
     summary = summarise(result, show_phi=args.show_phi)
     if args.json:
         print(json.dumps(summary, indent=2))

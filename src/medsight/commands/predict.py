@@ -6,9 +6,13 @@ import argparse
 from pathlib import Path
 
 from medsight import runtime
-from medsight.commands._arguments import output_folder, whole
+from medsight.commands._arguments import output_folder, refuse_inputs_inside, whole
 from medsight.errors import MedsightError
 from medsight.io import modality
+
+#: What this command's output folder always holds (predictions.json; report.json in archive mode): another folder
+#: is not replaced.
+WRITES = ("predictions.json", "report.json")
 
 
 def register(sub: argparse._SubParsersAction) -> None:
@@ -23,7 +27,7 @@ def register(sub: argparse._SubParsersAction) -> None:
     )
     p.add_argument("bundle", type=Path, help="bundle folder written by 'medsight train'")
     p.add_argument("inputs", nargs="+", type=Path, metavar="FILE", help="images to predict on")
-    p.add_argument("--out", required=True, type=output_folder, help="output folder (replaced atomically)")
+    p.add_argument("--out", required=True, type=output_folder(*WRITES), help="output folder (replaced atomically)")
     p.add_argument("--explain", action="store_true", help="also write a heatmap (e.g. Grad-CAM) per input")
     p.add_argument(
         "--workers",
@@ -43,6 +47,7 @@ def register(sub: argparse._SubParsersAction) -> None:
 
 
 def run(args: argparse.Namespace) -> int:
+    refuse_inputs_inside(args.out, args.bundle, *args.inputs)
     if args.workers is not None or args.address is not None:
         return _run_archive(args)
     model = runtime.load(args.bundle)

@@ -5,8 +5,11 @@ from __future__ import annotations
 import argparse
 from pathlib import Path
 
-from medsight.commands._arguments import output_folder, whole
+from medsight.commands._arguments import output_folder, refuse_inputs_inside, whole
 from medsight.runtime.stream import stream
+
+#: What this command's output folder always holds (the run's summary): another folder is not replaced.
+WRITES = ("stream.json",)
 
 
 def register(sub: argparse._SubParsersAction) -> None:
@@ -20,7 +23,7 @@ def register(sub: argparse._SubParsersAction) -> None:
     )
     p.add_argument("bundle", type=Path, help="a 2D segmentation bundle written by 'medsight train'")
     p.add_argument("source", type=Path, help="DICOM multi-frame file, video file, or folder of frames")
-    p.add_argument("--out", required=True, type=output_folder, help="output folder (replaced atomically)")
+    p.add_argument("--out", required=True, type=output_folder(*WRITES), help="output folder (replaced atomically)")
     p.add_argument("--no-video", action="store_true", help="do not write the overlaid video")
     p.add_argument("--tta", action="store_true", help="average mirrored test-time passes (slower)")
     p.add_argument("--max-frames", type=whole(1), help="stop after this many frames")
@@ -39,6 +42,7 @@ def register(sub: argparse._SubParsersAction) -> None:
 
 
 def run(args: argparse.Namespace) -> int:
+    refuse_inputs_inside(args.out, args.bundle, args.source)
     if not args.any_modality and args.source.is_file():
         from medsight.io import modality
         from medsight.training.bundle import load_bundle

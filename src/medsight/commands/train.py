@@ -6,7 +6,7 @@ import argparse
 from pathlib import Path
 
 from medsight import tasks
-from medsight.commands._arguments import output_folder, whole
+from medsight.commands._arguments import output_folder, refuse_inputs_inside, whole
 from medsight.data.splits import SPLIT_SEED, SPLIT_SEED_ENV
 from medsight.defaults import DEFAULT_ALPHA
 
@@ -43,7 +43,9 @@ def register(sub: argparse._SubParsersAction) -> None:
         "are planned from the data; the plan, with the expected training time, is printed before training starts.",
     )
     p.add_argument("data", help="data source, e.g. medmnist:breastmnist or path/to/manifest.csv")
-    p.add_argument("--out", required=True, type=output_folder, help="bundle folder to write (replaced atomically)")
+    p.add_argument(
+        "--out", required=True, type=output_folder("bundle.json"), help="bundle folder to write (replaced atomically)"
+    )
     p.add_argument("--task", choices=tasks.TASKS, help="task (default: detected from DATA)")
     p.add_argument("--seed", type=int, default=0, help="random seed; the same seed repeats the run (default 0)")
     p.add_argument("--epochs", type=int, help="maximum epochs (default: planned from the data)")
@@ -152,6 +154,7 @@ def register(sub: argparse._SubParsersAction) -> None:
 
 
 def run(args: argparse.Namespace) -> int:
+    refuse_inputs_inside(args.out, args.data, args.init)
     name = args.task or (_parent_task(args.init) if args.init is not None else tasks.detect(args.data))
     task = tasks.get(name)
     given = {k: getattr(args, k) for k in OPTION_FLAGS if getattr(args, k, None) is not None}

@@ -42,6 +42,45 @@ def iter_files(archive: Path) -> Iterator[tuple[Path, str]]:
                 yield path, path.relative_to(archive).as_posix()
 
 
+#: The DICOM SOP class of a DICOMDIR (Media Storage Directory Storage): an index of a CD's files, not an image.
+MEDIA_STORAGE_DIRECTORY = "1.2.840.10008.1.3.10"
+#: Pixel data elements: a DICOM object without one (SR, KO, a presentation state) holds no image.
+PIXEL_DATA = ("PixelData", "FloatPixelData", "DoubleFloatPixelData")
+
+
+def not_an_image(path: Path) -> str | None:
+    """Why a file of an archive is no input at all (``None`` when it is one): archives from a PACS or a CD carry
+    READMEs, empty files, DICOMDIRs and non-image objects (SR, KO) beside the images. These are skipped, not failed:
+    a damaged image or one of the wrong modality still fails with its reason."""
+    from medsight.io.dicom import is_dicom_file, open_dicom
+    from medsight.io.images import NIFTI_SUFFIXES, RASTER_SUFFIXES
+
+    try:
+        if path.stat().st_size == 0:
+            return "an empty file"
+    except OSError:
+        return None  # read_image names the problem
+    if is_dicom_file(path):
+        try:
+            ds = open_dicom(path, defer_size=1024)  # large values (the pixels) stay on disk
+        except Exception:  # a damaged DICOM file is a failure, with read_image's reason
+            return None
+        sop_class = str(ds.get("SOPClassUID") or getattr(ds, "file_meta", {}).get("MediaStorageSOPClassUID", ""))
+        if sop_class == MEDIA_STORAGE_DIRECTORY:
+            return "a DICOMDIR (an index of the media's files, not an image)"
+        if not any(keyword in ds for keyword in PIXEL_DATA):
+            return f"a DICOM object without an image (Modality {ds.get('Modality') or 'not given'})"
+        return None
+    name = path.name.lower()
+    if (
+        path.suffix.lower() in RASTER_SUFFIXES
+        or name.endswith(NIFTI_SUFFIXES)
+        or path.suffix.lower() in (".npy", ".npz")
+    ):
+        return None
+    return "not an image file (neither DICOM nor an image format medsight reads)"
+
+
 def _setup(config: dict[str, Any]) -> tuple[Any, bool, str | None]:
     """The warm model, whether to explain, and the training modality DICOM inputs are checked against (``None``:
     ``--any-modality``)."""
@@ -65,10 +104,16 @@ def _work(state: tuple[Any, bool, str | None], chunk: list[Item]) -> list[dict[s
         if Path(target).exists():
             records.append(record | {"status": "written", "summary": "written by an earlier attempt"})
             continue
+        stray = not_an_image(Path(path))
+        if stray is not None:
+            records.append({"key": name, "status": "skipped", "reason": stray})
+            continue
         try:
             if checked is not None:
                 modality.check(checked, [Path(path)])
             results = model.predict([Path(path)], explain=explain)
+            for result in results:  # the key names the results, never the file's name (it may hold a patient's)
+                result.input = name
             runtime.write_predictions(model, results, Path(target))
             records.append(record | {"status": "written", "summary": "; ".join(r.summary() for r in results)})
         except MedsightError as exc:  # the problem only: the path may hold a patient's name

@@ -113,7 +113,7 @@ def write_evaluation(
     ``extra_json`` files), in a temporary folder renamed onto ``out`` so it appears whole or not at all."""
     from medsight.io.atomic import atomic_dir
 
-    with atomic_dir(out) as tmp:
+    with atomic_dir(out, written=("metrics.json",)) as tmp:
         write_json(tmp / "metrics.json", metrics)
         for name, content in (extra_json or {}).items():
             write_json(tmp / name, content)

@@ -128,7 +128,7 @@ def render(result: dict[str, Any]) -> tuple[str, list[Figure]]:
 def write_report(out: Path, result: dict[str, Any]) -> Path:
     """``out/compare.json``, ``out/compare.html`` and ``out/figures/*.png``, atomically."""
     page, figures = render(result)
-    with atomic_dir(out) as tmp:
+    with atomic_dir(out, written=("compare.json",)) as tmp:
         write_json(tmp / "compare.json", result)
         write_text(tmp / "compare.html", page)
         write_figures(tmp, figures)

@@ -191,7 +191,7 @@ def _write(
 
     positive = load_bundle(route.bundle).meta.get("positive_class")
     rows = []
-    with atomic_dir(out) as tmp:
+    with atomic_dir(out, written=("export.json",)) as tmp:
         (tmp / "images").mkdir()
         for case, source in cases:
             image = read_image(source)
@@ -371,7 +371,7 @@ def _write_segmentation(
             continue
         entries.setdefault((study_uid, finding_id.rsplit("/", 1)[0]), []).append((settled, found))
     cases: list[dict[str, Any]] = []
-    with atomic_dir(out) as tmp:
+    with atomic_dir(out, written=("export.json",)) as tmp:
         (tmp / "images").mkdir()
         (tmp / "labels").mkdir()
         for (study_uid, name), judged in sorted(entries.items()):
@@ -458,7 +458,7 @@ def _write_detection(
     cat_id = {n: i + 1 for i, n in enumerate(label_names)}
     images: list[dict[str, Any]] = []
     annotations: list[dict[str, Any]] = []
-    with atomic_dir(out) as tmp:
+    with atomic_dir(out, written=("export.json",)) as tmp:
         (tmp / "images").mkdir()
         for (study_uid, finding_id), group in sorted(by_finding.items()):
             settled = _settled(group)

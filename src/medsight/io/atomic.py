@@ -6,7 +6,7 @@ import json
 import os
 import shutil
 import tempfile
-from collections.abc import Iterator
+from collections.abc import Iterable, Iterator
 from contextlib import contextmanager
 from pathlib import Path
 from typing import Any
@@ -70,20 +70,47 @@ def json_default(obj: Any) -> Any:
     raise TypeError(f"not JSON serialisable: {type(obj).__name__}")
 
 
-def check_replaceable_folder(target: Path) -> None:
-    """:func:`atomic_dir` replaces a folder, never a file: one already at ``target`` is refused by name."""
+def check_replaceable_folder(target: Path, written: tuple[str, ...] = ()) -> None:
+    """:func:`atomic_dir` replaces a folder, never a file: one already at ``target`` is refused by name.
+
+    ``written``: the files this kind of output always holds at its top level (``bundle.json``, ``predictions.json``
+    ...). When given, an existing folder that is not empty and holds none of them is refused too: it is not an
+    earlier output of this kind (a user's own folder, a bundle given to predict, the folder of the inputs), and
+    replacing it would delete what is in it."""
     if target.exists() and not target.is_dir():
         raise MedsightError("exists and is not a folder (the output replaces a folder, not a file)", target)
+    foreign = written and target.is_dir() and not any((target / name).exists() for name in written)
+    if foreign and any(target.iterdir()):
+        raise MedsightError(
+            f"is a folder that is not empty and holds no {' or '.join(written)}, so it is not an earlier output "
+            "of this command; it would be replaced with everything in it. Give a new or empty folder, or remove "
+            "this one first",
+            target,
+        )
+
+
+def refuse_inputs_inside(target: Path, inputs: Iterable[str | Path]) -> None:
+    """Refuse an output folder that is, or holds, one of the command's inputs (data, images, bundles): replacing it
+    would delete them. The input is not named (a path may hold a patient's name); the output folder is."""
+    out = Path(target).resolve()
+    for given in inputs:
+        path = Path(given).resolve()
+        if path == out or out in path.parents:
+            raise MedsightError(
+                "holds an input of this command (an image, data or bundle it reads), and the output replaces the "
+                "whole folder; give another output folder",
+                target,
+            )
 
 
 @contextmanager
-def atomic_dir(target: str | Path, overwrite: bool = True) -> Iterator[Path]:
+def atomic_dir(target: str | Path, overwrite: bool = True, written: tuple[str, ...] = ()) -> Iterator[Path]:
     """Yield a fresh temporary folder beside ``target``; it replaces ``target`` only if the block succeeds.
 
-    An existing ``target`` survives untouched when the block fails.
+    An existing ``target`` survives untouched when the block fails. ``written``: see :func:`check_replaceable_folder`.
     """
     target = Path(target)
-    check_replaceable_folder(target)
+    check_replaceable_folder(target, written)
     target.parent.mkdir(parents=True, exist_ok=True)
     tmp = Path(tempfile.mkdtemp(prefix=f".{target.name}.", suffix=".tmp", dir=target.parent))
     os.chmod(tmp, 0o777 & ~_umask())

@@ -37,7 +37,13 @@ from medsight import __version__
 from medsight.errors import MedsightError
 from medsight.io.atomic import atomic_path
 from medsight.serving import codes as label_codes
-from medsight.serving.dicom_objects import MANUFACTURER, names_stay_out_of_warnings, resolve_label, with_type2
+from medsight.serving.dicom_objects import (
+    MANUFACTURER,
+    character_set,
+    names_stay_out_of_warnings,
+    resolve_label,
+    with_type2,
+)
 
 #: The reader's verdict (concept name) and the edit value: no standard codes exist, so medsight's local scheme.
 VERDICT = Code("RVERDICT", label_codes.LOCAL_SCHEME, "Reader verdict on AI finding")
@@ -202,6 +208,7 @@ def write_reader_sr(
             verifying_organization="medsight review",
             previous_versions=[ai_sr] if ai_sr is not None else None,
             series_description=f"medsight reader verdict: {decision}"[:64],
+            specific_character_set=character_set(sources[0]),
         )
     except (ValueError, TypeError, AttributeError) as exc:
         raise MedsightError(f"cannot build the reader's SR: {exc}", out_path) from exc
@@ -270,6 +277,7 @@ def write_reader_seg(
             series_description=f"medsight reader mask ({reader})"[:64],
             content_label="READER",
             content_creator_name=person_name(reader),
+            specific_character_set=character_set(by_sop[chosen[0]]),
         )
     except (ValueError, TypeError, AttributeError) as exc:
         raise MedsightError(f"cannot build the reader's SEG: {exc}", out_path) from exc

@@ -47,7 +47,7 @@ def write_predictions(model: Model, results: Sequence[Result], out: Path) -> Pat
     """Write ``out/predictions.json`` and every artefact of ``results``; ``out`` appears whole or not at all."""
     from medsight.io.atomic import atomic_dir, write_json
 
-    with atomic_dir(out) as tmp:
+    with atomic_dir(out, written=("predictions.json",)) as tmp:
         model.save(results, tmp)
         write_json(tmp / "predictions.json", predictions_document(model, results))
     return out / "predictions.json"

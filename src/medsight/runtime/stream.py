@@ -238,7 +238,7 @@ def stream(
         engine += " int8"
     report = StreamReport(source=source.name, engine=engine)
     timings: list[float] = []
-    with atomic_dir(out) as tmp:
+    with atomic_dir(out, written=("stream.json",)) as tmp:
         writer: _VideoWriter | None = None
         rows = []
         bar = tqdm(desc="stream", unit="frame", disable=not progress)

@@ -164,6 +164,23 @@ def with_type2(datasets: Sequence[Dataset]) -> list[Dataset]:
     return out
 
 
+def character_set(source: Dataset) -> str | list[str] | None:
+    """The Specific Character Set a derived object (SR, SEG, SC) is written in: the source's, which highdicom copies,
+    when highdicom accepts it; otherwise UTF-8 (``ISO_IR 192``), which holds any text the source's patient module
+    carries. highdicom 0.28 refuses valid forms: the code extensions with the default repertoire first, written
+    empty (``\\ISO 2022 IR 87``, PS3.5 Annex H), and Korean ``ISO 2022 IR 149``, which its list lacks."""
+    from highdicom.enum import SpecificCharacterSetValues
+
+    given = source.get("SpecificCharacterSet")
+    if given is None:
+        return None
+    values = [given] if isinstance(given, str) else list(given)
+    known = {v.value for v in SpecificCharacterSetValues}
+    if all(v in known for v in values):
+        return values[0] if len(values) == 1 else values
+    return "ISO_IR 192"
+
+
 # --------------------------------------------------------------------------------------------------------
 # Ordering source datasets like read_series does
 # --------------------------------------------------------------------------------------------------------
@@ -276,6 +293,7 @@ def write_seg(
             series_description=series_description[:64],
             content_label="SEGMENTATION",
             omit_empty_frames=omit_empty_frames,
+            specific_character_set=character_set(sources[0]),
         )
     except (ValueError, TypeError, AttributeError) as exc:
         raise MedsightError(f"cannot build DICOM SEG: {exc}", out_path) from exc
@@ -553,6 +571,7 @@ def write_sr(
             manufacturer=MANUFACTURER,
             is_complete=True,
             series_description=series_description[:64],
+            specific_character_set=character_set(source_datasets[0]),
         )
     except (ValueError, TypeError, AttributeError) as exc:
         raise MedsightError(f"cannot build DICOM SR: {exc}", out_path) from exc
@@ -828,6 +847,7 @@ def write_secondary_capture(
             patient_orientation=orientation or ("L", "P"),
             series_description=series_description[:64],
             transfer_syntax_uid="1.2.840.10008.1.2.1",
+            specific_character_set=character_set(source_dataset),
         )
     except (ValueError, TypeError, AttributeError) as exc:
         raise MedsightError(f"cannot build Secondary Capture: {exc}", out_path) from exc
