@@ -43,6 +43,15 @@ class FileResult:
     reid: dict[str, tuple[str, str]] = field(default_factory=dict)
 
 
+def shown_path(rel: str) -> str:
+    """A path as the report lists it: bytes of a name that are not UTF-8 (a Latin-1 ``M\\xfcller.dcm`` from a
+    Windows or CD export, read as surrogates) written as ``\\xNN``, so writing the report never fails on them."""
+    try:
+        return rel.encode("utf-8", "surrogateescape").decode("utf-8", "backslashreplace")
+    except UnicodeEncodeError:  # a surrogate no file name decodes to
+        return rel.encode("utf-8", "backslashreplace").decode("utf-8")
+
+
 @dataclass
 class RunReport:
     """The aggregated run, as written to deid_report.json."""
@@ -79,7 +88,7 @@ class RunReport:
             if r.output:
                 entry["output"] = r.output
             if with_paths:
-                entry["path"] = r.input
+                entry["path"] = shown_path(r.input)
             self.inputs.append(entry)
             brief = {k: v for k, v in entry.items() if k != "status"}
             if r.status in ("skipped", "rejected", "quarantined"):

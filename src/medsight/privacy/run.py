@@ -35,11 +35,12 @@ from pathlib import Path
 from typing import Any
 
 from pydicom.dataset import Dataset
+from pydicom.uid import DeflatedExplicitVRLittleEndian
 from tqdm import tqdm
 
 from medsight.errors import MedsightError
 from medsight.io.atomic import write_json, write_text
-from medsight.io.dicom import is_dicom_file, is_dicomdir, open_dicom, peek
+from medsight.io.dicom import _check_complete, is_dicom_file, is_dicomdir, open_dicom, peek
 from medsight.io.dicom_write import ensure_file_meta, save
 from medsight.privacy import ocr, pixels
 from medsight.privacy.engine import Deidentifier
@@ -161,6 +162,29 @@ def iter_inputs(in_path: Path) -> tuple[list[tuple[Path, str]], list[tuple[str, 
     return files, skipped
 
 
+def check_holds_dicom(in_path: Path, files: list[Path], unread: int = 0) -> None:
+    """Refuse input with no DICOM object to de-identify (an empty folder, only other files, only a DICOMDIR) before
+    OUT is made: a run that writes nothing and exits 0 looks like success (``medsight info`` refuses it too).
+
+    Stops at the first file that may be an object; one that claims to be DICOM but cannot be read counts, so the
+    run reports it as rejected. ``unread``: files skipped before reading (broken links, links met twice).
+    """
+    dicomdirs = 0
+    for path in files:
+        if not is_dicom_file(path):
+            continue
+        try:
+            ds = open_dicom(path, stop_before_pixels=True)
+        except Exception:  # damaged: the run rejects it with its reason
+            return
+        if not is_dicomdir(ds):
+            return
+        dicomdirs += 1
+    others = len(files) + unread - dicomdirs
+    index = f", {dicomdirs} DICOMDIR: an index, never copied" if dicomdirs else ""
+    raise MedsightError(f"no DICOM objects found ({others} other files{index}); nothing to de-identify", in_path)
+
+
 # # --- one file --------------------------------------------------------------------------------------
 
 _DEID: Deidentifier | None = None
@@ -198,7 +222,8 @@ def problem(ds: Dataset) -> str | None:
     try:
         bits = int(peek(ds, 0x00280100))  # Bits Allocated
         count = (
-            int(peek(ds, 0x00280010)) * int(peek(ds, 0x00280011))  # Rows, Columns
+            int(peek(ds, 0x00280010))  # Rows
+            * int(peek(ds, 0x00280011))  # Columns
             * int(peek(ds, 0x00280002, 1))  # Samples per Pixel
             * int(ds.get("NumberOfFrames", 1) or 1)
         )
@@ -206,6 +231,17 @@ def problem(ds: Dataset) -> str | None:
         return "pixel description incomplete"
     expected = (count + 7) // 8 if bits == 1 else count * ((bits + 7) // 8)
     return "pixel data truncated" if len(value) < expected else None
+
+
+def cut_short(ds: Dataset, path: Path) -> str | None:
+    """Why the file ends before its last element does, or None: the reading code's check (``medsight info`` refuses
+    the same files), since a cut non-image object (an RT Plan) has no pixel data for :func:`problem` to find short."""
+    ts = getattr(getattr(ds, "file_meta", None), "TransferSyntaxUID", None)
+    try:
+        _check_complete(ds, path, deflated=ts == DeflatedExplicitVRLittleEndian)
+    except MedsightError as exc:
+        return exc.problem
+    return None
 
 
 def process_file(path: Path, rel: str, index: int, job: Job, deid: Deidentifier) -> FileResult:
@@ -224,7 +260,7 @@ def process_file(path: Path, rel: str, index: int, job: Job, deid: Deidentifier)
             result.status = "skipped"
             result.reason = "DICOMDIR (media directory): not copied, its records name original files and patients"
             return result
-        why = problem(ds)
+        why = problem(ds) or cut_short(ds, path)
         if why is not None:
             result.status, result.reason = "rejected", why
             return result
@@ -361,17 +397,31 @@ def deidentify(
         raise MedsightError("text detection needs tesseract (apt-get install tesseract-ocr, or make tools)")
     opts = frozenset(options)
     Deidentifier(key, opts, patient_key=patient_key)  # validates the options before any work starts
-    out_dir.mkdir(parents=True, exist_ok=True)
-    job = Job(key=key, options=opts, out_dir=out_dir, clean_pixels=clean_pixels,
-              accept_burned_in=accept_burned_in, ocr=ocr_mode, patient_key=patient_key)
     found, pre_skipped = iter_inputs(in_path)
+    check_holds_dicom(in_path, [path for path, _ in found], len(pre_skipped))
+    out_dir.mkdir(parents=True, exist_ok=True)
+    job = Job(
+        key=key,
+        options=opts,
+        out_dir=out_dir,
+        clean_pixels=clean_pixels,
+        accept_burned_in=accept_burned_in,
+        ocr=ocr_mode,
+        patient_key=patient_key,
+    )
     ordered = sorted([(rel, path) for path, rel in found] + [(rel, None) for rel, _ in pre_skipped])
     index_of = {rel: i for i, (rel, _) in enumerate(ordered)}
     results: list[FileResult] = [
         FileResult(input=rel, index=index_of[rel], status="skipped", reason=why) for rel, why in pre_skipped
     ]
-    settings = {"options": sorted(opts), "clean_pixels": clean_pixels, "accept_burned_in": accept_burned_in,
-                "ocr": ocr_mode, "patient_key": patient_key, "on_duplicate": on_duplicate}
+    settings = {
+        "options": sorted(opts),
+        "clean_pixels": clean_pixels,
+        "accept_burned_in": accept_burned_in,
+        "ocr": ocr_mode,
+        "patient_key": patient_key,
+        "on_duplicate": on_duplicate,
+    }
     recorded, marked = _finished(out_dir, job.staging, settings)
     resumed: list[FileResult] = []
     placed: set[int] = set()  # outputs an earlier, complete run moved into place
@@ -489,8 +539,9 @@ def _finished(
         try:
             earlier = json.loads(ledger.read_text())
         except (OSError, ValueError) as exc:
-            raise MedsightError(f"the ledger of earlier runs is unreadable ({type(exc).__name__}); remove it to "
-                                "start over", ledger) from exc
+            raise MedsightError(
+                f"the ledger of earlier runs is unreadable ({type(exc).__name__}); remove it to start over", ledger
+            ) from exc
         if earlier.get("settings") == settings:
             recorded.update(earlier.get("files", {}))
     marks_settings = staging / "settings.json"
