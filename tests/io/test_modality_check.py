@@ -62,7 +62,7 @@ def test_what_cannot_be_told_passes(samples: dict[str, Path], tmp_path: Path) ->
     (series / "notes.txt").write_text("not DICOM")
     (series / "slice.dcm").write_bytes(samples["CT"].read_bytes())
     with pytest.raises(MedsightError, match="DICOM CT image") as caught:
-        modality.check("xray", [series])  # a series folder: its first DICOM file speaks for it
+        modality.check("xray", [series])  # a series folder: the image series read from it speaks for it
     assert caught.value.path == str(series / "slice.dcm")
 
 

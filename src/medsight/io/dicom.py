@@ -13,6 +13,7 @@ left out of their ``repr`` and of every error message, so they do not leak into 
 
 from __future__ import annotations
 
+import copy
 import logging
 import sys
 from collections.abc import Iterable, Sequence
@@ -641,7 +642,7 @@ def read_series(
     ``source`` is a scanned :class:`Series`, a folder/tree/file, or a list of files. When it holds several
     image series, pick one with ``series_uid``.
     """
-    series = _pick_series(source, series_uid)
+    series = image_series(source, series_uid)
     layout = series_layout(series, allow_irregular=allow_irregular)
     for note in layout.notes:
         log.info("%s: %s", _series_where(series), note)
@@ -671,7 +672,10 @@ def read_series(
     )
 
 
-def _pick_series(source: Series | PathLike | Sequence[PathLike], series_uid: str | None) -> Series:
+def image_series(source: Series | PathLike | Sequence[PathLike], series_uid: str | None = None) -> Series:
+    """The one image series :func:`read_series` reads from ``source``: DICOMDIR, SR, SEG and other objects without
+    an image to stack are left out, so every check of "what will be read" (the modality check) judges the same files.
+    Raises :class:`MedsightError` when there is no such series, or several and ``series_uid`` does not choose one."""
     if isinstance(source, Series):
         return source
     if isinstance(source, (str, Path)):
@@ -737,7 +741,26 @@ def _modality(pixels: np.ndarray, ds: Dataset, frame: Frame | None) -> np.ndarra
     if frame is not None and frame.rescale is not None:
         slope, intercept = frame.rescale
         return np.asarray(pixels, dtype=np.float64) * slope + intercept
-    return np.asarray(apply_modality_lut(pixels, ds), dtype=np.float64)
+    return np.asarray(apply_modality_lut(pixels, _word_sized_modality_lut(ds)), dtype=np.float64)
+
+
+def _word_sized_modality_lut(ds: Dataset) -> Dataset:
+    """``ds``, or a view of it whose Modality LUT Descriptor says 8 or 16 bits per entry: pydicom 3.0.2 makes the
+    table's dtype ``uint<bits>``, so 12-bit entries (stored in 16-bit words, as its own VOI LUT code knows) fail."""
+    sequence = ds.get("ModalityLUTSequence")
+    if not sequence:
+        return ds
+    descriptor = list(sequence[0].get("LUTDescriptor") or ())
+    if len(descriptor) != 3 or not 8 < int(descriptor[2]) < 16:
+        return ds  # pydicom reads it, or names the problem itself
+    item = copy.deepcopy(sequence[0])  # the file's dataset is left as read
+    item.LUTDescriptor = [descriptor[0], descriptor[1], 16]
+    view = Dataset()
+    view.ModalityLUTSequence = [item]
+    if hasattr(ds, "file_meta"):  # pydicom takes the byte order of OW table data from here ...
+        view.file_meta = ds.file_meta
+    view.set_original_encoding(*ds.original_encoding)  # ... or from here
+    return view
 
 
 def _values(pixels: np.ndarray, ds: Dataset, frame: Frame | None) -> np.ndarray:
@@ -807,6 +830,12 @@ def _apply_voi(
         for keyword in ("RescaleSlope", "RescaleIntercept"):
             if keyword in ds:
                 setattr(view, keyword, ds.data_element(keyword).value)  # type: ignore[union-attr]
+    # Float Pixel Data (a Parametric Map) has no Bits Stored or Pixel Representation. pydicom's windowing needs them
+    # only to pick its output range, which _voi_range reads back from this view to scale to [0, 1]: any depth will do.
+    if "BitsStored" not in view:
+        view.BitsStored = 16
+    if "PixelRepresentation" not in view:
+        view.PixelRepresentation = 0
     if isinstance(voi, tuple):
         view.WindowCenter, view.WindowWidth = float(voi[0]), float(voi[1])
     elif "VOILUTSequence" in ds:

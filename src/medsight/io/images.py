@@ -37,13 +37,11 @@ NIFTI_SUFFIXES = (".nii", ".nii.gz")
 
 
 def is_dicom_file(path: Path) -> bool:
-    """DICOM Part 10 files carry 'DICM' after a 128-byte preamble; ``.dcm`` files without it are tried too."""
-    try:
-        with open(path, "rb") as f:
-            head = f.read(132)
-    except OSError:
-        return False
-    return head[128:132] == b"DICM" or path.suffix.lower() == ".dcm"
+    """:func:`medsight.io.dicom.is_dicom_file`, the one test every command uses (the DICM preamble or a bare dataset
+    start, whatever the file's name); imported when asked, so that reading a PNG does not load pydicom."""
+    from medsight.io import dicom
+
+    return dicom.is_dicom_file(path)
 
 
 def read_image(path: str | Path) -> np.ndarray:
@@ -61,7 +59,7 @@ def read_image(path: str | Path) -> np.ndarray:
             return _read_nifti(path)
         if path.suffix.lower() in (".npy", ".npz"):
             return _read_numpy(path)
-        if is_dicom_file(path):
+        if is_dicom_file(path) or path.suffix.lower() == ".dcm":  # a .dcm that is not DICOM says so by name
             return _read_dicom_file(path)
     except MedsightError:
         raise
@@ -195,8 +193,11 @@ def dicom_image_file(source: Path | None) -> Path | None:
     if source.is_file():
         return source if is_dicom_file(source) else None
     if source.is_dir():
-        from medsight.io.dicom import scan
+        from medsight.io.dicom import image_series
 
-        files = [i.path for study in scan(source).studies for series in study.series for i in series.instances]
+        try:  # the series the prediction read (a DICOMDIR or a report beside its image is not referenced)
+            files = list(dict.fromkeys(i.path for i in image_series(source).instances))
+        except MedsightError:
+            return None
         return files[0] if len(files) == 1 else None
     return None

@@ -65,20 +65,17 @@ def accepted(bundle_modality: str) -> frozenset[str] | None:
 
 
 def dicom_modality(path: Path) -> tuple[Path, str] | None:
-    """``(file, Modality)`` of a DICOM file, or of the first DICOM file of a series folder; ``None`` when the input
-    is not DICOM. A file that cannot be read is left to the reader that follows, which names its problem."""
-    from medsight.io.dicom import is_dicom_file, open_dicom
+    """``(file, Modality)`` of the image series a DICOM file or series folder is read as
+    (:func:`medsight.io.dicom.image_series`, the choice of the reader itself), so that a DICOMDIR, a structured report
+    or another object without an image beside it never speaks for the folder; ``None`` when the input holds no one
+    image series (not DICOM, unreadable, several series): the reader that follows names that problem."""
+    from medsight.io.dicom import image_series
 
-    candidates = [path] if path.is_file() else sorted(p for p in path.rglob("*") if p.is_file())
-    for file in candidates:
-        if not is_dicom_file(file):
-            continue
-        try:
-            ds = open_dicom(file, stop_before_pixels=True, specific_tags=[0x00080060])
-        except Exception:  # the image reader that follows reports a broken file with its own message
-            return None
-        return file, str(ds.get("Modality", "") or "").strip().upper()
-    return None
+    try:
+        series = image_series(path)
+    except MedsightError:
+        return None
+    return series.instances[0].path, series.modality.strip().upper()
 
 
 def of_dicom(paths: Sequence[Path]) -> str | None:
