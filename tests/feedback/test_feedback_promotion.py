@@ -115,3 +115,26 @@ def test_a_bundle_that_cannot_serve_the_route_is_refused(
     )
     assert main(["models", "promote", "chest", str(bundles["new"]), "--config", str(site)]) == 2
     assert "no route 'chest'" in capsys.readouterr().err
+
+
+@pytest.mark.parametrize("damage", ["onnx_garbage", "onnx_data_missing", "weights_garbage"])
+def test_a_damaged_bundle_is_refused_at_promotion_not_at_the_routes_next_job(
+    damage: str, bundles: dict[str, Path], tmp_path: Path, capsys: pytest.CaptureFixture[str]
+) -> None:
+    broken = tmp_path / damage
+    shutil.copytree(bundles["new"], broken)
+    if damage == "onnx_garbage":
+        (broken / "model.onnx").write_bytes(bytes(range(256)) * 20)
+        named, words = "model.onnx", "cannot load the ONNX model"
+    elif damage == "onnx_data_missing":
+        (broken / "model.onnx.data").unlink()
+        named, words = "model.onnx", "cannot load the ONNX model"
+    else:
+        (broken / "model.pt").write_text("hello")
+        named, words = "model.pt", "cannot load weights"
+    site = site_toml(tmp_path, "breast", bundles["old"])
+    assert main(["models", "promote", "breast", str(broken), "--config", str(site)]) == 2
+    err = capsys.readouterr().err
+    assert f"{broken / named}: {words}" in err and "Traceback" not in err
+    assert main(["models", "list", "--config", str(site)]) == 0
+    assert str(broken) not in capsys.readouterr().out  # nothing was recorded

@@ -140,6 +140,12 @@ def check_compatible(route: Route, bundle: Path) -> str:
     diffs = [f"{k} {has[k]!r} (route {route.name}: {wanted[k]!r})" for k in wanted if has[k] != wanted[k]]
     if diffs:
         raise MedsightError("cannot serve route " + route.name + ": " + "; ".join(diffs), bundle)
+    from medsight import runtime
+
+    # the model must load now, not at the route's next job: a damaged model.onnx, model.onnx.data or weights file
+    # is refused here with its file named (runtime.load opens the ONNX session, network() reads the weights)
+    runtime.load(b)
+    b.network()
     return bundle_checksum(bundle)
 
 

@@ -12,6 +12,8 @@ import numpy as np
 import torch
 from torch import nn
 
+from medsight.errors import MedsightError
+
 log = logging.getLogger("medsight.onnx")
 
 
@@ -78,7 +80,15 @@ class OnnxPredictor:
             if "CUDAExecutionProvider" in ort.get_available_providers()
             else ["CPUExecutionProvider"]
         )
-        self.session = ort.InferenceSession(str(path), options, providers=providers)
+        try:
+            self.session = ort.InferenceSession(str(path), options, providers=providers)
+        except Exception as exc:  # ONNX Runtime's own errors (InvalidProtobuf, NoSuchFile, Fail...) for a damaged file
+            first = str(exc).strip().splitlines()[0] if str(exc).strip() else ""
+            raise MedsightError(
+                f"cannot load the ONNX model ({type(exc).__name__}: {first[:300]}); the bundle is damaged or "
+                "incomplete (model.onnx and model.onnx.data belong together): copy it again or retrain",
+                path,
+            ) from exc
         self.input_name = self.session.get_inputs()[0].name
 
     def run(self, images: np.ndarray) -> np.ndarray:

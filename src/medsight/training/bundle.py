@@ -108,8 +108,8 @@ class Bundle:
             ) from exc
         try:
             state = torch.load(self.path / WEIGHTS, map_location=device, weights_only=True)
-        except (OSError, RuntimeError) as exc:
-            raise MedsightError(f"cannot load weights ({exc})", self.path / WEIGHTS) from exc
+        except Exception as exc:  # missing (OSError), damaged (UnpicklingError, RuntimeError, EOFError...)
+            raise MedsightError(f"cannot load weights ({type(exc).__name__}: {exc})", self.path / WEIGHTS) from exc
         try:
             model.load_state_dict(state)
         except RuntimeError as exc:
