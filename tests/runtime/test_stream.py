@@ -189,3 +189,14 @@ def test_a_folder_of_frames_skips_files_that_are_not_images_but_not_a_broken_fra
     with pytest.raises(MedsightError, match="not an image frame") as info:
         stream(bundle, folder, tmp_path / "out2", progress=False, video=False)
     assert "frame_004.png" in str(info.value)
+
+
+def test_a_cine_cut_short_is_refused_not_streamed_up_to_the_cut(shared_data: Path, tmp_path: Path) -> None:
+    """Half of the 30-frame cine once streamed 13 frames with exit 0 and no word, while predict refused the file."""
+    data = shared_data.joinpath(*US_CINE).read_bytes()
+    cut = tmp_path / "cut.dcm"
+    cut.write_bytes(data[: len(data) // 2])
+    with pytest.raises(MedsightError, match="truncated") as info:
+        list(frames(cut))
+    assert str(cut) in str(info.value)
+    assert len(list(frames(shared_data.joinpath(*US_CINE)))) == 30  # the whole file still streams every frame

@@ -115,14 +115,14 @@ def _video_frames(path: Path) -> Iterator[Frame]:
 
 
 def _dicom_frames(path: Path) -> Iterator[Frame]:
-    import pydicom
-    from pydicom.errors import InvalidDicomError
     from pydicom.pixels import iter_pixels
 
-    try:
-        header = pydicom.dcmread(path, stop_before_pixels=True)
-    except (InvalidDicomError, OSError) as exc:
-        raise MedsightError(f"not a DICOM file or video ({type(exc).__name__})", path) from None
+    from medsight.io.dicom import read_header
+
+    found = read_header(path)  # the reader's checks: a cine cut short is refused, not streamed up to the cut
+    if found is None:
+        raise MedsightError("not a DICOM file or video", path)
+    header = found[1]
     if "Rows" not in header:
         raise MedsightError("the DICOM object holds no image", path)
     interval = header.get("FrameTime")  # ms between frames (cine), when given
