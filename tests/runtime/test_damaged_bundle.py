@@ -58,3 +58,14 @@ def test_predict_and_evaluate_name_the_damaged_file(
         err = capsys.readouterr().err
         assert f"{broken / named}: {words}" in err, err
         assert not (tmp_path / "p").exists() and not (tmp_path / "e").exists()
+
+
+def test_a_bundle_json_that_is_not_utf8_text_is_named(
+    tiny_bundle: Path, tmp_path: Path, capsys: pytest.CaptureFixture[str]
+) -> None:
+    broken = tmp_path / "utf16"
+    shutil.copytree(tiny_bundle, broken)
+    text = (broken / "bundle.json").read_text(encoding="utf-8")
+    (broken / "bundle.json").write_bytes(text.encode("utf-16"))  # an editor's "Unicode" save
+    assert main(["predict", str(broken), str(tiny_bundle.parent / "img" / "0.png"), "--out", str(tmp_path / "p")]) == 2
+    assert f"{broken / 'bundle.json'}: bundle.json is not readable UTF-8 text" in capsys.readouterr().err

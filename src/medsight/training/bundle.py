@@ -174,9 +174,11 @@ def load_bundle(path: str | Path) -> Bundle:
     if not meta_path.is_file():
         raise MedsightError("not a medsight bundle (no bundle.json)", path)
     try:
-        meta = json.loads(meta_path.read_text())
+        meta = json.loads(meta_path.read_text(encoding="utf-8"))
     except json.JSONDecodeError as exc:
         raise MedsightError(f"bundle.json is not valid JSON ({exc})", meta_path) from exc
+    except (UnicodeDecodeError, OSError) as exc:  # a binary file, a disk error, an editor's UTF-16
+        raise MedsightError(f"bundle.json is not readable UTF-8 text ({type(exc).__name__})", meta_path) from exc
     validate_meta(meta, meta_path)
     for name in (WEIGHTS,):
         if not (path / name).is_file():
