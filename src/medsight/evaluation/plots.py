@@ -25,19 +25,29 @@ def _png(fig: plt.Figure) -> bytes:
 Curves = dict[str, tuple[np.ndarray, np.ndarray]]
 
 
+def _legend(ax: plt.Axes, loc: str) -> None:
+    """A legend when something was drawn with a label (a one-class split draws no curve)."""
+    if ax.get_legend_handles_labels()[0]:
+        ax.legend(fontsize=7, loc=loc)
+
+
 def roc_plot(curves: Curves, point: tuple[float, float] | None = None) -> bytes:
     """ROC curves, one per name → (truth 0/1, score), with the operating point marked."""
     fig, ax = plt.subplots(figsize=(4.2, 4))
+    drawn = 0
     for name, (yy, s) in curves.items():
         if len(np.unique(yy)) < 2:
             continue
         fpr, tpr, _ = roc_curve(yy, s)
         ax.plot(fpr, tpr, label=f"{name} (AUC {auc(fpr, tpr):.3f})")
-    if point is not None:
+        drawn += 1
+    if not drawn:  # a split of one class (another site's confirmed lesions): there is no curve to draw
+        ax.text(0.5, 0.5, "one class only on this split:\nno ROC curve", ha="center", va="center", fontsize=9)
+    if point is not None and None not in point:  # sensitivity or specificity is undefined on a one-class split
         ax.plot([1 - point[1]], [point[0]], "ko", label="operating point")
     ax.plot([0, 1], [0, 1], ":", color="grey")
     ax.set(xlabel="1 - specificity", ylabel="sensitivity", title="ROC (test)")
-    ax.legend(fontsize=7, loc="lower right")
+    _legend(ax, "lower right")
     return _png(fig)
 
 
@@ -50,7 +60,7 @@ def pr_plot(curves: Curves) -> bytes:
         prec, rec, _ = precision_recall_curve(yy, s)
         ax.plot(rec, prec, label=f"{name} (prevalence {np.mean(yy):.2f})")
     ax.set(xlabel="recall (sensitivity)", ylabel="precision (PPV)", title="Precision-recall (test)", ylim=(0, 1.02))
-    ax.legend(fontsize=7, loc="lower left")
+    _legend(ax, "lower left")
     return _png(fig)
 
 
