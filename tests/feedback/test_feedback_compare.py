@@ -116,3 +116,6 @@ def test_cases_a_bundle_was_trained_on_are_refused(bundles: dict[str, Path], sha
     seen = breast_manifest(shared_data, tmp_path / "seen", 0, 60, train_share=0.0)  # training images, all as val
     with pytest.raises(MedsightError, match=r"60 of the 60 val case\(s\) were used to train .*trained"):
         compare(bundles["untrained"], bundles["trained"], str(seen), "val", 50)
+    # the training split itself is refused by name (its leakage check reports "not checked", so it once scored)
+    with pytest.raises(MedsightError, match=r"--split train holds the cases the bundles were trained on"):
+        compare(bundles["untrained"], bundles["trained"], str(bundles["held"]), "train", 50)

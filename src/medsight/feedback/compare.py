@@ -47,6 +47,10 @@ def identity(bundle: Bundle) -> dict[str, Any]:
 def compare(new: Path, old: Path, data: str, split: str = "val", n_boot: int = N_BOOTSTRAP) -> dict[str, Any]:
     """Score NEW and OLD on ``split`` of ``data``; the result holds both scores, the paired statistics and the
     verdict (``compare.json``)."""
+    if split == "train":  # the cases a bundle learnt from: a verdict on them measures memory, not skill
+        raise MedsightError(
+            "--split train holds the cases the bundles were trained on; compare on val or test (or another data set)"
+        )
     nb, ob = load_bundle(new), load_bundle(old)
     if nb.task != ob.task:
         raise MedsightError(f"NEW is a {nb.task} bundle and OLD ({ob.path}) a {ob.task} one: nothing to compare", new)
