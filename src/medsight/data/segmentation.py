@@ -334,9 +334,19 @@ def _read_raster(path: Path) -> np.ndarray:
     return read_image(path)
 
 
+#: Raster formats whose compression changes pixel values: no label image may use them.
+LOSSY_SUFFIXES = (".jpg", ".jpeg", ".jfif")
+
+
 def _read_label(path: Path) -> np.ndarray:
     """Integer label map; 0/255 masks become 0/1. Non-integer values are an error."""
     name = path.name.lower()
+    if name.endswith(LOSSY_SUFFIXES):
+        raise MedsightError(
+            "a label image saved as JPEG: lossy compression changes the class of pixels along every edge; save "
+            "masks as PNG (or TIFF) without resampling",
+            path,
+        )
     if name.endswith(RASTER_SUFFIXES):
         from PIL import Image
 
@@ -359,6 +369,15 @@ def _read_label(path: Path) -> np.ndarray:
         raise MedsightError("label values must be non-negative integer classes", path)
     if set(values.tolist()) <= {0, 255} and 255 in values:
         arr = (arr == 255).astype(np.int64)
+    elif 255 in values and len(values) > 3:
+        # a 0/255 mask with values in between: anti-aliased, or resized with interpolation. Read as classes it
+        # would make up to 256 of them (and a network to match) from one binary mask
+        raise MedsightError(
+            f"a 0/255 mask with {len(values) - 2} other values in between (anti-aliased, or resized with "
+            "interpolation): labels must be class numbers (0/1/2..., or 0/255 for a binary mask); save masks "
+            "without smoothing or resample them with nearest neighbour",
+            path,
+        )
     return arr
 
 
