@@ -28,7 +28,7 @@ Curves = dict[str, tuple[np.ndarray, np.ndarray]]
 def _legend(ax: plt.Axes, loc: str) -> None:
     """A legend when something was drawn with a label (a one-class split draws no curve)."""
     if ax.get_legend_handles_labels()[0]:
-        ax.legend(fontsize=7, loc=loc)
+        ax.legend(fontsize=7, loc=loc)  # type: ignore[call-overload]
 
 
 def roc_plot(curves: Curves, point: tuple[float, float] | None = None) -> bytes:
