@@ -102,3 +102,13 @@ def test_atomic_dir_checks_what_the_folder_holds_before_the_work(tmp_path: Path)
         ran.append(True)
     assert not ran and (foreign / "a.dcm").read_bytes() == b"x"
     assert [p.name for p in tmp_path.iterdir() if p.name.endswith(".tmp")] == []
+
+
+def test_the_current_folder_as_output(tmp_path: Path, monkeypatch: pytest.MonkeyPatch) -> None:
+    """``--out .`` once ended a finished run with "PosixPath('.') has an empty name"."""
+    here = tmp_path / "here"
+    here.mkdir()
+    monkeypatch.chdir(here)
+    with atomic_dir(".", written=("predictions.json",)) as tmp:
+        (tmp / "predictions.json").write_text("{}")
+    assert (here / "predictions.json").read_text() == "{}"

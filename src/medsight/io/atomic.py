@@ -109,7 +109,7 @@ def atomic_dir(target: str | Path, overwrite: bool = True, written: tuple[str, .
 
     An existing ``target`` survives untouched when the block fails. ``written``: see :func:`check_replaceable_folder`.
     """
-    target = Path(target)
+    target = Path(target).resolve()  # "." or "out/..": the temporary folder is named after the real one
     check_replaceable_folder(target, written)
     target.parent.mkdir(parents=True, exist_ok=True)
     tmp = Path(tempfile.mkdtemp(prefix=f".{target.name}.", suffix=".tmp", dir=target.parent))

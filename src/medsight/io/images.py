@@ -46,7 +46,13 @@ def is_dicom_file(path: Path) -> bool:
 
 def read_image(path: str | Path) -> np.ndarray:
     """Return ``(C, *spatial)`` float32 in the file's own intensity units (HU for CT, etc.)."""
-    path = Path(path)
+    image = _read_any(Path(path))
+    if image.size == 0 or 0 in image.shape:  # a failed export: no transform can do anything with it
+        raise MedsightError(f"an empty image (shape {tuple(image.shape[1:])}: no pixels)", path)
+    return image
+
+
+def _read_any(path: Path) -> np.ndarray:
     if not path.exists():
         raise MedsightError("file not found", path)
     name = path.name.lower()
