@@ -32,3 +32,12 @@ def test_split_is_repeatable_by_seed() -> None:
 def test_overlap_is_detected() -> None:
     with pytest.raises(ValueError, match="both"):
         assert_disjoint_patients({"train": ["a", "b"], "test": ["b"]})
+
+
+@pytest.mark.parametrize("patients", [["P1"] * 16, ["P1", "P2"] * 8, ["P1", "P2"]])
+def test_fewer_than_three_patients_cannot_split_and_say_so(patients: list[str]) -> None:
+    """One or two patients once ended in scikit-learn's "Cannot have number of splits" traceback."""
+    from medsight.errors import MedsightError
+
+    with pytest.raises(MedsightError, match="needs at least 3 patients; these data hold"):
+        patient_split(["a", "b"] * (len(patients) // 2), patients)

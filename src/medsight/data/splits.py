@@ -70,6 +70,12 @@ def patient_split(
     """
     strata_arr = np.asarray([str(s) for s in strata])
     groups = np.asarray(patient_ids)
+    n_patients = len(np.unique(groups))
+    if n_patients < 3:  # one patient at least in each of train, val and test
+        raise MedsightError(
+            f"a patient-level train/val/test split needs at least 3 patients; these data hold {n_patients} "
+            f"({len(groups)} images). Add patients, or give each row its split in a 'split' column"
+        )
     idx = np.arange(len(strata_arr))
     test_idx = _one_fold(idx, strata_arr, groups, fractions[2], seed)
     rest = np.setdiff1d(idx, test_idx)
