@@ -101,3 +101,17 @@ def test_missing_label_and_columns(tmp_path: Path) -> None:
     table.drop(columns=["label"]).to_csv(csv, index=False)
     with pytest.raises(MedsightError, match="no 'label' column"):
         load_manifest(csv)
+
+
+def test_a_row_with_an_empty_split_is_named_not_dropped(tmp_path: Path) -> None:
+    """Rows whose split cell was blank once fell out of every split without a word."""
+    csv = make_png_manifest(tmp_path, n_patients=8, per_patient=1)
+    table = pd.read_csv(csv)
+    table["split"] = ["train"] * 4 + [None, None] + ["val", "test"]
+    table.to_csv(csv, index=False)
+    with pytest.raises(MedsightError, match=r"2 row\(s\) with an empty split \(line 6, 7\)") as caught:
+        load_manifest(csv)
+    assert caught.value.path == str(csv)
+    table["split"] = ["train"] * 6 + ["val", "test"]
+    table.to_csv(csv, index=False)
+    assert len(load_manifest(csv).split("train")) == 6

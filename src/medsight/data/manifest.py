@@ -128,6 +128,14 @@ def load_manifest(
         unknown = set(table["split"].dropna()) - set(SPLITS)
         if unknown:
             raise MedsightError(f"unknown split name(s) {sorted(unknown)}; use train/val/test", csv_path)
+        blank = np.flatnonzero(table["split"].isna().to_numpy())
+        if len(blank):  # a row in no split would silently be in none: train, val and test alike leave it out
+            rows = ", ".join(str(int(i) + 2) for i in blank[:10]) + (" ..." if len(blank) > 10 else "")
+            raise MedsightError(
+                f"{len(blank)} row(s) with an empty split (line {rows}); give each row train, val or test, or drop "
+                "the split column to have medsight split by patient",
+                csv_path,
+            )
         index = {s: np.flatnonzero(table["split"].to_numpy() == s) for s in SPLITS}
         method = "manifest"
     else:
