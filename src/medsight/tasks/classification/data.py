@@ -80,9 +80,18 @@ def positive_class(data: ClassificationData, override: str | None = None) -> str
 
 def val_split(data: ClassificationData) -> SplitData:
     """The validation split: model selection, calibration and the operating point all need one."""
-    if "val" in data.splits:
-        return data.splits["val"]
-    raise MedsightError("no validation split: model selection and calibration need one", data.name)
+    if "val" not in data.splits:
+        raise MedsightError("no validation split: model selection and calibration need one", data.name)
+    val = data.splits["val"]
+    labels = np.asarray(val.labels)
+    if labels.ndim == 1 and len(np.unique(labels)) < 2:  # AUC, the operating point and calibration are undefined
+        only = data.label_names[int(labels[0])] if len(labels) else "none"
+        raise MedsightError(
+            f"the validation split holds one class only ({only!r}, {len(labels)} case(s)): the best epoch, the "
+            "temperature and the operating point cannot be chosen on it; give validation cases of every class",
+            data.name,
+        )
+    return val
 
 
 def read_inputs(inputs: Sequence[Path], spatial_dims: int, spatial_size: Sequence[int], n_channels: int) -> np.ndarray:
