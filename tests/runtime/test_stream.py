@@ -200,3 +200,53 @@ def test_a_cine_cut_short_is_refused_not_streamed_up_to_the_cut(shared_data: Pat
         list(frames(cut))
     assert str(cut) in str(info.value)
     assert len(list(frames(shared_data.joinpath(*US_CINE)))) == 30  # the whole file still streams every frame
+
+
+def test_frames_of_odd_or_mixed_sizes_make_a_whole_video(bundle: Path, tmp_path: Path) -> None:
+    """One-pixel-high frames once ended in libx264's avcodec_open2 error, and a later frame larger than the first
+    was cropped to the first frame's corner; now the first is padded to even sizes and later ones fitted whole."""
+    for name, sizes in {"thin": [(1, 200), (1, 200)], "mixed": [(96, 128), (96, 256)]}.items():
+        folder = tmp_path / name
+        folder.mkdir()
+        for k, (h, w) in enumerate(sizes):
+            frame = np.zeros((h, w), np.uint8)
+            frame[:, w // 2 :] = 255  # the right half white: a crop to the first frame's width would lose it
+            Image.fromarray(frame).save(folder / f"{k}.png")
+        report = stream(bundle, folder, tmp_path / f"out_{name}", progress=False)
+        assert report.frames == 2
+        with av.open(str(tmp_path / f"out_{name}" / "overlay.mp4")) as video:
+            decoded = [f.to_ndarray(format="rgb24") for f in video.decode(video.streams.video[0])]
+        assert len(decoded) == 2
+        h, w = sizes[0]
+        assert decoded[0].shape[:2] == (max(2, h + h % 2), max(2, w + w % 2))
+        if name == "mixed":  # the wider frame, fitted: its white half is the right half of the video frame
+            right, left = decoded[1][:, 70:].mean(), decoded[1][:, :58].mean()
+            assert right > 150 and left < 100
+
+
+def test_damaged_videos_and_non_image_objects_are_refused_by_name(
+    bundle: Path, shared_data: Path, tmp_path: Path
+) -> None:
+    video = tmp_path / "cine.mp4"
+    with av.open(str(video), mode="w") as container:
+        s = container.add_stream("libx264", rate=10)
+        s.width, s.height, s.pix_fmt = 64, 64, "yuv420p"
+        rng = np.random.default_rng(0)
+        for _ in range(10):
+            frame = np.repeat(rng.integers(0, 255, (64, 64, 1), dtype=np.uint8), 3, axis=-1)  # texture: a big mdat
+            for packet in s.encode(av.VideoFrame.from_ndarray(frame, format="rgb24")):
+                container.mux(packet)
+        for packet in s.encode():
+            container.mux(packet)
+    data = bytearray(video.read_bytes())
+    start = len(data) // 3
+    data[start : start + 2000] = np.random.default_rng(1).integers(0, 255, 2000, dtype=np.uint8).tobytes()
+    damaged = tmp_path / "damaged.mp4"
+    damaged.write_bytes(bytes(data))
+    with pytest.raises(MedsightError, match="the video is damaged after") as caught:
+        list(frames(damaged))
+    assert str(damaged) in str(caught.value)
+    samples = shared_data / "dicom_samples" / "pydicom_test_files"
+    for name, kind in (("liver_1frame.dcm", "Segmentation"), ("rtdose.dcm", "RT Dose")):
+        with pytest.raises(MedsightError, match=f"a DICOM {kind} object, not images to stream"):
+            list(frames(samples / name))

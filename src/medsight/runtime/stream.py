@@ -28,6 +28,12 @@ log = logging.getLogger("medsight")
 
 #: Suffixes read as video files (PyAV); anything else that is a file must be DICOM.
 VIDEO_SUFFIXES = (".mp4", ".avi", ".mov", ".mkv", ".webm", ".m4v", ".mpg", ".mpeg", ".gif")
+#: DICOM objects with pixel data that are not pictures of the patient (masks, dose grids): refused by name.
+NOT_FRAMES = {
+    "1.2.840.10008.5.1.4.1.1.66.4": "Segmentation",
+    "1.2.840.10008.5.1.4.1.1.66.7": "Label Map Segmentation",
+    "1.2.840.10008.5.1.4.1.1.481.2": "RT Dose",
+}
 #: Colours of labels 1, 2, ... in the overlay (RGB).
 PALETTE = ((255, 64, 64), (64, 200, 255), (255, 200, 0), (120, 255, 120), (220, 120, 255))
 
@@ -110,8 +116,16 @@ def _video_frames(path: Path) -> Iterator[Frame]:
         if not container.streams.video:
             raise MedsightError("the file has no video stream", path)
         stream = container.streams.video[0]
-        for k, frame in enumerate(container.decode(stream)):
-            yield Frame(k, frame.to_ndarray(format="rgb24"), float(frame.time) if frame.time is not None else None)
+        decoded = 0
+        try:
+            for frame in container.decode(stream):
+                time_s = float(frame.time) if frame.time is not None else None
+                yield Frame(decoded, frame.to_ndarray(format="rgb24"), time_s)
+                decoded += 1
+        except av.error.FFmpegError as exc:  # bytes damaged part-way: the frames before them were streamed
+            raise MedsightError(
+                f"the video is damaged after {decoded} frame(s): cannot decode more ({type(exc).__name__})", path
+            ) from None
 
 
 def _dicom_frames(path: Path) -> Iterator[Frame]:
@@ -122,7 +136,9 @@ def _dicom_frames(path: Path) -> Iterator[Frame]:
     found = read_header(path)  # the reader's checks: a cine cut short is refused, not streamed up to the cut
     if found is None:
         raise MedsightError("not a DICOM file or video", path)
-    header = found[1]
+    instance, header = found
+    if instance.sop_class_uid in NOT_FRAMES:  # pixels, but of masks or doses: no picture of the patient to segment
+        raise MedsightError(f"a DICOM {NOT_FRAMES[instance.sop_class_uid]} object, not images to stream", path)
     if "Rows" not in header:
         raise MedsightError("the DICOM object holds no image", path)
     interval = header.get("FrameTime")  # ms between frames (cine), when given
@@ -163,6 +179,13 @@ def overlay(pixels: np.ndarray, mask: np.ndarray, alpha: float = 0.45) -> np.nda
     return out.astype(np.uint8)
 
 
+def _fit(rgb: np.ndarray, size: tuple[int, int]) -> np.ndarray:
+    """``rgb`` resized to ``size`` (rows, columns)."""
+    from PIL import Image
+
+    return np.asarray(Image.fromarray(np.ascontiguousarray(rgb)).resize((size[1], size[0]), Image.Resampling.BILINEAR))
+
+
 class _VideoWriter:
     """The overlaid frames as an H.264 MP4 (PyAV), written as they come."""
 
@@ -172,6 +195,8 @@ class _VideoWriter:
         self.path, self.fps = path, fps
         self.container: Any = av.open(str(path), mode="w")
         self.stream: Any = None
+        self.first: tuple[int, int] | None = None
+        self.resized = 0  # frames fitted to the video's size
 
     def write(self, rgb: np.ndarray) -> None:
         import av
@@ -179,11 +204,21 @@ class _VideoWriter:
         h, w = rgb.shape[:2]
         if self.stream is None:
             self.stream = self.container.add_stream("libx264", rate=max(1, round(self.fps)))
-            self.stream.width, self.stream.height = w - w % 2, h - h % 2  # yuv420p needs even sizes
+            # yuv420p needs even sizes of 2 or more: the first frame is padded (never cropped) up to them
+            self.stream.width, self.stream.height = max(2, w + w % 2), max(2, h + h % 2)
             self.stream.pix_fmt = "yuv420p"
-        frame = av.VideoFrame.from_ndarray(
-            np.ascontiguousarray(rgb[: self.stream.height, : self.stream.width]), format="rgb24"
-        )
+            self.first = (h, w)
+        size = (int(self.stream.height), int(self.stream.width))
+        if (h, w) != self.first:
+            # a frame of another size than the first (a folder of mixed frames) is fitted whole into the video's
+            # size, not cropped to the first frame's corner; the per-frame results keep each frame's own size
+            if not self.resized:
+                log.warning("%s: frames of different sizes; the overlay video shows each fitted to %dx%d",
+                            self.path.name, size[1], size[0])  # fmt: skip
+            self.resized += 1
+            rgb, (h, w) = _fit(rgb, size), size
+        padded = np.pad(rgb, ((0, size[0] - h), (0, size[1] - w), (0, 0)), mode="edge")
+        frame = av.VideoFrame.from_ndarray(np.ascontiguousarray(padded), format="rgb24")
         for packet in self.stream.encode(frame):
             self.container.mux(packet)
 
