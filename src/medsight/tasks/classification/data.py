@@ -98,8 +98,10 @@ def read_inputs(inputs: Sequence[Path], spatial_dims: int, spatial_size: Sequenc
     """Read and check every input before any is run: ``(N, C, *spatial)`` float32, prepared as in training."""
     if not inputs:
         raise MedsightError("no input files given")
-    raw = [read_image(p) for p in tqdm(inputs, desc="read", unit="file", disable=len(inputs) < 4)]
-    for path, image in zip(inputs, raw, strict=True):
+    prepared = []
+    for path in tqdm(inputs, desc="read", unit="file", disable=len(inputs) < 4):  # reading and resizing both count
+        image = read_image(path)
         if image.ndim - 1 != spatial_dims:
             raise MedsightError(f"a {image.ndim - 1}D image, but the model takes {spatial_dims}D images", path)
-    return np.stack([prepare(image, list(spatial_size), n_channels) for image in raw])
+        prepared.append(prepare(image, list(spatial_size), n_channels))
+    return np.stack(prepared)

@@ -20,6 +20,7 @@ from typing import Any
 import numpy as np
 import torch
 from torch import nn
+from tqdm import tqdm
 
 from medsight.evaluation.conformal import certain
 from medsight.evaluation.plots import png_image
@@ -145,7 +146,12 @@ class ClassificationModel:
         deferrals = self.deferrals(probs)
         label_sets = self.label_sets(probs)
         results: list[Result] = []
-        for k, (path, image, p) in enumerate(zip(inputs, images, probs, strict=True)):
+        # Grad-CAM is one backward pass per input: the long part of a large --explain run, so it shows progress
+        cases = tqdm(
+            zip(inputs, images, probs, strict=True), desc="explain", unit="input", total=len(inputs),
+            disable=not explain or len(inputs) < 4,
+        )  # fmt: skip
+        for k, (path, image, p) in enumerate(cases):
             result = self._result(path, k, image, p)
             result.deferral = deferrals[k]
             result.label_sets = label_sets[k]
@@ -226,7 +232,7 @@ class ClassificationModel:
 
     def save(self, results: Sequence[Result], folder: Path) -> None:
         """Heatmaps as a PNG overlay and .npy; for DICOM inputs a TID 1500 SR and a Secondary Capture overlay."""
-        for result in results:
+        for result in tqdm(results, desc="write", unit="input", disable=len(results) < 4):
             if not isinstance(result, ClassificationResult):
                 raise TypeError(f"not a classification result: {type(result).__name__}")
             if result.heatmap is not None and result.image is not None:
