@@ -7,6 +7,7 @@ import importlib
 import logging
 import os
 import pkgutil
+import signal
 import sys
 import warnings
 from collections.abc import Sequence
@@ -69,6 +70,7 @@ def main(argv: Sequence[str] | None = None) -> int:
     parser = build_parser()
     args = parser.parse_args(argv)
     _never_fail_on_names()
+    _stop_cleanly_on_sigterm()
     configure_logging(args.quiet)
     if not args.debug:
         # pydicom warns about what it meets in a broken file, with a line of its own source, before medsight names
@@ -85,12 +87,36 @@ def main(argv: Sequence[str] | None = None) -> int:
     except KeyboardInterrupt:
         print("medsight: interrupted", file=sys.stderr)
         return 130
+    except Terminated:
+        print("medsight: stopped (SIGTERM); nothing half-written was left", file=sys.stderr)
+        return 143  # 128 + SIGTERM
     except BrokenPipeError:
         # the reader closed the pipe (``medsight info DIR | head``): stop quietly as Unix tools do, and send what is
         # still buffered nowhere so that the interpreter's last flush does not fail again
         os.dup2(os.open(os.devnull, os.O_WRONLY), sys.stdout.fileno())
         return 141  # 128 + SIGPIPE, what the shell reports for a tool stopped by a closed pipe
     return int(status or 0)
+
+
+class Terminated(BaseException):
+    """SIGTERM (``kill``, ``timeout``, a batch scheduler) as an exception, so that the temporary output folders and
+    files unwind as after Ctrl-C instead of staying behind as hidden ``.NAME.XXXX.tmp`` folders. A BaseException:
+    no ``except Exception`` on the way swallows it."""
+
+
+def _stop_cleanly_on_sigterm() -> None:
+    """Raise :class:`Terminated` in this process on SIGTERM; processes forked from it (pool workers, which their
+    parent stops with SIGTERM) keep the default and simply end. ``medsight serve`` installs its own handler."""
+    main_pid = os.getpid()
+
+    def handler(signum: int, frame: object) -> None:
+        if os.getpid() != main_pid:
+            signal.signal(signum, signal.SIG_DFL)
+            os.kill(os.getpid(), signum)
+            return
+        raise Terminated
+
+    signal.signal(signal.SIGTERM, handler)
 
 
 def _never_fail_on_names() -> None:

@@ -250,3 +250,34 @@ def test_damaged_videos_and_non_image_objects_are_refused_by_name(
     for name, kind in (("liver_1frame.dcm", "Segmentation"), ("rtdose.dcm", "RT Dose")):
         with pytest.raises(MedsightError, match=f"a DICOM {kind} object, not images to stream"):
             list(frames(samples / name))
+
+
+def test_sigterm_leaves_no_half_written_output(bundle: Path, tmp_path: Path) -> None:
+    """``kill``/``timeout``/a scheduler once left a hidden ``.out.XXXX.tmp`` with a partial video behind; SIGTERM now
+    unwinds like Ctrl-C (exit 143) and an earlier result stays as it was."""
+    import signal
+    import time
+
+    folder = tmp_path / "frames"
+    folder.mkdir()
+    for k in range(2000):
+        Image.fromarray(np.full((64, 64), k % 255, np.uint8)).save(folder / f"{k:04d}.png")
+    out = tmp_path / "out"
+    out.mkdir()
+    (out / "stream.json").write_text("{}")  # an earlier result
+    proc = subprocess.Popen(
+        [sys.executable, "-m", "medsight", "stream", str(bundle), str(folder), "--out", str(out)],
+        stdout=subprocess.PIPE,
+        stderr=subprocess.PIPE,
+    )
+    deadline = time.monotonic() + 120
+    while not any(p.name.startswith(".out.") for p in tmp_path.iterdir()):
+        assert proc.poll() is None and time.monotonic() < deadline, "the stream never started writing"
+        time.sleep(0.05)
+    time.sleep(0.5)
+    proc.send_signal(signal.SIGTERM)
+    _, err = proc.communicate(timeout=60)
+    assert proc.returncode == 143, err.decode()
+    assert b"Traceback" not in err
+    assert sorted(p.name for p in tmp_path.iterdir()) == ["frames", "out"]  # no .out.XXXX.tmp left
+    assert (out / "stream.json").read_text() == "{}"

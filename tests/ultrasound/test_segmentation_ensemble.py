@@ -70,6 +70,12 @@ def test_members_that_cannot_be_averaged_are_refused_by_name(
 ) -> None:
     with pytest.raises(MedsightError, match="at least 2"):
         combine([fast_bundle], str(busi_root), tmp_path / "one")
+    copy = tmp_path / "copy"  # one model twice, once under another name: not two members
+    shutil.copytree(fast_bundle, copy)
+    for twice in ([fast_bundle, fast_bundle], [fast_bundle, copy]):
+        with pytest.raises(MedsightError, match="identical weights") as err:
+            combine(twice, str(busi_root), tmp_path / "twice")
+        assert str(twice[1]) in str(err.value) and not (tmp_path / "twice").exists()
     other_fold = tmp_path / "other_fold"
     shutil.copytree(fast_bundle_seed1, other_fold)
     meta = load_bundle(other_fold).meta

@@ -11,6 +11,7 @@ ordinary bundle (one network, one ONNX file) that predict, evaluate, stream and 
 from __future__ import annotations
 
 import copy
+import hashlib
 import logging
 import shutil
 from collections.abc import Sequence
@@ -73,6 +74,12 @@ def check_members(bundles: Sequence[Bundle]) -> None:
                 raise MedsightError(f"its plan reads images differently from {first.path} ({key})", where)
         if b.meta["data"].get("val_ids") != first.meta["data"].get("val_ids"):
             raise MedsightError(f"it was validated on other cases than {first.path} (another fold?)", where)
+    seen: dict[str, Path] = {}
+    for b in bundles:  # the same weights twice (one folder given twice, or a copy) would count one model double
+        digest = hashlib.sha256((b.path / WEIGHTS).read_bytes()).hexdigest() if (b.path / WEIGHTS).is_file() else ""
+        if digest and digest in seen:
+            raise MedsightError(f"the same model as {seen[digest]} (identical weights): give each member once", b.path)
+        seen[digest] = b.path
 
 
 def _validation_cases(data: str, first: Bundle) -> tuple[SegmentationDataset, list[Loaded]]:
