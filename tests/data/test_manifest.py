@@ -115,3 +115,31 @@ def test_a_row_with_an_empty_split_is_named_not_dropped(tmp_path: Path) -> None:
     table["split"] = ["train"] * 6 + ["val", "test"]
     table.to_csv(csv, index=False)
     assert len(load_manifest(csv).split("train")) == 6
+
+
+def test_a_split_column_that_puts_one_patient_in_two_splits_is_refused(tmp_path: Path) -> None:
+    """Every test patient also in training once passed, and evaluate said none of its cases was seen."""
+    csv = make_png_manifest(tmp_path, n_patients=6, per_patient=3)
+    table = pd.read_csv(csv)
+    table["split"] = ["train", "val", "test"] * 6  # each patient's three images in three splits
+    table.to_csv(csv, index=False)
+    with pytest.raises(MedsightError, match=r"6 patient\(s\) appear in more than one split \(e.g. rows 2 \(train\)"):
+        load_manifest(csv)
+    with pytest.raises(MedsightError) as caught:
+        load_manifest(csv)
+    assert "P000" not in str(caught.value)  # rows, never the patient id
+
+
+@pytest.mark.parametrize(("cell", "row"), [(" ", 3), ("|", 3), (" | ", 3)])
+def test_a_blank_looking_label_is_no_label(cell: str, row: int, tmp_path: Path) -> None:
+    """ " " once became a third class named " ", and "|" turned the whole manifest multi-label."""
+    csv = make_png_manifest(tmp_path, n_patients=8, per_patient=1)
+    table = pd.read_csv(csv)
+    table.loc[1, "label"] = cell
+    table.to_csv(csv, index=False)
+    with pytest.raises(MedsightError, match=f"row {row} has no label"):
+        load_manifest(csv)
+    table.loc[1, "label"] = " lesion "  # spaces around a label are not part of it
+    table.to_csv(csv, index=False)
+    data = load_manifest(csv)
+    assert data.label_names == ["clear", "lesion"] and data.task_type == "binary"

@@ -66,7 +66,12 @@ def load_manifest(
             raise MedsightError(f"manifest has no '{col}' column (columns: {', '.join(table.columns)})", csv_path)
     if table.empty:
         raise MedsightError("manifest lists no images", csv_path)
-    missing_label = table["label"].isna()
+    # spaces around a label and empty parts of a multi-label cell mean nothing: " " or "|" is no label at all
+    # (once a third class named " ", or a whole manifest read as multi-label because of one "|")
+    table["label"] = table["label"].map(
+        lambda v: v if not isinstance(v, str) else "|".join(x.strip() for x in v.split("|") if x.strip())
+    )
+    missing_label = table["label"].isna() | (table["label"] == "")
     if missing_label.any():
         row = int(np.flatnonzero(missing_label.to_numpy())[0]) + 2
         raise MedsightError(f"row {row} has no label", csv_path)
@@ -138,6 +143,15 @@ def load_manifest(
             )
         index = {s: np.flatnonzero(table["split"].to_numpy() == s) for s in SPLITS}
         method = "manifest"
+        # with patient ids given (without them each row is its own patient, and identical pixels are the
+        # evaluation's leakage check to find)
+        shared = _patients_in_several_splits(patients, index) if "patient_id" in table.columns else []
+        if shared:  # a test patient seen in training makes every test figure a leak the pixel check cannot see
+            raise MedsightError(
+                f"{len(shared)} patient(s) appear in more than one split (e.g. rows {shared[0]}): the split column "
+                "must keep each patient's images together in train, val or test",
+                csv_path,
+            )
     else:
         strata = table["label"].astype(str).tolist()
         index = patient_split(strata, patients, seed=seed)
@@ -280,3 +294,16 @@ def _default_size(raw: list[np.ndarray], spatial_dims: int) -> list[int]:
     cap = MAX_2D if spatial_dims == 2 else MAX_3D
     med = np.median(np.asarray([r.shape[1:] for r in raw]), axis=0)
     return [int(min(cap, max(8, round(m)))) for m in med]
+
+
+def _patients_in_several_splits(patients: list[str], index: dict[str, np.ndarray]) -> list[str]:
+    """Patients with rows in two or more splits, each as its rows' line numbers (never the patient id itself)."""
+    where: dict[str, dict[str, list[int]]] = {}
+    for split, rows in index.items():
+        for i in rows:
+            where.setdefault(patients[int(i)], {}).setdefault(split, []).append(int(i) + 2)
+    return [
+        " and ".join(f"{lines[0]} ({split})" for split, lines in by_split.items())
+        for by_split in where.values()
+        if len(by_split) > 1
+    ]
