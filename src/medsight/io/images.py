@@ -49,6 +49,14 @@ def read_image(path: str | Path) -> np.ndarray:
     image = _read_any(Path(path))
     if image.size == 0 or 0 in image.shape:  # a failed export: no transform can do anything with it
         raise MedsightError(f"an empty image (shape {tuple(image.shape[1:])}: no pixels)", path)
+    if np.issubdtype(image.dtype, np.floating) and not np.isfinite(image).all():
+        # NaN (or Inf) would pass through every transform into the model and the scores (p = nan, invalid JSON)
+        bad = int((~np.isfinite(image)).sum())
+        raise MedsightError(
+            f"{bad} of {image.size} pixel values are NaN or infinite (a float NIfTI or npy with NaN background?); "
+            "replace them (e.g. with the background value) before use",
+            path,
+        )
     return image
 
 
