@@ -281,3 +281,24 @@ def test_sigterm_leaves_no_half_written_output(bundle: Path, tmp_path: Path) -> 
     assert b"Traceback" not in err
     assert sorted(p.name for p in tmp_path.iterdir()) == ["frames", "out"]  # no .out.XXXX.tmp left
     assert (out / "stream.json").read_text() == "{}"
+
+
+def test_int8_finds_training_data_that_moved_through_data(
+    bundle: Path, shared_data: Path, tmp_path: Path, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    """The error once said "give the data folder" while stream had no way to give it."""
+    from medsight.training.bundle import load_bundle, write_bundle_json
+
+    monkeypatch.setenv("MEDSIGHT_CACHE", str(tmp_path / "cache"))
+    moved = tmp_path / "moved"
+    shutil.copytree(bundle, moved)
+    meta = load_bundle(moved).meta
+    root = meta["data"]["root"]
+    meta["data"]["root"] = str(tmp_path / "gone")
+    write_bundle_json(moved, meta)
+    source = shared_data.joinpath(*US_CINE)
+    with pytest.raises(MedsightError, match=r"give the folder where the data are now .*--data") as caught:
+        stream(moved, source, tmp_path / "a", progress=False, max_frames=2, int8=True)
+    assert str(moved) in str(caught.value)
+    report = stream(moved, source, tmp_path / "b", progress=False, max_frames=2, int8=True, data=Path(root))
+    assert report.frames == 2 and report.engine.endswith("int8")

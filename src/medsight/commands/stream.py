@@ -34,6 +34,11 @@ def register(sub: argparse._SubParsersAction) -> None:
         "and cached; see docs/ultrasound.md)",
     )
     p.add_argument(
+        "--data",
+        type=Path,
+        help="with --int8: where the bundle's training data are now, if they moved since training (calibration)",
+    )
+    p.add_argument(
         "--any-modality",
         action="store_true",
         help="stream a DICOM source whose Modality the model was not trained on (refused by default, as by predict)",
@@ -56,6 +61,7 @@ def run(args: argparse.Namespace) -> int:
         max_frames=args.max_frames,
         tta=args.tta,
         int8=args.int8,
+        data=args.data,
     )
     print(
         f"{report.frames} frames in {report.seconds:.1f} s: {report.frames_per_second:.1f} frames/s "

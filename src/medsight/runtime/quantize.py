@@ -52,8 +52,9 @@ def calibration_inputs(bundle: Bundle, n: int = N_CALIBRATION, data: Path | None
     root = Path(data) if data is not None else Path(recorded["root"])
     if not root.is_dir():
         raise MedsightError(
-            "calibration needs the bundle's training images, and its data folder is not here (give the data folder)",
-            root,
+            f"int8 calibration needs the training images of {bundle.path}, and its data folder {root} is not here: "
+            "give the folder where the data are now (medsight stream ... --int8 --data DATA)",
+            bundle.path / BUNDLE_JSON,
         )
     ids: list[str] = list(recorded["train_ids"])
     if not ids:
@@ -150,9 +151,10 @@ def is_quantized(bundle: Bundle) -> bool:
     return "quantization" in (bundle.meta.get("onnx") or {})
 
 
-def int8_bundle(bundle_path: Path, n: int = N_CALIBRATION) -> Path:
+def int8_bundle(bundle_path: Path, n: int = N_CALIBRATION, data: Path | None = None) -> Path:
     """The int8 variant of ``bundle_path`` (the bundle itself when it is one), made once and kept in the cache
-    (``$MEDSIGHT_CACHE/int8_bundles/<hash of bundle.json and model>``)."""
+    (``$MEDSIGHT_CACHE/int8_bundles/<hash of bundle.json and model>``). ``data``: where the training data are now,
+    when they moved since training."""
     bundle = load_bundle(bundle_path)
     if is_quantized(bundle):
         return Path(bundle_path)
@@ -162,4 +164,4 @@ def int8_bundle(bundle_path: Path, n: int = N_CALIBRATION) -> Path:
     cached = config.cache_root() / CACHE_DIR / digest.hexdigest()[:24]
     if (cached / BUNDLE_JSON).is_file():
         return cached
-    return quantize_bundle(Path(bundle_path), cached, n)
+    return quantize_bundle(Path(bundle_path), cached, n, data)

@@ -239,6 +239,7 @@ def stream(
     max_frames: int | None = None,
     tta: bool = False,
     int8: bool = False,
+    data: Path | None = None,
 ) -> StreamReport:
     """Segment every frame of ``source`` with ``bundle``; write the overlaid video, ``frames.csv`` and
     ``stream.json`` into ``out`` (replaced atomically, so a failed run leaves an older result intact).
@@ -246,7 +247,7 @@ def stream(
     ``tta``: average the plan's mirrored test-time passes as ``predict`` does (off by default: it multiplies the
     time per frame by the number of passes, and a live loop needs the frame rate).
     ``int8``: run the bundle's int8 variant (``runtime/quantize.py``; made once from the bundle's training images and
-    cached, or the bundle itself when it is one).
+    cached, or the bundle itself when it is one); ``data``: where its training data are now, if they moved.
     """
     import dataclasses
 
@@ -257,7 +258,7 @@ def stream(
     if int8:
         from medsight.runtime.quantize import int8_bundle
 
-        bundle = int8_bundle(bundle)
+        bundle = int8_bundle(bundle, data=data)
     model = runtime.load(bundle)
     segment = getattr(model, "segment", None)
     plan = getattr(model, "plan", None)
