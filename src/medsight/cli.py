@@ -88,7 +88,7 @@ def main(argv: Sequence[str] | None = None) -> int:
         print("medsight: interrupted", file=sys.stderr)
         return 130
     except Terminated:
-        print("medsight: stopped (SIGTERM); nothing half-written was left", file=sys.stderr)
+        print("medsight: stopped (SIGTERM or SIGHUP); nothing half-written was left", file=sys.stderr)
         return 143  # 128 + SIGTERM
     except BrokenPipeError:
         # the reader closed the pipe (``medsight info DIR | head``): stop quietly as Unix tools do, and send what is
@@ -105,8 +105,8 @@ class Terminated(BaseException):
 
 
 def _stop_cleanly_on_sigterm() -> None:
-    """Raise :class:`Terminated` in this process on SIGTERM; processes forked from it (pool workers, which their
-    parent stops with SIGTERM) keep the default and simply end. ``medsight serve`` installs its own handler."""
+    """Raise :class:`Terminated` in this process on SIGTERM or SIGHUP; processes forked from it (pool workers, which
+    their parent stops with SIGTERM) keep the default and simply end. ``medsight serve`` installs its own handler."""
     main_pid = os.getpid()
 
     def handler(signum: int, frame: object) -> None:
@@ -117,6 +117,7 @@ def _stop_cleanly_on_sigterm() -> None:
         raise Terminated
 
     signal.signal(signal.SIGTERM, handler)
+    signal.signal(signal.SIGHUP, handler)  # a closed terminal or a dropped ssh session
 
 
 def _never_fail_on_names() -> None:

@@ -143,3 +143,16 @@ def test_a_blank_looking_label_is_no_label(cell: str, row: int, tmp_path: Path) 
     table.to_csv(csv, index=False)
     data = load_manifest(csv)
     assert data.label_names == ["clear", "lesion"] and data.task_type == "binary"
+
+
+def test_rows_without_a_patient_id_are_each_a_patient_of_their_own(tmp_path: Path) -> None:
+    """Blank ids once became one patient named "nan", whose rows moved between splits as one block."""
+    csv = make_png_manifest(tmp_path, n_patients=20, per_patient=1)
+    table = pd.read_csv(csv)
+    table.loc[[1, 3, 5, 7, 9, 11], "patient_id"] = None
+    table.to_csv(csv, index=False)
+    data = load_manifest(csv)
+    blank_paths = set(table.loc[[1, 3, 5, 7, 9, 11], "path"])  # such a row is known by its path
+    in_splits = {name: set(data.split(name).patient_ids) for name in ("train", "val", "test")}
+    assert not any("nan" in ids for ids in in_splits.values())
+    assert len(blank_paths & set().union(*in_splits.values())) == 6  # six patients, not one

@@ -252,7 +252,8 @@ def test_damaged_videos_and_non_image_objects_are_refused_by_name(
             list(frames(samples / name))
 
 
-def test_sigterm_leaves_no_half_written_output(bundle: Path, tmp_path: Path) -> None:
+@pytest.mark.parametrize("stop", ["SIGTERM", "SIGHUP"])
+def test_sigterm_leaves_no_half_written_output(stop: str, bundle: Path, tmp_path: Path) -> None:
     """``kill``/``timeout``/a scheduler once left a hidden ``.out.XXXX.tmp`` with a partial video behind; SIGTERM now
     unwinds like Ctrl-C (exit 143) and an earlier result stays as it was."""
     import signal
@@ -275,7 +276,7 @@ def test_sigterm_leaves_no_half_written_output(bundle: Path, tmp_path: Path) -> 
         assert proc.poll() is None and time.monotonic() < deadline, "the stream never started writing"
         time.sleep(0.05)
     time.sleep(0.5)
-    proc.send_signal(signal.SIGTERM)
+    proc.send_signal(getattr(signal, stop))  # SIGHUP: a closed terminal or a dropped ssh session
     _, err = proc.communicate(timeout=60)
     assert proc.returncode == 143, err.decode()
     assert b"Traceback" not in err
@@ -302,3 +303,25 @@ def test_int8_finds_training_data_that_moved_through_data(
     assert str(moved) in str(caught.value)
     report = stream(moved, source, tmp_path / "b", progress=False, max_frames=2, int8=True, data=Path(root))
     assert report.frames == 2 and report.engine.endswith("int8")
+
+
+def test_float_frames_are_read_as_they_are_and_huge_ones_are_named(tmp_path: Path) -> None:
+    """A float TIFF frame (values 0..1) was once converted to 8-bit RGB, which clipped it; a frame beyond Pillow's
+    decompression-bomb limit ended in a traceback."""
+    folder = tmp_path / "float"
+    folder.mkdir()
+    values = np.linspace(0, 1, 32 * 48, dtype=np.float32).reshape(32, 48)
+    Image.fromarray(values, mode="F").save(folder / "0.tif")
+    (frame,) = list(frames(folder))
+    assert frame.pixels.dtype == np.float32 and np.allclose(frame.pixels, values)
+    huge = tmp_path / "huge"
+    huge.mkdir()
+    Image.new("L", (300, 300)).save(huge / "0.png")
+    limit = Image.MAX_IMAGE_PIXELS
+    try:
+        Image.MAX_IMAGE_PIXELS = 300 * 300 // 4  # past twice the limit Pillow refuses to open the file
+        with pytest.raises(MedsightError, match="not an image frame") as caught:
+            list(frames(huge))
+    finally:
+        Image.MAX_IMAGE_PIXELS = limit
+    assert str(huge / "0.png") in str(caught.value)

@@ -18,6 +18,7 @@ scale that no row has (a gap), is an error naming the file.
 from __future__ import annotations
 
 import json
+import logging
 from pathlib import Path
 from typing import Any
 
@@ -31,6 +32,8 @@ from medsight.data.splits import SPLIT_SEED, patient_split
 from medsight.errors import MedsightError
 from medsight.io.images import read_image
 from medsight.transforms import prepare
+
+log = logging.getLogger("medsight.data")
 
 RESERVED = {"path", "label", "patient_id", "split"}
 MAX_2D, MAX_3D = 128, 64
@@ -125,9 +128,18 @@ def load_manifest(
     else:
         labels = np.asarray([label_names.index(str(v)) for v in table["label"]], np.int64)
 
-    patients = (
-        table["patient_id"].astype(str).tolist() if "patient_id" in table.columns else [str(p) for p in table["path"]]
-    )
+    patients = [str(p) for p in table["path"]]  # without ids each image is its own patient
+    if "patient_id" in table.columns:
+        given = table["patient_id"]
+        no_id = given.isna() | (given.astype(str).str.strip() == "")
+        if no_id.any():  # as one patient named "nan", the blank rows would move between splits as one block
+            log.warning(
+                "%s: %d row(s) without a patient_id (line %s); each is taken as a patient of its own",
+                csv_path.name,
+                int(no_id.sum()),
+                ", ".join(str(int(i) + 2) for i in np.flatnonzero(no_id.to_numpy())[:10]),
+            )
+        patients = [path if gap else str(pid) for path, pid, gap in zip(patients, given, no_id, strict=True)]
     attributes = table[[c for c in table.columns if c not in RESERVED]].reset_index(drop=True)
     if "split" in table.columns:
         unknown = set(table["split"].dropna()) - set(SPLITS)

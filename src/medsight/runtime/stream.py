@@ -97,8 +97,9 @@ def _folder_frames(folder: Path) -> Iterator[Frame]:
     for k, path in enumerate(files):
         try:
             with Image.open(path) as img:
-                pixels = np.asarray(img.convert("RGB") if img.mode not in ("L", "I;16", "I") else img)
-        except (UnidentifiedImageError, OSError) as exc:
+                # grey (8/16/32-bit and float) as it is, colour as RGB: converting a float frame to RGB clips it
+                pixels = np.asarray(img.convert("RGB") if img.mode not in ("L", "I;16", "I", "F") else img)
+        except (UnidentifiedImageError, OSError, Image.DecompressionBombError) as exc:
             raise MedsightError(f"not an image frame ({type(exc).__name__})", path) from None
         yield Frame(k, pixels)
 
