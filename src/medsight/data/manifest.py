@@ -69,11 +69,9 @@ def load_manifest(
             raise MedsightError(f"manifest has no '{col}' column (columns: {', '.join(table.columns)})", csv_path)
     if table.empty:
         raise MedsightError("manifest lists no images", csv_path)
-    # spaces around a label and empty parts of a multi-label cell mean nothing: " " or "|" is no label at all
-    # (once a third class named " ", or a whole manifest read as multi-label because of one "|")
-    table["label"] = table["label"].map(
-        lambda v: v if not isinstance(v, str) else "|".join(x.strip() for x in v.split("|") if x.strip())
-    )
+    # spaces around a label mean nothing: " " is no label at all (it once became a third class named " "); a lone
+    # "|" stays what the README says it is, a multi-label row with none of the labels present
+    table["label"] = table["label"].map(_clean_label)
     missing_label = table["label"].isna() | (table["label"] == "")
     if missing_label.any():
         row = int(np.flatnonzero(missing_label.to_numpy())[0]) + 2
@@ -319,3 +317,11 @@ def _patients_in_several_splits(patients: list[str], index: dict[str, np.ndarray
         for by_split in where.values()
         if len(by_split) > 1
     ]
+
+
+def _clean_label(cell: object) -> object:
+    """A label cell without the spaces around its labels; "|" alone (a multi-label row with no label) is kept."""
+    if not isinstance(cell, str):
+        return cell
+    parts = [x.strip() for x in cell.split("|") if x.strip()]
+    return "|".join(parts) if parts or "|" not in cell else "|"
