@@ -9,6 +9,7 @@ import pytest
 
 from medsight.config import data_root
 from needs import unavailable
+from tiny_bundle import train_tiny_bundle
 
 
 def _shared_data_root() -> Path | None:
@@ -40,24 +41,4 @@ def _isolated_cache(tmp_path_factory: pytest.TempPathFactory, monkeypatch: pytes
 def tiny_bundle(tmp_path_factory: pytest.TempPathFactory) -> Path:
     """A classification bundle from one epoch on 32 noise images with a bright square in half of them (seconds); its
     manifest is ``tiny_bundle.parent / "manifest.csv"``."""
-    import numpy as np
-    import pandas as pd
-    from PIL import Image
-
-    from medsight.cli import main
-
-    root = tmp_path_factory.mktemp("tiny_set")
-    (root / "img").mkdir()
-    rng = np.random.default_rng(0)
-    rows = []
-    for i in range(32):
-        img = rng.normal(60, 10, (24, 24))
-        if i % 2:
-            img[4:12, 4:12] += 120
-        Image.fromarray(img.clip(0, 255).astype(np.uint8)).save(root / "img" / f"{i}.png")
-        rows.append({"path": f"img/{i}.png", "label": "square" if i % 2 else "clear", "patient_id": f"P{i}"})
-    pd.DataFrame(rows).to_csv(root / "manifest.csv", index=False)
-    out = root / "bundle"
-    args = ["train", "--task", "classification", str(root / "manifest.csv"), "--out", str(out), "--epochs", "1"]
-    assert main([*args, "--seed", "0", "--tta", "off", "--ensemble", "off"]) == 0
-    return out
+    return train_tiny_bundle(tmp_path_factory.mktemp("tiny_set"))

@@ -18,6 +18,7 @@ from medsight.errors import MedsightError
 from medsight.io import modality
 from medsight.io.dicom import read_dicom_image
 from medsight.io.images import read_image
+from tiny_bundle import train_tiny_bundle
 
 
 @pytest.fixture(scope="module")
@@ -28,24 +29,7 @@ def samples(shared_data: Path) -> Path:
 @pytest.fixture(scope="module")
 def xray_bundle(tmp_path_factory: pytest.TempPathFactory) -> Path:
     """One epoch on 32 noise images declared X-ray by the manifest's sidecar, so the modality check is on (seconds)."""
-    import pandas as pd
-    from PIL import Image
-
-    root = tmp_path_factory.mktemp("tiny_xray")
-    (root / "img").mkdir()
-    rng = np.random.default_rng(0)
-    rows = []
-    for i in range(32):
-        img = rng.normal(60, 10, (24, 24))
-        if i % 2:
-            img[4:12, 4:12] += 120
-        Image.fromarray(img.clip(0, 255).astype(np.uint8)).save(root / "img" / f"{i}.png")
-        rows.append({"path": f"img/{i}.png", "label": "square" if i % 2 else "clear", "patient_id": f"P{i}"})
-    pd.DataFrame(rows).to_csv(root / "manifest.csv", index=False)
-    (root / "manifest.json").write_text(json.dumps({"modality": "xray"}))
-    out = root / "bundle"
-    args = ["train", "--task", "classification", str(root / "manifest.csv"), "--out", str(out), "--epochs", "1"]
-    assert main([*args, "--seed", "0", "--tta", "off", "--ensemble", "off"]) == 0
+    out = train_tiny_bundle(tmp_path_factory.mktemp("tiny_xray"), modality="xray")
     assert json.loads((out / "bundle.json").read_text())["data"]["modality"] == "xray"
     return out
 

@@ -42,17 +42,11 @@ def iter_files(archive: Path) -> Iterator[tuple[Path, str]]:
                 yield path, path.relative_to(archive).as_posix()
 
 
-#: The DICOM SOP class of a DICOMDIR (Media Storage Directory Storage): an index of a CD's files, not an image.
-MEDIA_STORAGE_DIRECTORY = "1.2.840.10008.1.3.10"
-#: Pixel data elements: a DICOM object without one (SR, KO, a presentation state) holds no image.
-PIXEL_DATA = ("PixelData", "FloatPixelData", "DoubleFloatPixelData")
-
-
 def not_an_image(path: Path) -> str | None:
     """Why a file of an archive is no input at all (``None`` when it is one): archives from a PACS or a CD carry
     READMEs, empty files, DICOMDIRs and non-image objects (SR, KO) beside the images. These are skipped, not failed:
     a damaged image or one of the wrong modality still fails with its reason."""
-    from medsight.io.dicom import is_dicom_file, open_dicom
+    from medsight.io.dicom import PIXEL_TAGS, is_dicom_file, is_dicomdir, open_dicom
     from medsight.io.images import NIFTI_SUFFIXES, RASTER_SUFFIXES
 
     try:
@@ -65,10 +59,9 @@ def not_an_image(path: Path) -> str | None:
             ds = open_dicom(path, defer_size=1024)  # large values (the pixels) stay on disk
         except Exception:  # a damaged DICOM file is a failure, with read_image's reason
             return None
-        sop_class = str(ds.get("SOPClassUID") or getattr(ds, "file_meta", {}).get("MediaStorageSOPClassUID", ""))
-        if sop_class == MEDIA_STORAGE_DIRECTORY:
+        if is_dicomdir(ds):
             return "a DICOMDIR (an index of the media's files, not an image)"
-        if not any(keyword in ds for keyword in PIXEL_DATA):
+        if not any(tag in ds for tag in PIXEL_TAGS):
             return f"a DICOM object without an image (Modality {ds.get('Modality') or 'not given'})"
         return None
     name = path.name.lower()

@@ -317,7 +317,7 @@ def read_header(path: PathLike) -> tuple[Instance, Dataset] | None:
         return None
     if "SOPInstanceUID" not in ds or "SOPClassUID" not in ds:
         raise MedsightError("corrupt or truncated DICOM file: no SOP Class/Instance UID", path)
-    _check_complete(ds, path, deflated)
+    check_complete(ds, path, deflated)
     try:
         instance = _instance(ds, path)
     except (ValueError, TypeError, AttributeError, IndexError) as exc:
@@ -343,7 +343,7 @@ def _transfer_syntax(ds: Dataset) -> str:
     return str(meta.get("TransferSyntaxUID", "")) if meta is not None else ""
 
 
-def _check_complete(ds: Dataset, path: Path, deflated: bool = False) -> None:
+def check_complete(ds: Dataset, path: Path, deflated: bool = False) -> None:
     """Raise if the file was cut short: an element runs past the end, or an image lacks its pixel data. In a
     deflated file (read whole) an element is short when fewer bytes were read than its length says."""
     size = path.stat().st_size

@@ -40,7 +40,7 @@ from tqdm import tqdm
 
 from medsight.errors import MedsightError
 from medsight.io.atomic import write_json, write_text
-from medsight.io.dicom import _check_complete, is_dicom_file, is_dicomdir, open_dicom, peek
+from medsight.io.dicom import check_complete, is_dicom_file, is_dicomdir, open_dicom, peek
 from medsight.io.dicom_write import ensure_file_meta, save
 from medsight.privacy import ocr, pixels
 from medsight.privacy.engine import Deidentifier
@@ -238,7 +238,7 @@ def cut_short(ds: Dataset, path: Path) -> str | None:
     the same files), since a cut non-image object (an RT Plan) has no pixel data for :func:`problem` to find short."""
     ts = getattr(getattr(ds, "file_meta", None), "TransferSyntaxUID", None)
     try:
-        _check_complete(ds, path, deflated=ts == DeflatedExplicitVRLittleEndian)
+        check_complete(ds, path, deflated=ts == DeflatedExplicitVRLittleEndian)
     except MedsightError as exc:
         return exc.problem
     return None

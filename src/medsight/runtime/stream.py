@@ -28,12 +28,8 @@ log = logging.getLogger("medsight")
 
 #: Suffixes read as video files (PyAV); anything else that is a file must be DICOM.
 VIDEO_SUFFIXES = (".mp4", ".avi", ".mov", ".mkv", ".webm", ".m4v", ".mpg", ".mpeg", ".gif")
-#: DICOM objects with pixel data that are not pictures of the patient (masks, dose grids): refused by name.
-NOT_FRAMES = {
-    "1.2.840.10008.5.1.4.1.1.66.4": "Segmentation",
-    "1.2.840.10008.5.1.4.1.1.66.7": "Label Map Segmentation",
-    "1.2.840.10008.5.1.4.1.1.481.2": "RT Dose",
-}
+#: RT Dose: pixel data that are a dose grid, not a picture of the patient (as the segmentations io.dicom lists).
+RT_DOSE_SOP_CLASS = "1.2.840.10008.5.1.4.1.1.481.2"
 #: Colours of labels 1, 2, ... in the overlay (RGB).
 PALETTE = ((255, 64, 64), (64, 200, 255), (255, 200, 0), (120, 255, 120), (220, 120, 255))
 
@@ -132,14 +128,15 @@ def _video_frames(path: Path) -> Iterator[Frame]:
 def _dicom_frames(path: Path) -> Iterator[Frame]:
     from pydicom.pixels import iter_pixels
 
-    from medsight.io.dicom import read_header
+    from medsight.io.dicom import NOT_VOLUME_SOP_CLASSES, read_header  # pydicom: not at the CLI's start-up
 
     found = read_header(path)  # the reader's checks: a cine cut short is refused, not streamed up to the cut
     if found is None:
         raise MedsightError("not a DICOM file or video", path)
     instance, header = found
-    if instance.sop_class_uid in NOT_FRAMES:  # pixels, but of masks or doses: no picture of the patient to segment
-        raise MedsightError(f"a DICOM {NOT_FRAMES[instance.sop_class_uid]} object, not images to stream", path)
+    not_frames = {**NOT_VOLUME_SOP_CLASSES, RT_DOSE_SOP_CLASS: "RT Dose"}
+    if instance.sop_class_uid in not_frames:  # pixels, but of masks or doses: no picture of the patient to segment
+        raise MedsightError(f"a DICOM {not_frames[instance.sop_class_uid]} object, not images to stream", path)
     if "Rows" not in header:
         raise MedsightError("the DICOM object holds no image", path)
     interval = header.get("FrameTime")  # ms between frames (cine), when given
