@@ -347,6 +347,48 @@ def test_truncated_header_and_garbage_after_preamble_name_the_file(samples: Path
     assert "garbage.dcm" in str(info.value)
 
 
+def _element_ends(data: bytes) -> list[int]:
+    """Where each top-level element of a Part 10 file ends (offsets in the file)."""
+    import io
+
+    from pydicom.filereader import _read_file_meta_info, data_element_generator, read_preamble
+
+    fp = io.BytesIO(data)
+    read_preamble(fp, False)
+    _read_file_meta_info(fp)
+    ends = []
+    for _ in data_element_generator(fp, False, True, defer_size=256):
+        ends.append(fp.tell())
+    return ends
+
+
+@pytest.mark.parametrize("name", ["reportsi.dcm", "rtplan.dcm", "CT_small.dcm"])
+def test_a_cut_anywhere_but_an_element_boundary_is_refused(samples: Path, tmp_path: Path, name: str) -> None:
+    """pydicom stops quietly at an element header cut short (the last 1-11 bytes of a file), so such a file read
+    as a whole, shorter object. Every cut that does not fall exactly on a top-level element boundary is refused by
+    name; a cut on a boundary leaves a well-formed shorter data set, which no reader can tell from an original."""
+    data = (samples / "pydicom_test_files" / name).read_bytes()
+    ends = _element_ends(data)
+    accepted = []
+    for end in ends[:-1]:
+        for extra in (1, 4, 7, 8, 11):
+            if end + extra >= ends[ends.index(end) + 1]:
+                continue
+            broken = tmp_path / f"cut_{end}_{extra}.dcm"
+            broken.write_bytes(data[: end + extra])
+            try:
+                scan(broken)
+            except MedsightError as exc:
+                assert exc.path == str(broken) and ("truncated" in exc.problem or "corrupt" in exc.problem)
+            else:
+                accepted.append(end + extra)
+            broken.unlink()
+    assert accepted == []
+    whole = tmp_path / name
+    whole.write_bytes(data)
+    assert scan(whole).n_instances == 1
+
+
 def test_non_dicom_files_are_skipped_quietly_and_counted(study: Path, tmp_path: Path) -> None:
     folder = tmp_path / "export"
     shutil.copytree(study / BRAIN_SERIES[0], folder / "a" / "b")

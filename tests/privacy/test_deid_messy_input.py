@@ -143,6 +143,23 @@ def test_input_without_dicom_is_a_one_line_error(
     assert not (tmp_path / "audit.log").exists()
 
 
+def test_a_refused_run_creates_no_key_file(
+    shared_data: Path, tmp_path: Path, monkeypatch: pytest.MonkeyPatch, capsys: pytest.CaptureFixture[str]
+) -> None:
+    """The key is made on the first run that writes something: a refused run (here, input holding no DICOM) leaves
+    no new secret behind in the user's home or at ``--key-file``. A run that writes makes it, 0600."""
+    monkeypatch.delenv("MEDSIGHT_DEID_KEY")
+    key_file = tmp_path / "secret" / "deid.key"
+    src = _text_files(tmp_path / "in", shared_data)
+    assert deid(src, tmp_path / "out", "--key-file", str(key_file)) == 2
+    assert "no DICOM objects" in capsys.readouterr().err
+    assert not key_file.exists() and not key_file.parent.exists()
+    shutil.copy(shared_data / "dicom_samples" / CT, src / "ct.dcm")
+    assert deid(src, tmp_path / "out", "--key-file", str(key_file)) == 0
+    assert key_file.is_file() and key_file.stat().st_mode & 0o777 == 0o600
+    assert len(bytes.fromhex(key_file.read_text().strip())) == 32
+
+
 def test_input_with_only_unreadable_dicom_is_still_run_and_rejected(shared_data: Path, tmp_path: Path) -> None:
     """A file that claims to be DICOM is DICOM input: it is reported as rejected (status 1), not refused."""
     src = tmp_path / "in"

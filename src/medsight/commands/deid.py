@@ -135,11 +135,10 @@ def run(args: argparse.Namespace) -> int:
     key_file = None if os.environ.get(KEY_ENV) else args.key_file
     audit_log = args.audit_log or DEFAULT_AUDIT_LOG
     check_paths(args.input, args.output, args.reid_table, key_file, args.report, audit_log)
-    key = load_key(key_file)
     result = deidentify(
         args.input,
         args.output,
-        key=key,
+        key=lambda: load_key(key_file),  # created on the first run that has DICOM to de-identify
         options=options,
         clean_pixels=args.clean_pixels,
         accept_burned_in=args.accept_burned_in_risk,

@@ -19,12 +19,14 @@ import sys
 from collections.abc import Iterable, Sequence
 from dataclasses import dataclass, field
 from pathlib import Path
-from typing import TYPE_CHECKING, Any
+from typing import TYPE_CHECKING, Any, BinaryIO
 
 import numpy as np
 import pydicom
+from pydicom.dataelem import RawDataElement
 from pydicom.dataset import Dataset
 from pydicom.errors import InvalidDicomError
+from pydicom.filereader import _read_file_meta_info, data_element_generator, read_preamble
 from pydicom.pixels import apply_color_lut, apply_modality_lut, apply_voi_lut
 from pydicom.uid import UID, DeflatedExplicitVRLittleEndian
 
@@ -365,6 +367,43 @@ def check_complete(ds: Dataset, path: Path, deflated: bool = False) -> None:
             )
     if "Rows" in ds and "Columns" in ds and not any(t in ds for t in PIXEL_TAGS):
         raise MedsightError("truncated DICOM file: the header describes an image but has no pixel data", path)
+    if not deflated:
+        _check_file_ends_whole(ds, path, size)
+
+
+def _check_file_ends_whole(ds: Dataset, path: Path, size: int) -> None:
+    """Refuse a file whose last element header was cut short: pydicom stops there without a word. The data set is
+    walked again from where pydicom's own reader starts it (large values skipped), so a cut exactly on an element
+    boundary, which leaves a well-formed shorter data set, is the one cut no reader can see."""
+    syntax = _transfer_syntax(ds)
+    if not syntax:
+        return  # a bare data set without file meta: pydicom guessed its encoding, and so would this walk
+    uid = UID(syntax)
+    with open(path, "rb") as fh:
+        try:
+            read_preamble(fh, force=True)
+            _read_file_meta_info(fh)
+            walk_to_end(fh, uid.is_implicit_VR, uid.is_little_endian, size)
+        except EOFError:
+            raise MedsightError("truncated DICOM file: the last element is cut short", path) from None
+
+
+def walk_to_end(fp: BinaryIO, implicit_vr: bool, little_endian: bool, size: int) -> None:
+    """Walk a data set's top-level elements from ``fp``'s position (values over 256 bytes skipped) and raise
+    EOFError unless the last one ends exactly at ``size``. A value or an undefined-length item cut short raises
+    EOFError from pydicom itself; a header cut short is what pydicom passes over silently."""
+    end = fp.tell()
+    for element in data_element_generator(fp, implicit_vr, little_endian, defer_size=256):
+        if (
+            isinstance(element, RawDataElement)
+            and isinstance(element.value, bytes)
+            and element.length != 0xFFFFFFFF
+            and len(element.value) < element.length
+        ):
+            raise EOFError("data set truncated")
+        end = fp.tell()
+    if end != size:
+        raise EOFError("data set truncated")
 
 
 def _instance(ds: Dataset, path: Path) -> Instance:

@@ -29,7 +29,7 @@ import signal
 import struct
 import sys
 import time
-from collections.abc import Iterable, Iterator
+from collections.abc import Callable, Iterable, Iterator
 from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
@@ -364,7 +364,7 @@ def deidentify(
     in_path: str | Path,
     out_dir: str | Path,
     *,
-    key: bytes,
+    key: bytes | Callable[[], bytes],
     options: Iterable[str] = (),
     clean_pixels: bool = False,
     accept_burned_in: bool = False,
@@ -382,7 +382,8 @@ def deidentify(
 
     Ctrl-C stops the workers at once; what was done is moved into place and reported (``interrupted``). Inputs
     finished by an earlier run into ``out_dir`` are not redone. ``address``: run on the Ray cluster there
-    (``workers`` actors) instead of local processes.
+    (``workers`` actors) instead of local processes. ``key`` may be a function that loads (or creates) it: it is
+    called once the run is known to have DICOM input, so a refused run creates no key file.
     """
     in_path, out_dir = Path(in_path), Path(out_dir)
     reid_path = Path(reid_table) if reid_table is not None else None
@@ -396,9 +397,12 @@ def deidentify(
     if ocr_mode != "off" and not ocr.available():
         raise MedsightError("text detection needs tesseract (apt-get install tesseract-ocr, or make tools)")
     opts = frozenset(options)
-    Deidentifier(key, opts, patient_key=patient_key)  # validates the options before any work starts
+    # validates the options before any work starts (any key will do for that)
+    Deidentifier(key if isinstance(key, bytes) else bytes(32), opts, patient_key=patient_key)
     found, pre_skipped = iter_inputs(in_path)
     check_holds_dicom(in_path, [path for path, _ in found], len(pre_skipped))
+    if not isinstance(key, bytes):  # a run refused above leaves no new key file behind
+        key = key()
     out_dir.mkdir(parents=True, exist_ok=True)
     job = Job(
         key=key,

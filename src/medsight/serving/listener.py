@@ -23,9 +23,8 @@ from dataclasses import dataclass, field
 from io import BytesIO
 from typing import Any, Protocol
 
-from pydicom.dataelem import RawDataElement
 from pydicom.dataset import Dataset
-from pydicom.filereader import data_element_generator, read_dataset
+from pydicom.filereader import read_dataset
 from pydicom.uid import UID
 from pynetdicom import AE, ALL_TRANSFER_SYNTAXES, AllStoragePresentationContexts, build_context, evt
 from pynetdicom.acse import ACSE
@@ -38,6 +37,7 @@ from pynetdicom.sop_class import (  # type: ignore[attr-defined]
 from pynetdicom.transport import AssociationSocket, RequestHandler, ThreadedAssociationServer
 
 from medsight.errors import MedsightError
+from medsight.io.dicom import walk_to_end
 
 LOG = logging.getLogger(__name__)
 
@@ -401,8 +401,10 @@ class DicomListener:
         ae.maximum_pdu_size = s.max_pdu_size
         contexts = [build_context(uid, list(s.transfer_syntaxes)) for uid in s.sop_classes]
         if self.finder is not None:
-            contexts += [build_context(StudyRootQueryRetrieveInformationModelFind),
-                         build_context(PatientRootQueryRetrieveInformationModelFind)]
+            contexts += [
+                build_context(StudyRootQueryRetrieveInformationModelFind),
+                build_context(PatientRootQueryRetrieveInformationModelFind),
+            ]
         contexts.append(build_context(Verification))
         handlers: list[evt.EventHandlerType] = [
             (evt.EVT_C_ECHO, self._on_echo),
@@ -618,7 +620,7 @@ def decode_stream(raw: bytes, implicit_vr: bool, little_endian: bool) -> Dataset
     """A received data set (no file meta) decoded; EOFError when the stream was cut short anywhere."""
     dataset = read_dataset(BytesIO(raw), implicit_vr, little_endian)
     if not _read_whole(dataset, len(raw)):
-        _check_complete(raw, implicit_vr, little_endian)
+        walk_to_end(BytesIO(raw), implicit_vr, little_endian, len(raw))
     return dataset
 
 
@@ -645,26 +647,6 @@ def _read_whole(dataset: Dataset, size: int) -> bool:
     if last.value_tell + last.length != size:
         raise EOFError("data set truncated")
     return True
-
-
-def _check_complete(raw: bytes, implicit_vr: bool, little_endian: bool) -> None:
-    """Walk the top-level elements (skipping large values) and fail when one runs past the end of the stream.
-
-    A truncated undefined-length element (encapsulated pixel data, a sequence) raises EOFError from pydicom itself.
-    """
-    fp = BytesIO(raw)
-    end = 0  # where the last whole element ended: a header cut short at the end is silently skipped by pydicom
-    for element in data_element_generator(fp, implicit_vr, little_endian, defer_size=256):
-        if (
-            isinstance(element, RawDataElement)
-            and isinstance(element.value, bytes)
-            and element.length != 0xFFFFFFFF
-            and len(element.value) < element.length
-        ):
-            raise EOFError("data set truncated")
-        end = fp.tell()
-    if end != len(raw):
-        raise EOFError("data set truncated")
 
 
 def free_port(host: str = "127.0.0.1") -> int:

@@ -91,6 +91,17 @@ def val_split(data: ClassificationData) -> SplitData:
             "temperature and the operating point cannot be chosen on it; give validation cases of every class",
             data.name,
         )
+    if labels.ndim == 2 and len(labels):  # multi-label: each label needs cases with it and without it
+        present = (labels >= 0.5).sum(axis=0)
+        for k, count in enumerate(present):
+            if count in (0, len(labels)):
+                state = "absent from" if count == 0 else "present in"
+                raise MedsightError(
+                    f"label {data.label_names[k]!r} is {state} every validation case ({len(labels)} case(s)): its "
+                    "AUC, threshold and calibration cannot be chosen on it; give validation cases with and without "
+                    "every label",
+                    data.name,
+                )
     return val
 
 
