@@ -25,3 +25,13 @@ class DestinationUnavailable(MedsightError):
 class DestinationRejected(MedsightError):
     """A destination understood and refused what was sent (HTTP 4xx/409, HL7 AR, a failure status): sending the same
     again will not help, so it is not retried."""
+
+
+class StorageUnavailable(MedsightError):
+    """The store could not write an instance (disk full, an I/O error): nothing is wrong with the instance, so the
+    sender may retry later (C-STORE 0xA700, STOW-RS FailureReason 0xA700)."""
+
+
+class DuplicateInstance(MedsightError):
+    """An instance whose SOP Instance UID the store already holds in another study: the acknowledged instance is
+    kept and the newcomer refused (C-STORE and STOW-RS 0x0111, Duplicate SOP Instance)."""

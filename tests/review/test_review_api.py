@@ -248,10 +248,21 @@ def test_verdicts_write_store_audit_and_queue_the_readers_objects(site: Site) ->
         {"finding_id": finding["finding_id"], "decision": "edit", "edit": {"label": "not a label"}},
         {"finding_id": finding["finding_id"], "decision": "edit", "edit": {"mask": {sop: "bm90IGEgcG5n"}}},
         {"finding_id": finding["finding_id"], "decision": "edit", "edit": {"mask": {sop: _png(mask[:10])}}},
+        # a box label that is not a string would be written into the reader's SR and the statistics as "{'a': 1}"
+        {"finding_id": finding["finding_id"], "decision": "edit", "edit": {"boxes": [box | {"label": {"a": 1}}]}},
     ]
     for body in bad:
         response = site.client.post(url, json=body, headers=site.auth("radiologist"))
         assert response.status_code == 400 and response.json()["detail"], body
+    # seconds_spent NaN (what json.dumps(float("nan")) sends) is a 422 naming the field, not a 500 whose error
+    # handler could not write the NaN it echoed back; the answer echoes no input value.
+    nan = site.client.post(
+        url,
+        content=b'{"finding_id": "%s", "decision": "agree", "seconds_spent": NaN}' % finding["finding_id"].encode(),
+        headers={**site.auth("radiologist"), "Content-Type": "application/json"},
+    )
+    assert nan.status_code == 422 and nan.json()["detail"][0]["loc"] == ["body", "seconds_spent"], nan.text
+    assert "input" not in nan.json()["detail"][0]
     missing = site.client.post(
         url, json={"finding_id": "cr-99/0", "decision": "agree"}, headers=site.auth("radiologist")
     )

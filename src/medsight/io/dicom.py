@@ -14,8 +14,10 @@ left out of their ``repr`` and of every error message, so they do not leak into 
 from __future__ import annotations
 
 import copy
+import io
 import logging
 import sys
+import zlib
 from collections.abc import Iterable, Sequence
 from dataclasses import dataclass, field
 from pathlib import Path
@@ -386,6 +388,20 @@ def _check_file_ends_whole(ds: Dataset, path: Path, size: int) -> None:
             walk_to_end(fh, uid.is_implicit_VR, uid.is_little_endian, size)
         except EOFError:
             raise MedsightError("truncated DICOM file: the last element is cut short", path) from None
+
+
+def check_part10_complete(data: bytes) -> None:
+    """Raise EOFError when a Part 10 file held in memory (a STOW-RS part) was cut short anywhere a reader can see:
+    pydicom keeps a value cut short, or stops at a header cut short, without a word."""
+    fp = io.BytesIO(data)
+    read_preamble(fp, force=True)
+    syntax = str(_read_file_meta_info(fp).get("TransferSyntaxUID", ""))
+    if not syntax:
+        return  # no file meta to say how the data set is encoded: pydicom guessed, and so would this walk
+    uid = UID(syntax)
+    if uid.is_deflated:  # a cut deflate stream fails to inflate (zlib.error)
+        fp = io.BytesIO(zlib.decompress(data[fp.tell() :], -zlib.MAX_WBITS))
+    walk_to_end(fp, uid.is_implicit_VR, uid.is_little_endian, len(fp.getbuffer()))
 
 
 def walk_to_end(fp: BinaryIO, implicit_vr: bool, little_endian: bool, size: int) -> None:

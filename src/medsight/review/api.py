@@ -48,7 +48,7 @@ class VerdictIn(BaseModel):
     finding_id: str = Field(min_length=1, max_length=300)
     decision: Literal["agree", "disagree", "edit"]
     comment: str = Field(default="", max_length=verdict_store.MAX_COMMENT)
-    seconds_spent: float | None = Field(default=None, ge=0)
+    seconds_spent: float | None = Field(default=None, ge=0, allow_inf_nan=False)
     edit: dict[str, Any] | None = None
 
 
@@ -350,6 +350,9 @@ def _check_edit(edit: Mapping[str, Any] | None, decision: str) -> None:
                 str(bx["sop_uid"])
             except (KeyError, TypeError, ValueError):
                 raise MedsightError(f"edit.boxes[{n}] needs sop_uid and numeric x0, y0, x1, y1") from None
+            label = bx.get("label")
+            if label is not None and not isinstance(label, str):  # it goes into the reader's SR and the statistics
+                raise MedsightError(f"edit.boxes[{n}].label must be a string (or left out for the finding's label)")
     if "mask" in edit and (not isinstance(edit["mask"], dict) or not edit["mask"]):
         raise MedsightError('edit.mask maps source image SOP Instance UIDs to base64 PNGs: {"<uid>": "<png>"}')
 

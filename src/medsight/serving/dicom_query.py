@@ -13,6 +13,7 @@ from collections.abc import Iterator
 from typing import TYPE_CHECKING, Any
 
 from pydicom.dataset import Dataset
+from pydicom.multival import MultiValue
 
 from medsight.errors import MedsightError
 
@@ -37,7 +38,7 @@ def _value(ds: Dataset, keyword: str) -> str:
     v = ds.get(keyword)
     if v is None:
         return ""
-    if isinstance(v, list | tuple) or (hasattr(v, "__iter__") and not isinstance(v, str | bytes)):
+    if isinstance(v, list | tuple | MultiValue):  # a PersonName iterates over its characters: it is one value
         return "\\".join(str(x) for x in v)
     return str(v)
 

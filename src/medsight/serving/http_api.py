@@ -29,7 +29,6 @@ record holds the matched keys' names and the study UIDs returned, never the valu
 # No ``from __future__ import annotations``: FastAPI must evaluate the route signatures, which name the
 # dependencies built inside create_app.
 
-import errno
 import io
 import re
 import secrets
@@ -43,6 +42,7 @@ import numpy as np
 import pydicom
 from fastapi import APIRouter, Depends, FastAPI, HTTPException, Request
 from fastapi.concurrency import run_in_threadpool
+from fastapi.exceptions import RequestValidationError
 from fastapi.responses import HTMLResponse, JSONResponse, Response, StreamingResponse
 from fastapi.staticfiles import StaticFiles
 from pydicom.datadict import dictionary_VR, keyword_for_tag, tag_for_keyword
@@ -50,7 +50,8 @@ from pydicom.dataelem import DataElement
 from pydicom.dataset import Dataset
 from pydicom.errors import InvalidDicomError
 
-from medsight.errors import MedsightError
+from medsight.errors import DuplicateInstance, MedsightError, StorageUnavailable
+from medsight.io.dicom import check_part10_complete
 from medsight.serving.audit import AuditLog
 from medsight.serving.security import Authorizer, Principal, UserDirectory
 
@@ -82,6 +83,7 @@ _CONTROL_KEYS = ("limit", "offset", "includefield", "fuzzymatching")
 
 # PS3.4 Annex GG / PS3.18 failure reasons.
 FAILURE_PROCESSING = 0x0110
+FAILURE_DUPLICATE = 0x0111  # PS3.7 C.4 Duplicate SOP Instance: the UID is stored for another study
 FAILURE_OUT_OF_RESOURCES = 0xA700
 FAILURE_MISMATCH = 0xA900
 FAILURE_CANNOT_UNDERSTAND = 0xC000
@@ -443,6 +445,13 @@ def create_app(
         name="workstation",
     )
 
+    @app.exception_handler(RequestValidationError)
+    async def invalid_request(request: Request, exc: RequestValidationError) -> JSONResponse:
+        """FastAPI's 422, without echoing the values given: a NaN there cannot be written as JSON (it turned the
+        answer into a 500), and an echoed value may hold what a client should not see back in a log."""
+        errors = [{k: v for k, v in e.items() if k in ("type", "loc", "msg")} for e in exc.errors()]
+        return JSONResponse({"detail": errors}, status_code=422)
+
     def refused(request: Request, actor: str, status: int, reason: str) -> None:
         audit.append(
             actor=actor, action="auth.refused", target={"path": request.url.path}, outcome=f"{status}: {reason}"
@@ -545,6 +554,7 @@ def create_app(
                 if part_type != "application/dicom":
                     raise ValueError(f"part of type {part_type}")
                 ds = pydicom.dcmread(io.BytesIO(content))
+                check_part10_complete(content)  # pydicom keeps a value cut short; C-STORE refuses it too
                 sop_class, sop = str(ds.SOPClassUID), str(ds.SOPInstanceUID)
                 str(ds.StudyInstanceUID), str(ds.SeriesInstanceUID)
             except Exception:  # any unreadable part is one failed instance, not a failed request
@@ -555,9 +565,11 @@ def create_app(
                 continue
             try:
                 store.store(ds, calling_ae="STOW-RS", peer=peer)
-            except OSError as exc:
-                full = exc.errno in (errno.ENOSPC, errno.EDQUOT)
-                failed.append(_failed_item(ds, FAILURE_OUT_OF_RESOURCES if full else FAILURE_PROCESSING))
+            except (OSError, StorageUnavailable):  # no room or an I/O error: the sender may retry later
+                failed.append(_failed_item(ds, FAILURE_OUT_OF_RESOURCES))
+                continue
+            except DuplicateInstance:
+                failed.append(_failed_item(ds, FAILURE_DUPLICATE))
                 continue
             except Exception:  # the store refused this instance; the others still go in
                 failed.append(_failed_item(ds, FAILURE_PROCESSING))
@@ -930,7 +942,7 @@ def frame_bytes(path: Path, frames: Sequence[int], *, as_stored: bool) -> tuple[
     from pydicom.uid import ExplicitVRLittleEndian
 
     ds = pydicom.dcmread(path)
-    if "PixelData" not in ds:
+    if not ds.get("PixelData") or not int(ds.get("Rows", 0) or 0) or not int(ds.get("Columns", 0) or 0):
         raise MedsightError("the instance has no pixel data (PixelData)", path)
     n = int(ds.get("NumberOfFrames", 1) or 1)
     bad = [f for f in frames if not 1 <= f <= n]

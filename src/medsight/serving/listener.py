@@ -36,7 +36,7 @@ from pynetdicom.sop_class import (  # type: ignore[attr-defined]
 )
 from pynetdicom.transport import AssociationSocket, RequestHandler, ThreadedAssociationServer
 
-from medsight.errors import MedsightError
+from medsight.errors import DuplicateInstance, MedsightError, StorageUnavailable
 from medsight.io.dicom import walk_to_end
 
 LOG = logging.getLogger(__name__)
@@ -51,6 +51,7 @@ STATUS_OUT_OF_RESOURCES = 0xA700  # the sink could not write (disk full, I/O err
 STATUS_SOP_CLASS_MISMATCH = 0xA900  # the data set's SOP Class UID is not the one the request names
 STATUS_BAD_INSTANCE = 0xC000  # a required UID missing or inconsistent, or the sink refused the instance
 STATUS_STORE_FAILED = 0xC001  # the sink failed unexpectedly
+STATUS_DUPLICATE_INSTANCE = 0x0111  # PS3.7 C.4: the SOP Instance UID is already stored for other data
 STATUS_PENDING = 0xFF00
 STATUS_FIND_CANCEL = 0xFE00
 STATUS_FIND_UNABLE = 0xC000  # unable to process (C-FIND)
@@ -349,8 +350,10 @@ def _status(code: int, comment: str | None = None) -> Dataset:
 
 
 def _is_disk_problem(exc: BaseException) -> bool:
-    if isinstance(exc, OSError):
+    if isinstance(exc, OSError | StorageUnavailable):
         return True
+    if isinstance(exc, DuplicateInstance):
+        return False
     text = str(exc).lower()
     return any(word in text for word in ("disk", "no space", "quota", "storage full"))
 
@@ -582,6 +585,9 @@ class DicomListener:
             if _is_disk_problem(exc):
                 LOG.error("cannot store instance (out of resources): %s", exc.problem)
                 return _status(STATUS_OUT_OF_RESOURCES, "cannot store the instance: out of disk space")
+            if isinstance(exc, DuplicateInstance):
+                LOG.warning("C-STORE refused: %s", exc.problem)
+                return _status(STATUS_DUPLICATE_INSTANCE, "SOP Instance UID already stored in another study")
             return _status(STATUS_BAD_INSTANCE, exc.problem)
         except OSError as exc:
             name = errno.errorcode.get(exc.errno or 0, type(exc).__name__)

@@ -322,6 +322,7 @@ class Service:
         study = self.store.study(study_uid)
         if study is None:
             return
+        frames = self._frames_per_series(study_uid)
         infos = [
             SeriesInfo(
                 series_uid=s.series_uid,
@@ -331,6 +332,7 @@ class Service:
                 body_part=s.body_part or "",
                 series_description=s.series_description or "",
                 calling_ae=s.calling_ae or "",
+                max_frames=frames.get(s.series_uid, 1),
             )
             for s in self.store.series(study_uid)
             if not s.is_result
@@ -345,6 +347,24 @@ class Service:
                 dedupe_key=f"{study_uid}/{match.route}/{rerun}",
             )
         self.store.mark_processed(study_uid)
+
+    def _frames_per_series(self, study_uid: str) -> dict[str, int]:
+        """The largest NumberOfFrames of each series' instances, read from the stored headers (the rows do not hold
+        it): routing keeps multi-frame instances (a cine, an enhanced object) away from 2D models, and treats a
+        multi-frame CT or MR as a volume. Reads that one attribute per file; an unreadable file counts as 1."""
+        import pydicom
+
+        frames: dict[str, int] = {}
+        for inst in self.store.instances(study_uid):
+            if inst.is_result:
+                continue
+            try:
+                header = pydicom.dcmread(inst.path, stop_before_pixels=True, specific_tags=["NumberOfFrames"])
+                n = int(header.get("NumberOfFrames") or 1)
+            except Exception:  # damaged or gone: the job that reads it reports that, by name
+                n = 1
+            frames[inst.series_uid] = max(frames.get(inst.series_uid, 1), n)
+        return frames
 
     # -------------------------------------------------------------------------------------------- working
 

@@ -53,7 +53,7 @@ from sqlalchemy import (
 )
 from sqlalchemy.sql.elements import ColumnElement
 
-from medsight.errors import MedsightError
+from medsight.errors import DuplicateInstance, MedsightError, StorageUnavailable
 from medsight.io.dicom import peek
 from medsight.io.dicom_write import write_file_meta
 from medsight.serving.database import insert, migrate, write_transaction
@@ -256,7 +256,7 @@ class _Statements:
             touch_study=update(studies_table)
             .where(s.study_uid == bindparam("b_study"))
             .values(last_received=bindparam("last_received")),
-            select_old=select(i.path).where(i.sop_uid == bindparam("b_sop")).with_for_update(),
+            select_old=select(i.path, i.study_uid).where(i.sop_uid == bindparam("b_sop")).with_for_update(),
             insert_series=insert(conn, series_table).values(_binds(series_table)).on_conflict_do_nothing(),
             insert_instance=insert(conn, instances_table)
             .values(_binds(instances_table))
@@ -360,7 +360,7 @@ class StudyStore:
         if len(self._series_seen) >= 100_000:  # a bound on memory; forgetting only costs a redundant insert
             self._series_seen.clear()
         self._series_seen.add((study_uid, series_uid))
-        if old_path is not None and old_path != target:  # the same SOP instance moved to another study/series
+        if old_path is not None and old_path != target:  # the same SOP instance moved to another series of its study
             with contextlib.suppress(OSError):
                 old_path.unlink()
         return StoredInstance(
@@ -370,7 +370,7 @@ class StudyStore:
     def _check_free_space(self) -> None:
         free = shutil.disk_usage(self.root).free
         if free < self.min_free_bytes:
-            raise MedsightError(
+            raise StorageUnavailable(
                 f"disk full: {free / 1e6:.1f} MB free, the store keeps at least {self.min_free_bytes / 1e6:.1f} MB; "
                 "instance refused",
                 self.root,
@@ -506,7 +506,12 @@ class StudyStore:
         }
         old = None  # the common case, a new instance, costs one statement: the insert that does nothing on a conflict
         if conn.execute(sql.insert_instance, {"sop_uid": sop_uid, **instance_values}).first() is None:
-            old = conn.execute(sql.select_old, {"b_sop": sop_uid}).scalar_one()
+            old, old_study = conn.execute(sql.select_old, {"b_sop": sop_uid}).one()
+            if old_study != study_uid:  # a UID reused for other data: never replace what was acknowledged
+                raise DuplicateInstance(
+                    "instance refused: its SOP Instance UID is already stored in another study (the stored "
+                    "instance is kept)"
+                )
             conn.execute(sql.update_instance, {"b_sop": sop_uid, **instance_values})
         return (None if old is None else self.root / old), old is not None, late, rerun, state
 
@@ -584,22 +589,26 @@ class StudyStore:
         except (MedsightError, OSError, ValueError, AttributeError, pydicom.errors.InvalidDicomError) as exc:
             LOG.error("cannot record an instance file without a row: %s", type(exc).__name__)
             return False
-        with write_transaction(self.engine) as conn:
-            self._record(
-                conn,
-                ds,
-                study_uid,
-                series_uid,
-                sop_uid,
-                sop_class_uid,
-                transfer_syntax,
-                path,
-                size,
-                "",
-                "recovered",
-                result,
-                path.stat().st_mtime,
-            )
+        try:
+            with write_transaction(self.engine) as conn:
+                self._record(
+                    conn,
+                    ds,
+                    study_uid,
+                    series_uid,
+                    sop_uid,
+                    sop_class_uid,
+                    transfer_syntax,
+                    path,
+                    size,
+                    "",
+                    "recovered",
+                    result,
+                    path.stat().st_mtime,
+                )
+        except DuplicateInstance:  # left where it is: the instance recorded in the other study keeps its place
+            LOG.error("an instance file without a row names a SOP instance stored in another study: not recorded")
+            return False
         return True
 
     def sweep_temporary(self, max_age_s: float = 3600.0) -> int:
@@ -909,10 +918,10 @@ def _mtime(path: Path) -> float:
         return float("inf")
 
 
-def _disk_error(exc: OSError, root: Path) -> MedsightError:
+def _disk_error(exc: OSError, root: Path) -> StorageUnavailable:
     if exc.errno in (errno.ENOSPC, errno.EDQUOT):
-        return MedsightError("disk full while writing an instance; instance refused", root)
-    return MedsightError(f"cannot write an instance: {exc.strerror or exc}", root)
+        return StorageUnavailable("disk full while writing an instance; instance refused", root)
+    return StorageUnavailable(f"cannot write an instance: {exc.strerror or exc}", root)
 
 
 def _fsync_dir(path: Path) -> None:
