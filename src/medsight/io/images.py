@@ -47,17 +47,22 @@ def is_dicom_file(path: Path) -> bool:
 def read_image(path: str | Path) -> np.ndarray:
     """Return ``(C, *spatial)`` float32 in the file's own intensity units (HU for CT, etc.)."""
     image = _read_any(Path(path))
+    check_pixels(image, path)
+    return image
+
+
+def check_pixels(image: np.ndarray, path: str | Path) -> None:
+    """Refuse an image without pixels, or with NaN or infinite values, naming the file: NaN passes through every
+    transform into the model and the scores (p = nan, invalid JSON; an all-background mask, exit 0)."""
     if image.size == 0 or 0 in image.shape:  # a failed export: no transform can do anything with it
         raise MedsightError(f"an empty image (shape {tuple(image.shape[1:])}: no pixels)", path)
     if np.issubdtype(image.dtype, np.floating) and not np.isfinite(image).all():
-        # NaN (or Inf) would pass through every transform into the model and the scores (p = nan, invalid JSON)
         bad = int((~np.isfinite(image)).sum())
         raise MedsightError(
             f"{bad} of {image.size} pixel values are NaN or infinite (a float NIfTI or npy with NaN background?); "
             "replace them (e.g. with the background value) before use",
             path,
         )
-    return image
 
 
 def _read_any(path: Path) -> np.ndarray:

@@ -18,7 +18,9 @@ never has to track file order.
 from __future__ import annotations
 
 import copy
+import datetime as dt
 import functools
+import logging
 import re
 import warnings
 from collections.abc import Callable, Iterator, Mapping, Sequence
@@ -30,6 +32,7 @@ from typing import ParamSpec, TypeVar
 import highdicom as hd
 import numpy as np
 from pydicom.dataset import Dataset
+from pydicom.multival import MultiValue
 from pydicom.sr.codedict import codes as dicom_codes
 from pydicom.sr.coding import Code
 
@@ -42,6 +45,8 @@ from medsight.io.geometry import Geometry
 from medsight.serving import codes as label_codes
 from medsight.serving.codes import LOCAL_SCHEME as LOCAL_SCHEME  # re-exported: writers' local scheme
 from medsight.serving.provenance import AlgorithmIdentity, identity_from_sr_parameters
+
+log = logging.getLogger(__name__)
 
 _P = ParamSpec("_P")
 _R = TypeVar("_R")
@@ -146,18 +151,103 @@ def require_references(datasets: Sequence[Dataset]) -> None:
             )
 
 
+#: Patient and study attributes a result copies, whose values are checked against their VR: dates, times, sex.
+_DATES = ("PatientBirthDate", "StudyDate")
+_TIMES = ("StudyTime",)
+_SEX = {"M": "M", "F": "F", "O": "O", "MALE": "M", "FEMALE": "F", "OTHER": "O"}
+#: What a failure message from highdicom or pydicom must never quote: every attribute a result copies from the
+#: Patient and General Study modules, and the other identifying patient attributes.
+_PATIENT_VALUES = (*TYPE2_ATTRIBUTES, "PatientBirthTime", "PatientAge", "OtherPatientIDs", "IssuerOfPatientID")
+
+
+def _standard_date(text: str) -> str:
+    """``text`` as DA (YYYYMMDD): kept when it is one, read from year-first forms (1970-03-15, 1970/3/15), else ""
+    (a day-first form such as 15.03.1970 is ambiguous: a guess would be wrong for some countries' exports)."""
+    text = text.strip()
+    found = re.fullmatch(r"(\d{4})(?:[-/.]?)(\d{1,2})(?:[-/.]?)(\d{1,2})", text)
+    if found is None:
+        return ""
+    try:
+        return dt.date(*(int(g) for g in found.groups())).strftime("%Y%m%d")
+    except ValueError:
+        return ""
+
+
+def _standard_time(text: str) -> str:
+    """``text`` as TM (HHMMSS.FFFFFF or a prefix): kept when it is one, read from 12:30:05, else ""."""
+    text = text.strip()
+    if re.fullmatch(r"\d{2}(\d{2}(\d{2}(\.\d{1,6})?)?)?", text):
+        return text
+    found = re.fullmatch(r"(\d{2}):(\d{2})(?::(\d{2})(\.\d{1,6})?)?", text)
+    return "".join(g for g in found.groups() if g) if found else ""
+
+
+def conformant_patient_attributes(datasets: Sequence[Dataset]) -> list[Dataset]:
+    """``datasets``, with shallow copies where a date, time or sex the results copy is not in its VR's form: put in
+    it where that form can be read without a guess (1970-03-15 -> 19700315, Male -> M), else left empty (Type 2).
+
+    Exporters write such values; highdicom refuses to copy them, and the whole result (SEG, SR, SC) was lost. The
+    callers' datasets are left untouched; conformant ones are returned as they are (no copy)."""
+    out = []
+    for ds in datasets:
+        changes: dict[str, str] = {}
+        for keyword in (*_DATES, *_TIMES):
+            value = ds.get(keyword)
+            if value in (None, ""):
+                continue
+            fixed = (_standard_date if keyword in _DATES else _standard_time)(str(value))
+            if fixed != str(value):
+                changes[keyword] = fixed
+        sex = ds.get("PatientSex")
+        if sex not in (None, "") and str(sex) not in ("M", "F", "O"):
+            changes["PatientSex"] = _SEX.get(str(sex).strip().upper(), "")
+        if not changes:
+            out.append(ds)
+            continue
+        fixed_ds = _shallow_copy(ds)
+        for keyword, value in changes.items():
+            delattr(fixed_ds, keyword)  # the element is shared with ``ds``: replaced, never changed in place
+            setattr(fixed_ds, keyword, value)
+        log.warning("%s of a source not in DICOM's form: written in it, or empty", ", ".join(sorted(changes)))
+        out.append(fixed_ds)
+    return out
+
+
+def _shallow_copy(ds: Dataset) -> Dataset:
+    """A copy of ``ds`` with its own element table (values shared): ``copy.copy`` of a pydicom Dataset shares the
+    table itself, so adding an element to the copy added it to the caller's dataset too."""
+    out = copy.copy(ds)
+    out._dict = dict(ds._dict)
+    return out
+
+
+def scrub_source_values(text: str, sources: Sequence[Dataset]) -> str:
+    """``text`` (a library's error message) without any patient or study attribute value of ``sources``: highdicom
+    and pydicom quote the value they could not take, and a one-line error must name no patient."""
+    values: set[str] = set()
+    for ds in sources:
+        for keyword in _PATIENT_VALUES:
+            value = ds.get(keyword)
+            items = value if isinstance(value, list | tuple | MultiValue) else [value]
+            values.update(str(v).strip() for v in items if v not in (None, ""))
+    for value in sorted((v for v in values if len(v) >= 2), key=len, reverse=True):
+        text = text.replace(value, "<removed>")
+    return text
+
+
 def with_type2(datasets: Sequence[Dataset]) -> list[Dataset]:
-    """Shallow copies of ``datasets`` where every missing Type 2 attribute is present and empty.
+    """Shallow copies of ``datasets`` where every missing Type 2 attribute is present and empty, and dates, times
+    and sex are in their VR's form (:func:`conformant_patient_attributes`).
 
     Many exported series drop PatientBirthDate/PatientSex or leave StudyID empty; highdicom reads them from the
     sources and would fail. The copies share pixel data with the originals, which are left untouched."""
     out = []
-    for ds in datasets:
+    for ds in conformant_patient_attributes(datasets):
         missing = [k for k in TYPE2_ATTRIBUTES if k not in ds]
         if not missing:
             out.append(ds)
             continue
-        completed = copy.copy(ds)
+        completed = _shallow_copy(ds)
         for keyword in missing:
             setattr(completed, keyword, None)
         out.append(completed)
@@ -296,7 +386,7 @@ def write_seg(
             specific_character_set=character_set(sources[0]),
         )
     except (ValueError, TypeError, AttributeError) as exc:
-        raise MedsightError(f"cannot build DICOM SEG: {exc}", out_path) from exc
+        raise MedsightError(f"cannot build DICOM SEG: {scrub_source_values(str(exc), sources)}", out_path) from exc
     if "PatientOrientation" not in seg and _one_plane_without_geometry(sources):
         # General Image, type 2C when there is no patient geometry: the source's, else present and empty
         seg.PatientOrientation = sources[0].get("PatientOrientation", "")
@@ -574,7 +664,9 @@ def write_sr(
             specific_character_set=character_set(source_datasets[0]),
         )
     except (ValueError, TypeError, AttributeError) as exc:
-        raise MedsightError(f"cannot build DICOM SR: {exc}", out_path) from exc
+        raise MedsightError(
+            f"cannot build DICOM SR: {scrub_source_values(str(exc), source_datasets)}", out_path
+        ) from exc
     sr.CodingSchemeIdentificationSequence = [
         _scheme_item(item) for item in label_codes.coding_scheme_identification(used)
     ]
@@ -656,7 +748,9 @@ def _image_region(
             source_image=hd.sr.SourceImageForRegion.from_source_image(ds),
         )
     except (ValueError, TypeError, AttributeError) as exc:
-        raise MedsightError(f"finding {n}: cannot build the image region ({exc})", out_path) from exc
+        raise MedsightError(
+            f"finding {n}: cannot build the image region ({scrub_source_values(str(exc), [ds])})", out_path
+        ) from exc
 
 
 @dataclass(frozen=True)
@@ -828,6 +922,7 @@ def write_secondary_capture(
         if not np.issubdtype(image.dtype, np.floating) or image.min() < 0 or image.max() > 1:
             raise MedsightError("RGB image must be uint8, or float in [0, 1]", out_path)
         image = np.round(image * 255).astype(np.uint8)
+    source_dataset = with_type2([source_dataset])[0]
     same_size = image.shape[:2] == (int(source_dataset.get("Rows", 0)), int(source_dataset.get("Columns", 0)))
     spacing = source_dataset.get("PixelSpacing") if same_size else None
     orientation = _patient_orientation(source_dataset) if same_size else None
@@ -850,7 +945,9 @@ def write_secondary_capture(
             specific_character_set=character_set(source_dataset),
         )
     except (ValueError, TypeError, AttributeError) as exc:
-        raise MedsightError(f"cannot build Secondary Capture: {exc}", out_path) from exc
+        raise MedsightError(
+            f"cannot build Secondary Capture: {scrub_source_values(str(exc), [source_dataset])}", out_path
+        ) from exc
     if orientation is None and "PatientOrientation" in sc:
         sc.PatientOrientation = ["", ""]  # unknown: empty rather than a guess
     if "Laterality" not in sc:  # General Series, type 2C: copy the source's, else present and empty

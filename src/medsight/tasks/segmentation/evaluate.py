@@ -8,6 +8,7 @@ chose on its validation cases (``uncertainty.py``; never re-chosen here). Infere
 from __future__ import annotations
 
 import math
+import re
 import time
 from pathlib import Path
 from typing import Any
@@ -44,6 +45,36 @@ def split_ids(bundle: Bundle, ds: SegmentationDataset, split: str) -> list[str]:
     raise MedsightError(f"unknown split {split!r} for segmentation (use test or val)")
 
 
+def _generic(name: str) -> bool:
+    """A class name that says nothing of what the class is (inferred from label values): it matches any name."""
+    return name.strip().lower() in ("foreground", "") or re.fullmatch(r"label_\d+", name.strip().lower()) is not None
+
+
+def check_scorable(names: list[str], spatial_dims: int, ds: SegmentationDataset) -> None:
+    """Refuse data the model cannot score, before any inference: another dimensionality, class values the model
+    does not have, or classes that mean something else (matched by name where both sides name them: a data set
+    numbering anterior and posterior the other way round was scored by index under the model's names)."""
+    if ds.spatial_dims != spatial_dims:
+        raise MedsightError(f"a {ds.spatial_dims}D data set, but the model segments {spatial_dims}D images", ds.root)
+    declared = ", ".join(f"{k}={v}" for k, v in sorted(ds.labels.items()))
+    model = ", ".join(f"{k}={v}" for k, v in enumerate(names))
+    if max(ds.labels) >= len(names):
+        raise MedsightError(
+            f"the data declare classes {declared}, and the model knows {model}: it cannot score classes it does not "
+            "have",
+            ds.root,
+        )
+    for k, name in ds.labels.items():
+        if k == 0 or _generic(name) or _generic(names[k]):
+            continue
+        if name.strip().lower() != names[k].strip().lower():
+            raise MedsightError(
+                f"class {k} is {name!r} in the data but {names[k]!r} in the model: the classes must mean the same "
+                f"(data: {declared}; model: {model})",
+                ds.root,
+            )
+
+
 def evaluate(bundle_path: Path, data: str, split: str, out: Path, n_boot: int) -> dict[str, Any]:
     """Score the bundle on ``split`` of ``data``; write metrics.json, card.html and card.json to ``out``."""
     bundle = load_bundle(bundle_path)
@@ -51,6 +82,7 @@ def evaluate(bundle_path: Path, data: str, split: str, out: Path, n_boot: int) -
     ds = open_dataset(data)
     names = bundle.label_names
     n_classes = len(names)
+    check_scorable(names, model.plan.spatial_dims, ds)
     ids = split_ids(bundle, ds, split)
     if not ids:
         raise MedsightError(f"the {split} split is empty", ds.root)
@@ -72,6 +104,12 @@ def evaluate(bundle_path: Path, data: str, split: str, out: Path, n_boot: int) -
         case = load_case(ds, ds.case(cid))
         if case.label is None:
             raise MedsightError("case has no label to score against", ds.case(cid).images[0])
+        if int(case.label.max(initial=0)) >= n_classes:
+            raise MedsightError(
+                f"the label holds class {int(case.label.max())}, and the model knows classes 0..{n_classes - 1} "
+                f"({', '.join(names)})",
+                ds.case(cid).label,
+            )
         mirrors = uncertainty.Mirrors()  # on by default here: every case gets its uncertainty
         mask, probs = model.case(case, mirrors)
         passes = len(mirrors.masks)

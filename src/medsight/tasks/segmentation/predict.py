@@ -94,6 +94,14 @@ class SegmentationResult(Result):
 
 def read_input(path: Path) -> InputImage:
     """Read one input (NIfTI/NRRD/MHA, any 2D image Pillow reads, a DICOM file or series folder) and check it."""
+    from medsight.io.images import check_pixels
+
+    found = _read_input(path)
+    check_pixels(found.image, path)
+    return found
+
+
+def _read_input(path: Path) -> InputImage:
     name = path.name.lower()
     if not path.exists():
         raise MedsightError("no such file or folder", path)
