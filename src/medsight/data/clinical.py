@@ -17,8 +17,11 @@ How a user names outcome data (``recognises`` of ``medsight.tasks.outcome`` agre
 from __future__ import annotations
 
 import csv
+import difflib
 import hashlib
 import json
+import logging
+import re
 from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
@@ -29,7 +32,15 @@ import pandas as pd
 from medsight.data.splits import SPLIT_SEED, assert_disjoint_patients, patient_split
 from medsight.errors import MedsightError
 
+log = logging.getLogger("medsight")
+
 MISSING = "missing"
+#: What a table writes for "not recorded" (compared stripped and case-insensitively): a numeric field or an outcome
+#: holding one of these is missing, not a value. Anything else that is not a number is refused in training.
+MISSING_TOKENS = frozenset(
+    {"", "na", "n/a", "nan", "null", "none", "missing", "unknown", "not recorded", "not known", "?", "-", "--"}
+)
+_DECIMAL_COMMA = re.compile(r"^[+-]?\d*,\d+$")
 
 #: Declared clinical fields of the COVID-19 chest X-ray metadata (ieee8023), and the outcomes it supports.
 COVID_FIELDS = {
@@ -43,8 +54,14 @@ COVID_FIELDS = {
     "lymphocyte_count": "numeric",
 }
 COVID_TARGETS = {
-    "survival": {"column": "survival", "positive": ["N"], "negative": ["Y"], "name": "died"},
-    "icu": {"column": "went_icu", "positive": ["Y"], "negative": ["N"], "name": "went to ICU"},
+    "survival": {"column": "survival", "positive": ["N"], "negative": ["Y"], "unknown": ["?"], "name": "died"},
+    "icu": {
+        "column": "went_icu",
+        "positive": ["Y"],
+        "negative": ["N"],
+        "unknown": ["?", "Would have been stated"],
+        "name": "went to ICU",
+    },
 }
 
 
@@ -123,14 +140,69 @@ class ClinicalEncoder:
         enc.feature_names_ = d["feature_names"]
         return enc
 
+    def describe(self, frame: pd.DataFrame) -> list[tuple[list[str], dict[str, str]]]:
+        """Per row of ``frame``: the fields the model takes as missing (what ``transform`` flags) and the fields
+        whose value it cannot use, each with why and what was done instead (text in a numeric field: used as
+        missing; a category never seen in training: encoded as none of the known ones)."""
+        n = len(frame)
+        out: list[tuple[list[str], dict[str, str]]] = [([], {}) for _ in range(n)]
+        for f in self.fields:
+            if f.name not in frame:
+                for missing, _ in out:
+                    missing.append(f.name)
+                continue
+            text = _text(frame[f.name]).tolist()
+            if f.kind == "numeric":
+                bad = unreadable_numbers(frame[f.name]).tolist()
+                for k, value in enumerate(text):
+                    if bad[k]:
+                        out[k][1][f.name] = f"{_shown(value)} is not a number{_comma_hint([value])}; used as missing"
+                    if bad[k] or value.lower() in MISSING_TOKENS:
+                        out[k][0].append(f.name)
+            else:
+                known = self.categories_[f.name]
+                for k, value in enumerate(categorical(frame[f.name]).tolist()):
+                    if value == MISSING:
+                        out[k][0].append(f.name)
+                    elif value not in known:
+                        listed = ", ".join(repr(c) for c in known[:10]) + (", ..." if len(known) > 10 else "")
+                        out[k][1][f.name] = (
+                            f"{_shown(value)} is a category not seen in training (known: {listed or 'none'}); "
+                            "encoded as none of them"
+                        )
+        return out
+
+
+def _text(values: pd.Series) -> pd.Series:
+    """Each value as stripped text ("" for None/NaN)."""
+    return values.astype(object).where(values.notna(), "").map(lambda x: str(x).strip())
+
+
+def _shown(value: str, width: int = 30) -> str:
+    """A value quoted for a message, cut to ``width`` characters."""
+    return repr(value if len(value) <= width else value[:width] + "...")
+
+
+def _comma_hint(values: list[str]) -> str:
+    return " (a decimal comma? write 72.5, not 72,5)" if any(_DECIMAL_COMMA.match(v) for v in values) else ""
+
 
 def numeric(values: pd.Series) -> pd.Series:
-    return pd.to_numeric(values.replace({"": np.nan}), errors="coerce").astype(float)
+    """Numbers; missing markers (:data:`MISSING_TOKENS`), text and non-finite values become NaN (see
+    :func:`unreadable_numbers` for the text, which training refuses and predict reports)."""
+    text = _text(values)
+    parsed = pd.to_numeric(text.where(~text.str.lower().isin(MISSING_TOKENS), np.nan), errors="coerce").astype(float)
+    return parsed.where(np.isfinite(parsed), np.nan)
+
+
+def unreadable_numbers(values: pd.Series) -> pd.Series:
+    """True where a value is neither a finite number nor a missing marker ("72,5", "eighty", "inf")."""
+    text = _text(values)
+    return numeric(values).isna() & ~text.str.lower().isin(MISSING_TOKENS)
 
 
 def categorical(values: pd.Series) -> pd.Series:
-    s = values.astype(object).where(values.notna(), "")
-    return s.map(lambda x: str(x).strip() or MISSING)
+    return _text(values).map(lambda x: x or MISSING)
 
 
 @dataclass
@@ -168,17 +240,106 @@ def parse_outcome_spec(spec: str) -> tuple[Path, str | None]:
     return Path(path), (target or None)
 
 
-def _select(raw: pd.DataFrame, target: dict[str, Any], name: str, excluded: dict[str, int]) -> pd.DataFrame:
+@dataclass(frozen=True)
+class _Source:
+    """Where the rows come from, for messages: the file errors name, the table's name and how a row is pointed at
+    (CSV lines count the header, so row index 0 is line 2)."""
+
+    path: str
+    table: str
+    unit: str = "line"
+    offset: int = 2
+
+    def rows(self, index: Any) -> str:
+        shown = [str(int(i) + self.offset) for i in index]
+        return f"{self.unit} {', '.join(shown[:10])}" + (" ..." if len(shown) > 10 else "")
+
+
+_PLAIN_NUMBER = re.compile(r"^[+-]?(\d+\.?\d*|\.\d+)([eE][+-]?\d+)?$")
+
+
+def _same_value(value: str, listed: str) -> bool:
+    """The same outcome written another way: other letter case ("y" for "Y") or an equal number ("1.0" for "1")."""
+    if value.casefold() == listed.casefold():
+        return True
+    return bool(_PLAIN_NUMBER.match(value) and _PLAIN_NUMBER.match(listed)) and float(value) == float(listed)
+
+
+def _listed(target: dict[str, Any], key: str, src: _Source, required: bool = True) -> list[str]:
+    values = target.get(key, None if required else [])
+    if isinstance(values, str | int | float):
+        values = [values]
+    if not isinstance(values, list) or (required and not values):
+        raise MedsightError(f'the target\'s "{key}" must be a list of the values that mean it', src.path)
+    return [str(x).strip() for x in values]
+
+
+def _select(raw: pd.DataFrame, target: dict[str, Any], src: _Source, excluded: dict[str, int]) -> pd.DataFrame:
+    """The rows with a recorded outcome, ``__y`` 1 where it happened. A value the target lists is read as listed; one
+    written another way (letter case, an equal number: "1.0" for "1") is read as the listed one, and said; a missing
+    marker (:data:`MISSING_TOKENS`) or a value listed under ``unknown`` is "not recorded" (left out and counted);
+    any other value is refused, naming it, so that no recorded outcome is dropped unseen."""
     col = str(target["column"])
     if col not in raw:
-        raise MedsightError(f"outcome column {col!r} is not in the table", name)
-    v = raw[col].astype(object).where(raw[col].notna(), "").map(lambda x: str(x).strip())
-    pos, neg = {str(x) for x in target["positive"]}, {str(x) for x in target["negative"]}
-    known = v.isin(pos | neg)
+        raise MedsightError(f"outcome column {col!r} is not in {src.table}{_did_you_mean(col, raw.columns)}", src.path)
+    pos, neg = _listed(target, "positive", src), _listed(target, "negative", src)
+    unknown = _listed(target, "unknown", src, required=False)
+    both = sorted(set(pos) & set(neg))
+    if both:
+        raise MedsightError(f"outcome value(s) {both} listed as both positive and negative", src.path)
+    text = _text(raw[col])
+    code: dict[str, int | None] = {}  # value -> 1, 0, or None (not recorded)
+    unlisted: list[str] = []
+    for value in sorted(set(text)):
+        exact = [c for c, xs in ((1, pos), (0, neg), (None, unknown)) if value in xs]
+        if exact:
+            code[value] = exact[0]
+            continue
+        if value.lower() in MISSING_TOKENS:
+            code[value] = None
+            continue
+        alike = [(c, x) for c, xs in ((1, pos), (0, neg), (None, unknown)) for x in xs if _same_value(value, x)]
+        if len({c for c, _ in alike}) == 1:
+            code[value] = alike[0][0]
+            log.warning(
+                "%s: outcome column %r: %d row(s) hold %r, read as the listed %r",
+                src.table,
+                col,
+                int((text == value).sum()),
+                value,
+                alike[0][1],
+            )
+        else:
+            unlisted.append(value)
+    if unlisted:
+        rows = np.flatnonzero(text.isin(unlisted).to_numpy())
+        shown = ", ".join(_shown(v) for v in unlisted[:5]) + (", ..." if len(unlisted) > 5 else "")
+        raise MedsightError(
+            f"outcome column {col!r} of {src.table}: {len(rows)} row(s) hold value(s) the target does not list "
+            f"({shown}; {src.rows(raw.index[rows])}); listed: positive {pos}, negative {neg}; add each value to "
+            '"positive", "negative" or "unknown" (not recorded) of the target',
+            src.path,
+        )
+    y = text.map(code)
+    known = y.notna().to_numpy()
     excluded["outcome not recorded"] = int((~known).sum())
+    if excluded["outcome not recorded"]:
+        log.info(
+            "%s: %d row(s) with no recorded outcome in column %r left out (counted in the bundle's data.excluded)",
+            src.table,
+            excluded["outcome not recorded"],
+            col,
+        )
     out = raw[known].copy()
-    out["__y"] = v[known].isin(pos).astype(int).to_numpy()
+    out["__y"] = y[known].astype(int).to_numpy()
     return out
+
+
+def _did_you_mean(name: str, columns: Any) -> str:
+    names = [str(c) for c in columns if not str(c).startswith("__")]
+    same = [c for c in names if c.casefold() == name.casefold()]
+    close = same or difflib.get_close_matches(name, names, n=1, cutoff=0.6)
+    return f" (did you mean {close[0]!r}?)" if close else ""
 
 
 def load_covid(folder: Path, target_key: str) -> OutcomeData:
@@ -203,7 +364,8 @@ def load_covid(folder: Path, target_key: str) -> OutcomeData:
         rows.append({**(img.get("metadata") or {}), "__image": str(path)})
     excluded = {"image file absent": missing_files}
     target = COVID_TARGETS[target_key]
-    table = _select(pd.DataFrame(rows), target, str(folder), excluded)
+    src = _Source(str(ann), ann.name, "image (of those on disk)", 1)
+    table = _select(pd.DataFrame(rows), target, src, excluded)
     fields = [FieldSpec(k, v) for k, v in COVID_FIELDS.items()]
     return _build(
         f"{folder.name}#{target_key}",
@@ -215,35 +377,51 @@ def load_covid(folder: Path, target_key: str) -> OutcomeData:
         "patientid",
         None,
         excluded,
+        src,
     )
 
 
 def load_task_file(path: Path) -> OutcomeData:
-    """A JSON task file naming a CSV table, its image/patient columns, the target and the declared fields."""
+    """A JSON task file naming a CSV table, its image/patient columns, the target and the declared fields. Every
+    column it names must be in the table (a misspelt field would otherwise be a feature missing in every row)."""
     try:
         cfg = json.loads(path.read_text())
         table_path = path.parent / cfg["table"]
         raw = pd.read_csv(table_path, dtype=str, keep_default_na=False)
-        image_col, patient_col, target = cfg["image_column"], cfg["patient_column"], cfg["target"]
-        fields = [FieldSpec(k, v) for k, v in cfg["fields"].items()]
-    except (OSError, KeyError, json.JSONDecodeError, ValueError) as exc:
+        image_col, patient_col, target = str(cfg["image_column"]), str(cfg["patient_column"]), cfg["target"]
+        target_col = str(target["column"])
+        fields = [FieldSpec(str(k), str(v)) for k, v in cfg["fields"].items()]
+        attributes = [str(a) for a in cfg.get("attributes", [])]
+        time_col = None if cfg.get("time_column") is None else str(cfg["time_column"])
+    except (OSError, KeyError, TypeError, AttributeError, json.JSONDecodeError, ValueError) as exc:
         raise MedsightError(f"not a valid outcome task file ({type(exc).__name__}: {exc})", path) from exc
     for f in fields:
         if f.kind not in ("numeric", "categorical"):
             raise MedsightError(f"field {f.name!r}: kind must be numeric or categorical", path)
+    src = _Source(str(path), table_path.name)
+    named = [(image_col, "image_column"), (patient_col, "patient_column"), (target_col, "target column")]
+    named += [(f.name, "field") for f in fields] + ([(time_col, "time_column")] if time_col else [])
+    named += [(a, "attribute") for a in attributes]
+    absent = [
+        f"{c!r} ({role}) is not in {src.table}{_did_you_mean(c, raw.columns)}" for c, role in named if c not in raw
+    ]
+    if absent:
+        columns = ", ".join(repr(str(c)) for c in raw.columns[:20]) + (", ..." if len(raw.columns) > 20 else "")
+        raise MedsightError(f"{'; '.join(absent)} (its columns: {columns})", path)
     raw["__image"] = [str(table_path.parent / p) for p in raw[image_col]]
     excluded: dict[str, int] = {}
-    table = _select(raw, target, str(path), excluded)
+    table = _select(raw, target, src, excluded)
     return _build(
         path.stem,
         table,
         fields,
-        str(target["column"]),
-        str(target.get("name", target["column"])),
-        list(cfg.get("attributes", [])),
+        target_col,
+        str(target.get("name", target_col)),
+        attributes,
         patient_col,
-        cfg.get("time_column"),
+        time_col,
         excluded,
+        src,
     )
 
 
@@ -257,10 +435,40 @@ def _build(
     patient_col: str,
     time_col: str | None,
     excluded: dict[str, int],
+    src: _Source,
 ) -> OutcomeData:
+    """Check the kept rows (numbers that are numbers, times that are not negative; rows without a patient id each a
+    patient of their own) and gather them."""
+    rows = table.index.to_numpy()  # the table's own rows, for messages
     table = table.reset_index(drop=True)
     if len(table) == 0 or table["__y"].nunique() < 2:
         raise MedsightError("the outcome needs both classes among the rows with a recorded outcome", name)
+    for f in fields:
+        if f.kind == "numeric" and f.name in table:
+            _numbers_or_refuse(table[f.name], f"numeric field {f.name!r} in {src.table}", rows, src)
+    time = None
+    if time_col and time_col in table:
+        _numbers_or_refuse(table[time_col], f"time column {time_col!r} in {src.table}", rows, src)
+        time = numeric(table[time_col]).to_numpy(float)
+        negative = np.flatnonzero(time < 0)
+        if len(negative):
+            raise MedsightError(
+                f"time column {time_col!r} in {src.table}: {len(negative)} negative time(s) "
+                f"({src.rows(rows[negative])}); times to the event or to censoring count from one start "
+                "(e.g. days from admission) and cannot be negative",
+                src.path,
+            )
+    ids = _text(table[patient_col])
+    blank = (ids == "").to_numpy()
+    if blank.any():  # as one patient "", unrelated rows would share a split and count as one person
+        log.warning(
+            "%s: %d row(s) without a patient id in column %r (%s); each is taken as a patient of its own",
+            src.table,
+            int(blank.sum()),
+            patient_col,
+            src.rows(rows[blank]),
+        )
+    patient_ids = [image if gap else pid for pid, image, gap in zip(ids, table["__image"], blank, strict=True)]
     attrs = pd.DataFrame(index=table.index)
     for a in attributes:
         if a in table:
@@ -270,14 +478,27 @@ def _build(
         images=[Path(p) for p in table["__image"]],
         table=table[[f.name for f in fields if f.name in table]].copy(),
         y=table["__y"].to_numpy(int),
-        patient_ids=[str(p) for p in table[patient_col]],
+        patient_ids=[str(p) for p in patient_ids],
         fields=fields,
         target=target,
         target_name=target_name,
         attributes=attrs,
-        time=numeric(table[time_col]).to_numpy(float) if time_col and time_col in table else None,
+        time=time,
         excluded=excluded,
     )
+
+
+def _numbers_or_refuse(values: pd.Series, what: str, rows: np.ndarray, src: _Source) -> None:
+    """Refuse text where numbers belong: read as missing it would silently empty the column ("72,5" in every row)."""
+    bad = unreadable_numbers(values).to_numpy()
+    if bad.any():
+        shown = list(dict.fromkeys(_text(values)[bad]))
+        examples = ", ".join(_shown(v, 20) for v in shown[:3])
+        raise MedsightError(
+            f"{what}: {int(bad.sum())} value(s) are not numbers ({src.rows(rows[bad])}; e.g. {examples})"
+            f"{_comma_hint(shown)}; leave a cell empty (or NA) where nothing was recorded",
+            src.path,
+        )
 
 
 def load_outcome(spec: str) -> OutcomeData:

@@ -66,7 +66,15 @@ def read_images(paths: Sequence[Path], size: int) -> np.ndarray:
     if not paths:
         return np.zeros((0, 1, size, size), np.float32)
     bar = tqdm(paths, desc="read", unit="image", disable=len(paths) < 20)
-    return np.stack([prepare(read_image(p), [size, size], 1) for p in bar]).astype(np.float32)
+    return np.stack([prepare(_read_2d(p), [size, size], 1) for p in bar]).astype(np.float32)
+
+
+def _read_2d(path: Path) -> np.ndarray:
+    """One image, refused by name when it is not 2D (a CT volume given to the chest X-ray model)."""
+    raw = read_image(path)
+    if raw.ndim != 3:
+        raise MedsightError(f"a {raw.ndim - 1}D image, but the model takes 2D images", path)
+    return raw
 
 
 @dataclass

@@ -10,6 +10,8 @@ Inference goes through :class:`OutcomeModel` (ONNX Runtime), the path ``medsight
 
 from __future__ import annotations
 
+import logging
+from collections import Counter
 from pathlib import Path
 from typing import Any
 
@@ -31,6 +33,8 @@ from medsight.tasks.outcome import data as outcome_data
 from medsight.tasks.outcome.models import LABELS, FittedModels, two_class
 from medsight.tasks.outcome.predict import OutcomeModel
 from medsight.training.bundle import load_bundle
+
+log = logging.getLogger("medsight")
 
 #: What the metrics are computed over (patients have several images).
 METRICS_UNIT = (
@@ -66,6 +70,13 @@ def evaluate(bundle_path: Path, spec: str, split: str, out: Path, n_boot: int = 
     images = outcome_data.read_images([data.images[i] for i in idx], model.size)
     leakage = check_leakage(bundle.meta["data"], case_hashes(images), split, spec)
     table = data.table.iloc[idx].reset_index(drop=True)
+    unusable = Counter(f for _, bad in model.fitted.encoder.describe(table) for f in bad)
+    if unusable:  # the loader refused text in numeric fields, so these are categories training never saw
+        log.warning(
+            "%s split: values the model cannot use (categories not seen in training, encoded as none of them): %s",
+            split,
+            ", ".join(f"{f} in {n} image(s)" for f, n in sorted(unusable.items())),
+        )
     y = data.y[idx]
     logits, emb = model.image_outputs(images)
     probs = model.fitted.probabilities(logits, emb, model.fitted.encoder.transform(table))

@@ -5,6 +5,7 @@ each with its conformal prediction set and ``defer_to_radiologist`` (rule fitted
 from __future__ import annotations
 
 import io
+import logging
 from collections.abc import Sequence
 from dataclasses import dataclass, field
 from functools import cached_property
@@ -29,6 +30,8 @@ from medsight.tasks.outcome.network import split_outputs
 from medsight.tasks.outcome.plan import OutcomePlan
 from medsight.training.bundle import BUNDLE_JSON, Bundle
 
+log = logging.getLogger("medsight")
+
 
 @dataclass(kw_only=True)
 class OutcomeResult(Result):
@@ -42,6 +45,9 @@ class OutcomeResult(Result):
     positive: bool
     missing_fields: list[str]
     n_fields: int
+    #: Fields whose value the model could not use, each with why and what it did instead (text in a numeric field:
+    #: used as missing, so also in ``missing_fields``; a category not seen in training: encoded as none of them).
+    unusable_fields: dict[str, str] = field(default_factory=dict)
     #: Kept in memory for ``save`` (heatmap overlay, DICOM SR); never written to predictions.json.
     source: Path | None = field(default=None, repr=False, compare=False)
     image: np.ndarray | None = field(default=None, repr=False, compare=False)
@@ -55,6 +61,11 @@ class OutcomeResult(Result):
             f"p({self.target}) = {self.probability:.3f} ({LABELS[self.model]}) -> "
             f"{'positive' if self.positive else 'negative'} at {self.threshold:.3f}; "
             f"{len(self.missing_fields)} of {self.n_fields} clinical fields missing"
+            + (
+                f", {len(self.unusable_fields)} unusable ({', '.join(self.unusable_fields)})"
+                if self.unusable_fields
+                else ""
+            )
             + ("; defer to radiologist" if self.deferral is not None and self.deferral.defer_to_radiologist else "")
         )
 
@@ -66,6 +77,7 @@ class OutcomeResult(Result):
             "decision": self.decision,
             "operating_point": {"threshold": self.threshold, "on": self.model},
             "missing_fields": list(self.missing_fields),
+            "unusable_fields": dict(self.unusable_fields),
             **({} if self.deferral is not None else NO_DEFERRAL_RULE),
         }
 
@@ -129,7 +141,17 @@ class OutcomeModel:
     def predict_cases(self, cases: Sequence[outcome_data.Case], explain: bool = False) -> list[OutcomeResult]:
         """Typed results for cases already in memory (what a service hands over)."""
         images = outcome_data.read_images([c.image for c in cases], self.size)
-        probs = self.probabilities(images, outcome_data.table(cases, self.fields))
+        table = outcome_data.table(cases, self.fields)
+        probs = self.probabilities(images, table)
+        described = self.fitted.encoder.describe(table)
+        unusable = sorted({f for _, bad in described for f in bad})
+        if unusable:  # field names only: values and inputs are in predictions.json
+            log.warning(
+                "%d of %d case(s) hold clinical values the model cannot use (%s); see unusable_fields per case",
+                sum(1 for _, bad in described if bad),
+                len(cases),
+                ", ".join(unusable),
+            )
         heat = self.heatmaps(images) if explain and len(images) else None
         sel, thr = self.selection.selected, self.operating_point.threshold
         deferrals = self.deferrals(probs[sel])
@@ -146,7 +168,8 @@ class OutcomeModel:
                     probabilities={m: float(v[k]) for m, v in probs.items()},
                     threshold=thr,
                     positive=p >= thr,
-                    missing_fields=case.missing(self.fields),
+                    missing_fields=described[k][0],
+                    unusable_fields=described[k][1],
                     n_fields=len(self.fields),
                     heatmap=None if heat is None else Heatmap(heat[k], self.target, "Grad-CAM"),
                     deferral=deferrals[k],

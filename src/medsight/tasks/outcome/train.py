@@ -9,6 +9,7 @@ from pathlib import Path
 from typing import Any
 
 import numpy as np
+import pandas as pd
 import torch
 
 from medsight import config
@@ -95,6 +96,16 @@ def train(spec: str, out: Path, options: OutcomeOptions) -> dict[str, Any]:
         write_bundle_json(tmp, meta)
     log.info("bundle written to %s (selected %s, val AUC %s)", out, selection.selected, val_auc)
     return meta
+
+
+def missing_rates(encoder: ClinicalEncoder, table: pd.DataFrame) -> dict[str, float]:
+    """Share of ``table``'s rows where each field is missing as the encoder reads it (empty, NA, ?, ...)."""
+    described = encoder.describe(table)
+    return {
+        f.name: float(np.mean([f.name in missing for missing, _ in described])) if described else 0.0
+        for f in encoder.fields
+        if f.name in table
+    }
 
 
 def fit_selective(
@@ -204,11 +215,7 @@ def _meta(
                 k: event_counts(y[v], [data.patient_ids[i] for i in v])["patients_with_event"] for k, v in parts.items()
             },
             "excluded": data.excluded,
-            "missing_rate_train": {
-                f.name: float(data.table.iloc[tr][f.name].replace("", np.nan).isna().mean())
-                for f in data.fields
-                if f.name in data.table
-            },
+            "missing_rate_train": missing_rates(fitted.encoder, data.table.iloc[tr]),
             "fingerprint": data.fingerprint,
         },
         "training": {
