@@ -18,6 +18,8 @@ from __future__ import annotations
 import csv
 import hashlib
 import json
+import logging
+import math
 import re
 from dataclasses import dataclass, field
 from pathlib import Path
@@ -33,6 +35,7 @@ MIAS_ORIGINAL_SIZE = 1024
 #: Suffixes a mini-MIAS image may have: the distributed .pgm and our .png copies first, then every 2D format Pillow
 #: reads (:data:`medsight.io.images.RASTER_SUFFIXES`), so a re-encoded copy (BMP, WebP, TIFF, ...) is found too.
 MIAS_SUFFIXES = (".png", ".pgm", *sorted(RASTER_SUFFIXES - {".png", ".pgm"}))
+log = logging.getLogger("medsight")
 _MIAS_ROW = re.compile(r"^(mdb\d{3})\s+([FGD])\s+(CALC|CIRC|SPIC|MISC|ARCH|ASYM|NORM)\b(.*)$")
 
 
@@ -220,13 +223,212 @@ def _find_image(folder: Path, name: str, staged: dict[str, str]) -> Path | None:
     return None
 
 
+def _as_id(value: Any) -> int | str | None:
+    """An id as exporters write it: ``3``, ``3.0`` and ``"3"`` are one id (equal as numbers); another string is an
+    id as it stands; anything else (missing, ``true``, a list, ``3.5``) is no id."""
+    if value is None or isinstance(value, bool):
+        return None
+    if isinstance(value, int):
+        return value
+    if isinstance(value, float):
+        return int(value) if math.isfinite(value) and value.is_integer() else None
+    if isinstance(value, str):
+        text = value.strip()
+        if re.fullmatch(r"[+-]?\d+(\.0*)?", text):
+            return int(text.split(".")[0])
+        return text or None
+    return None
+
+
+def _number(value: Any) -> float | None:
+    """A finite JSON number (never a bool or a numeric string), else None."""
+    if isinstance(value, bool) or not isinstance(value, int | float):
+        return None
+    f = float(value)
+    return f if math.isfinite(f) else None
+
+
+def _show(value: Any) -> str:
+    """A value for a one-line message: its JSON-ish repr, cut short."""
+    text = repr(value).replace("\n", " ")
+    return text if len(text) <= 40 else text[:37] + "..."
+
+
+def _refuse(problems: list[str], path: Path) -> None:
+    """One line naming the first problem (and how many more there are)."""
+    if problems:
+        more = len(problems) - 1
+        tail = f" (and {more} more problem{'s' if more > 1 else ''})" if more else ""
+        raise MedsightError(problems[0] + tail, path)
+
+
+@dataclass
+class _CocoImage:
+    index: int
+    id: int | str
+    entry: dict[str, Any]
+    width: float | None  # annotated size; None when invalid (a problem is then recorded)
+    height: float | None
+
+
+def _coco_list(coco: dict[str, Any], key: str, problems: list[str]) -> list[Any]:
+    value = coco.get(key, [])
+    if not isinstance(value, list):
+        problems.append(f"{key} is not a list")
+        return []
+    return value
+
+
+def _coco_categories(coco: dict[str, Any], ann_path: Path) -> tuple[dict[int | str, int], list[str]]:
+    """Category id → class index (categories sorted by id) and the class names; refused when malformed."""
+    problems: list[str] = []
+    raw = _coco_list(coco, "categories", problems)
+    _refuse(problems, ann_path)
+    if not raw:
+        raise MedsightError("COCO file has no categories", ann_path)
+    cats: list[tuple[int | str, str]] = []
+    seen_id: dict[int | str, int] = {}
+    seen_name: dict[str, int] = {}
+    for i, c in enumerate(raw):
+        if not isinstance(c, dict):
+            problems.append(f"categories[{i}] is not an object")
+            continue
+        cid = _as_id(c.get("id"))
+        if cid is None:
+            problems.append(f"categories[{i}]: id {_show(c.get('id'))} is not an integer or a name")
+            continue
+        where = f"categories[{i}] (id {cid})"
+        name = c.get("name")
+        if not isinstance(name, str) or not name.strip():
+            problems.append(f"{where}: no name (got {_show(name)})")
+            continue
+        if cid in seen_id:
+            problems.append(f"{where}: the id is also categories[{seen_id[cid]}]'s")
+            continue
+        if name in seen_name:
+            problems.append(f"{where}: the name {name!r} is also categories[{seen_name[name]}]'s")
+            continue
+        seen_id[cid], seen_name[name] = i, i
+        cats.append((cid, name))
+    _refuse(problems, ann_path)
+    cats.sort(key=lambda c: (isinstance(c[0], str), c[0]))  # integer ids in order, then names
+    return {cid: k for k, (cid, _) in enumerate(cats)}, [name for _, name in cats]
+
+
+def _coco_images(coco: dict[str, Any], ann_path: Path) -> dict[int | str, _CocoImage]:
+    """The listed images by id (ids equal as numbers are one id); refused when an entry is malformed."""
+    problems: list[str] = []
+    images: dict[int | str, _CocoImage] = {}
+    for i, img in enumerate(_coco_list(coco, "images", problems)):
+        if not isinstance(img, dict):
+            problems.append(f"images[{i}] is not an object")
+            continue
+        iid = _as_id(img.get("id"))
+        if iid is None:
+            problems.append(f"images[{i}]: id {_show(img.get('id'))} is not an integer or a name")
+            continue
+        where = f"images[{i}] (id {iid})"
+        if iid in images:
+            problems.append(f"{where}: the id is also images[{images[iid].index}]'s (ids equal as numbers are one id)")
+            continue
+        name = img.get("file_name")
+        if not isinstance(name, str) or not name.strip():
+            problems.append(f"{where}: no file_name")
+        size: dict[str, float | None] = {}
+        for axis in ("width", "height"):
+            v = _number(img.get(axis))
+            if axis not in img:
+                problems.append(f"{where}: no {axis}")
+            elif v is None or v <= 0:
+                problems.append(f"{where}: {axis} {_show(img.get(axis))} is not a positive number")
+                v = None
+            size[axis] = v
+        images[iid] = _CocoImage(i, iid, img, size["width"], size["height"])
+    _refuse(problems, ann_path)
+    return images
+
+
+def _coco_boxes(
+    coco: dict[str, Any], images: dict[int | str, _CocoImage], cat_index: dict[int | str, int], ann_path: Path
+) -> tuple[dict[int | str, list[tuple[list[float], int | None]]], list[str]]:
+    """Each image's boxes ``[x1, y1, x2, y2]`` in its annotated pixels with their category index (None: the
+    annotation has no category_id), a box partly outside its image clipped to it; refused when an annotation is
+    malformed, names an image not listed or a category not listed, or lies wholly outside its image."""
+    problems: list[str] = []
+    clipped: list[str] = []
+    boxes: dict[int | str, list[tuple[list[float], int | None]]] = {}
+    for i, a in enumerate(_coco_list(coco, "annotations", problems)):
+        if not isinstance(a, dict):
+            problems.append(f"annotations[{i}] is not an object")
+            continue
+        where = f"annotations[{i}]" + (f" (id {_show(a['id'])})" if a.get("id") is not None else "")
+        if "image_id" not in a:
+            problems.append(f"{where}: no image_id")
+            continue
+        iid = _as_id(a["image_id"])
+        image = images.get(iid) if iid is not None else None
+        if image is None:
+            problems.append(f"{where}: image_id {_show(a['image_id'])} is not the id of any image in images[]")
+            continue
+        label: int | None = None
+        if a.get("category_id") is not None:  # no category_id at all: the image is left out (listed in excluded)
+            cid = _as_id(a["category_id"])
+            if cid not in cat_index:
+                known = ", ".join(str(c) for c in cat_index)
+                problems.append(
+                    f"{where}: category_id {_show(a['category_id'])} is not among categories[].id ({known})"
+                )
+                continue
+            label = cat_index[cid]
+        if "bbox" not in a:
+            problems.append(f"{where}: no bbox")
+            continue
+        bbox = a["bbox"]
+        if not isinstance(bbox, list) or len(bbox) != 4:
+            problems.append(f"{where}: bbox {_show(bbox)} is not [x, y, width, height]")
+            continue
+        values = [v for v in map(_number, bbox) if v is not None]
+        if len(values) != 4:
+            problems.append(f"{where}: bbox {_show(bbox)} holds a value that is not a finite number")
+            continue
+        x, y, w, h = values
+        if w <= 0 or h <= 0:
+            axis, v = ("width", w) if w <= 0 else ("height", h)
+            problems.append(f"{where}: bbox {axis} {v:g} is not positive (bbox is [x, y, width, height])")
+            continue
+        box = [x, y, x + w, y + h]
+        W, H = image.width, image.height
+        if W is not None and H is not None:
+            if x >= W or y >= H or x + w <= 0 or y + h <= 0:
+                problems.append(
+                    f"{where}: bbox {_show(bbox)} lies wholly outside its image (image_id {image.id}, {W:g}x{H:g})"
+                )
+                continue
+            inside = [max(0.0, box[0]), max(0.0, box[1]), min(W, box[2]), min(H, box[3])]
+            if inside != box:
+                clipped.append(where)
+                box = inside
+        boxes.setdefault(image.id, []).append((box, label))
+    _refuse(problems, ann_path)
+    return boxes, clipped
+
+
 def load_coco(spec: str | Path) -> DetectionData:
     """COCO boxes ``[x, y, w, h]`` in the annotated image's pixels, rescaled onto the file actually read.
 
     When the file read was resized (``resize_manifest.csv``), each axis is scaled by (size read / annotated
     size) of that axis, which is exact for a whole-image resize. Patients come from ``images[].metadata.patientid``
     when present (else each image is its own patient); ``images[].metadata.split`` ("train"/"val"), when every image
-    has one, is the split :meth:`DetectionData.split` uses. Images that cannot be found are listed in ``excluded``.
+    has one, is the split :meth:`DetectionData.split` uses. Images that cannot be found, or that hold a box without
+    ``category_id``, are listed in ``excluded``.
+
+    Ids equal as numbers are one id (``"3"``, ``3.0`` and ``3``). A box partly outside its image is clipped to it.
+    Malformed input is refused before anything is trained, in one line naming annotations.json and the entry
+    (``annotations[i] (id ...)``, ``images[i] (id ...)``, ``categories[i]``): a bbox that is not four finite numbers
+    with positive width and height, a box wholly outside its image, an annotation whose image_id or category_id is
+    not listed, an image without a positive width/height or file_name, two images or categories with one id, and an
+    image whose file is not the annotated shape (its aspect differs by more than a pixel's rounding per axis: a
+    transposed or EXIF-rotated export), whose boxes would otherwise be stretched per axis.
     """
     path = Path(spec)
     ann_path = path if path.is_file() else path / "annotations.json"
@@ -237,54 +439,70 @@ def load_coco(spec: str | Path) -> DetectionData:
         coco = json.loads(ann_path.read_text())
     except json.JSONDecodeError as exc:
         raise MedsightError(f"annotations.json is not valid JSON ({exc})", ann_path) from exc
-    cats = sorted(coco.get("categories", []), key=lambda c: c["id"])
-    if not cats:
-        raise MedsightError("COCO file has no categories", ann_path)
-    cat_index = {c["id"]: i for i, c in enumerate(cats)}
-    anns: dict[Any, list[dict[str, Any]]] = {}
-    for a in coco.get("annotations", []):
-        anns.setdefault(a["image_id"], []).append(a)
+    except UnicodeDecodeError as exc:
+        raise MedsightError(f"annotations.json is not UTF-8 text ({exc.reason})", ann_path) from exc
+    if not isinstance(coco, dict):
+        raise MedsightError("annotations.json is not a COCO object (images, annotations, categories)", ann_path)
+    cat_index, class_names = _coco_categories(coco, ann_path)
+    images = _coco_images(coco, ann_path)
+    boxes_of, clipped = _coco_boxes(coco, images, cat_index, ann_path)
+    if clipped:
+        log.warning(
+            "%d box(es) extend past their image and were clipped to it (first: %s of %s)",
+            len(clipped),
+            clipped[0],
+            ann_path,
+        )
     staged = _staged_names(folder)
-    items, excluded = [], []
-    for img in coco.get("images", []):
+    items, excluded, problems = [], [], []
+    for image in images.values():
+        img = image.entry
         file = _find_image(folder, img["file_name"], staged)
-        key = str(img.get("id"))
+        key = str(image.id)
+        annotated = boxes_of.get(image.id, [])
         if file is None:
             excluded.append({"key": key, "reason": "image file not found"})
             continue
-        if any(a.get("category_id") not in cat_index for a in anns.get(img["id"], [])):
+        if any(label is None for _, label in annotated):
             excluded.append({"key": key, "reason": "a box without a known category_id"})
             continue
         w_read, h_read = image_size_2d(file)
-        sx, sy = w_read / float(img["width"]), h_read / float(img["height"])
-        boxes, labels = [], []
-        for a in anns.get(img["id"], []):
-            x, y, w, h = (float(v) for v in a["bbox"])
-            boxes.append([x * sx, y * sy, (x + w) * sx, (y + h) * sy])
-            labels.append(cat_index[a["category_id"]])
+        W, H = image.width, image.height
+        assert W is not None and H is not None  # a missing or non-positive size was refused in _coco_images
+        if abs(w_read * H - h_read * W) > W + H:  # more than a pixel's rounding per axis off one whole-image scale
+            problems.append(
+                f"images[{image.index}] (id {image.id}): annotated {W:g}x{H:g} (width x height) but the file read is "
+                f"{w_read}x{h_read}, another shape (transposed or EXIF-rotated?): its boxes cannot be mapped onto it"
+            )
+            continue
+        sx, sy = w_read / W, h_read / H
         meta = img.get("metadata") or {}
+        if not isinstance(meta, dict):
+            meta = {}
         pid = str(meta.get("patientid") or f"image-{key}")
         items.append(
             DetectionItem(
                 key=key,
                 image=file,
-                boxes=np.asarray(boxes, np.float64).reshape(-1, 4),
-                labels=np.asarray(labels, int),
+                boxes=(np.asarray([b for b, _ in annotated], np.float64).reshape(-1, 4) * [sx, sy, sx, sy]),
+                labels=np.asarray([label for _, label in annotated], int),
                 patient_id=pid,
                 attributes={k: meta.get(k, "") for k in ("sex", "age", "view", "finding") if k in meta},
                 declared_split=str(meta.get("split") or ""),
             )
         )
+    _refuse(problems, ann_path)
     if not items:
         raise MedsightError("no COCO image could be found on disk", folder)
     return DetectionData(
         name=folder.name,
         items=items,
-        class_names=[str(c["name"]) for c in cats],
+        class_names=class_names,
         kind="objects",
         excluded=excluded,
         conventions=[
             "COCO bbox [x, y, w, h] in the annotated image's pixels; scaled per axis by (size read / annotated size)",
+            'ids equal as numbers are one id ("3" and 3); a box partly outside its image is clipped to it',
         ],
     )
 

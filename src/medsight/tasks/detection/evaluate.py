@@ -10,6 +10,7 @@ from __future__ import annotations
 
 import logging
 import time
+from dataclasses import replace
 from pathlib import Path
 from typing import Any
 
@@ -23,7 +24,7 @@ from medsight.evaluation.froc import FP_RATES, ImageMatch, detection_metrics, fr
 from medsight.evaluation.metrics import bootstrap
 from medsight.evaluation.subgroups import audit
 from medsight.tasks.detection import uncertainty
-from medsight.tasks.detection.data import DetectionItem, load_detection, read_items, split_digest
+from medsight.tasks.detection.data import DetectionData, DetectionItem, load_detection, read_items, split_digest
 from medsight.tasks.detection.network import Detections
 from medsight.training.bundle import load_bundle
 
@@ -84,6 +85,26 @@ def operating_point(matches: list[ImageMatch], kind: str) -> dict[str, Any]:
     }
 
 
+def align_labels(data: DetectionData, names: list[str], spec: str) -> DetectionData:
+    """The data's classes matched to the bundle's label names by name, never by position: the same names in another
+    order are renumbered to the bundle's order; any other difference (a class the detector was not trained on, or
+    one it was trained on missing from the data) is refused, listing both."""
+    if list(data.class_names) == list(names):
+        return data
+    if sorted(data.class_names) != sorted(names) or len(set(names)) != len(names):
+        only_data = [n for n in data.class_names if n not in names]
+        only_bundle = [n for n in names if n not in data.class_names]
+        raise MedsightError(
+            f"the data's categories {list(data.class_names)} are not the bundle's labels {list(names)} "
+            f"(matched by name; only in the data: {only_data}, only in the bundle: {only_bundle}): "
+            "a detector is scored only on the classes it was trained on",
+            spec,
+        )
+    to_bundle = np.asarray([names.index(n) for n in data.class_names], int)
+    items = [replace(it, labels=to_bundle[np.asarray(it.labels, int)]) for it in data.items]
+    return replace(data, items=items, class_names=list(names))
+
+
 def evaluate(bundle_path: Path, spec: str, split: str, out: Path, n_boot: int) -> dict[str, Any]:
     """Metrics with 95% bootstrap CIs over images (stratified by 'has any box'), written with the model card."""
     from medsight.tasks.detection import card
@@ -91,7 +112,7 @@ def evaluate(bundle_path: Path, spec: str, split: str, out: Path, n_boot: int) -
 
     bundle = load_bundle(bundle_path)
     model = DetectionModel(bundle)
-    data = load_detection(spec)
+    data = align_labels(load_detection(spec), list(bundle.label_names), spec)
     parts = data.split(recorded_split_seed(bundle.meta))
     if split not in parts:
         raise MedsightError(f"unknown split {split!r} (train, val or test)")
