@@ -237,3 +237,40 @@ def test_evaluate_matches_categories_by_name_not_position(two_class_bundle: tupl
     ev = tmp_path / "ev"
     assert main(["evaluate", str(bundle), str(other), "--out", str(ev), "--bootstrap", "10"]) == 0
     assert {"ap50_blob", "ap50_cyst"} <= set(json.loads((ev / "metrics.json").read_text())["metrics"])
+
+
+# ------------------------------------------------------------------- 25: a declared train/val/test split
+
+
+def _declare(coco: dict[str, Any], splits: list[str | None]) -> dict[str, Any]:
+    for image, split in zip(coco["images"], splits, strict=True):
+        if split is not None:
+            image["metadata"]["split"] = split
+    return coco
+
+
+def test_a_declared_test_split_is_honoured(tmp_path: Path) -> None:
+    """A COCO file whose images declare train, val and test: the declared split is the split. It used to be honoured
+    only without "test"; with it, a random split was drawn and declared test images were trained on, unsaid."""
+    declared = ["train"] * 6 + ["val"] * 2 + ["test"] * 2 + ["Validation", "TEST"]
+    data = load_coco(_write(tmp_path / "c", _declare(_coco(tmp_path / "c"), list(declared))))
+    parts = data.split()
+    expected = {"train": list(range(6)), "val": [6, 7, 10], "test": [8, 9, 11]}
+    assert {k: sorted(int(i) for i in v) for k, v in parts.items()} == expected
+
+
+@pytest.mark.parametrize(
+    ("splits", "message"),
+    [
+        (["train"] * 6 + ["val"] * 2 + [None] * 4, "4 of 12 images declare no split"),
+        (["train"] * 6 + ["val"] * 2 + ["holdout"] * 4, "'holdout'"),
+        (["train"] * 10 + ["test"] * 2, "no image declares the val split"),
+    ],
+    ids=["some-undeclared", "unknown-name", "no-val"],
+)
+def test_a_declared_split_that_cannot_be_used_is_refused(
+    tmp_path: Path, splits: list[str | None], message: str
+) -> None:
+    data = load_coco(_write(tmp_path / "c", _declare(_coco(tmp_path / "c"), splits)))
+    with pytest.raises(MedsightError, match=message):
+        data.split()

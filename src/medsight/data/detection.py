@@ -49,8 +49,12 @@ class DetectionItem:
     labels: np.ndarray  # (N,) int, index into class_names
     patient_id: str
     attributes: dict[str, Any] = field(default_factory=dict)
-    #: The split the data declare for this image ("train" or "val"; COCO ``images[].metadata.split``), else "".
+    #: The split the data declare for this image ("train", "val" or "test"; COCO ``images[].metadata.split``), else "".
     declared_split: str = ""
+
+
+#: The names a COCO image's ``metadata.split`` may take (letter case aside), and the split each means.
+DECLARED_SPLITS = {"train": "train", "training": "train", "val": "val", "validation": "val", "test": "test"}
 
 
 @dataclass
@@ -74,18 +78,41 @@ class DetectionData:
         """Patient-level 70/10/20 split stratified by 'has any box'; checked for patient overlap.
 
         ``seed`` is the fixed split seed (recorded in the bundle as ``data.split_seed``), never the training seed.
-        When every image declares its split (``declared_split``: "train" or "val", e.g. a feedback export's frozen
-        split), that split is used as is and the test split is empty."""
-        if self.items and all(it.declared_split in ("train", "val") for it in self.items):
-            declared = {s: np.asarray([i for i, it in enumerate(self.items) if it.declared_split == s], dtype=int)
-                        for s in ("train", "val")}  # fmt: skip
-            parts = {**declared, "test": np.zeros(0, dtype=int)}
-            assert_disjoint_patients({k: [self.items[i].patient_id for i in v] for k, v in parts.items()})
-            return parts
+        When the images declare their split (``declared_split``: "train", "val" or "test"; e.g. a feedback
+        export's frozen split, which has no test), that split is used as is. Declared for some images only, or under
+        another name, it is refused: falling back to a random split would put declared test images in training."""
+        declared = self._declared_split()
+        if declared is not None:
+            return declared
         strata = [int(len(it.boxes) > 0) for it in self.items]
         pids = [it.patient_id for it in self.items]
         parts = patient_split(strata, pids, seed=seed)
         assert_disjoint_patients({k: [pids[i] for i in v] for k, v in parts.items()})
+        return parts
+
+    def _declared_split(self) -> dict[str, np.ndarray] | None:
+        """The split the images declare, or None when none declares one."""
+        given = [it.declared_split.strip() for it in self.items]
+        if not any(given):
+            return None
+        names = [DECLARED_SPLITS.get(g.lower(), "") if g else "" for g in given]
+        undeclared = sum(1 for g in given if not g)
+        if undeclared:
+            raise MedsightError(
+                f"{undeclared} of {len(given)} images declare no split (images[].metadata.split) while the others "
+                "do: declare train, val or test for every image, or for none (then a patient split is drawn)",
+                self.name,
+            )
+        unknown = sorted({g for g, n in zip(given, names, strict=True) if not n})
+        if unknown:
+            raise MedsightError(
+                f"declared split(s) {', '.join(repr(u) for u in unknown[:5])} are not train, val or test", self.name
+            )
+        parts = {s: np.asarray([i for i, n in enumerate(names) if n == s], dtype=int) for s in ("train", "val", "test")}
+        for needed in ("train", "val"):
+            if not len(parts[needed]):
+                raise MedsightError(f"no image declares the {needed} split: training needs {needed} images", self.name)
+        assert_disjoint_patients({k: [self.items[i].patient_id for i in v] for k, v in parts.items()})
         return parts
 
 
