@@ -274,3 +274,21 @@ def test_a_declared_split_that_cannot_be_used_is_refused(
     data = load_coco(_write(tmp_path / "c", _declare(_coco(tmp_path / "c"), splits)))
     with pytest.raises(MedsightError, match=message):
         data.split()
+
+
+# ------------------------------------------------------------------- COCO images missing on disk, or listed twice
+
+
+def test_missing_image_files_are_said_and_one_file_listed_twice_is_refused(
+    tmp_path: Path, caplog: pytest.LogCaptureFixture
+) -> None:
+    coco = _coco(tmp_path / "c")
+    for i in (1, 3, 5):
+        (tmp_path / "c" / "images" / f"im{i:03d}.png").unlink()
+    with caplog.at_level("WARNING"):
+        data = load_coco(_write(tmp_path / "c", coco))
+    assert len(data.items) == N_IMAGES - 3 and len(data.excluded) == 3
+    assert f"3 of {N_IMAGES} COCO images left out: image file not found" in caplog.text
+    coco["images"][2]["file_name"] = coco["images"][0]["file_name"]
+    with pytest.raises(MedsightError, match="images with ids 0 and 2 are one file"):
+        load_coco(_write(tmp_path / "c", coco))

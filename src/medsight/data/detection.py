@@ -518,9 +518,19 @@ def load_coco(spec: str | Path) -> DetectionData:
                 declared_split=str(meta.get("split") or ""),
             )
         )
+    seen: dict[Path, str] = {}
+    for item in items:  # one file listed twice would be trained and scored twice
+        if item.image in seen:
+            problems.append(f"images with ids {seen[item.image]} and {item.key} are one file")
+        seen.setdefault(item.image, item.key)
     _refuse(problems, ann_path)
     if not items:
         raise MedsightError("no COCO image could be found on disk", folder)
+    reasons: dict[str, int] = {}
+    for entry in excluded:
+        reasons[entry["reason"]] = reasons.get(entry["reason"], 0) + 1
+    for reason, count in sorted(reasons.items()):  # also in the bundle (data.excluded); said here so it is seen
+        log.warning("%d of %d COCO images left out: %s", count, len(images), reason)
     return DetectionData(
         name=folder.name,
         items=items,
