@@ -17,10 +17,12 @@ Two layouts are recognised (nnU-Net's convention over configuration: the folder 
 
 from __future__ import annotations
 
+import hashlib
 import json
 import logging
 import re
-from collections.abc import Sequence
+from collections import Counter
+from collections.abc import Collection, Sequence
 from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
@@ -84,6 +86,10 @@ class SegmentationDataset:
     notes: list[str] = field(default_factory=list)
     #: Read every image as one grey channel (BUSI: 16 colour images among 764 grey ones).
     grey: bool = False
+    #: The value each class has in the label files, by class index, when they are not 0, 1, 2... (dataset.json
+    #: ``{"0": "background", "1": "liver", "3": "tumour"}`` gives ``(0, 1, 3)``: classes 0/1/2 inside medsight);
+    #: empty when the values are the class indices.
+    label_values: tuple[int, ...] = ()
 
     def case(self, case_id: str) -> Case:
         for c in (*self.train, *self.test):
@@ -94,6 +100,11 @@ class SegmentationDataset:
     @property
     def n_classes(self) -> int:
         return max(self.labels) + 1
+
+    @property
+    def declared_values(self) -> tuple[int, ...]:
+        """The values a label file may hold: those of :attr:`label_values`, else the class indices."""
+        return self.label_values or tuple(sorted(self.labels))
 
 
 # ----------------------------------------------------------------------------------------------- discovery
@@ -189,7 +200,10 @@ def _open_msd(root: Path) -> SegmentationDataset:
         grouped: dict[str, list[Path]] = {}
         for stem, p in images.items():
             m = re.fullmatch(r"(.+)_(\d{4})", stem)
-            if m and (m.group(1) in labels or n_channels_declared >= 1 or not lab_dir.is_dir()):
+            # a stem with a label of its own is a case (patient_1000 with labelsTr/patient_1000), whatever its
+            # digits; a 4-digit suffix is an nnU-Net channel file when its case has the label (case_001_0000 with
+            # labelsTr/case_001), or in a folder without labels when dataset.json declares channels
+            if m and stem not in labels and (m.group(1) in labels or (n_channels_declared >= 1 and not labels)):
                 grouped.setdefault(m.group(1), []).append(p)
             else:
                 grouped.setdefault(stem, []).append(p)
@@ -208,12 +222,14 @@ def _open_msd(root: Path) -> SegmentationDataset:
     if not train:
         raise MedsightError("imagesTr/ holds no images (NIfTI, NRRD or MHA)", root / "imagesTr")
     test = [c for c in cases(root / "imagesTs", root / "labelsTs") if c.label is not None]
-    labels = _label_names(meta.get("labels"))
+    declared = _label_names(meta.get("labels"), root / "dataset.json")
     modality = _modality(channels_meta)
     channel_names = [str(v) for _, v in sorted(channels_meta.items())] if isinstance(channels_meta, dict) else []
-    if not labels:
-        values = _label_values([c.label for c in train[: min(len(train), 20)] if c.label is not None])
-        labels = {0: "background", **{int(v): f"label_{int(v)}" for v in values if v != 0}}
+    if not declared:
+        values = _infer_label_values(train, root / "labelsTr")
+        declared = {0: "background", **{v: f"label_{v}" for v in values if v != 0}}
+    labels, label_values = _classes(declared, notes)
+    _check_volume_channels([*train, *test], len(channel_names))
     return SegmentationDataset(
         root=root,
         name=str(meta.get("name") or root.name),
@@ -226,22 +242,85 @@ def _open_msd(root: Path) -> SegmentationDataset:
         channel_names=channel_names,
         official_test=bool(test),
         notes=notes,
+        label_values=label_values,
     )
 
 
-def _label_names(raw: Any) -> dict[int, str]:
+def _header_channels(case: Case) -> int | None:
+    """The channels of a case from its NIfTI headers (a 4D file holds its last axis as channels), without reading
+    pixels; None when a file is not NIfTI or its header is unreadable (reading the case then says why)."""
+    import nibabel as nib
+
+    total = 0
+    for p in case.images:
+        if not p.name.lower().endswith((".nii", ".nii.gz")):
+            return None
+        try:
+            shape = nib.load(str(p)).header.get_data_shape()  # type: ignore[attr-defined]
+        except Exception:
+            return None
+        total += int(shape[3]) if len(shape) == 4 else 1
+    return total
+
+
+def _check_volume_channels(cases: Sequence[Case], declared: int) -> None:
+    """Every case has the channels dataset.json declares, or (none declared) the channels most cases have; else a
+    one-line error naming the odd case's first file, before anything is read or trained."""
+    found = [(c, _header_channels(c)) for c in cases]
+    known = [(c, n) for c, n in found if n is not None]
+    if not known:
+        return
+    counts = Counter(n for _, n in known)
+    usual = declared or counts.most_common(1)[0][0]
+    odd = next(((c, n) for c, n in known if n != usual), None)
+    if odd is None:
+        return
+    case, n = odd
+    if declared:
+        problem = f"an image of {n} channel(s); dataset.json declares {declared}"
+    else:
+        problem = f"an image of {n} channel(s) where {counts[usual]} of the {len(known)} cases have {usual}"
+    raise MedsightError(
+        f"{problem}: every case needs the same channels (nnU-Net channel files case_0000, case_0001... or one "
+        "multi-channel file each)",
+        case.images[0],
+    )
+
+
+def _label_names(raw: Any, where: Path | None = None) -> dict[int, str]:
+    """``{label value: name}`` from dataset.json's ``labels`` (the values as they are in the label files)."""
     if not isinstance(raw, dict) or not raw:
         return {}
     out: dict[int, str] = {}
     for k, v in raw.items():
         if str(k).lstrip("-").isdigit():  # MSD: {"0": "background", "1": "Anterior"}
             out[int(k)] = str(v)
-        elif isinstance(v, int):  # nnU-Net v2: {"background": 0, "Anterior": 1}
+        elif isinstance(v, int) and not isinstance(v, bool):  # nnU-Net v2: {"background": 0, "Anterior": 1}
             out[int(v)] = str(k)
         else:
-            raise MedsightError(f"dataset.json label {k!r}: region-based labels are not supported")
+            raise MedsightError(f"dataset.json label {k!r}: region-based labels are not supported", where)
+    negative = sorted(k for k in out if k < 0)
+    if negative:
+        raise MedsightError(f"dataset.json label id {negative[0]}: label ids must be 0 or more", where)
     out.setdefault(0, "background")
     return dict(sorted(out.items()))
+
+
+def _classes(declared: dict[int, str], notes: list[str]) -> tuple[dict[int, str], tuple[int, ...]]:
+    """Number the declared label values 0, 1, 2... in order (names kept), so that a gap in the ids (``0, 1, 3``)
+    makes no class that never occurs: such a class would score Dice 1 (a true negative) on every case and inflate
+    every mean. Returns ``(labels by class index, label values by class index or () when they are the indices)``."""
+    values = sorted(declared)
+    labels = {k: declared[v] for k, v in enumerate(values)}
+    if values == list(range(len(values))):
+        return labels, ()
+    notes.append(
+        f"label values {'/'.join(map(str, values))} are not consecutive: numbered as classes "
+        f"{'/'.join(map(str, range(len(values))))} inside medsight ("
+        + ", ".join(f"{v} {declared[v]} -> class {k}" for k, v in enumerate(values) if v != k)
+        + "); predicted label maps hold the class numbers"
+    )
+    return labels, tuple(values)
 
 
 def _modality(channels: Any) -> str:
@@ -260,6 +339,45 @@ def _label_values(paths: Sequence[Path]) -> list[int]:
     for p in paths:
         values |= {int(v) for v in np.unique(_read_label(p))}
     return sorted(values)
+
+
+def _infer_label_values(train: Sequence[Case], where: Path) -> list[int]:
+    """The label values of every training mask (no dataset.json): a class that only some masks hold (a lesion
+    absent from the normal images sorted first) is still seen. Remembered under ``$MEDSIGHT_CACHE`` by the files'
+    names, sizes and modification times, so a second run on the same folder reads no mask for it."""
+    paths = [p for c in train for p in (c.label, *c.more_labels) if p is not None]
+    if not paths:
+        return [0]
+    from medsight import config
+
+    stats = []
+    for p in paths:
+        st = p.stat()
+        stats.append([str(p.resolve()), st.st_size, st.st_mtime_ns])
+    key = hashlib.sha256(json.dumps(["label-values/1", stats]).encode()).hexdigest()[:24]
+    cached = config.cache_root() / "segmentation_labels" / f"{key}.json"
+    try:
+        found = json.loads(cached.read_text())
+        if isinstance(found, list) and all(isinstance(v, int) for v in found):
+            return sorted(found)
+    except (OSError, ValueError):
+        pass
+    if len(paths) > 50:
+        log.info("no dataset.json: reading the %d masks to find the label values", len(paths))
+    values = _label_values(paths)
+    if values == [0]:
+        raise MedsightError(
+            f"all {len(paths)} masks are empty (background only): there is no class to learn; add a dataset.json "
+            "naming the labels if the masks use another value than 1, 2...",
+            where,
+        )
+    try:
+        from medsight.io.atomic import write_json
+
+        write_json(cached, values)
+    except OSError:  # a read-only cache only costs the speed-up
+        pass
+    return values
 
 
 def _open_pairs(root: Path) -> SegmentationDataset:
@@ -292,13 +410,13 @@ def _open_pairs(root: Path) -> SegmentationDataset:
     if not train:
         raise MedsightError("no images found", train_root / "images")
     test = cases(test_root, second=True) if test_root is not None else []
-    first = _read_raster(train[0].images[0])
-    channels = first.shape[0]
-    labels = _label_names(meta.get("labels"))
-    if not labels:
-        values = _label_values([c.label for c in train[: min(len(train), 10)] if c.label is not None])
+    channels, grey = _raster_channels([c.images[0] for c in (*train, *test)], notes)
+    declared = _label_names(meta.get("labels"), root / "dataset.json")
+    if not declared:
+        values = _infer_label_values(train, train_root)
         fg = [v for v in values if v]
-        labels = {0: "background", **({1: "foreground"} if fg == [1] else {v: f"label_{v}" for v in fg})}
+        declared = {0: "background", **({1: "foreground"} if fg == [1] else {v: f"label_{v}" for v in fg})}
+    labels, label_values = _classes(declared, notes)
     modality = _modality(meta.get("channel_names") or {}) if meta.get("channel_names") else ""
     if not modality or modality == "unknown":
         modality = "RGB" if channels == 3 else "unknown"
@@ -313,10 +431,45 @@ def _open_pairs(root: Path) -> SegmentationDataset:
         test=test,
         labels=labels,
         modality=modality,
-        channel_names=["R", "G", "B"] if channels == 3 else [f"channel_{k}" for k in range(channels)],
+        channel_names=(
+            ["grey"] if grey else ["R", "G", "B"] if channels == 3 else [f"channel_{k}" for k in range(channels)]
+        ),
         official_test=bool(test),
         notes=notes,
+        grey=grey,
+        label_values=label_values,
     )
+
+
+def _raster_channels(paths: Sequence[Path], notes: list[str]) -> tuple[int, bool]:
+    """``(channels, grey)`` of the images as :func:`medsight.io.images.read_image` reads them (grey 1, colour 3),
+    from their headers. Colour images among grey ones (or the other way round) are all read as grey, as BUSI's
+    are: one network takes one number of channels."""
+    from PIL import Image, UnidentifiedImageError
+
+    from medsight.io.images import _palette_is_grey
+
+    counts: dict[int, list[Path]] = {}
+    for p in paths:
+        try:
+            with Image.open(p) as img:
+                if img.mode in ("I;16", "I;16B", "I", "F", "L", "1"):  # as read_image reads them
+                    n = 1
+                elif img.mode == "P":
+                    n = 1 if _palette_is_grey(img) else 3
+                else:
+                    n = 3
+        except (UnidentifiedImageError, OSError, SyntaxError) as exc:
+            raise MedsightError(f"not a readable image ({exc})", p) from exc
+        counts.setdefault(n, []).append(p)
+    if len(counts) <= 1:
+        return (next(iter(counts)) if counts else 1), False
+    colour = counts.get(3, [])
+    notes.append(
+        f"{len(colour)} of {len(paths)} images are colour (e.g. {colour[0].name}) and the rest grey: every image is "
+        "read as grey (BT.601 luma), as BUSI's are"
+    )
+    return 1, True
 
 
 def _by_id(files: dict[str, Path]) -> dict[str, Path]:
@@ -338,8 +491,12 @@ def _read_raster(path: Path) -> np.ndarray:
 LOSSY_SUFFIXES = (".jpg", ".jpeg", ".jfif")
 
 
-def _read_label(path: Path) -> np.ndarray:
-    """Integer label map; 0/255 masks become 0/1. Non-integer values are an error."""
+def _read_label(path: Path, declared: Collection[int] | None = None, classes: bool = True) -> np.ndarray:
+    """Integer label map as stored; 0/255 (8-bit) and 0/65535 (16-bit) binary masks become 0/1 unless ``declared``
+    (the values dataset.json names, or those inferred from the masks) holds 255/65535. Non-integer values are an
+    error, and so, when nothing declares them, are values that are not small class numbers (a 255 "ignore" border,
+    classes scaled to fill 8 or 16 bits, an intensity image saved as a mask). ``classes=False`` (a region-of-interest
+    mask, read as ``> 0``) skips those two checks."""
     name = path.name.lower()
     if name.endswith(LOSSY_SUFFIXES):
         raise MedsightError(
@@ -367,15 +524,42 @@ def _read_label(path: Path) -> np.ndarray:
     values = np.unique(arr)
     if values.min() < 0:
         raise MedsightError("label values must be non-negative integer classes", path)
-    if set(values.tolist()) <= {0, 255} and 255 in values:
-        arr = (arr == 255).astype(np.int64)
-    elif 255 in values and len(values) > 3:
-        # a 0/255 mask with values in between: anti-aliased, or resized with interpolation. Read as classes it
-        # would make up to 256 of them (and a network to match) from one binary mask
+    present = set(values.tolist())
+    known = set(declared) if declared is not None else set()
+    for full, bits in ((255, "8-bit"), (65535, "16-bit")):
+        if full not in present or full in known:
+            continue
+        if present <= {0, full}:  # a binary mask saved at full scale
+            return (arr == full).astype(np.int64)
+        if full == 255 and len(values) > 3:
+            # a 0/255 mask with values in between: anti-aliased, or resized with interpolation. Read as classes it
+            # would make up to 256 of them (and a network to match) from one binary mask
+            raise MedsightError(
+                f"a 0/255 mask with {len(values) - 2} other values in between (anti-aliased, or resized with "
+                "interpolation): labels must be class numbers (0/1/2..., or 0/255 for a binary mask); save masks "
+                "without smoothing or resample them with nearest neighbour",
+                path,
+            )
+        if not classes:  # a region of interest: only "> 0" is used
+            continue
+        shown = "/".join(str(v) for v in sorted(present))
+        small = [v for v in present if 0 < v < full]
+        if small and max(small) <= 20:
+            hint = (
+                f"{full} looks like an ignore label (a 'void' border, as in Pascal VOC), which medsight does not "
+                f"have: set those pixels to 0 or to their class, or name {full} as a class in dataset.json"
+            )
+        else:
+            hint = (
+                f"class numbers scaled to fill {bits}? save the class numbers themselves (0, 1, 2...), or name "
+                "these values as classes in dataset.json"
+            )
+        raise MedsightError(f"label values {shown} are not class numbers: {hint}", path)
+    if classes and declared is None and values.max() > 255:
+        big = [int(v) for v in values if v > 255]
         raise MedsightError(
-            f"a 0/255 mask with {len(values) - 2} other values in between (anti-aliased, or resized with "
-            "interpolation): labels must be class numbers (0/1/2..., or 0/255 for a binary mask); save masks "
-            "without smoothing or resample them with nearest neighbour",
+            f"label values up to {big[-1]} ({len(values)} distinct) are not small class numbers: an intensity image "
+            "saved as a mask, or a 16-bit export? save class numbers 0, 1, 2..., or name the classes in dataset.json",
             path,
         )
     return arr
@@ -438,11 +622,19 @@ def load_case(ds: SegmentationDataset, case: Case) -> Loaded:
                 raise MedsightError("channel files differ in shape or geometry", p)
         image = np.stack(parts)
         spacing = spacing_of(affine)
+    if ds.channel_names and image.shape[0] != len(ds.channel_names):
+        declared_by = "dataset.json declares" if ds.layout == "msd" else "the other images have"
+        raise MedsightError(
+            f"an image of {image.shape[0]} channel(s); {declared_by} {len(ds.channel_names)} "
+            f"({', '.join(ds.channel_names)}): every case needs the same channels",
+            case.images[0],
+        )
     label = roi = second = None
+    values = ds.declared_values
     if case.label is not None:
-        label = _read_label(case.label)
+        label = _read_label(case.label, values)
         for more in case.more_labels:
-            extra_label = _read_label(more)
+            extra_label = _read_label(more, values)
             if extra_label.shape != label.shape:
                 raise MedsightError(f"label shape {extra_label.shape} differs from {case.label.name}", more)
             label = np.maximum(label, extra_label)  # binary masks: the logical OR
@@ -452,22 +644,30 @@ def load_case(ds: SegmentationDataset, case: Case) -> Loaded:
             _, lab_affine = _read_volume(case.label)
             if not np.allclose(lab_affine, affine, atol=1e-3, rtol=1e-4):
                 raise MedsightError("label geometry (affine) does not match its image", case.label)
-        extra = set(np.unique(label).tolist()) - set(ds.labels)
-        if extra:
-            raise MedsightError(
-                f"label values {sorted(extra)} are not declared classes {sorted(ds.labels)}", case.label
-            )
+        label = _as_classes(ds, label, case.label)
     if case.roi is not None:
-        roi = _read_label(case.roi) > 0
+        roi = _read_label(case.roi, classes=False) > 0
         if roi.shape != image.shape[1:]:
             raise MedsightError(f"ROI shape {roi.shape} does not match its image {image.shape[1:]}", case.roi)
     if case.second is not None:
-        second = _read_label(case.second)
+        second = _read_label(case.second, values)
         if second.shape != image.shape[1:]:
             raise MedsightError("second-observer label shape does not match its image", case.second)
+        second = _as_classes(ds, second, case.second)
     if not np.all(np.isfinite(image)):
         raise MedsightError("image holds NaN or infinite values", case.images[0])
     return Loaded(case.id, image, label, spacing, affine, roi, second)
+
+
+def _as_classes(ds: SegmentationDataset, label: np.ndarray, path: Path) -> np.ndarray:
+    """``label`` (values as stored) checked against the declared values and numbered as classes 0, 1, 2..."""
+    values = ds.declared_values
+    extra = set(np.unique(label).tolist()) - set(values)
+    if extra:
+        raise MedsightError(f"label values {sorted(extra)} are not declared classes {list(values)}", path)
+    if ds.label_values:
+        return np.searchsorted(np.asarray(ds.label_values), label).astype(np.int64)
+    return label
 
 
 # ----------------------------------------------------------------------------------------------- fingerprint
@@ -476,9 +676,9 @@ def load_case(ds: SegmentationDataset, case: Case) -> Loaded:
 def fingerprint(ds: SegmentationDataset, loaded: Sequence[Loaded], seed: int = 0) -> dict[str, Any]:
     """What the planner needs: spacings, sizes, foreground intensity statistics per channel, class frequencies."""
     rng = np.random.default_rng(seed)
+    n_channels = _common_channels(ds, loaded)
     spacings = np.asarray([c.spacing for c in loaded], dtype=float)
     shapes = np.asarray([c.image.shape[1:] for c in loaded], dtype=float)
-    n_channels = int(loaded[0].image.shape[0])
     samples: list[list[np.ndarray]] = [[] for _ in range(n_channels)]
     counts = np.zeros(ds.n_classes, dtype=np.int64)
     for c in loaded:
@@ -520,3 +720,24 @@ def fingerprint(ds: SegmentationDataset, loaded: Sequence[Loaded], seed: int = 0
         "class_frequency": {ds.labels.get(k, str(k)): round(float(n) / total, 6) for k, n in enumerate(counts)},
         "has_roi": any(c.roi is not None for c in loaded),
     }
+
+
+def _common_channels(ds: SegmentationDataset, loaded: Sequence[Loaded]) -> int:
+    """The one channel count of the cases; a case with another (a 4D two-channel NIfTI among 3D ones) is an error
+    naming its file."""
+    counts = Counter(int(c.image.shape[0]) for c in loaded)
+    if not counts:
+        raise MedsightError("no cases to fingerprint", ds.root)
+    usual, n_usual = counts.most_common(1)[0]
+    odd = next((c for c in loaded if c.image.shape[0] != usual), None)
+    if odd is None:
+        return usual
+    try:
+        where: Path | str = ds.case(odd.id).images[0]
+    except MedsightError:
+        where = odd.id
+    raise MedsightError(
+        f"an image of {odd.image.shape[0]} channel(s) where {n_usual} of the {len(loaded)} cases have {usual}: every "
+        "case needs the same channels (nnU-Net channel files case_0000, case_0001... or one multi-channel file each)",
+        where,
+    )

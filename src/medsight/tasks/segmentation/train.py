@@ -102,6 +102,14 @@ def train(data: str, out: Path, options: SegmentationOptions) -> dict[str, Any]:
         train_ids, val_ids = train_ids[: options.max_cases], val_ids[: max(1, options.max_cases // 4)]
     cases = read_cases(ds, train_ids + val_ids)
     fp = fingerprint(ds, [cases[i] for i in train_ids + val_ids])
+    absent = [name for k, (name, share) in enumerate(fp["class_frequency"].items()) if k and share == 0]
+    if absent:  # declared but in no mask: it would score Dice 1 (true negative) on every case, lifting the mean
+        log.warning(
+            "class(es) %s are declared but in none of the %d training and validation masks: nothing to learn, and "
+            "their Dice (1 on every case without them) lifts the mean Dice",
+            ", ".join(absent),
+            len(train_ids) + len(val_ids),
+        )
     parent = _parent(options, ds)
     plan = resolve_plan(fp, device, options, parent.bundle.plan(SegmentationPlan) if parent else None)
     words = describe(plan, fp)
@@ -141,6 +149,7 @@ def train(data: str, out: Path, options: SegmentationOptions) -> dict[str, Any]:
         log.info("validation Dice (fold %d): %s", fold, ", ".join(f"{k} {v:.4f}" for k, v in val_metrics.items()))
         meta = _meta(ds, folds, fold, train_ids, val_ids, fp, plan, words, model, state, options, device)
         meta["data"] |= {
+            "label_values": list(ds.declared_values),  # each class's value in the data's label files
             "split_seed": FOLDS_SEED,
             "case_hashes": training_record(
                 [case_hash(cases[i].image) for i in train_ids], [case_hash(cases[i].image) for i in val_ids]
