@@ -317,3 +317,14 @@ def test_training_with_non_consecutive_label_ids_reports_no_phantom_class(tmp_pa
     val = meta_out["metrics"]["val"]
     assert set(val) == {"dice", "dice_liver", "dice_tumour"}
     assert val["dice"] == pytest.approx((val["dice_liver"] + val["dice_tumour"]) / 2)
+    # predict writes label maps in the data's own values: class 2 (the tumour) is 3 again, as in the label files
+    from medsight.tasks.segmentation.predict import SegmentationModel
+
+    model = SegmentationModel(bundle)
+    assert model.label_file_values(np.array([[0, 1, 2]])).tolist() == [[0, 1, 3]]
+    image = root / "imagesTr" / sorted(p.name for p in (root / "imagesTr").iterdir())[0]
+    from medsight.cli import main
+
+    assert main(["predict", str(tmp_path / "bundle"), str(image), "--out", str(tmp_path / "pred")]) == 0
+    written = np.asarray(nib.load(str(next((tmp_path / "pred").glob("*_seg.nii.gz")))).dataobj)
+    assert 2 not in set(np.unique(written).tolist())

@@ -27,7 +27,7 @@ import numpy as np
 from medsight.config import data_root
 from medsight.data.checksums import md5sum
 from medsight.errors import MedsightError
-from medsight.io.geometry import LPS_TO_RAS
+from medsight.io.geometry import LPS_TO_RAS, nifti_affine_mm
 
 FOLDER = "lidc_idri_ct"
 CASES = ("LIDC-IDRI-0001", "LIDC-IDRI-0003")
@@ -159,8 +159,8 @@ def read_case(case_id: str, root: Path | None = None, verify: bool = False) -> L
         if arr.ndim != 3:
             raise MedsightError(f"expected a 3D volume, got shape {arr.shape}", path)
         if k == 0:
-            affine = np.asarray(img.affine, dtype=float)
-        elif arr.shape != arrays[0].shape or not np.allclose(img.affine, affine, atol=1e-4):
+            affine = nifti_affine_mm(img)
+        elif arr.shape != arrays[0].shape or not np.allclose(nifti_affine_mm(img), affine, atol=1e-4):
             raise MedsightError(f"grid differs from ct.nii.gz ({arr.shape})", path)
         arrays.append(arr)
     with open(folder / "nodules.csv", newline="") as fh:

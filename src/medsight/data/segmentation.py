@@ -30,6 +30,7 @@ from typing import Any
 import numpy as np
 
 from medsight.errors import MedsightError
+from medsight.io.geometry import nifti_affine_mm
 from medsight.io.images import RASTER_SUFFIXES as IMAGE_SUFFIXES
 
 log = logging.getLogger("medsight.data")
@@ -573,7 +574,7 @@ def _read_volume(path: Path) -> tuple[np.ndarray, np.ndarray]:
             import nibabel as nib
 
             img = nib.load(str(path))
-            return np.asarray(img.dataobj), np.asarray(img.affine, dtype=float)  # type: ignore[attr-defined]
+            return np.asarray(img.dataobj), nifti_affine_mm(img)  # type: ignore[attr-defined]
         import SimpleITK as sitk
 
         itk = sitk.ReadImage(str(path))

@@ -17,6 +17,7 @@ from __future__ import annotations
 
 from collections.abc import Sequence
 from dataclasses import dataclass
+from typing import Any
 
 import numpy as np
 
@@ -237,3 +238,18 @@ def geometry_from_affine(affine_lps: np.ndarray, shape: Sequence[int]) -> Geomet
         origin=(float(affine[0, 3]), float(affine[1, 3]), float(affine[2, 3])),
         direction=tuple(float(v) for v in direction.ravel()),
     )
+
+
+#: NIfTI-1 spatial units (``xyzt_units``, as nibabel names them) in millimetres; "unknown" is taken as mm, as
+#: nibabel, ITK and nnU-Net take it.
+NIFTI_UNIT_MM = {"mm": 1.0, "meter": 1000.0, "micron": 0.001, "unknown": 1.0}
+
+
+def nifti_affine_mm(img: Any) -> np.ndarray:
+    """A nibabel image's affine with its spatial part in millimetres, whatever unit its header names: a volume
+    stored in metres (pixdim 0.001, legal NIfTI-1) was read as 0.001 mm voxels and resampled to nothing."""
+    affine = np.array(img.affine, dtype=np.float64)
+    header = img.header
+    unit = header.get_xyzt_units()[0] if hasattr(header, "get_xyzt_units") else "unknown"
+    scaled: np.ndarray = affine * np.array([[NIFTI_UNIT_MM.get(str(unit), 1.0)]] * 3 + [[1.0]])
+    return scaled

@@ -28,7 +28,7 @@ import numpy as np
 
 from medsight.errors import MedsightError
 from medsight.io.atomic import atomic_dir
-from medsight.io.geometry import LPS_TO_RAS, Geometry, geometry_from_affine
+from medsight.io.geometry import LPS_TO_RAS, Geometry, geometry_from_affine, nifti_affine_mm
 
 INTERCEPT = -1024.0
 #: The lung window (centre, width) put in the header for display: -600 / 1500 HU, i.e. [-1350, 150] HU.
@@ -103,7 +103,7 @@ def write_ct_series(
     if not np.all(np.isfinite(data)):
         raise MedsightError("the volume holds NaN or infinite values", nifti)
     try:
-        geometry, reverse = nifti_geometry(img.affine, data.shape)
+        geometry, reverse = nifti_geometry(nifti_affine_mm(img), data.shape)
     except MedsightError as exc:
         raise MedsightError(exc.problem, nifti) from exc
     if reverse:

@@ -298,6 +298,14 @@ class SegmentationModel:
             )
         return results
 
+    def label_file_values(self, mask: np.ndarray) -> np.ndarray:
+        """``mask`` (class numbers) in the values the training data's label files used for each class: a data set
+        declaring 0, 1 and 3 is trained on classes 0, 1, 2, and its predicted label maps say 3 again."""
+        values = [int(v) for v in (self.bundle.meta.get("data") or {}).get("label_values") or []]
+        if len(values) != len(self.labels) or values == list(range(len(values))):
+            return mask.astype(np.uint8)
+        return np.asarray(values, dtype=np.uint8 if max(values) < 256 else np.uint16)[mask]
+
     def save(self, results: Sequence[Result], folder: Path) -> None:
         """NIfTI in → NIfTI (same affine and header); raster in → label PNG; DICOM in → DICOM SEG, a TID 1500 SR
         (each class's peak probability, referencing the series) and a NIfTI in the series' geometry; an overlay PNG
@@ -311,18 +319,20 @@ class SegmentationModel:
                 from PIL import Image
 
                 buf = io.BytesIO()
-                Image.fromarray(r.mask.astype(np.uint8)).save(buf, format="PNG")
+                Image.fromarray(self.label_file_values(r.mask)).save(buf, format="PNG")
                 (folder / f"{stem}_mask.png").write_bytes(buf.getvalue())
                 r.files["mask"] = f"{stem}_mask.png"
             else:
                 import nibabel as nib
 
                 header: Any = None
+                values = self.label_file_values(r.mask)
                 if src.kind == "nifti":
                     header = nib.load(str(src.path)).header.copy()
-                    header.set_data_dtype(np.uint8)
+                    header.set_data_dtype(values.dtype)
+                    header.set_xyzt_units(xyz="mm")  # the affine is in mm whatever unit the input named
                 name = f"{stem}_seg.nii.gz"
-                nib.save(nib.Nifti1Image(r.mask.astype(np.uint8), r.affine, header), str(folder / name))
+                nib.save(nib.Nifti1Image(values, r.affine, header), str(folder / name))
                 r.files["mask"] = name
             if src.kind in ("dicom", "dicom2d"):
                 from medsight.io.dicom import read_datasets
