@@ -516,6 +516,8 @@ def _read_label(path: Path, declared: Collection[int] | None = None, classes: bo
             arr = arr[..., 0]
     else:
         arr = _read_volume(path)[0]
+        if arr.ndim == 4 and arr.shape[3] == 1:  # (x, y, z, 1): one label channel, as images may have
+            arr = arr[..., 0]
     arr = np.asarray(arr)
     if np.issubdtype(arr.dtype, np.floating):
         if not np.all(np.isfinite(arr)) or not np.allclose(arr, np.round(arr)):
