@@ -264,9 +264,9 @@ def test_a_declared_test_split_is_honoured(tmp_path: Path) -> None:
     [
         (["train"] * 6 + ["val"] * 2 + [None] * 4, "4 of 12 images declare no split"),
         (["train"] * 6 + ["val"] * 2 + ["holdout"] * 4, "'holdout'"),
-        (["train"] * 10 + ["test"] * 2, "no image declares the val split"),
+        (["val"] * 10 + ["test"] * 2, "no image declares the train split"),
     ],
-    ids=["some-undeclared", "unknown-name", "no-val"],
+    ids=["some-undeclared", "unknown-name", "no-train"],
 )
 def test_a_declared_split_that_cannot_be_used_is_refused(
     tmp_path: Path, splits: list[str | None], message: str

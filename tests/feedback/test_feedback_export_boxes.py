@@ -12,9 +12,11 @@ from pathlib import Path
 from typing import Any
 
 import numpy as np
+import pytest
 
 from feedback.service_fixture import store_cases
 from medsight.data.detection import load_detection
+from medsight.errors import MedsightError
 from medsight.feedback.export import NOT_DRAWN, _write_detection
 from medsight.feedback.splits import FrozenSplit
 from medsight.review.verdicts import latest_per_finding, list_verdicts, record_verdict
@@ -81,7 +83,9 @@ def test_detection_export_is_coco_with_the_readers_boxes(shared_data: Path, tmp_
     assert not any(f.study_uid in text or f.sop_uid in text for f in findings)
 
 
-def test_a_coco_split_is_used_only_when_every_image_declares_one(shared_data: Path, tmp_path: Path) -> None:
+def test_a_coco_split_is_used_when_every_image_declares_one_and_refused_when_some_do(
+    shared_data: Path, tmp_path: Path
+) -> None:
     from PIL import Image
 
     raw = np.load(shared_data / "medmnist" / "breastmnist.npz")["train_images"][:20]
@@ -96,7 +100,12 @@ def test_a_coco_split_is_used_only_when_every_image_declares_one(shared_data: Pa
     (tmp_path / "annotations.json").write_text(json.dumps(doc))
     parts = load_detection(tmp_path).split()
     assert sorted(parts["val"].tolist()) == [2, 3, 8, 9] and len(parts["train"]) == 16 and len(parts["test"]) == 0
-    del images[5]["metadata"]["split"]  # one image without a declared split: the derived 70/10/20 split again
+    del images[5]["metadata"]["split"]  # one image without a declared split: refused, never a silent random split
+    (tmp_path / "annotations.json").write_text(json.dumps(doc))
+    with pytest.raises(MedsightError, match="1 of 20 images declare no split"):
+        load_detection(tmp_path).split()
+    for image in images:  # no image declaring one: the derived 70/10/20 patient split
+        image["metadata"].pop("split", None)
     (tmp_path / "annotations.json").write_text(json.dumps(doc))
     derived = load_detection(tmp_path).split()
     assert len(derived["test"]) > 0 and sum(len(v) for v in derived.values()) == 20

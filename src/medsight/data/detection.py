@@ -109,9 +109,8 @@ class DetectionData:
                 f"declared split(s) {', '.join(repr(u) for u in unknown[:5])} are not train, val or test", self.name
             )
         parts = {s: np.asarray([i for i, n in enumerate(names) if n == s], dtype=int) for s in ("train", "val", "test")}
-        for needed in ("train", "val"):
-            if not len(parts[needed]):
-                raise MedsightError(f"no image declares the {needed} split: training needs {needed} images", self.name)
+        if not len(parts["train"]):  # an empty val is the caller's to judge (a feedback export may hold none yet)
+            raise MedsightError("no image declares the train split: training needs train images", self.name)
         assert_disjoint_patients({k: [self.items[i].patient_id for i in v] for k, v in parts.items()})
         return parts
 
@@ -445,9 +444,9 @@ def load_coco(spec: str | Path) -> DetectionData:
 
     When the file read was resized (``resize_manifest.csv``), each axis is scaled by (size read / annotated
     size) of that axis, which is exact for a whole-image resize. Patients come from ``images[].metadata.patientid``
-    when present (else each image is its own patient); ``images[].metadata.split`` ("train"/"val"), when every image
-    has one, is the split :meth:`DetectionData.split` uses. Images that cannot be found, or that hold a box without
-    ``category_id``, are listed in ``excluded``.
+    when present (else each image is its own patient); ``images[].metadata.split`` ("train"/"val"/"test"), when
+    every image has one, is the split :meth:`DetectionData.split` uses. Images that cannot be found, or that hold a
+    box without ``category_id``, are listed in ``excluded``.
 
     Ids equal as numbers are one id (``"3"``, ``3.0`` and ``3``). A box partly outside its image is clipped to it.
     Malformed input is refused before anything is trained, in one line naming annotations.json and the entry
