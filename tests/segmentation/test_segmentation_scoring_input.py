@@ -17,16 +17,9 @@ from PIL import Image
 from medsight.cli import main
 from medsight.tasks import segmentation
 from medsight.tasks.segmentation import SegmentationOptions
+from segmentation.test_segmentation_messy_data import TINY_3D
 
-PLAN_3D = {
-    "patch_size": [16, 16, 16],
-    "batch_size": 2,
-    "iterations_per_epoch": 2,
-    "optimizer": {"warmup_iterations": 1},
-    "validate_every": 0,
-    "test_time_flips": False,
-    "network": {"filters": [8, 16, 32]},
-}
+PLAN_3D = TINY_3D
 PLAN_2D = PLAN_3D | {"patch_size": [32, 32], "network": {"filters": [8, 16, 32, 32, 32]}}
 LABELS = {"0": "background", "1": "anterior", "2": "posterior"}
 

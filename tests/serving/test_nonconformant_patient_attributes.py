@@ -7,8 +7,6 @@ patient attribute of the sources."""
 from __future__ import annotations
 
 import copy
-import shutil
-import subprocess
 from pathlib import Path
 
 import numpy as np
@@ -26,14 +24,7 @@ from medsight.serving.dicom_objects import (
     write_seg,
     write_sr,
 )
-
-
-def _dciodvfy_errors(path: Path) -> list[str]:
-    tool = shutil.which("dciodvfy")
-    if tool is None:
-        pytest.fail("dciodvfy not found: apt-get install dicom3tools")
-    run = subprocess.run([tool, str(path)], capture_output=True, text=True, timeout=60)
-    return [line for line in (run.stdout + run.stderr).splitlines() if line.startswith("Error")]
+from serving.test_dicom_objects import dciodvfy_errors
 
 
 @pytest.fixture(scope="module")
@@ -78,7 +69,7 @@ def test_results_are_written_with_patient_attributes_in_standard_form(
         written = pydicom.dcmread(out)
         assert (written.PatientBirthDate, written.PatientSex) == expected, out.name
         assert str(written.PatientName) == "DOE^JANE"
-        assert _dciodvfy_errors(out) == [], out.name
+        assert dciodvfy_errors(out) == [], out.name
     assert sources[0].PatientBirthDate == birth  # the caller's datasets are left as they were
 
 

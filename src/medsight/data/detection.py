@@ -21,6 +21,7 @@ import json
 import logging
 import math
 import re
+from collections.abc import Iterator
 from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
@@ -297,33 +298,42 @@ class _CocoImage:
     height: float | None
 
 
-def _coco_list(coco: dict[str, Any], key: str, problems: list[str]) -> list[Any]:
+def _coco_entries(coco: dict[str, Any], key: str, problems: list[str]) -> Iterator[tuple[int, dict[str, Any]]]:
+    """``(index, entry)`` of each object in ``coco[key]``; a value that is not a list, or an entry that is not an
+    object, is recorded in ``problems``."""
     value = coco.get(key, [])
     if not isinstance(value, list):
         problems.append(f"{key} is not a list")
-        return []
-    return value
+        return
+    for i, entry in enumerate(value):
+        if isinstance(entry, dict):
+            yield i, entry
+        else:
+            problems.append(f"{key}[{i}] is not an object")
+
+
+def _coco_identified(
+    coco: dict[str, Any], key: str, problems: list[str]
+) -> Iterator[tuple[int, dict[str, Any], int | str, str]]:
+    """``(index, entry, id, where)`` of each entry of ``coco[key]`` whose id is an integer or a name (ids equal as
+    numbers are one id); ``where`` names the entry for messages. Entries without a usable id are recorded."""
+    for i, entry in _coco_entries(coco, key, problems):
+        eid = _as_id(entry.get("id"))
+        if eid is None:
+            problems.append(f"{key}[{i}]: id {_show(entry.get('id'))} is not an integer or a name")
+            continue
+        yield i, entry, eid, f"{key}[{i}] (id {eid})"
 
 
 def _coco_categories(coco: dict[str, Any], ann_path: Path) -> tuple[dict[int | str, int], list[str]]:
     """Category id → class index (categories sorted by id) and the class names; refused when malformed."""
     problems: list[str] = []
-    raw = _coco_list(coco, "categories", problems)
-    _refuse(problems, ann_path)
-    if not raw:
+    if not coco.get("categories"):
         raise MedsightError("COCO file has no categories", ann_path)
     cats: list[tuple[int | str, str]] = []
     seen_id: dict[int | str, int] = {}
     seen_name: dict[str, int] = {}
-    for i, c in enumerate(raw):
-        if not isinstance(c, dict):
-            problems.append(f"categories[{i}] is not an object")
-            continue
-        cid = _as_id(c.get("id"))
-        if cid is None:
-            problems.append(f"categories[{i}]: id {_show(c.get('id'))} is not an integer or a name")
-            continue
-        where = f"categories[{i}] (id {cid})"
+    for i, c, cid, where in _coco_identified(coco, "categories", problems):
         name = c.get("name")
         if not isinstance(name, str) or not name.strip():
             problems.append(f"{where}: no name (got {_show(name)})")
@@ -345,15 +355,7 @@ def _coco_images(coco: dict[str, Any], ann_path: Path) -> dict[int | str, _CocoI
     """The listed images by id (ids equal as numbers are one id); refused when an entry is malformed."""
     problems: list[str] = []
     images: dict[int | str, _CocoImage] = {}
-    for i, img in enumerate(_coco_list(coco, "images", problems)):
-        if not isinstance(img, dict):
-            problems.append(f"images[{i}] is not an object")
-            continue
-        iid = _as_id(img.get("id"))
-        if iid is None:
-            problems.append(f"images[{i}]: id {_show(img.get('id'))} is not an integer or a name")
-            continue
-        where = f"images[{i}] (id {iid})"
+    for i, img, iid, where in _coco_identified(coco, "images", problems):
         if iid in images:
             problems.append(f"{where}: the id is also images[{images[iid].index}]'s (ids equal as numbers are one id)")
             continue
@@ -383,10 +385,7 @@ def _coco_boxes(
     problems: list[str] = []
     clipped: list[str] = []
     boxes: dict[int | str, list[tuple[list[float], int | None]]] = {}
-    for i, a in enumerate(_coco_list(coco, "annotations", problems)):
-        if not isinstance(a, dict):
-            problems.append(f"annotations[{i}] is not an object")
-            continue
+    for i, a in _coco_entries(coco, "annotations", problems):
         where = f"annotations[{i}]" + (f" (id {_show(a['id'])})" if a.get("id") is not None else "")
         if "image_id" not in a:
             problems.append(f"{where}: no image_id")

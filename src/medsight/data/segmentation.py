@@ -32,6 +32,7 @@ import numpy as np
 from medsight.errors import MedsightError
 from medsight.io.geometry import nifti_affine_mm
 from medsight.io.images import RASTER_SUFFIXES as IMAGE_SUFFIXES
+from medsight.io.images import check_pixels
 
 log = logging.getLogger("medsight.data")
 
@@ -657,8 +658,7 @@ def load_case(ds: SegmentationDataset, case: Case) -> Loaded:
         if second.shape != image.shape[1:]:
             raise MedsightError("second-observer label shape does not match its image", case.second)
         second = _as_classes(ds, second, case.second)
-    if not np.all(np.isfinite(image)):
-        raise MedsightError("image holds NaN or infinite values", case.images[0])
+    check_pixels(image, case.images[0])  # the check predict and classification make: training reads the same way
     return Loaded(case.id, image, label, spacing, affine, roi, second)
 
 

@@ -377,6 +377,12 @@ def _check_file_ends_whole(ds: Dataset, path: Path, size: int) -> None:
     """Refuse a file whose last element header was cut short: pydicom stops there without a word. The data set is
     walked again from where pydicom's own reader starts it (large values skipped), so a cut exactly on an element
     boundary, which leaves a well-formed shorter data set, is the one cut no reader can see."""
+    tags = list(ds.keys())
+    if tags:  # the common case costs nothing: a last value of known length that ends exactly at the end of the file
+        last = ds.get_item(max(tags), keep_deferred=True)
+        tell, length = getattr(last, "value_tell", None), getattr(last, "length", None)
+        if tell is not None and length not in (None, 0xFFFFFFFF) and tell + length == size:
+            return
     syntax = _transfer_syntax(ds)
     if not syntax:
         return  # a bare data set without file meta: pydicom guessed its encoding, and so would this walk

@@ -349,21 +349,21 @@ class Service:
         self.store.mark_processed(study_uid)
 
     def _frames_per_series(self, study_uid: str) -> dict[str, int]:
-        """The largest NumberOfFrames of each series' instances, read from the stored headers (the rows do not hold
+        """Each series' NumberOfFrames, read from the header of its first stored instance (the rows do not hold
         it): routing keeps multi-frame instances (a cine, an enhanced object) away from 2D models, and treats a
-        multi-frame CT or MR as a volume. Reads that one attribute per file; an unreadable file counts as 1."""
+        multi-frame CT or MR as a volume. One small read per series, not per instance: a series' instances share
+        their kind (a CT of 500 slices, a cine of multi-frame clips). An unreadable file counts as 1."""
         import pydicom
 
         frames: dict[str, int] = {}
         for inst in self.store.instances(study_uid):
-            if inst.is_result:
+            if inst.is_result or inst.series_uid in frames:
                 continue
             try:
                 header = pydicom.dcmread(inst.path, stop_before_pixels=True, specific_tags=["NumberOfFrames"])
-                n = int(header.get("NumberOfFrames") or 1)
+                frames[inst.series_uid] = int(header.get("NumberOfFrames") or 1)
             except Exception:  # damaged or gone: the job that reads it reports that, by name
-                n = 1
-            frames[inst.series_uid] = max(frames.get(inst.series_uid, 1), n)
+                frames[inst.series_uid] = 1
         return frames
 
     # -------------------------------------------------------------------------------------------- working
