@@ -331,3 +331,91 @@ def test_float_frames_are_read_as_they_are_and_huge_ones_are_named(tmp_path: Pat
     finally:
         Image.MAX_IMAGE_PIXELS = limit
     assert str(huge / "0.png") in str(caught.value)
+
+
+def _video_rate(video: Path) -> float:
+    with av.open(str(video)) as container:
+        return float(container.streams.video[0].average_rate)
+
+
+def _grey_cine(path: Path, photometric: str = "MONOCHROME2", **timing: object) -> Path:
+    """A 4-frame 8x8 grey ultrasound cine whose frame k is a ramp plus 10*k, with the timing attributes given."""
+    from pydicom.dataset import Dataset, FileMetaDataset
+    from pydicom.uid import ExplicitVRLittleEndian, generate_uid
+
+    meta = FileMetaDataset()
+    meta.MediaStorageSOPClassUID = "1.2.840.10008.5.1.4.1.1.3.1"  # Ultrasound Multi-frame Image Storage
+    meta.MediaStorageSOPInstanceUID = generate_uid()
+    meta.TransferSyntaxUID = ExplicitVRLittleEndian
+    ds = Dataset()
+    ds.file_meta = meta
+    ds.SOPClassUID, ds.SOPInstanceUID = meta.MediaStorageSOPClassUID, meta.MediaStorageSOPInstanceUID
+    ds.StudyInstanceUID, ds.SeriesInstanceUID, ds.Modality = generate_uid(), generate_uid(), "US"
+    ds.Rows = ds.Columns = 8
+    ds.NumberOfFrames, ds.SamplesPerPixel, ds.PhotometricInterpretation = 4, 1, photometric
+    ds.BitsAllocated, ds.BitsStored, ds.HighBit, ds.PixelRepresentation = 8, 8, 7, 0
+    for keyword, value in timing.items():
+        setattr(ds, keyword, value)
+    cine = np.stack([np.arange(64, dtype=np.uint8).reshape(8, 8) + 10 * k for k in range(4)])
+    ds.PixelData = cine.tobytes()
+    ds.save_as(path, enforce_file_format=True)
+    return path
+
+
+def test_a_folder_of_frames_plays_in_number_order_not_letter_order(tmp_path: Path) -> None:
+    """Exporters often number frames unpadded: ``frame_10`` once played before ``frame_2``, scrambling the loop."""
+    folder = tmp_path / "frames"
+    folder.mkdir()
+    for k in range(12):
+        Image.fromarray(np.full((8, 8), 10 * k, np.uint8)).save(folder / f"frame_{k}.png")
+    assert [int(f.pixels[0, 0]) // 10 for f in frames(folder)] == list(range(12))
+
+
+def test_a_palette_colour_cine_is_streamed_in_its_colours_not_as_indices(shared_data: Path) -> None:
+    """Palette colour is common in ultrasound; its frames were once given to the model as palette indices."""
+    from medsight.io.dicom import read_dicom_image
+
+    path = shared_data / "dicom_samples" / "pydicom_test_files" / "examples_palette.dcm"
+    frame = next(frames(path))
+    assert frame.pixels.shape == (350, 800, 3) and frame.pixels.dtype == np.uint8
+    np.testing.assert_allclose(frame.pixels, read_dicom_image(path), atol=0.51)  # as predict reads the image
+
+
+def test_a_monochrome1_cine_is_streamed_high_is_bright(tmp_path: Path) -> None:
+    cine = _grey_cine(tmp_path / "m1.dcm", "MONOCHROME1", FrameTime=50)
+    read = [f.pixels for f in frames(cine)]
+    assert len(read) == 4 and int(read[0][0, 0]) > int(read[0][7, 7])  # the ramp's first pixel is now the brightest
+    assert [f.time_s for f in frames(cine)] == pytest.approx([0.0, 0.05, 0.1, 0.15])
+
+
+def test_the_overlay_video_keeps_the_sources_frame_rate(bundle: Path, tmp_path: Path) -> None:
+    """A 10 frames/s cine was written as a 30 frames/s video, playing the loop three times too fast."""
+    from medsight.cli import main
+
+    slow = _grey_cine(tmp_path / "slow.dcm", FrameTime=100)  # 100 ms per frame
+    report = stream(bundle, slow, tmp_path / "a", progress=False)
+    assert report.video_fps == pytest.approx(10.0) and _video_rate(tmp_path / "a" / "overlay.mp4") == pytest.approx(10)
+    assert json.loads((tmp_path / "a" / "stream.json").read_text())["video_frames_per_second"] == pytest.approx(10.0)
+    vector = _grey_cine(tmp_path / "vector.dcm", FrameTimeVector=[0, 40, 40, 40])  # 25 frames/s
+    assert stream(bundle, vector, tmp_path / "b", progress=False).video_fps == pytest.approx(25.0)
+    nonsense = _grey_cine(tmp_path / "typo.dcm", FrameTime=0.001)  # not a rate a video can play: the default
+    assert stream(bundle, nonsense, tmp_path / "c", progress=False).video_fps == pytest.approx(30.0)
+    argv = ["-q", "stream", str(bundle), str(slow), "--fps", "5", "--out", str(tmp_path / "d")]
+    assert main(argv) == 0 and _video_rate(tmp_path / "d" / "overlay.mp4") == pytest.approx(5)
+    with pytest.raises(SystemExit):
+        main(["-q", "stream", str(bundle), str(slow), "--fps", "0", "--out", str(tmp_path / "e")])
+
+
+def test_a_video_source_keeps_its_rate(bundle: Path, tmp_path: Path) -> None:
+    video = tmp_path / "loop.mp4"
+    with av.open(str(video), mode="w") as container:
+        s = container.add_stream("libx264", rate=12)
+        s.width, s.height, s.pix_fmt = 64, 48, "yuv420p"
+        for k in range(4):
+            rgb = np.full((48, 64, 3), 40 * k, np.uint8)
+            for packet in s.encode(av.VideoFrame.from_ndarray(rgb, format="rgb24")):
+                container.mux(packet)
+        for packet in s.encode():
+            container.mux(packet)
+    report = stream(bundle, video, tmp_path / "out", progress=False)
+    assert report.frames == 4 and _video_rate(tmp_path / "out" / "overlay.mp4") == pytest.approx(12)

@@ -46,6 +46,18 @@ def positive(text: str) -> float:
     return value
 
 
+def between(low: float, high: float) -> Callable[[str], float]:
+    """A number from ``low`` to ``high``, both included."""
+
+    def parse(text: str) -> float:
+        value = _number(text)
+        if not low <= value <= high:
+            raise argparse.ArgumentTypeError(f"must be from {low:g} to {high:g} (got {value:g})")
+        return value
+
+    return parse
+
+
 def _number(text: str) -> float:
     try:
         return float(text)

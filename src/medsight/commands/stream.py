@@ -5,7 +5,7 @@ from __future__ import annotations
 import argparse
 from pathlib import Path
 
-from medsight.commands._arguments import output_folder, refuse_inputs_inside, whole
+from medsight.commands._arguments import between, output_folder, refuse_inputs_inside, whole
 from medsight.runtime.stream import stream
 
 #: What this command's output folder always holds (the run's summary): another folder is not replaced.
@@ -27,6 +27,12 @@ def register(sub: argparse._SubParsersAction) -> None:
     p.add_argument("--no-video", action="store_true", help="do not write the overlaid video")
     p.add_argument("--tta", action="store_true", help="average mirrored test-time passes (slower)")
     p.add_argument("--max-frames", type=whole(1), help="stop after this many frames")
+    p.add_argument(
+        "--fps",
+        type=between(1.0, 240.0),
+        help="the overlay video's frames/s (default: the source's own rate: the DICOM frame time or cine rate, the "
+        "video's rate; 30 for a folder of frames)",
+    )
     p.add_argument(
         "--int8",
         action="store_true",
@@ -62,6 +68,7 @@ def run(args: argparse.Namespace) -> int:
         tta=args.tta,
         int8=args.int8,
         data=args.data,
+        fps=args.fps,
     )
     print(
         f"{report.frames} frames in {report.seconds:.1f} s: {report.frames_per_second:.1f} frames/s "

@@ -1,8 +1,10 @@
 """Segmenting a cine loop frame by frame (``medsight stream``): ultrasound is read live, so the model must keep up.
 
 Sources: a DICOM multi-frame object (e.g. Ultrasound Multi-frame Image Storage), a video file (PyAV: MP4, AVI, MOV,
-...), or a folder of frames (any 2D image Pillow reads, in name order). Each frame is segmented on arrival by the
-bundle's warm model (ONNX Runtime by default), and the run writes the overlaid video, one row per frame
+...), or a folder of frames (any 2D image Pillow reads, in name order with numbers as numbers: ``frame_2`` before
+``frame_10``). The overlaid video plays at the source's own rate (the DICOM object's frame time or cine rate, the
+video's rate; 30 frames/s for a folder unless told), so a loop keeps its real speed. Each frame is segmented on
+arrival by the bundle's warm model (ONNX Runtime by default), and the run writes the overlaid video, one row per frame
 (``frames.csv``: time, lesion area per label) and a summary with the measured frames/s (``stream.json``); the
 progress bar shows frames/s live. Frames are never all held in memory: they are read, segmented, drawn and written
 one at a time.
@@ -13,9 +15,11 @@ from __future__ import annotations
 import csv
 import json
 import logging
+import re
 import time
 from collections.abc import Iterator
 from dataclasses import dataclass, field
+from fractions import Fraction
 from pathlib import Path
 from typing import Any
 
@@ -30,6 +34,8 @@ log = logging.getLogger("medsight")
 VIDEO_SUFFIXES = (".mp4", ".avi", ".mov", ".mkv", ".webm", ".m4v", ".mpg", ".mpeg", ".gif")
 #: RT Dose: pixel data that are a dose grid, not a picture of the patient (as the segmentations io.dicom lists).
 RT_DOSE_SOP_CLASS = "1.2.840.10008.5.1.4.1.1.481.2"
+#: The overlay video's rate when the source gives none (a folder of frames).
+DEFAULT_FPS = 30.0
 #: Colours of labels 1, 2, ... in the overlay (RGB).
 PALETTE = ((255, 64, 64), (64, 200, 255), (255, 200, 0), (120, 255, 120), (220, 120, 255))
 
@@ -50,6 +56,7 @@ class StreamReport:
     segment_ms: dict[str, float] = field(default_factory=dict)  # p50 / p95 of the model's time per frame
     engine: str = ""
     size: tuple[int, int] = (0, 0)
+    video_fps: float | None = None  # the overlay video's rate: the source's own, or what the caller asked
     outputs: dict[str, str] = field(default_factory=dict)
 
     def to_json(self) -> dict[str, Any]:
@@ -61,6 +68,7 @@ class StreamReport:
             "segment_ms": {k: round(v, 2) for k, v in self.segment_ms.items()},
             "engine": self.engine,
             "frame_size": list(self.size),
+            "video_frames_per_second": None if self.video_fps is None else round(self.video_fps, 3),
             "outputs": self.outputs,
         }
 
@@ -82,7 +90,7 @@ def _folder_frames(folder: Path) -> Iterator[Frame]:
 
     from medsight.io.images import RASTER_SUFFIXES
 
-    visible = sorted(p for p in folder.iterdir() if p.is_file() and not p.name.startswith("."))
+    visible = sorted((p for p in folder.iterdir() if p.is_file() and not p.name.startswith(".")), key=frame_order)
     files = [p for p in visible if p.suffix.lower() in RASTER_SUFFIXES]
     if not files:
         raise MedsightError("the folder holds no frames", folder)
@@ -98,6 +106,52 @@ def _folder_frames(folder: Path) -> Iterator[Frame]:
         except (UnidentifiedImageError, OSError, Image.DecompressionBombError) as exc:
             raise MedsightError(f"not an image frame ({type(exc).__name__})", path) from None
         yield Frame(k, pixels)
+
+
+def frame_order(path: Path) -> tuple[tuple[int, int | str], ...]:
+    """A sort key that reads the numbers in a frame's name as numbers: exporters often write ``frame_2`` and
+    ``frame_10`` unpadded, and plain name order would play frame 10 before frame 2."""
+    parts = re.split(r"(\d+)", path.name.casefold())
+    return tuple((0, int(part)) if part.isdigit() else (1, part) for part in parts if part)
+
+
+def source_fps(source: Path) -> float | None:
+    """The rate the source's frames were acquired at, in frames/s, when it says: a DICOM cine's Frame Time (or
+    Frame Time Vector, Cine Rate, Recommended Display Frame Rate), a video's average rate; None for a folder."""
+    if source.is_dir():
+        return None
+    if source.suffix.lower() in VIDEO_SUFFIXES:
+        try:
+            import av
+
+            with av.open(str(source)) as container:
+                rate = container.streams.video[0].average_rate if container.streams.video else None
+        except (ImportError, OSError, av.error.FFmpegError):
+            return None  # frames() names the problem when it reads the file
+        return float(rate) if rate else None
+    from medsight.io.dicom import read_header
+
+    found = read_header(source) if source.is_file() else None
+    if found is None:
+        return None
+    header = found[1]
+    interval = _positive(header.get("FrameTime"))
+    vector = header.get("FrameTimeVector")
+    if interval is None and vector is not None:  # ms since the previous frame; the first entry is 0
+        steps = [v for v in (_positive(x) for x in list(vector)[1:]) if v is not None]
+        interval = float(np.mean(steps)) if steps else None
+    if interval is not None:
+        return 1000.0 / interval
+    return _positive(header.get("CineRate")) or _positive(header.get("RecommendedDisplayFrameRate"))
+
+
+def _positive(value: Any) -> float | None:
+    """A DICOM number as a positive float, or None when absent, empty, malformed or not positive."""
+    try:
+        number = float(value)
+    except (TypeError, ValueError):
+        return None
+    return number if np.isfinite(number) and number > 0 else None
 
 
 def _video_frames(path: Path) -> Iterator[Frame]:
@@ -139,12 +193,43 @@ def _dicom_frames(path: Path) -> Iterator[Frame]:
         raise MedsightError(f"a DICOM {not_frames[instance.sop_class_uid]} object, not images to stream", path)
     if "Rows" not in header:
         raise MedsightError("the DICOM object holds no image", path)
-    interval = header.get("FrameTime")  # ms between frames (cine), when given
+    times = _frame_times(header)
+    photometric = str(header.get("PhotometricInterpretation", "")).strip().upper()
     try:
-        for k, pixels in enumerate(iter_pixels(path)):  # one frame decoded at a time, colour converted to RGB
-            yield Frame(k, np.asarray(pixels), None if interval is None else k * float(interval) / 1000.0)
-    except (ValueError, RuntimeError, NotImplementedError) as exc:
+        for k, pixels in enumerate(iter_pixels(path)):  # one frame decoded at a time, YBR converted to RGB
+            yield Frame(k, _as_shown(np.asarray(pixels), header, photometric), times(k))
+    except (ValueError, RuntimeError, NotImplementedError, KeyError, IndexError) as exc:
         raise MedsightError(f"cannot decode the frames ({type(exc).__name__}: {exc})", path) from None
+
+
+def _frame_times(header: Any) -> Any:
+    """Frame k's time in the loop in seconds (a callable), from Frame Time or the Frame Time Vector, or None."""
+    interval = _positive(header.get("FrameTime"))  # ms between frames (cine), when given
+    if interval is not None:
+        return lambda k: k * interval / 1000.0
+    vector = header.get("FrameTimeVector")
+    if vector is not None:  # ms since the previous frame, per frame
+        try:
+            elapsed = np.cumsum([float(v) for v in list(vector)]) / 1000.0
+        except (TypeError, ValueError):
+            return lambda k: None
+        return lambda k: float(elapsed[k]) if k < len(elapsed) else None
+    return lambda k: None
+
+
+def _as_shown(pixels: np.ndarray, header: Any, photometric: str) -> np.ndarray:
+    """A decoded frame as it is displayed: a palette colour frame (common in ultrasound) through its colour table,
+    MONOCHROME1 inverted so that high is bright; the model never sees palette indices."""
+    if photometric == "PALETTE COLOR":
+        from pydicom.pixels import apply_color_lut
+
+        rgb = apply_color_lut(pixels, header).astype(np.float32)
+        bits = int(header.get("RedPaletteColorLookupTableDescriptor", [0, 0, 16])[2] or 16)
+        return (rgb / (257.0 if bits == 16 else 1.0)).round().clip(0, 255).astype(np.uint8)
+    if photometric == "MONOCHROME1":
+        top = pixels.max() if pixels.size else 0
+        return (top - pixels) if np.issubdtype(pixels.dtype, np.floating) else (int(top) - pixels.astype(np.int64))
+    return pixels
 
 
 def as_channels(pixels: np.ndarray, channels: int) -> np.ndarray:
@@ -184,13 +269,28 @@ def _fit(rgb: np.ndarray, size: tuple[int, int]) -> np.ndarray:
     return np.asarray(Image.fromarray(np.ascontiguousarray(rgb)).resize((size[1], size[0]), Image.Resampling.BILINEAR))
 
 
+def _video_rate(source: Path, asked: float | None) -> float:
+    """The overlay video's rate: what the caller asked, else the source's own when it is a rate a video can play
+    (1-240 frames/s; a header saying 0.001 ms per frame is a typo, not a rate), else ``DEFAULT_FPS``."""
+    if asked is not None:
+        return asked
+    own = source_fps(source)
+    if own is None:
+        return DEFAULT_FPS
+    if not 1.0 <= own <= 240.0:
+        log.warning("%s: the source's frame rate (%.3g frames/s) is not one a video can play; the overlay video "
+                    "uses %g frames/s", source.name, own, DEFAULT_FPS)  # fmt: skip
+        return DEFAULT_FPS
+    return own
+
+
 class _VideoWriter:
     """The overlaid frames as an H.264 MP4 (PyAV), written as they come."""
 
     def __init__(self, path: Path, fps: float) -> None:
         import av
 
-        self.path, self.fps = path, fps
+        self.path, self.fps = path, Fraction(fps).limit_denominator(1001)
         self.container: Any = av.open(str(path), mode="w")
         self.stream: Any = None
         self.first: tuple[int, int] | None = None
@@ -201,7 +301,7 @@ class _VideoWriter:
 
         h, w = rgb.shape[:2]
         if self.stream is None:
-            self.stream = self.container.add_stream("libx264", rate=max(1, round(self.fps)))
+            self.stream = self.container.add_stream("libx264", rate=self.fps)
             # yuv420p needs even sizes of 2 or more: the first frame is padded (never cropped) up to them
             self.stream.width, self.stream.height = max(2, w + w % 2), max(2, h + h % 2)
             self.stream.pix_fmt = "yuv420p"
@@ -238,6 +338,7 @@ def stream(
     tta: bool = False,
     int8: bool = False,
     data: Path | None = None,
+    fps: float | None = None,
 ) -> StreamReport:
     """Segment every frame of ``source`` with ``bundle``; write the overlaid video, ``frames.csv`` and
     ``stream.json`` into ``out`` (replaced atomically, so a failed run leaves an older result intact).
@@ -246,6 +347,7 @@ def stream(
     time per frame by the number of passes, and a live loop needs the frame rate).
     ``int8``: run the bundle's int8 variant (``runtime/quantize.py``; made once from the bundle's training images and
     cached, or the bundle itself when it is one); ``data``: where its training data are now, if they moved.
+    ``fps``: the overlay video's rate; by default the source's own (``source_fps``), 30 for a folder of frames.
     """
     import dataclasses
 
@@ -270,7 +372,7 @@ def stream(
     engine = str(getattr(model, "engine", ""))
     if engine.startswith("ONNX") and "quantization" in (model.bundle.meta.get("onnx") or {}):
         engine += " int8"
-    report = StreamReport(source=source.name, engine=engine)
+    report = StreamReport(source=source.name, engine=engine, video_fps=_video_rate(source, fps) if video else None)
     timings: list[float] = []
     with atomic_dir(out, written=("stream.json",)) as tmp:
         writer: _VideoWriter | None = None
@@ -288,7 +390,7 @@ def stream(
                 rows.append({"frame": frame.index, "time_s": frame.time_s, "segment_ms": 1000 * timings[-1], **areas})
                 if video:
                     if writer is None:
-                        writer = _VideoWriter(tmp / "overlay.mp4", fps=30.0)
+                        writer = _VideoWriter(tmp / "overlay.mp4", fps=report.video_fps or DEFAULT_FPS)
                     writer.write(overlay(frame.pixels, mask))
                 report.size = (int(mask.shape[1]), int(mask.shape[0]))
                 bar.update(1)
