@@ -15,7 +15,7 @@ from pydicom.uid import generate_uid
 from pynetdicom import AE
 
 from medsight.errors import DuplicateInstance
-from medsight.serving.config import load_config
+from medsight.serving.config import ConfigError, load_config
 from medsight.serving.database import open_database
 from medsight.serving.dicom_query import StoreFinder
 from medsight.serving.jobs import JobQueue
@@ -243,3 +243,45 @@ match.modality = ["MR"]
         assert job is not None and job.study_uid == single.StudyInstanceUID
     finally:
         service.engine.dispose()
+
+
+# --- a STOW-RS body larger than the service takes -----------------------------------------------------------------
+
+
+@pytest.mark.parametrize("declared", [True, False], ids=["content-length", "chunked"])
+def test_stow_refuses_a_body_over_the_limit_before_reading_it_whole(
+    tmp_path: Path, shared_data: Path, declared: bool
+) -> None:
+    """A STOW-RS body was read whole into memory whatever its size, so one request could exhaust the service's
+    memory. Over ``[service] max_stow_mb`` it is now a 413 (declared length, or counted as a chunked body
+    arrives), audited, and nothing is stored; a body under the limit is stored as before."""
+    from medsight.serving.http_api import create_app
+
+    service = Service(tmp_path / "service")
+    part = _part10(copy_of(_read(shared_data, CT)))
+    service.app = create_app(service.store, service.users, service.audit, max_stow_bytes=len(part) // 2)
+    body, content_type = _multipart([part])
+    content: object = body if declared else iter([body[:1000], body[1000:]])  # an iterator is sent chunked
+    response = TestClient(service.app).post(
+        "/dicomweb/studies", content=content, headers={**service.auth("admin"), "Content-Type": content_type}
+    )
+    assert response.status_code == 413 and "max_stow_mb" in response.json()["detail"]
+    assert files_under(tmp_path / "service" / "instances") == []
+    audit = (tmp_path / "service" / "audit.jsonl").read_text()
+    assert '"413"' in audit
+    service.app = create_app(service.store, service.users, service.audit, max_stow_bytes=len(body) + 1)
+    assert _stow(service, [part])["status"] == 200
+
+
+def test_max_stow_mb_is_read_and_checked(tmp_path: Path, tiny_bundle: Path) -> None:
+    def site(limit: int) -> Path:
+        config = tmp_path / "site.toml"
+        config.write_text(
+            f'[service]\ndata_dir = "{tmp_path / "data"}"\nmax_stow_mb = {limit}\n\n[dicom]\nallow_any = true\n\n'
+            f'[[routes]]\nname = "any"\nbundle = "{tiny_bundle}"\noutputs = ["sr"]\n'
+        )
+        return config
+
+    assert load_config(site(64)).service.max_stow_mb == 64
+    with pytest.raises(ConfigError, match=r"service\.max_stow_mb"):
+        load_config(site(0))

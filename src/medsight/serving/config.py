@@ -102,6 +102,7 @@ class ServiceConfig:
     backoff_s: float = 5.0
     backoff_max_s: float = 300.0
     min_free_mb: int = 500
+    max_stow_mb: int = 2048
     log_format: LogFormat = "text"
 
 
@@ -596,7 +597,7 @@ class _Checker:
     def service(self, raw: Mapping[str, Any] | None) -> ServiceConfig:
         keys = [
             "data_dir", "host", "http_port", "workers", "worker_mode", "quiet_period_s", "rerun_on_late",
-            "job_timeout_s", "max_attempts", "backoff_s", "backoff_max_s", "min_free_mb", "log_format",
+            "job_timeout_s", "max_attempts", "backoff_s", "backoff_max_s", "min_free_mb", "max_stow_mb", "log_format",
         ]  # fmt: skip
         t = _Table(raw or {}, "service", self.problems, keys)
         data_dir = self.path(t.string("data_dir", str(DEFAULT_DATA_DIR)) or str(DEFAULT_DATA_DIR))
@@ -619,6 +620,7 @@ class _Checker:
             backoff_s=backoff,
             backoff_max_s=backoff_max,
             min_free_mb=t.integer("min_free_mb", 500, 0, None, "a size in MB"),
+            max_stow_mb=t.integer("max_stow_mb", 2048, 1, None, "a size in MB"),
             log_format=cast(LogFormat, t.choice("log_format", "text", ["text", "json"])),
         )
 

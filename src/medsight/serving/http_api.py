@@ -58,6 +58,9 @@ from medsight.serving.security import Authorizer, Principal, UserDirectory
 DICOM_JSON = "application/dicom+json"
 PROMETHEUS = "text/plain; version=0.0.4; charset=utf-8"
 DEFAULT_LIMIT = 100
+#: The largest STOW-RS body taken by default (bytes; ``[service] max_stow_mb``): the body is held in memory while
+#: its parts are split and stored, so one request must not be able to take all of it.
+DEFAULT_MAX_STOW_BYTES = 2048 * 1_000_000
 MAX_LIMIT = 1000
 #: Binary values longer than this are left out of ``/metadata`` (PS3.18 lets an origin server omit bulk data).
 BULK_THRESHOLD = 1024
@@ -429,6 +432,7 @@ def create_app(
     health: Callable[[], dict[str, Any]] | None = None,
     workstation_dir: Path | None = None,
     routers: Sequence[Callable[[Authorizer], APIRouter]] = (),
+    max_stow_bytes: int = DEFAULT_MAX_STOW_BYTES,
 ) -> FastAPI:
     """The service's HTTP app over ``store``, admitting requests by ``users`` and recording them in ``audit``.
 
@@ -437,6 +441,7 @@ def create_app(
     whose ``status`` is ``"ok"`` when healthy (anything else answers 503). ``workstation_dir`` is the built
     workstation (default :data:`WORKSTATION_DIST`), served under ``/workstation/``. Each of ``routers`` is called
     with the app's :class:`Authorizer` and its routes are added (the review routes, :mod:`medsight.review.api`).
+    ``max_stow_bytes``: a larger STOW-RS body is refused with 413 before it is read whole.
     """
     app = FastAPI(title="medsight service", description=__doc__)
     app.mount(
@@ -533,7 +538,7 @@ def create_app(
         boundary = media.params.get("boundary")
         if not boundary:
             raise HTTPException(status_code=400, detail="multipart/related without a boundary parameter")
-        body = await request.body()
+        body = await read_capped(request, who, study)
         try:
             parts = split_multipart(body, boundary)
         except ValueError as exc:
@@ -541,6 +546,27 @@ def create_app(
             raise HTTPException(status_code=400, detail=f"malformed multipart body: {exc}") from None
         peer = request.client.host if request.client else "-"
         return await run_in_threadpool(store_parts, request, who, study, parts, peer)
+
+    async def read_capped(request: Request, who: Principal, study: str | None) -> bytes:
+        """The request body, refused with 413 as soon as it is known to exceed ``max_stow_bytes``: from its
+        declared length, or counted as a chunked body arrives."""
+        too_large = HTTPException(
+            status_code=413,
+            detail=f"the STOW-RS body is larger than this service takes ({max_stow_bytes / 1e6:g} MB, "
+            "[service] max_stow_mb); send fewer instances per request",
+        )
+        declared = request.headers.get("content-length", "")
+        if declared.isdigit() and int(declared) > max_stow_bytes:
+            record(who, "stow", {"study": study} if study else {}, "413")
+            raise too_large
+        chunks, size = [], 0
+        async for chunk in request.stream():
+            size += len(chunk)
+            if size > max_stow_bytes:
+                record(who, "stow", {"study": study} if study else {}, "413")
+                raise too_large
+            chunks.append(chunk)
+        return b"".join(chunks)
 
     def store_parts(
         request: Request, who: Principal, study: str | None, parts: list[tuple[dict[str, str], bytes]], peer: str

@@ -198,6 +198,7 @@ class Service:
             metrics=self.metrics.render,
             health=self.health,
             routers=[self.review_backend().router],
+            max_stow_bytes=self.config.service.max_stow_mb * 1_000_000,
         )
         s = self.config.service
         kwargs: dict[str, Any] = {}
