@@ -3,14 +3,15 @@
 Actors rather than bare tasks: the set-up (an ONNX session, a keyed engine) is paid once per worker, and the
 number of workers is what the user asked for, not every CPU of the cluster. A worker that dies (killed, out of
 memory, its node lost) is restarted by Ray and its chunk is run again (``max_task_retries``); the caller's ledger
-makes that harmless, as outputs are only placed, and marked done, by the driver. At most ``2 x workers`` chunks
-are in flight, so the archive is never held in memory or in Ray's object store.
+makes that harmless (deid: outputs are placed by the driver; predict: the re-run chunk finds the inputs its dead
+worker marked and redoes only the others). At most ``2 x workers`` chunks are in flight, so the archive is never
+held in memory or in Ray's object store.
 """
 
 from __future__ import annotations
 
 import os
-from collections.abc import Callable, Iterable, Iterator
+from collections.abc import Callable, Generator, Iterable
 from typing import Any
 
 from medsight.distributed import cluster
@@ -41,7 +42,7 @@ def stream(
     chunks: Iterable[Any],
     workers: int,
     address: str | None = None,
-) -> Iterator[Any]:
+) -> Generator[Any, None, None]:
     """``work(state, chunk)`` for every chunk, on ``workers`` actors, yielded as each chunk finishes.
 
     ``setup``, ``work`` and every chunk must be picklable (module-level functions, plain data). Starts a local
