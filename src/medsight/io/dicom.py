@@ -94,6 +94,8 @@ class Instance:
     transfer_syntax_uid: str
     frames: tuple[Frame, ...]
     slice_spacing_hint: float | None = None
+    #: Frame of Reference UID: positions of two instances compare only within one frame of reference.
+    frame_of_reference_uid: str = field(default="", repr=False)
 
     @property
     def is_image(self) -> bool:
@@ -123,6 +125,9 @@ class Series:
     instances: list[Instance] = field(default_factory=list)
     #: Further files holding an SOP instance already seen (e.g. a compressed and an uncompressed copy).
     duplicates: list[Path] = field(default_factory=list)
+    #: Files whose SOP Instance UID another file of the series holds with another image (another position or size):
+    #: UIDs reused (a faulty de-identification), so no result could say which image it means.
+    clashes: list[Path] = field(default_factory=list)
 
     @property
     def frames(self) -> list[Frame]:
@@ -433,21 +438,32 @@ def _instance(ds: Dataset, path: Path) -> Instance:
     ts = str(meta.get("TransferSyntaxUID", "")) if meta is not None else ""
     rows = int(ds.Rows) if "Rows" in ds else None
     columns = int(ds.Columns) if "Columns" in ds else None
-    number = ds.get("InstanceNumber")
-    hint = ds.get("SpacingBetweenSlices") or ds.get("SliceThickness")
+    number = _number(ds.get("InstanceNumber"))
+    hint = _number(ds.get("SpacingBetweenSlices")) or _number(ds.get("SliceThickness"))
     return Instance(
         path=path,
         sop_class_uid=str(ds.SOPClassUID),
         sop_instance_uid=str(ds.SOPInstanceUID),
-        instance_number=int(number) if number not in (None, "") else None,
+        instance_number=int(number) if number is not None else None,
         rows=rows,
         columns=columns,
         samples_per_pixel=int(ds.get("SamplesPerPixel", 1) or 1),
         photometric=str(ds.get("PhotometricInterpretation", "") or ""),
         transfer_syntax_uid=ts,
         frames=_frames(ds, path) if rows and columns else (),
-        slice_spacing_hint=float(hint) if hint not in (None, "") else None,
+        slice_spacing_hint=hint,
+        frame_of_reference_uid=_text(ds, "FrameOfReferenceUID").strip(),
     )
+
+
+def _number(value: Any) -> float | None:
+    """A header number that only orders or hints (Instance Number, Slice Thickness): ``None`` when it is missing or
+    not a finite number, so that a malformed one does not make its whole file unreadable."""
+    try:
+        number = float(value) if value not in (None, "") else None
+    except (TypeError, ValueError):
+        return None
+    return number if number is not None and np.isfinite(number) else None
 
 
 def _frames(ds: Dataset, path: Path) -> tuple[Frame, ...]:
@@ -512,7 +528,8 @@ def _floats(value: Any, count: int) -> tuple[float, ...] | None:
         values = tuple(float(v) for v in value)
     except (TypeError, ValueError):
         return None
-    return values if len(values) == count else None
+    # NaN or infinity is no position: kept, it sorted anywhere and the error named the wrong problem
+    return values if len(values) == count and all(np.isfinite(values)) else None
 
 
 def _triple(value: Any) -> tuple[float, float, float] | None:
@@ -543,7 +560,7 @@ def _text(ds: Dataset, keyword: str) -> str:
 def _group(found: Iterable[tuple[Instance, Dataset]]) -> list[Study]:
     studies: dict[str, Study] = {}
     series: dict[tuple[str, str], Series] = {}
-    seen: dict[tuple[str, str], set[str]] = {}
+    seen: dict[tuple[str, str], dict[str, Instance]] = {}
     for instance, ds in found:
         study_uid = _text(ds, "StudyInstanceUID")
         series_uid = _text(ds, "SeriesInstanceUID")
@@ -570,16 +587,33 @@ def _group(found: Iterable[tuple[Instance, Dataset]]) -> list[Study]:
                 frame_of_reference_uid=_text(ds, "FrameOfReferenceUID"),
             )
             study.series.append(s)
-        if instance.sop_instance_uid in seen.setdefault(key, set()):
-            s.duplicates.append(instance.path)
+        kept = seen.setdefault(key, {}).get(instance.sop_instance_uid)
+        if kept is not None:
+            (s.duplicates if _same_image(kept, instance) else s.clashes).append(instance.path)
             continue
-        seen[key].add(instance.sop_instance_uid)
+        seen[key][instance.sop_instance_uid] = instance
         s.instances.append(instance)
     for study in studies.values():
         study.series.sort(key=lambda s: (s.series_number is None, s.series_number or 0, s.description))
         for s in study.series:
             s.instances.sort(key=lambda i: (i.instance_number is None, i.instance_number or 0, str(i.path)))
     return list(studies.values())
+
+
+def _same_image(a: Instance, b: Instance) -> bool:
+    """Whether two files of one SOP Instance UID describe the same image (a copy, perhaps in another transfer
+    syntax): same size and frames at the same places."""
+
+    def shape(i: Instance) -> tuple[Any, ...]:
+        return i.rows, i.columns, i.samples_per_pixel, len(i.frames)
+
+    if shape(a) != shape(b):
+        return False
+    for fa, fb in zip(a.frames, b.frames, strict=True):
+        for va, vb in ((fa.position, fb.position), (fa.orientation, fb.orientation)):
+            if (va is None) != (vb is None) or (va is not None and vb is not None and not _close(va, vb)):
+                return False
+    return True
 
 
 def _progress(items: Sequence[Path], desc: str) -> Iterable[Path]:
@@ -605,25 +639,53 @@ class Layout:
 def series_layout(series: Series, *, allow_irregular: bool = False) -> Layout:
     """Sort a series' frames along the slice normal and measure its geometry, from headers alone.
 
-    Raises ``MedsightError`` when the frames do not form one volume: different sizes or orientations (a
-    localizer mixed in), several frames at one position (echoes, phases), or uneven gaps between slices
-    (missing slices) unless ``allow_irregular`` (then the mean gap is used and a note says so).
+    Raises ``MedsightError`` when the frames do not form one volume: different sizes, colour and greyscale, or
+    orientations (a localizer mixed in), two frames of reference, several frames at one position (echoes, phases),
+    a slice off the line of the others, uneven gaps between slices (missing slices) unless ``allow_irregular``
+    (then the mean gap is used and a note says so). Geometry that some frames have and others lack, or a pixel
+    spacing that is not positive, is refused too, naming the file: either would place voxels where they are not.
     """
     where = _series_where(series)
     if not series.is_image:
         kinds = ", ".join(series.sop_class_names)
         raise MedsightError(f"series is not an image stack ({kinds})", where)
+    if series.clashes:
+        raise MedsightError(
+            "holds the SOP Instance UID of another file of its series but another image (UIDs reused, e.g. by a "
+            "de-identification): no result could say which of the two it means",
+            series.clashes[0],
+        )
     sizes = {(i.rows, i.columns, i.samples_per_pixel) for i in series.instances}
     if len(sizes) > 1:
         raise MedsightError(f"series mixes {len(sizes)} image sizes; it is not one volume", where)
+    if len({_is_colour(i) for i in series.instances}) > 1:  # a palette image among greyscale ones
+        raise MedsightError("series mixes colour and greyscale images; it is not one volume", where)
     frames = series.frames
     rows, columns = series.instances[0].rows or 0, series.instances[0].columns or 0
-    if not all(f.position and f.orientation and f.pixel_spacing for f in frames):
+    placed = [bool(f.position and f.orientation and f.pixel_spacing) for f in frames]
+    multi = {i.path for i in series.instances if len(i.frames) > 1}
+    # Without any position (or one image) the series has no geometry; with some, each frame needs all of it.
+    if not all(placed) and (len(frames) == 1 or not any(f.position for f in frames)):
         ordered = sorted(
             frames,
             key=lambda f: (_instance_number(series, f.path), str(f.path), f.index),
         )
         return Layout(frames=tuple(ordered), geometry=None, notes=("no patient geometry in the headers",))
+    if not all(placed):
+        odd = frames[placed.index(False)]
+        raise MedsightError(f"{_lacks(odd, multi)}, in a series with positions: it cannot be placed", odd.path)
+    for f in frames:
+        assert f.pixel_spacing is not None
+        if min(f.pixel_spacing) <= 0:
+            row, column = f.pixel_spacing
+            raise MedsightError(f"{_frame_name(f, multi)}Pixel Spacing {row:g}\\{column:g} is not positive", f.path)
+    references = {i.frame_of_reference_uid for i in series.instances if i.frame_of_reference_uid}
+    if len(references) > 1:
+        raise MedsightError(
+            f"series mixes {len(references)} frames of reference (the patient moved, or series were joined); its "
+            "positions do not compare, it is not one volume",
+            where,
+        )
     first = frames[0]
     assert first.orientation is not None and first.pixel_spacing is not None
     orientations = _distinct([f.orientation for f in frames if f.orientation], geo.same_orientation)
@@ -638,8 +700,17 @@ def series_layout(series: Series, *, allow_irregular: bool = False) -> Layout:
         order, distances = geo.sort_along_normal([f.position for f in frames], first.orientation)  # type: ignore[misc]
         spacing = geo.stack_spacing(distances)
         sorted_frames = tuple(frames[i] for i in order)
+        positions = [f.position for f in sorted_frames]
+        off = geo.off_line(positions, first.pixel_spacing)  # type: ignore[arg-type]
+        if off is not None:
+            odd, distance = sorted_frames[off[0]], off[1]
+            raise MedsightError(
+                f"{_frame_name(odd, multi)}lies {distance:.3g} mm off the line of the other slices' positions (shifted "
+                "in its plane: another field of view, or stacks joined); the series is not one volume",
+                odd.path,
+            )
         geometry = geo.stack_geometry(
-            [f.position for f in sorted_frames],  # type: ignore[misc]
+            positions,  # type: ignore[arg-type]
             first.orientation,
             first.pixel_spacing,
             rows,
@@ -658,6 +729,29 @@ def series_layout(series: Series, *, allow_irregular: bool = False) -> Layout:
     if abs(float(z_dir @ geo.slice_normal(first.orientation)) - 1.0) > 1e-6:
         notes.append("tilted stack (gantry tilt): the affine is sheared")
     return Layout(frames=sorted_frames, geometry=geometry, notes=tuple(notes))
+
+
+def _is_colour(instance: Instance) -> bool:
+    return instance.samples_per_pixel == 3 or instance.photometric == "PALETTE COLOR"
+
+
+def _frame_name(frame: Frame, multi: set[Path]) -> str:
+    """``frame 4 `` for a frame of a multi-frame object (1-based, as DICOM counts), nothing for a single image."""
+    return f"frame {frame.index + 1} " if frame.path in multi else ""
+
+
+def _lacks(frame: Frame, multi: set[Path]) -> str:
+    """What a frame lacks of its patient geometry, in DICOM's names (missing, or not numbers)."""
+    missing = [
+        name
+        for name, value in (
+            ("Image Position (Patient)", frame.position),
+            ("Image Orientation (Patient)", frame.orientation),
+            ("Pixel Spacing", frame.pixel_spacing),
+        )
+        if not value
+    ]
+    return f"{_frame_name(frame, multi)}has no usable {' or '.join(missing)} (missing, or not finite numbers)"
 
 
 def _instance_number(series: Series, path: Path) -> int:
@@ -802,6 +896,11 @@ def _modality(pixels: np.ndarray, ds: Dataset, frame: Frame | None) -> np.ndarra
     if frame is not None and frame.rescale is not None:
         slope, intercept = frame.rescale
         return np.asarray(pixels, dtype=np.float64) * slope + intercept
+    if "RescaleSlope" in ds and "RescaleIntercept" in ds:  # pydicom rescales with both; a non-number fails in numpy
+        for keyword, name in (("RescaleSlope", "Rescale Slope"), ("RescaleIntercept", "Rescale Intercept")):
+            if _number(ds.get(keyword)) is None:
+                where = frame.path if frame is not None else Path(str(getattr(ds, "filename", None) or "dataset"))
+                raise MedsightError(f"{name} is empty or not a number: its stored values cannot be rescaled", where)
     return np.asarray(apply_modality_lut(pixels, _word_sized_modality_lut(ds)), dtype=np.float64)
 
 

@@ -33,6 +33,10 @@ DUPLICATE_TOL_MM = 1e-3
 SPACING_RTOL = 0.01
 #: Stacking direction and slice normal count as parallel above this cosine (about 2.6 degrees).
 PARALLEL_COS = 0.999
+#: A slice whose position lies farther than this fraction of a pixel (at least ``OFF_LINE_MIN_MM``) from the line
+#: through the stack's first and last positions is not on the stack: its voxels would be placed off by as much.
+OFF_LINE_PIXELS = 0.1
+OFF_LINE_MIN_MM = 0.01
 
 
 @dataclass(frozen=True)
@@ -187,6 +191,28 @@ def stack_spacing(sorted_distances: np.ndarray, rtol: float = SPACING_RTOL) -> S
     return StackSpacing(spacing=mean, regular=regular, gaps=tuple(float(g) for g in gaps))
 
 
+def off_line(sorted_positions: Points, pixel_spacing: Sequence[float]) -> tuple[int, float] | None:
+    """``(index, distance in mm)`` of the slice farthest from the line through the first and last positions, when it
+    lies beyond :data:`OFF_LINE_PIXELS` of a pixel from it; ``None`` when every slice is on the line.
+
+    Why: the affine places slice ``k`` at ``first + k * step``. A slice shifted in its own plane (another field of
+    view, a table move, two stacks joined) would be drawn where it is not, and a mask on it would land off its
+    anatomy; sorting and gap checks look only along the normal and cannot see it."""
+    pts = np.asarray(sorted_positions, dtype=float).reshape(-1, 3)
+    if pts.shape[0] < 3:
+        return None
+    axis = pts[-1] - pts[0]
+    length = float(np.linalg.norm(axis))
+    if length < DUPLICATE_TOL_MM:
+        return None
+    axis /= length
+    offsets = pts - pts[0]
+    distance = np.linalg.norm(offsets - np.outer(offsets @ axis, axis), axis=1)
+    worst = int(np.argmax(distance))
+    tolerance = max(OFF_LINE_MIN_MM, OFF_LINE_PIXELS * float(min(abs(float(v)) for v in pixel_spacing)))
+    return (worst, float(distance[worst])) if distance[worst] > tolerance else None
+
+
 def stack_geometry(
     sorted_positions: Points,
     image_orientation: Sequence[float],
@@ -215,8 +241,9 @@ def stack_geometry(
         if float(stack_dir @ normal) < PARALLEL_COS:
             # Tilted stack (e.g. CT gantry tilt): keep the true stacking direction, the affine is sheared.
             z_axis = stack_dir
-    else:
-        dz = float(fallback_slice_spacing) if fallback_slice_spacing else 1.0
+    else:  # a negative Spacing Between Slices (older MR, NM) gives the distance all the same; the normal the side
+        hint = abs(float(fallback_slice_spacing)) if fallback_slice_spacing else 0.0
+        dz = hint if np.isfinite(hint) and hint > 0 else 1.0
     direction = np.column_stack([row, col, z_axis])
     return Geometry(
         shape=(n, int(rows), int(columns)),

@@ -144,7 +144,8 @@ def require_references(datasets: Sequence[Dataset]) -> None:
     for i, ds in enumerate(datasets):
         missing = [k for k in REFERENCE_ATTRIBUTES if not str(ds.get(k, "") or "").strip()]
         if missing:
-            name = ds.filename if isinstance(ds.filename, str) and ds.filename else f"source image {i + 1}"
+            filename = getattr(ds, "filename", None)  # a dataset built in memory (highdicom) has none
+            name = filename if isinstance(filename, str) and filename else f"source image {i + 1}"
             raise MedsightError(
                 f"not valid DICOM: {', '.join(missing)} (Type 1) missing or empty, so no result can reference it",
                 name,
@@ -286,12 +287,18 @@ def volume_order(source_datasets: Sequence[Dataset]) -> list[tuple[int, int]]:
 
     if not source_datasets:
         raise MedsightError("no source datasets given")
+    # Each source under its file name, so that a refusal names the file (as read_series does); "#i" without one.
+    names = [getattr(ds, "filename", None) or "" for ds in source_datasets]
+    names = [n if isinstance(n, str) else "" for n in names]
+    unique = all(names) and len(set(names)) == len(names)
+    paths = [Path(n) if unique else Path(f"#{i}") for i, n in enumerate(names)]
+    index = {path: i for i, path in enumerate(paths)}
     instances: list[Instance] = []
-    for i, ds in enumerate(source_datasets):
+    for path, ds in zip(paths, source_datasets, strict=True):
         try:
-            instances.append(_instance(ds, Path(f"#{i}")))
+            instances.append(_instance(ds, path))
         except (ValueError, TypeError, AttributeError) as exc:
-            raise MedsightError(f"source dataset {i} has an unreadable header ({exc})") from exc
+            raise MedsightError(f"source dataset {index[path]} has an unreadable header ({exc})") from exc
     first = source_datasets[0]
     series = Series(
         series_instance_uid=str(first.get("SeriesInstanceUID", "")),
@@ -304,7 +311,7 @@ def volume_order(source_datasets: Sequence[Dataset]) -> list[tuple[int, int]]:
     layout = series_layout(series)
     if layout.geometry is None:
         raise MedsightError("source images have no patient geometry; a SEG needs it")
-    return [(int(str(f.path)[1:]), f.index) for f in layout.frames]
+    return [(index[f.path], f.index) for f in layout.frames]
 
 
 # --------------------------------------------------------------------------------------------------------

@@ -249,9 +249,13 @@ class SegmentationModel:
             slices: list[Mirrors] = []
             for k in range(image.shape[-1]):
                 mirrors = Mirrors() if self.uncertainty else None
-                out[..., k], probs = self.case(Loaded("input", image[..., k], None, spacing[:2], np.eye(4)), mirrors)
+                # A volume is (C, x, y, z): x runs along a row. A 2D model learnt images as rows x columns (rasters, and
+                # a DICOM image read alone), so each slice is shown to it that way, not transposed, and put back.
+                plane = np.ascontiguousarray(np.swapaxes(image[..., k], 1, 2))
+                mask, probs = self.case(Loaded("input", plane, None, (spacing[1], spacing[0]), np.eye(4)), mirrors)
+                out[..., k] = mask.T
                 peaks = np.maximum(peaks, _peaks(probs))
-                confidence[..., k] = _assigned(probs, out[..., k])
+                confidence[..., k] = _assigned(probs, mask).T
                 slices += [mirrors] if mirrors is not None else []
             spread = disagreement(Mirrors.stack(slices), n_classes) if slices else None
             return out, spread, peaks, confidence
@@ -271,7 +275,12 @@ class SegmentationModel:
                 )
         results = []
         for k, r in enumerate(tqdm(read, desc="segment", unit="input", disable=len(read) < 2)):
-            mask, spread, peaks, confidence = self._segment(r.image, r.spacing)
+            try:
+                mask, spread, peaks, confidence = self._segment(r.image, r.spacing)
+            except MedsightError as exc:  # e.g. a 2D image given to a 3D model: say which input
+                if exc.path:
+                    raise
+                raise MedsightError(exc.problem, r.path) from exc
             raster = r.kind in ("raster", "dicom2d")  # in pixels
             unit = "mm³" if len(r.spacing) == 3 else ("pixels" if raster else "mm²")
             size = 1.0 if raster else float(np.prod(r.spacing))
