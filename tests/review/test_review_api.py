@@ -294,6 +294,7 @@ def test_verdicts_write_store_audit_and_queue_the_readers_objects(site: Site) ->
     assert len(agreement["weeks"]) == 1 and agreement["weeks"][0]["counts"]["edit"] == 2
     page = site.client.get("/review/agreement/cr", headers=site.auth("viewer"))
     assert page.status_code == 200 and page.text.count("data:image/png;base64,") == 2
+    assert page.headers["content-security-policy"].startswith("sandbox")
     assert site.client.get("/api/models/nope/agreement", headers=site.auth("viewer")).status_code == 404
     assert site.client.get("/review/agreement/cr").status_code == 401
 
@@ -304,4 +305,7 @@ def test_model_card(site: Site, bundle: Path) -> None:
     meta = json.loads((bundle / "bundle.json").read_text())
     assert "Model card: cr" in card.text and meta["data"]["source"] in card.text
     assert f"{meta['metrics']['val']['auc']:.3f}" in card.text
+    # a report served from the service's origin runs no script, whatever a copied card.html or a class name holds
+    policy = card.headers["content-security-policy"]
+    assert policy.startswith("sandbox") and "default-src 'none'" in policy and "script-src" not in policy
     assert site.client.get("/api/models/other/card", headers=site.auth("viewer")).status_code == 404

@@ -344,6 +344,13 @@ def test_a_radiologist_reviews_studies_and_the_verdicts_reach_the_pacs(browser: 
     agreement.wait_for_load_state()
     assert agreement.title().startswith("Agreement: ") and "Readers and" in agreement.inner_text("h1")
     assert "agree" in agreement.inner_text("body").lower()
+    # the page has the workstation's origin (a blob: URL) and no script in it may run: one written into a report
+    # (a class name such as <img onerror=...>) would act with the reader's session
+    ran = agreement.evaluate(
+        "() => { const s = document.createElement('script'); s.textContent = 'window.__ran = 1';"
+        " document.head.appendChild(s); return window.__ran === 1; }"
+    )
+    assert ran is False
     agreement.close()
 
     # the reader's objects of the edit reached the PACS too, and the SR is a reader's SR on this study

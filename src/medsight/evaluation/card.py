@@ -9,6 +9,8 @@ from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
 
+from markupsafe import Markup, escape
+
 from medsight.io.atomic import write_json, write_text
 
 CSS = """
@@ -140,7 +142,7 @@ def subgroup_section(sub: dict[str, Any]) -> Section:
         for g, v in rep["groups"].items():
             rows.append([attr, g, v["n"], *[fmt(v.get(k)) for k in names]])
         for metric, gap in rep["gaps"].items():
-            flag = "<span class='flag'>yes</span>" if gap["flagged"] else "no"
+            flag = Markup("<span class='flag'>yes</span>") if gap["flagged"] else "no"
             gaps.append(
                 [
                     attr,
@@ -170,10 +172,11 @@ def _p(p: float | None) -> str:
 
 
 def html_table(rows: list[list[Any]]) -> str:
-    """A table from rows (the first is the header); cells that start with '<' are trusted HTML."""
+    """A table from rows (the first is the header). Every cell is escaped unless the code marked it as HTML
+    (``markupsafe.Markup``): cells hold class names, subgroup values and file names from the data, and a value
+    such as ``<script>...`` must show as text, not run in the card a reader opens."""
     head, *body = rows
-    out = "<table><tr>" + "".join(f"<th>{html.escape(str(h))}</th>" for h in head) + "</tr>"
+    out = "<table><tr>" + "".join(f"<th>{escape(h)}</th>" for h in head) + "</tr>"
     for row in body:
-        out += "<tr>" + "".join(f"<td>{c if str(c).startswith('<') else html.escape(str(c))}</td>" for c in row)
-        out += "</tr>"
+        out += "<tr>" + "".join(f"<td>{escape(c)}</td>" for c in row) + "</tr>"
     return out + "</table>"

@@ -37,6 +37,13 @@ log = logging.getLogger("medsight.serve")
 LOGIN_TOKEN_S = 8 * 3600.0
 #: Studies the worklist looks at before filtering (newest received first).
 WORKLIST_SCAN = 2000
+#: The model card and agreement pages are reports (inline CSS, figures as data: URIs) served from the service's
+#: origin; a bundle's own card.html is a file a site copied in. The sandbox runs no script and gives the page no
+#: access to the origin (the reader's token, the API), whatever a class name or a copied card holds.
+REPORT_PAGE_HEADERS = {
+    "Content-Security-Policy": "sandbox; default-src 'none'; img-src data:; style-src 'unsafe-inline'",
+    "X-Content-Type-Options": "nosniff",
+}
 
 
 class LoginIn(BaseModel):
@@ -271,7 +278,7 @@ def _routes(b: ReviewBackend, auth: Authorizer) -> APIRouter:
         except MedsightError as exc:
             raise HTTPException(status_code=404, detail=f"no model card for {name!r}: {exc.problem}") from None
         record(who.user, "review.card", {"model": name})
-        return HTMLResponse(page)
+        return HTMLResponse(page, headers=REPORT_PAGE_HEADERS)
 
     def agreement_of(name: str) -> Any:
         from medsight.review.agreement import agreement
@@ -293,7 +300,7 @@ def _routes(b: ReviewBackend, auth: Authorizer) -> APIRouter:
 
         found = await run_in_threadpool(agreement_of, name)
         record(who.user, "review.agreement", {"model": name, "page": True})
-        return HTMLResponse(await run_in_threadpool(render_page, found))
+        return HTMLResponse(await run_in_threadpool(render_page, found), headers=REPORT_PAGE_HEADERS)
 
     return router
 

@@ -13,6 +13,7 @@ import {
   type Finding, type Review, type SeriesInfo,
 } from './api';
 import { OverlayLayer, maskPng, unpackFrame, type Mapper, type MaskSet, type Vec2 } from './overlays';
+import { openReport } from './report';
 import { esc } from './worklist';
 
 type Json = Record<string, any>;
@@ -354,13 +355,11 @@ export async function showViewer(app: HTMLElement, studyUid: string): Promise<()
     el.addEventListener('click', () => void openFinding(f, el), true);
     el.querySelector('.model-card')?.addEventListener('click', async (e) => {
       e.preventDefault();
-      const html = await modelCard(f.model_card_url!);
-      window.open(URL.createObjectURL(new Blob([html], { type: 'text/html' })), '_blank');
+      openReport(await modelCard(f.model_card_url!));
     });
     el.querySelector('.agreement')?.addEventListener('click', async (e) => {
       e.preventDefault();
-      const html = await agreementPage(f.model);
-      window.open(URL.createObjectURL(new Blob([html], { type: 'text/html' })), '_blank');
+      openReport(await agreementPage(f.model));
     });
     const box = el.querySelector('.show-overlay') as HTMLInputElement | null;
     box?.addEventListener('change', async () => {
