@@ -34,7 +34,7 @@ def make_png_manifest(root: Path, n_patients: int = 30, per_patient: int = 2, se
                     "label": label,
                     "patient_id": f"P{p:03d}",
                     "sex": "F" if p % 4 < 2 else "M",
-                    "age": 20 + 2 * p,
+                    "age": 20 + (7 * p) % 70,  # several age bands in every split
                 }
             )
     pd.DataFrame(rows).to_csv(root / "manifest.csv", index=False)
@@ -56,8 +56,11 @@ def test_png_manifest_splits_by_patient_and_keeps_attributes(tmp_path: Path) -> 
 
 def test_dicom_and_nifti_inputs(shared_data: Path, tmp_path: Path) -> None:
     samples = shared_data / "dicom_samples" / "pydicom_test_files"
-    rows = [{"path": str(samples / "CT_small.dcm"), "label": "ct", "split": s} for s in ("train", "val", "test")]
-    rows += [{"path": str(samples / "MR_small.dcm"), "label": "mr", "split": s} for s in ("train", "val", "test")]
+    rows = []
+    for name, label in (("CT_small.dcm", "ct"), ("MR_small.dcm", "mr")):
+        for s in ("train", "val", "test"):  # a copy per split: one file on two rows is refused
+            (tmp_path / f"{s}_{name}").write_bytes((samples / name).read_bytes())
+            rows.append({"path": f"{s}_{name}", "label": label, "split": s})
     pd.DataFrame(rows).to_csv(tmp_path / "manifest.csv", index=False)
     data = load_manifest(tmp_path / "manifest.csv")
     assert data.split_method == "manifest" and data.label_names == ["ct", "mr"]

@@ -12,6 +12,8 @@ false flag (per attribute and metric) at 5%.
 
 from __future__ import annotations
 
+import logging
+import re
 from collections.abc import Callable
 from functools import partial
 from itertools import combinations
@@ -25,6 +27,8 @@ from sklearn.metrics import roc_auc_score
 from statsmodels.stats.multitest import multipletests
 
 from medsight.errors import MedsightError
+
+log = logging.getLogger("medsight")
 
 MIN_GROUP = 10
 ALPHA = 0.05
@@ -76,14 +80,77 @@ def classification_metrics(
 
 
 def group_column(values: pd.Series) -> pd.Series:
-    """Numeric attributes with many values (age) become bands; others are used as they are."""
-    if pd.api.types.is_numeric_dtype(values) and values.nunique() > 8:
-        if values.name and "age" in str(values.name).lower():
-            bins = [-np.inf, 18, 40, 60, 80, np.inf]
-            labels = ["<18", "18-39", "40-59", "60-79", "80+"]
-            return pd.cut(values, bins=bins, labels=labels, right=False).astype(str)
-        return pd.qcut(values, q=4, duplicates="drop").astype(str)
-    return values.astype(str).where(values.notna(), "missing")
+    """Each case's group: ages become bands, other numeric attributes with many values quartiles, text values are
+    compared without the spaces around them and without case (``F``, ``f`` and ``F `` are one group, under the
+    spelling most cases use); a blank, ``NA`` or ``unknown`` value is the group ``missing``."""
+    values = _as_numbers(_blank_as_missing(values))
+    if pd.api.types.is_numeric_dtype(values):
+        if _is_age(values.name):
+            return _labelled(pd.cut(values, bins=AGE_BINS, labels=AGE_BANDS, right=False))
+        if values.nunique() > 8:
+            return _labelled(pd.qcut(values, q=4, duplicates="drop"))
+        return _labelled(values.map(lambda v: f"{v:g}" if pd.notna(v) else v))
+    return _labelled(_one_spelling(values))
+
+
+AGE_BINS = [-np.inf, 18, 40, 60, 80, np.inf]
+AGE_BANDS = ["<18", "18-39", "40-59", "60-79", "80+"]
+#: What a table writes for "not recorded" (compared stripped and case-insensitively): the group ``missing``.
+MISSING_TOKENS = frozenset({"", "na", "n/a", "nan", "null", "none", "missing", "unknown", "not recorded", "?", "-"})
+#: A DICOM Age String (``045Y``, ``006M``, ``003W``, ``010D``) in years.
+_DICOM_AGE = {"Y": 1.0, "M": 1 / 12, "W": 7 / 365.25, "D": 1 / 365.25}
+
+
+def _is_age(name: object) -> bool:
+    """Whether a column holds ages: ``age``, ``Age (years)``, ``patient_age``; not ``stage`` or ``image_count``."""
+    return "age" in re.split(r"[^a-z]+", str(name or "").lower())
+
+
+def _blank_as_missing(values: pd.Series) -> pd.Series:
+    """Text cells stripped, and those that say "not recorded" (blank, NA, unknown...) missing."""
+    if pd.api.types.is_numeric_dtype(values):
+        return values
+    text = values.map(lambda v: v.strip() if isinstance(v, str) else v)
+    said_missing = text.map(lambda v: isinstance(v, str) and v.lower() in MISSING_TOKENS)
+    return text.where(~said_missing.astype(bool))
+
+
+def _as_numbers(values: pd.Series) -> pd.Series:
+    """A text column whose every recorded value is a number (an age column with ``unknown`` in it, read as text) as
+    numbers, so that it is banded, not split into a group per value; ages may be DICOM Age Strings (``045Y``)."""
+    if pd.api.types.is_numeric_dtype(values) or values.notna().sum() == 0:
+        return values
+    numbers = pd.to_numeric(values, errors="coerce")
+    if _is_age(values.name):
+        numbers = numbers.fillna(values.map(_dicom_age))
+    return numbers if numbers.notna().sum() == values.notna().sum() else values
+
+
+def _dicom_age(value: object) -> float:
+    match = re.fullmatch(r"(\d{1,3})\s*([YMWD])", str(value).strip().upper())
+    return float(match.group(1)) * _DICOM_AGE[match.group(2)] if match else float("nan")
+
+
+def _one_spelling(values: pd.Series) -> pd.Series:
+    """Values that differ only in case as one group, named by the spelling most cases use."""
+    present = values.dropna()
+    counts = present.value_counts()
+    usual: dict[str, str] = {}
+    for spelling in counts.index:  # most cases first
+        usual.setdefault(str(spelling).casefold(), str(spelling))
+    return values.map(lambda v: usual[str(v).casefold()] if pd.notna(v) else v)
+
+
+def _labelled(groups: pd.Series) -> pd.Series:
+    """Group names as text, with the cases of no recorded value in the group ``missing``."""
+    return groups.astype(object).where(groups.notna(), "missing").astype(str)
+
+
+def identifying(groups: pd.Series) -> bool:
+    """Whether a column's groups pick out single cases (names, dates, file names): most groups of one case, so a
+    report of them would name patients, and there is no subgroup to compare."""
+    counts = groups.value_counts()
+    return len(counts) > 10 and int((counts == 1).sum()) > len(counts) // 2
 
 
 def audit(
@@ -132,6 +199,9 @@ def audit_metrics(
     for column in attributes.columns:
         groups = group_column(attributes[column].reset_index(drop=True))
         if groups.nunique() < 2:
+            continue
+        if identifying(groups):  # the column is named only: its values may be patients' names or birth dates
+            log.warning("subgroup audit: column %r has a value per case, not groups: left out", str(column))
             continue
         frame = MetricFrame(
             metrics={m: (lambda yt, yp, f=f: f(np.asarray(yt))) for m, f in metrics.items()},

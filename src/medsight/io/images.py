@@ -114,6 +114,8 @@ def _read_raster(path: Path) -> np.ndarray:
 
     try:
         with Image.open(path) as img:
+            if _is_16bit_colour_tiff(img):
+                return _read_16bit_colour_tiff(path)
             img.load()
             if img.mode in ("I;16", "I;16B", "I", "F"):
                 arr = np.asarray(img, dtype=np.float32)[None]
@@ -124,6 +126,31 @@ def _read_raster(path: Path) -> np.ndarray:
     except (UnidentifiedImageError, OSError, SyntaxError) as exc:
         raise MedsightError(f"not a readable image ({exc})", path) from exc
     return np.ascontiguousarray(arr)
+
+
+def _is_16bit_colour_tiff(img: object) -> bool:
+    """A TIFF of 16-bit colour samples, which Pillow opens as 8-bit RGB by keeping the high byte of each sample (an
+    image of values under 256 then reads as black)."""
+    from PIL import TiffImagePlugin
+
+    if not isinstance(img, TiffImagePlugin.TiffImageFile):
+        return False
+    bits = img.tag_v2.get(258)  # BitsPerSample
+    return isinstance(bits, tuple) and len(bits) >= 3 and max(bits) > 8
+
+
+def _read_16bit_colour_tiff(path: Path) -> np.ndarray:
+    """Every bit of a 16-bit colour TIFF, read with tifffile (scikit-image's and MONAI's TIFF reader)."""
+    try:
+        import tifffile
+    except ImportError as exc:
+        raise MedsightError(
+            "a TIFF of 16-bit colour samples, which Pillow reads as 8-bit: install tifffile to read it whole", path
+        ) from exc
+    arr = np.asarray(tifffile.imread(path), dtype=np.float32)
+    if arr.ndim != 3 or arr.shape[-1] not in (3, 4):
+        raise MedsightError(f"a 16-bit colour TIFF of shape {arr.shape}: expected rows, columns, RGB(A)", path)
+    return np.ascontiguousarray(np.moveaxis(arr[..., :3], -1, 0))
 
 
 def _palette_is_grey(img: object) -> bool:
@@ -162,9 +189,13 @@ def _read_numpy(path: Path) -> np.ndarray:
                 data = npz[keys[0]]
     except (zipfile.BadZipFile, ValueError, OSError, EOFError) as exc:
         raise MedsightError(f"not a readable numpy file (truncated or corrupt: {exc})", path) from exc
+    if not (np.issubdtype(data.dtype, np.number) or data.dtype == bool) or np.iscomplexobj(data):
+        raise MedsightError(f"an array of {data.dtype} values, not image intensities", path)
     data = np.asarray(data, dtype=np.float32)
     if data.ndim == 2:
         return data[None]
+    if data.ndim == 3 and data.shape[-1] == 1 and data.shape[0] > 4:  # rows, columns, one channel (Keras layout)
+        return np.ascontiguousarray(data[..., 0][None])
     if data.ndim == 3 and data.shape[-1] in (3, 4) and data.shape[0] > 4:
         return np.ascontiguousarray(np.moveaxis(data[..., :3], -1, 0))
     if data.ndim in (3, 4):
@@ -193,7 +224,19 @@ def _read_dicom_file(path: Path) -> np.ndarray:
 def _read_dicom_series(path: Path) -> np.ndarray:
     from medsight.io.dicom import read_series
 
-    return volume_image(read_series(path))
+    try:
+        return volume_image(read_series(path))
+    except MedsightError as exc:  # a folder of PNGs is no series: say what it holds instead
+        files = [p for p in path.iterdir() if p.is_file()] if path.is_dir() else []
+        rasters = [p for p in files if p.suffix.lower() in RASTER_SUFFIXES]
+        if not rasters or any(is_dicom_file(p) for p in files if p not in rasters):
+            raise
+        kinds = ", ".join(sorted({p.suffix.lower() for p in rasters}))
+        raise MedsightError(
+            f"{exc.problem}; a folder is read as one DICOM series, and this one holds {len(rasters)} {kinds} "
+            "file(s): name the image files themselves",
+            path,
+        ) from exc
 
 
 def volume_image(volume: Volume) -> np.ndarray:
