@@ -47,6 +47,14 @@ def case_features(sample: Sample, label_names: Sequence[str]) -> dict[str, float
     image = np.asarray(sample.image, dtype=np.float32)
     if image.ndim < 3:
         raise MedsightError(f"expected an image (C, *spatial), got shape {image.shape}")
+    if image.size == 0:
+        raise MedsightError(f"an empty image (shape {image.shape}): nothing to fingerprint")
+    bad = int(np.count_nonzero(~np.isfinite(image)))
+    if bad:  # NaN statistics compare as "not shifted" in every test: refuse rather than report no shift
+        raise MedsightError(
+            f"the image holds {bad} non-finite (NaN or infinite) pixel value(s) of {image.size}: its statistics "
+            "would be NaN and no shift could be detected"
+        )
     grey = image.mean(axis=0)
     out: dict[str, float] = {}
     for axis, (n, s) in enumerate(zip(grey.shape, sample.spacing, strict=False)):
@@ -145,4 +153,22 @@ def check(fp: Any, where: str = "fingerprint") -> dict[str, Any]:
     for key in ("n_cases", "cases", "intensity_quantiles", "standardised_quantiles", "modality"):
         if key not in fp:
             raise MedsightError(f"{where}: missing {key!r}")
+    n = fp["n_cases"]
+    if not isinstance(n, int) or isinstance(n, bool) or n < 1:
+        raise MedsightError(f"{where}: n_cases is {n!r}; a fingerprint of no case compares with nothing")
+    if not isinstance(fp["cases"], dict):
+        raise MedsightError(f"{where}: 'cases' is not an object of per-case features")
+    for name, values in fp["cases"].items():
+        if not _finite_numbers(values) or len(values) != n:
+            raise MedsightError(f"{where}: cases.{name} is not a list of {n} finite numbers (one per case)")
+    for key in ("intensity_quantiles", "standardised_quantiles"):
+        if not _finite_numbers(fp[key]) or len(fp[key]) != N_QUANTILES:
+            raise MedsightError(f"{where}: {key} is not a list of {N_QUANTILES} finite numbers")
     return fp
+
+
+def _finite_numbers(values: Any) -> bool:
+    """Whether ``values`` is a list of finite numbers (what every statistic of a fingerprint must be)."""
+    return isinstance(values, list) and all(
+        isinstance(v, int | float) and not isinstance(v, bool) and np.isfinite(v) for v in values
+    )

@@ -14,7 +14,7 @@ The statistics and why these thresholds:
 * **Pooled intensity distribution** (raw, and after a per-image z-score): with millions of voxels every difference
   is "significant", so the effect size decides: the population stability index over the training deciles, flagged
   above 0.25, the usual rule (Siddiqi 2006: < 0.1 no shift, 0.1-0.25 moderate, > 0.25 major).
-* **Modality and channels**: flagged when both are known and differ.
+* **Modality, channels and spatial dimensions**: flagged when both are known and differ.
 
 Temperature scaling (Guo et al. 2017, ``calibration.TemperatureScaler``) is fitted on ``n`` labelled cases of the new
 site; the ECE is reported before and after on the remaining cases, never on the cases it was fitted on. Segmentation
@@ -35,6 +35,7 @@ from pathlib import Path
 from typing import Any
 
 import numpy as np
+from markupsafe import Markup
 from scipy import stats
 
 from medsight.errors import MedsightError
@@ -125,6 +126,11 @@ def compare(
             "channels", "match", float(rc != cc), 0.5, bool(rc and cc and rc != cc), reference=str(rc), current=str(cc)
         )
     )
+    rd, cd = reference.get("spatial_dims", []), current.get("spatial_dims", [])
+    if rd and cd:  # a 3D series for a 2D model (or the reverse) may share every size and intensity compared
+        out.append(
+            FeatureShift("spatial dims", "match", float(rd != cd), 0.5, rd != cd, reference=str(rd), current=str(cd))
+        )
     names = [k for k in reference["cases"] if k in current["cases"]]
     m = max(len(names), 1)
     for name in names:
@@ -388,7 +394,7 @@ def render_html(report: dict[str, Any]) -> str:
         ["feature", "statistic", "value", "threshold", "p", "Wasserstein (sd)", "training", "new site", "flag"]
     ]
     for f in report["features"]:
-        flag = "<span class='flag'>shifted</span>" if f["flagged"] else "no"
+        flag = Markup("<span class='flag'>shifted</span>") if f["flagged"] else "no"
         rows.append(
             [
                 f["feature"],

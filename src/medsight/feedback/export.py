@@ -88,7 +88,7 @@ def export(config_path: Path | None, model: str, out: Path, actor: str = "medsig
             raise MedsightError(f"no verdicts on model {model!r} yet: nothing to export")
         folder = feedback_folder(data_dir, model)
         key = feedback_key(folder)
-        split = FrozenSplit.open(folder / "split.json")
+        split = FrozenSplit.open(folder / "split.json", key)
         label_names = list(route.label_names)
         left_out: Counter[str] = Counter()
         by_finding: dict[tuple[str, str], list[Any]] = {}

@@ -24,6 +24,7 @@ from medsight.serving.database import migrate, write_transaction
 
 if TYPE_CHECKING:
     from medsight.serving.config import Route
+    from medsight.training.bundle import Bundle
 
 _meta = MetaData()
 promotions_table = Table(
@@ -119,8 +120,9 @@ def current_bundle(engine: Engine, route: Route) -> Path:
 
 
 def check_compatible(route: Route, bundle: Path) -> str:
-    """The bundle's checksum, when it can take the route's place: same task, dimensions, channels and labels as the
-    configured bundle (routing and outputs were checked for those); else an error naming the mismatch."""
+    """The bundle's checksum, when it can take the route's place: same task, task type, dimensions, channels, labels,
+    positive class and modality as the configured bundle (routing and outputs were checked for those); else an error
+    naming the mismatch."""
     from medsight.serving.provenance import bundle_checksum
     from medsight.training.bundle import load_bundle
 
@@ -138,6 +140,7 @@ def check_compatible(route: Route, bundle: Path) -> str:
         "labels": b.label_names,
     }
     diffs = [f"{k} {has[k]!r} (route {route.name}: {wanted[k]!r})" for k in wanted if has[k] != wanted[k]]
+    diffs += _differs_from_configured(route, b)
     if diffs:
         raise MedsightError("cannot serve route " + route.name + ": " + "; ".join(diffs), bundle)
     from medsight import runtime
@@ -147,6 +150,44 @@ def check_compatible(route: Route, bundle: Path) -> str:
     runtime.load(b)
     b.network()
     return bundle_checksum(bundle)
+
+
+def _positive(b: Bundle) -> str | None:
+    """The finding a binary bundle reports as positive (its ``positive_class``, else the label its operating point's
+    threshold applies to); None for other bundles."""
+    if b.meta.get("task_type") != "binary":
+        return None
+    if b.meta.get("positive_class"):
+        return str(b.meta["positive_class"])
+    k = int((b.meta.get("operating_point") or {}).get("positive_index", 1))
+    return b.label_names[k] if 0 <= k < len(b.label_names) else None
+
+
+def _differs_from_configured(route: Route, b: Bundle) -> list[str]:
+    """What the route's configuration holds only through its configured bundle: the kind of output (binary,
+    multi-class, multi-label...), which label is the positive finding (the worklist, the SR and the verdicts say
+    "positive" by it) and the modality the route's studies come in."""
+    from medsight.io.modality import trained_on
+    from medsight.training.bundle import load_bundle
+
+    configured = load_bundle(route.bundle)
+    diffs = []
+    if route.task_type and str(b.meta.get("task_type", "")) != route.task_type:
+        diffs.append(f"task_type {b.meta.get('task_type')!r} (route {route.name}: {route.task_type!r})")
+    if _positive(b) != _positive(configured):
+        diffs.append(f"positive class {_positive(b)!r} (route {route.name}: {_positive(configured)!r})")
+    mine, theirs = (trained_on(x.meta) for x in (b, configured))
+    if None not in (_codes(mine), _codes(theirs)) and _codes(mine) != _codes(theirs):
+        diffs.append(f"modality {mine!r} (route {route.name}: {theirs!r})")
+    return diffs
+
+
+def _codes(modality: str) -> frozenset[str] | None:
+    """The DICOM Modality codes a training modality (a word such as "xray", or a code such as "CR") stands for;
+    None when that cannot be told (unknown, a user's own word): such a bundle is not refused for its modality."""
+    from medsight.io.modality import WORDS, accepted
+
+    return accepted(modality) or accepted(WORDS.get(modality.strip().upper(), ""))
 
 
 def _insert(engine: Engine, route: str, action: str, bundle: str | None, checksum: str | None, actor: str) -> Event:

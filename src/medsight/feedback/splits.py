@@ -58,21 +58,43 @@ class FrozenSplit:
     val_share: float = VAL_SHARE
     assignments: dict[str, str] = field(default_factory=dict)
     added: int = 0
+    #: The fingerprint of the feedback key the units' pseudonyms were made with (None: not recorded yet).
+    key_id: str | None = None
 
     @classmethod
-    def open(cls, path: Path) -> FrozenSplit:
+    def open(cls, path: Path, key: bytes | None = None) -> FrozenSplit:
+        """The stored split (an empty one when there is none yet). With ``key``: refused when it was made with
+        another key, whose pseudonyms match none of the stored units, so every patient would be assigned anew."""
+        from medsight.privacy.pseudonyms import key_id
+
+        now = None if key is None else key_id(key)
         if not path.is_file():
-            return cls(path)
+            return cls(path, key_id=now)
         try:
             raw = json.loads(path.read_text())
-        except (OSError, json.JSONDecodeError) as exc:
+        except (OSError, UnicodeDecodeError, json.JSONDecodeError) as exc:
             raise MedsightError(f"cannot read the frozen split ({exc})", path) from exc
-        if raw.get("version") != SPLIT_VERSION or not isinstance(raw.get("assignments"), dict):
+        if (
+            not isinstance(raw, dict)
+            or raw.get("version") != SPLIT_VERSION
+            or not isinstance(raw.get("assignments"), dict)
+        ):
             raise MedsightError(f"not a frozen split of version {SPLIT_VERSION}", path)
         bad = {v for v in raw["assignments"].values() if v not in ("train", "val")}
         if bad:
             raise MedsightError(f"the frozen split assigns units to {sorted(bad)}; only train and val exist", path)
-        return cls(path, float(raw.get("val_share", VAL_SHARE)), dict(raw["assignments"]))
+        share = raw.get("val_share", VAL_SHARE)
+        if isinstance(share, bool) or not isinstance(share, int | float) or not 0 < share < 1:
+            raise MedsightError(f"the frozen split's val_share is {share!r}; it must be a number between 0 and 1", path)
+        stored = raw.get("key_id")
+        if now is not None and stored is not None and stored != now:
+            raise MedsightError(
+                f"the frozen split was made with another feedback key (key id {stored}, this one {now}): its "
+                "pseudonyms would match none of this key's and every patient would be assigned a side anew; use the "
+                "key it was made with (the file 'key' beside it, and $MEDSIGHT_DEID_KEY unset or the same)",
+                path,
+            )
+        return cls(path, float(share), dict(raw["assignments"]), key_id=stored or now)
 
     def side(self, key: bytes, unit: str) -> str:
         """The unit's side: as stored, else assigned now by the keyed hash (and stored at :meth:`save`)."""
@@ -84,12 +106,10 @@ class FrozenSplit:
         return found
 
     def to_json(self) -> dict[str, Any]:
-        return {
-            "version": SPLIT_VERSION,
-            "method": METHOD,
-            "val_share": self.val_share,
-            "assignments": dict(sorted(self.assignments.items())),
-        }
+        out: dict[str, Any] = {"version": SPLIT_VERSION, "method": METHOD, "val_share": self.val_share}
+        if self.key_id is not None:
+            out["key_id"] = self.key_id
+        return out | {"assignments": dict(sorted(self.assignments.items()))}
 
     def save(self) -> None:
         write_json(self.path, self.to_json())

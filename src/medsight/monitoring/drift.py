@@ -103,6 +103,11 @@ class DriftMonitor:
         psi_threshold: float = PSI_THRESHOLD,
         seed: int = 0,
     ) -> None:
+        if min_cases < 1 or window < min_cases:
+            # a window smaller than min_cases never holds enough studies: the monitor would say "not ready" forever
+            raise MedsightError(
+                f"drift monitor: window {window} must hold at least min_cases {min_cases} (and min_cases be >= 1)"
+            )
         self.reference = reference
         self.model = model
         self.window = window
@@ -115,6 +120,7 @@ class DriftMonitor:
         self._standardised: deque[np.ndarray] = deque(maxlen=window)
         self._modalities: deque[str] = deque(maxlen=window)
         self._channels: deque[int] = deque(maxlen=window)
+        self._dims: deque[int] = deque(maxlen=window)
         self._rng = np.random.default_rng(seed)
 
     @classmethod
@@ -131,18 +137,26 @@ class DriftMonitor:
         ``spacing``; ``outputs`` (optional, one per input) as masks or objects with ``mask``."""
         if outputs is not None and len(outputs) != len(inputs):
             raise MedsightError(f"drift monitor: {len(inputs)} inputs but {len(outputs)} outputs")
-        for k, item in enumerate(inputs):
-            sample = _as_sample(item)
-            features = case_features(Sample(sample.image, sample.spacing), self.label_names)
-            if outputs is not None and self.label_names:
-                features |= output_features(_as_mask(outputs[k]), self.label_names)
-            grey = np.asarray(sample.image, np.float32).mean(axis=0).ravel()
-            drawn = grey if grey.size <= 5000 else self._rng.choice(grey, 5000, replace=False)
+        # every input is read before any is recorded: a batch with one unreadable study leaves the window as it was
+        records = [self._record(item, None if outputs is None else outputs[k]) for k, item in enumerate(inputs)]
+        for features, drawn, standardised, channels, dims in records:
             self._features.append(features)
             self._raw.append(drawn)
-            self._standardised.append((drawn - grey.mean()) / max(float(grey.std()), 1e-6))
+            self._standardised.append(standardised)
             self._modalities.append(modality)
-            self._channels.append(int(sample.image.shape[0]))
+            self._channels.append(channels)
+            self._dims.append(dims)
+
+    def _record(self, item: Any, output: Any) -> tuple[dict[str, float], np.ndarray, np.ndarray, int, int]:
+        """One study as numbers: its features, drawn raw and z-scored intensities, channels and spatial dims."""
+        sample = _as_sample(item)
+        features = case_features(Sample(sample.image, sample.spacing), self.label_names)
+        if output is not None and self.label_names:
+            features |= output_features(_as_mask(output), self.label_names)
+        grey = np.asarray(sample.image, np.float32).mean(axis=0).ravel()
+        drawn = grey if grey.size <= 5000 else self._rng.choice(grey, 5000, replace=False)
+        standardised = (drawn - grey.mean()) / max(float(grey.std()), 1e-6)
+        return features, drawn, standardised, int(sample.image.shape[0]), int(np.ndim(sample.image) - 1)
 
     def current(self) -> dict[str, Any]:
         """The fingerprint of the window, in the form ``compare`` takes."""
@@ -153,6 +167,7 @@ class DriftMonitor:
             "n_cases": len(self._features),
             "modality": modalities.pop() if len(modalities) == 1 else "mixed",
             "n_channels": sorted(set(self._channels)),
+            "spatial_dims": sorted(set(self._dims)),
             "cases": {k: [f[k] for f in self._features] for k in sorted(keys)},
             "intensity_quantiles": np.percentile(np.concatenate(list(self._raw)), q).tolist() if self._raw else [],
             "standardised_quantiles": np.percentile(np.concatenate(list(self._standardised)), q).tolist()

@@ -56,8 +56,8 @@ READS_THE_IMAGE = (
 
 
 def check_members(bundles: Sequence[Bundle]) -> None:
-    """Refuse members that cannot be averaged: not segmentation, nested, reading images differently, or
-    validated on other cases."""
+    """Refuse members that cannot be averaged: not segmentation, nested, reading images differently, taking other
+    input (channels, dimensions, modality), or validated on other cases (other ids, or the same ids of other data)."""
     if len(bundles) < 2:
         raise MedsightError(f"an ensemble needs at least 2 bundles, got {len(bundles)}")
     first = bundles[0]
@@ -74,12 +74,40 @@ def check_members(bundles: Sequence[Bundle]) -> None:
                 raise MedsightError(f"its plan reads images differently from {first.path} ({key})", where)
         if b.meta["data"].get("val_ids") != first.meta["data"].get("val_ids"):
             raise MedsightError(f"it was validated on other cases than {first.path} (another fold?)", where)
+        _check_same_input(b, first)
+        _check_same_data(b, first)
     seen: dict[str, Path] = {}
     for b in bundles:  # the same weights twice (one folder given twice, or a copy) would count one model double
         digest = hashlib.sha256((b.path / WEIGHTS).read_bytes()).hexdigest() if (b.path / WEIGHTS).is_file() else ""
         if digest and digest in seen:
             raise MedsightError(f"the same model as {seen[digest]} (identical weights): give each member once", b.path)
         seen[digest] = b.path
+
+
+def _check_same_input(b: Bundle, first: Bundle) -> None:
+    """The members take the same input: channels, dimensions and the modality they were trained on (a CT and an MR
+    model with one plan would be averaged silently, and members of other channels cannot run on one tensor)."""
+    where = b.path / BUNDLE_JSON
+    for key in ("spatial_dims", "n_channels"):
+        if b.input.get(key) != first.input.get(key):
+            raise MedsightError(
+                f"its input {key} {b.input.get(key)!r} differs from {first.input.get(key)!r} ({first.path})", where
+            )
+    mine, theirs = (str(x.meta["data"].get("modality") or "unknown") for x in (b, first))
+    if "unknown" not in (mine, theirs) and mine.upper() != theirs.upper():
+        raise MedsightError(f"it was trained on {mine} images, {first.path} on {theirs}", where)
+
+
+def _check_same_data(b: Bundle, first: Bundle) -> None:
+    """The members' validation cases are the same images, not only the same names: two data sets may both call
+    their cases case_001..., and the ensemble's post-processing is chosen on one of them."""
+    mine, theirs = ((x.meta["data"].get("case_hashes") or {}).get("val") for x in (b, first))
+    if mine is not None and theirs is not None and list(mine) != list(theirs):
+        raise MedsightError(
+            f"its validation cases have the same names as {first.path}'s but other pixels: it was trained on "
+            "other data",
+            b.path / BUNDLE_JSON,
+        )
 
 
 def _validation_cases(data: str, first: Bundle) -> tuple[SegmentationDataset, list[Loaded]]:
