@@ -89,6 +89,33 @@ def test_a_study_with_several_series_needs_a_choice(study: Path) -> None:
     assert "Albus" not in repr(chosen)
 
 
+def test_a_folder_of_several_series_lists_them_and_reads_the_one_chosen(study: Path) -> None:
+    """The choice once existed only as a library argument while the message sent CLI users to it; a folder is now
+    read as the series a command was asked for (``medsight predict --series``), by Series Number or UID, and the
+    message lists the series (number, modality, description, size: no identifiers) to choose from."""
+    from medsight.io.dicom import choose_series
+
+    with pytest.raises(MedsightError) as info:
+        read_series(study)
+    message = str(info.value)
+    assert "Series 11 [MR] T1post: 22 image(s)" in message and "Series 37870 [MR] T2_reg" in message
+    assert "--series" in message and "Albus" not in message
+    with choose_series("11"):
+        assert read_series(study).array.shape == (22, 320, 280)
+    uid = scan(study / BRAIN_SERIES[3]).series[0].series_instance_uid
+    with choose_series(uid):
+        assert read_series(study).series_instance_uid == uid
+    with (
+        choose_series("12"),
+        pytest.raises(MedsightError, match=r"no image series with Series Number 12; found: Series 11"),
+    ):
+        read_series(study)
+    with choose_series("26401"):  # a folder of that one series: the choice holds
+        assert read_series(study / BRAIN_SERIES[1]).array.shape[0] == 22
+    with choose_series("11"), pytest.raises(MedsightError, match="no image series with Series Number 11"):
+        read_series(study / BRAIN_SERIES[1])  # a folder without the series asked for is not read as another
+
+
 def test_missing_slice_and_duplicate_position_are_refused(study: Path, tmp_path: Path) -> None:
     files = sorted((study / BRAIN_SERIES[0]).glob("*.dcm"))
     volume = read_series(files)

@@ -316,3 +316,31 @@ def test_predict_refuses_a_series_with_a_shifted_slice_in_one_line(
     assert len(lines) == 1 and str(paths[12]) in lines[0] and "off the line" in lines[0]
     assert not any(part in lines[0] for part in PATIENT) and "Traceback" not in lines[0]
     assert not (tmp_path / "out").exists()
+
+
+def test_predict_reads_the_series_asked_for_from_a_folder_of_several(
+    bundle_3d: Path, shared_data: Path, tmp_path: Path, capsys: pytest.CaptureFixture[str]
+) -> None:
+    """A study folder of four MR series was refused with "choose one with series_uid", an argument the command line
+    did not have; ``--series`` now chooses by Series Number (or UID), and the refusal lists the series."""
+    import pydicom
+
+    study = shared_data / "udacity_brain_mr_dicom" / "Study3"
+    capsys.readouterr()
+    assert main(["predict", str(bundle_3d), str(study), "--out", str(tmp_path / "none")]) == 2
+    lines = capsys.readouterr().err.strip().splitlines()
+    assert len(lines) == 1 and "4 image series found" in lines[0] and "Series 26401 [MR] T1pre_reg" in lines[0]
+    assert "--series" in lines[0] and not any(part in lines[0] for part in PATIENT)
+    out = tmp_path / "out"
+    assert main(["-q", "predict", str(bundle_3d), str(study), "--series", "26401", "--out", str(out)]) == 0
+    chosen = {
+        str(pydicom.dcmread(p, stop_before_pixels=True).SeriesInstanceUID)
+        for p in (study / "26401-T1prereg-52906").iterdir()
+    }
+    segs = [
+        pydicom.dcmread(p) for p in out.rglob("*.dcm") if pydicom.dcmread(p, stop_before_pixels=True).Modality == "SEG"
+    ]
+    assert segs and all(str(s.ReferencedSeriesSequence[0].SeriesInstanceUID) in chosen for s in segs)
+    capsys.readouterr()
+    assert main(["predict", str(bundle_3d), str(study), "--series", "5", "--out", str(tmp_path / "x")]) == 2
+    assert "no image series with Series Number 5; found: Series 11" in capsys.readouterr().err

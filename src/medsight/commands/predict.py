@@ -38,6 +38,13 @@ def register(sub: argparse._SubParsersAction) -> None:
     )
     p.add_argument("--address", metavar="ADDR", help="archive mode on the existing Ray cluster at ADDR")
     p.add_argument(
+        "--series",
+        metavar="NUMBER|UID",
+        help="for a DICOM folder holding several image series (a scout beside the axial CT, a study exported flat): "
+        "read the series with this Series Number (or Series Instance UID); without it such a folder is refused "
+        "with a list of its series ('medsight info FOLDER' lists them too)",
+    )
+    p.add_argument(
         "--any-modality",
         action="store_true",
         help="predict on DICOM inputs whose Modality the model was not trained on (refused by default: a chest "
@@ -49,12 +56,17 @@ def register(sub: argparse._SubParsersAction) -> None:
 def run(args: argparse.Namespace) -> int:
     refuse_inputs_inside(args.out, args.bundle, *args.inputs)
     if args.workers is not None or args.address is not None:
+        if args.series is not None:
+            raise MedsightError("--series chooses a series of one input folder; archive mode predicts every file")
         return _run_archive(args)
+    from medsight.io.dicom import choose_series
+
     model = runtime.load(args.bundle)
-    if not args.any_modality:
-        modality.check(modality.trained_on(model.bundle.meta), args.inputs)
-    results = model.predict(args.inputs, explain=args.explain)
-    runtime.write_predictions(model, results, args.out)
+    with choose_series(args.series):  # the modality check, the prediction and the DICOM results read one series
+        if not args.any_modality:
+            modality.check(modality.trained_on(model.bundle.meta), args.inputs)
+        results = model.predict(args.inputs, explain=args.explain)
+        runtime.write_predictions(model, results, args.out)
     for r in results:
         heatmap = f"; heatmap {args.out / r.files['heatmap_image']}" if "heatmap_image" in r.files else ""
         print(f"{r.input}: {r.summary()}{heatmap}")

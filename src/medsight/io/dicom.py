@@ -18,7 +18,9 @@ import io
 import logging
 import sys
 import zlib
-from collections.abc import Iterable, Sequence
+from collections.abc import Iterable, Iterator, Sequence
+from contextlib import contextmanager
+from contextvars import ContextVar
 from dataclasses import dataclass, field
 from pathlib import Path
 from typing import TYPE_CHECKING, Any, BinaryIO
@@ -827,10 +829,50 @@ def read_series(
     )
 
 
+#: The series a command was asked to read from a folder holding several (``medsight predict --series``): a Series
+#: Number or a Series Instance UID. Set with :func:`choose_series`; every reader of a folder honours it, so the
+#: modality check and the prediction judge the same series.
+CHOSEN_SERIES: ContextVar[str | None] = ContextVar("medsight_chosen_series", default=None)
+#: Series listed in the message that asks for a choice.
+LISTED_SERIES = 8
+
+
+@contextmanager
+def choose_series(choice: str | None) -> Iterator[None]:
+    """Within the block, folders are read as their series ``choice`` (a Series Number or Series Instance UID)."""
+    token = CHOSEN_SERIES.set(str(choice).strip() if choice is not None else None)
+    try:
+        yield
+    finally:
+        CHOSEN_SERIES.reset(token)
+
+
+def _series_matches(series: Series, choice: str) -> bool:
+    if "." in choice:  # a UID; Series Numbers are integers
+        return series.series_instance_uid == choice
+    try:
+        return series.series_number is not None and series.series_number == int(choice)
+    except ValueError:
+        return False
+
+
+def _series_listing(candidates: Sequence[Series]) -> str:
+    """The candidates as a user picks among them (no identifiers: number, modality, description, size)."""
+    shown = [
+        f"Series {s.series_number if s.series_number is not None else '?'} [{s.modality or '?'}] "
+        f"{s.description or '(no description)'}: {len(s.frames)} image(s)"
+        for s in candidates[:LISTED_SERIES]
+    ]
+    more = f"; and {len(candidates) - LISTED_SERIES} more" if len(candidates) > LISTED_SERIES else ""
+    return "; ".join(shown) + more
+
+
 def image_series(source: Series | PathLike | Sequence[PathLike], series_uid: str | None = None) -> Series:
     """The one image series :func:`read_series` reads from ``source``: DICOMDIR, SR, SEG and other objects without
     an image to stack are left out, so every check of "what will be read" (the modality check) judges the same files.
-    Raises :class:`MedsightError` when there is no such series, or several and ``series_uid`` does not choose one."""
+    ``series_uid`` (else :data:`CHOSEN_SERIES`) chooses among several: a Series Instance UID, or a Series Number.
+    Raises :class:`MedsightError` when there is no such series, or several and nothing chooses one (the message
+    lists them)."""
     if isinstance(source, Series):
         return source
     if isinstance(source, (str, Path)):
@@ -849,15 +891,26 @@ def image_series(source: Series | PathLike | Sequence[PathLike], series_uid: str
         found = ScanResult(root=paths[0].parent, studies=_group(instances), skipped=[])
         where = paths[0].parent
     candidates = [s for s in found.series if s.is_image]
-    if series_uid is not None:
-        candidates = [s for s in candidates if s.series_instance_uid == series_uid]
-        if not candidates:
-            raise MedsightError("no image series with the requested Series Instance UID", where)
     if not candidates:
         raise MedsightError("no DICOM image series found", where)
+    choice = series_uid if series_uid is not None else CHOSEN_SERIES.get()
+    if choice is not None and not (len(candidates) == 1 and _series_matches(candidates[0], choice)):
+        picked = [s for s in candidates if _series_matches(s, choice)]
+        asked = "the requested Series Instance UID" if "." in choice else f"Series Number {choice}"
+        if not picked:
+            raise MedsightError(f"no image series with {asked}; found: {_series_listing(candidates)}", where)
+        if len(picked) > 1:
+            raise MedsightError(
+                f"{len(picked)} image series have {asked} (several studies in one folder?): choose by Series "
+                "Instance UID (`medsight info --show-phi` lists them)",
+                where,
+            )
+        candidates = picked
     if len(candidates) > 1:
         raise MedsightError(
-            f"{len(candidates)} image series found; choose one with series_uid (see `medsight info`)", where
+            f"{len(candidates)} image series found ({_series_listing(candidates)}); choose one with --series "
+            "NUMBER (or its Series Instance UID), or give the folder of one series",
+            where,
         )
     return candidates[0]
 
