@@ -30,6 +30,8 @@ import struct
 import sys
 import time
 from collections.abc import Callable, Iterable, Iterator
+from concurrent.futures import FIRST_COMPLETED, Future, ProcessPoolExecutor, wait
+from concurrent.futures.process import BrokenProcessPool
 from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
@@ -51,6 +53,8 @@ from medsight.privacy.report import FileResult, RunReport, append_audit, write_r
 DEFAULT_AUDIT_LOG = Path.home() / ".medsight" / "deid_audit.log"
 CHUNK = 24
 WAIT_TICK_S = 0.2  # how long the main thread waits on the pool at a time: the longest a Ctrl-C can go unnoticed
+#: Where each local worker says which file it is on (a file per worker process, named by its id).
+INFLIGHT = "inflight"
 STAGING = ".medsight-staging"
 #: Every input finished by earlier runs into this OUT (keyed input hash -> result, no PHI): what a re-run skips.
 LEDGER = ".medsight-ledger.json"
@@ -322,25 +326,114 @@ def _init(job: Job) -> None:
 def _init_worker(job: Job) -> None:
     signal.signal(signal.SIGINT, signal.SIG_IGN)  # Ctrl-C is the parent's to handle: it stops the pool
     _init(job)
-
-
-def _interruptible(results: Any) -> Iterator[list[FileResult]]:
-    """A pool's results, waited for in short ticks. Ctrl-C is raised only when the main thread runs Python code: a
-    wait with no timeout sleeps through a SIGINT the kernel hands to one of the pool's helper threads (it may pick any
-    thread that does not block the signal), and the run would hang until a result came, which a stuck worker never
-    sends (tests/privacy/test_leaks.py sends it to the parent's other threads)."""
-    while True:
-        try:
-            yield results.next(timeout=WAIT_TICK_S)
-        except multiprocessing.TimeoutError:
-            continue
-        except StopIteration:
-            return
+    (job.staging / INFLIGHT / str(os.getpid())).write_text("-1")  # alive, on no file yet (see _pool_results)
 
 
 def _chunk_worker(items: list[tuple[Path, str, int]]) -> list[FileResult]:
     assert _JOB is not None and _DEID is not None
-    return [process_file(p, r, i, _JOB, _DEID) for p, r, i in items]
+    marker = _JOB.staging / INFLIGHT / str(os.getpid())
+    results = []
+    for p, r, i in items:
+        marker.write_text(str(i))  # which file this worker is on, should it die on it (see _pool_results)
+        results.append(process_file(p, r, i, _JOB, _DEID))
+    return results
+
+
+def _pool_results(
+    make_pool: Callable[[int], ProcessPoolExecutor],
+    job: Job,
+    chunks: Iterable[list[tuple[Path, str, int]]],
+    workers: int,
+) -> Iterator[list[FileResult]]:
+    """Every chunk's results from a pool of ``workers`` processes (``make_pool(n)``), as they finish.
+
+    Waited for in short ticks: Ctrl-C is raised only when the main thread runs Python code, and a wait with no timeout
+    sleeps through a SIGINT the kernel hands to one of the pool's helper threads (it may pick any thread that does
+    not block the signal); the run would hang until a result came, which a stuck worker never sends
+    (tests/privacy/test_leaks.py sends it to the parent's other threads).
+
+    A worker that dies (killed by the system for memory, a crash in a pixel decoder) breaks the pool. (With
+    ``multiprocessing.Pool`` it took its chunk, and perhaps a lock of the pool's queues, with it: the run waited
+    forever.) Each worker says which file it is on (a marker named by its process id); the files the workers were on
+    are then tried again one at a time, each in a pool of its own: a file that breaks that pool too is reported as
+    rejected, the others are done, and the remaining chunks go to a new pool. One file that kills its worker costs
+    that file only; redoing a chunk is harmless, as each output is written under its own name and renamed."""
+    inflight = job.staging / INFLIGHT
+    source = iter(chunks)
+    pending: dict[Future[list[FileResult]], list[tuple[Path, str, int]]] = {}
+    retry: list[list[tuple[Path, str, int]]] = []
+
+    def start(n: int) -> ProcessPoolExecutor:
+        shutil.rmtree(inflight, ignore_errors=True)
+        inflight.mkdir(parents=True)
+        return make_pool(n)
+
+    def submit() -> None:
+        while len(pending) < 2 * workers:
+            chunk = retry.pop() if retry else next(source, None)
+            if chunk is None:
+                return
+            pending[pool.submit(_chunk_worker, chunk)] = chunk
+
+    pool = start(workers)
+    try:
+        submit()
+        while pending:
+            done, _ = wait(list(pending), timeout=WAIT_TICK_S, return_when=FIRST_COMPLETED)
+            broken = False
+            for future in done:
+                chunk = pending.pop(future)
+                try:
+                    results = future.result()
+                except BrokenProcessPool:
+                    broken = True
+                    retry.append(chunk)
+                    continue
+                yield results
+            if broken:
+                suspects = _files_on(inflight)
+                _stop(pool)
+                retry = [chunk for chunk in [*retry, *pending.values()] if chunk]
+                pending.clear()
+                alone = [item for chunk in retry for item in chunk if item[2] in suspects]
+                retry = [rest for chunk in retry if (rest := [i for i in chunk if i[2] not in suspects])]
+                for item in alone:  # each file a worker was on, in a pool of its own: the one that kills it is known
+                    pool = start(1)
+                    try:
+                        yield pool.submit(_chunk_worker, [item]).result()
+                    except BrokenProcessPool:
+                        yield [FileResult(input=item[1], index=item[2], status="rejected", reason=WORKER_DIED)]
+                    finally:
+                        _stop(pool)
+                pool = start(workers)
+            submit()
+    finally:
+        _stop(pool)
+
+
+def _stop(pool: ProcessPoolExecutor) -> None:
+    """Stop the pool's workers now: every result is in (they are idle), Ctrl-C, or the pool broke. The executor
+    has no public way to stop a busy worker before Python 3.14 (``terminate_workers``)."""
+    for process in list(getattr(pool, "_processes", {}).values()):
+        process.kill()
+    pool.shutdown(wait=True, cancel_futures=True)
+
+
+#: Why a file is rejected when the worker process de-identifying it died.
+WORKER_DIED = (
+    "the worker process de-identifying it died (killed by the system, e.g. for memory, or a crash reading its pixels)"
+)
+
+
+def _files_on(inflight: Path) -> set[int]:
+    """The input indices the workers were on, from their markers (-1: on none yet)."""
+    found: set[int] = set()
+    for marker in inflight.iterdir():
+        try:
+            found.add(int(marker.read_text() or -1))
+        except (OSError, ValueError):
+            continue
+    return found
 
 
 def _ray_setup(job: Job) -> tuple[Job, Deidentifier]:
@@ -482,17 +575,13 @@ def deidentify(
                 finish(pending)
         else:
             ctx = multiprocessing.get_context("fork" if "fork" in multiprocessing.get_all_start_methods() else None)
-            pool = ctx.Pool(workers, initializer=_init_worker, initargs=(job,))
-            try:
-                size = max(1, min(CHUNK, len(items) // (workers * 4)))  # small runs: progress (and Ctrl-C) in steps
-                for chunk in _interruptible(pool.imap_unordered(_chunk_worker, _chunks(items, size))):
-                    finish(chunk)
-                pool.close()
-            except BaseException:
-                pool.terminate()  # Ctrl-C or a crash: stop every worker now
-                raise
-            finally:
-                pool.join()
+            size = max(1, min(CHUNK, len(items) // (workers * 4)))  # small runs: progress (and Ctrl-C) in steps
+
+            def make_pool(n: int) -> ProcessPoolExecutor:
+                return ProcessPoolExecutor(n, mp_context=ctx, initializer=_init_worker, initargs=(job,))
+
+            for chunk in _pool_results(make_pool, job, _chunks(items, size), workers):
+                finish(chunk)  # Ctrl-C or a crash: the pool's workers are stopped at once as the loop ends
     except KeyboardInterrupt:
         report.interrupted = True
     finally:
