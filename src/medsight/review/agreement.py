@@ -5,8 +5,9 @@ Why against the readers and not a ground truth: in clinical use the reader's fin
 model is held to (it is what reaches the patient's record), and how often readers overrule the model is the
 number a department watches. These figures are *agreement with readers*, not accuracy against pathology or
 follow-up, and the page says so. Each reader's newest verdict per finding counts once
-(:func:`medsight.review.verdicts.latest_per_finding`). Wilson intervals (statsmodels ``proportion_confint``)
-stay inside [0, 1] and behave with the small counts of a new deployment, where the normal approximation does not.
+(:func:`counted_verdicts`: a re-run's finding on the same images is the same finding). Wilson intervals
+(statsmodels ``proportion_confint``) stay inside [0, 1] and behave with the small counts of a new deployment, where
+the normal approximation does not.
 """
 
 from __future__ import annotations
@@ -102,9 +103,27 @@ def _week(stamp: float) -> tuple[str, date]:
     return f"{year}-W{week:02d}", day - timedelta(days=weekday - 1)
 
 
+def _case(v: Verdict) -> tuple[str, ...]:
+    """What a verdict judged, across re-runs: the study, the images and the part of the result (label or structure
+    index) a finding id names after its entry; the finding id itself when the verdict names no images."""
+    if not v.source_sop_uids:
+        return (v.study_uid, v.finding_id)
+    return (v.study_uid, *sorted(v.source_sop_uids), "/", *v.finding_id.split("/")[2:])
+
+
+def counted_verdicts(verdicts: Sequence[Verdict]) -> list[Verdict]:
+    """Each reader's newest verdict per finding (:func:`latest_per_finding`), where a re-run's finding on the same
+    images is the same finding: a reader who judged a study, then its re-run, is one reader on one case, not two
+    (the older verdict judged a result the service no longer shows)."""
+    newest: dict[tuple[str, tuple[str, ...]], Verdict] = {}
+    for v in latest_per_finding(verdicts):  # oldest first: a later one replaces an earlier one
+        newest[(v.reader, _case(v))] = v
+    return sorted(newest.values(), key=lambda v: (v.submitted_at, v.verdict_id))
+
+
 def agreement(model: str, verdicts: Sequence[Verdict]) -> Agreement:
     """Score ``model`` against its readers' verdicts (those of other models are ignored)."""
-    counted = latest_per_finding([v for v in verdicts if v.model == model])
+    counted = counted_verdicts([v for v in verdicts if v.model == model])
     weeks: dict[tuple[str, date], list[Verdict]] = {}
     for v in counted:
         weeks.setdefault(_week(v.submitted_at), []).append(v)

@@ -10,6 +10,7 @@ and admins and each such view is audited; every verdict is audited; viewers may 
 import dataclasses
 import logging
 import secrets
+import shutil
 import time
 from collections.abc import Callable, Mapping, Sequence
 from dataclasses import dataclass, field
@@ -27,7 +28,16 @@ from sqlalchemy import Engine
 from medsight.errors import MedsightError
 from medsight.review import verdicts as verdict_store
 from medsight.review.login_throttle import LoginThrottle
-from medsight.review.worklist import AI_STATES, NEGATIVE_LABELS, AiFinding, ai_status, priority, read_findings
+from medsight.review.worklist import (
+    AI_STATES,
+    NEGATIVE_LABELS,
+    AiFinding,
+    ai_status,
+    priority,
+    read_findings,
+    reviewed,
+    superseded_by,
+)
 from medsight.serving.audit import AuditLog
 from medsight.serving.security import Authorizer, Principal, UserDirectory
 
@@ -55,7 +65,7 @@ class VerdictIn(BaseModel):
     finding_id: str = Field(min_length=1, max_length=300)
     decision: Literal["agree", "disagree", "edit"]
     comment: str = Field(default="", max_length=verdict_store.MAX_COMMENT)
-    seconds_spent: float | None = Field(default=None, ge=0, allow_inf_nan=False)
+    seconds_spent: float | None = Field(default=None, ge=0, lt=verdict_store.MAX_SECONDS_SPENT, allow_inf_nan=False)
     edit: dict[str, Any] | None = None
 
 
@@ -128,10 +138,11 @@ def _routes(b: ReviewBackend, auth: Authorizer) -> APIRouter:
 
     # ---- worklist ------------------------------------------------------------------------------------------
 
-    def study_entry(row: Any, findings: list[AiFinding], reviewed: bool, identifiers: bool) -> dict[str, Any]:
-        jobs = b.queue.list(study_uid=row.study_uid) if b.queue is not None else []
+    def study_entry(
+        row: Any, findings: list[AiFinding], jobs: list[Any], was_reviewed: bool, identifiers: bool
+    ) -> dict[str, Any]:
         status = ai_status(jobs, bool(findings))
-        score, reason = priority(findings, status, reviewed)
+        score, reason = priority(findings, status, was_reviewed)
         modalities = sorted({s.modality for s in b.store.series(row.study_uid) if s.modality and not s.is_result})
         entry: dict[str, Any] = {"study_uid": row.study_uid}
         if identifiers:
@@ -145,7 +156,7 @@ def _routes(b: ReviewBackend, auth: Authorizer) -> APIRouter:
             "findings": [f.to_json() for f in findings],
             "priority": score,
             "priority_reason": reason,
-            "reviewed": reviewed,
+            "reviewed": was_reviewed,
             "_received": row.first_received,
         }
 
@@ -154,20 +165,24 @@ def _routes(b: ReviewBackend, auth: Authorizer) -> APIRouter:
         modality: str | None,
         status: str | None,
         model: str | None,
-        reviewed: str | None,
+        wanted: str | None,
         limit: int,
     ) -> list[dict[str, Any]]:
         identifiers = who.may("radiologist")
-        done = verdict_store.reviewed_studies(b.engine)
+        judged = verdict_store.judged_findings(b.engine)
         out = []
         for row in b.store.studies(limit=WORKLIST_SCAN, modality=modality or None):
-            was_reviewed = row.study_uid in done
-            if reviewed is not None and was_reviewed != (reviewed == "yes"):
-                continue
             findings = read_findings(b.store, b.results_dir, row.study_uid)
-            if model is not None and not any(f.model == model for f in findings):
+            was_reviewed = reviewed(findings, judged.get(row.study_uid, set()))
+            if wanted is not None and was_reviewed != (wanted == "yes"):
                 continue
-            entry = study_entry(row, findings, was_reviewed, identifiers)
+            jobs = b.queue.list(study_uid=row.study_uid) if b.queue is not None else []
+            # a model's studies include those it has not answered yet (queued, running, failed), so that
+            # model=cr&status=failed lists the studies to read without that model's help
+            answered = model is None or any(f.model == model for f in findings)
+            if not answered and not any(j.kind == "inference" and j.target == model for j in jobs):
+                continue
+            entry = study_entry(row, findings, jobs, was_reviewed, identifiers)
             if entry["modalities"] == [] and not findings:
                 continue  # only medsight's own objects: nothing to read
             if status is not None and entry["ai_status"] != status:
@@ -214,9 +229,14 @@ def _routes(b: ReviewBackend, auth: Authorizer) -> APIRouter:
     def review_of(who: Principal, study: str) -> dict[str, Any]:
         require_study(who, "review.study", study)
         findings = read_findings(b.store, b.results_dir, study)
+        current = {f.finding_id for f in findings}
         by_finding: dict[str, list[dict[str, Any]]] = {}
+        superseded: list[dict[str, Any]] = []
         for v in verdict_store.list_verdicts(b.engine, study_uid=study):
-            by_finding.setdefault(v.finding_id, []).append(v.to_json())
+            if v.finding_id in current:
+                by_finding.setdefault(v.finding_id, []).append(v.to_json())
+            else:  # on an AI result a re-run replaced: kept in sight, not shown as the new result's
+                superseded.append(v.to_json())
         series = [
             {
                 "series_uid": s.series_uid,
@@ -236,6 +256,7 @@ def _routes(b: ReviewBackend, auth: Authorizer) -> APIRouter:
             "ai_status": ai_status(jobs, bool(findings)),
             "series": series,
             "findings": [f.to_json(detail=True) | {"verdicts": by_finding.get(f.finding_id, [])} for f in findings],
+            "superseded_verdicts": superseded,
         }
 
     @router.get("/api/studies/{study}/review", summary="a study's series, AI findings and verdicts (viewer)")
@@ -252,6 +273,9 @@ def _routes(b: ReviewBackend, auth: Authorizer) -> APIRouter:
     async def post_verdict(study: str, body: VerdictIn, who: Reader) -> JSONResponse:
         try:
             result = await run_in_threadpool(submit_verdict, b, who, study, body)
+        except SupersededFinding as exc:
+            record(who.user, "review.verdict", {"study": study, "finding": body.finding_id}, "409: superseded")
+            raise HTTPException(status_code=409, detail=str(exc)) from None
         except LookupError as exc:
             record(who.user, "review.verdict", {"study": study, "finding": body.finding_id}, "not_found")
             raise HTTPException(status_code=404, detail=str(exc)) from None
@@ -308,6 +332,10 @@ def _routes(b: ReviewBackend, auth: Authorizer) -> APIRouter:
 # ---------------------------------------------------------------------------------------------------- verdicts
 
 
+class SupersededFinding(LookupError):
+    """The finding judged belongs to an AI result a re-run has replaced (409: the reader must see the new one)."""
+
+
 def reader_outcome(finding: AiFinding, decision: str, edit: Mapping[str, Any] | None) -> tuple[str, bool]:
     """(the label the reader settled on, whether that is a positive finding).
 
@@ -360,30 +388,22 @@ def _check_edit(edit: Mapping[str, Any] | None, decision: str) -> None:
             label = bx.get("label")
             if label is not None and not isinstance(label, str):  # it goes into the reader's SR and the statistics
                 raise MedsightError(f"edit.boxes[{n}].label must be a string (or left out for the finding's label)")
+            frame = bx.get("frame")
+            if frame is not None and (isinstance(frame, bool) or not isinstance(frame, int) or frame < 1):
+                raise MedsightError(f"edit.boxes[{n}].frame must be a frame number (1-based), or left out")
     if "mask" in edit and (not isinstance(edit["mask"], dict) or not edit["mask"]):
         raise MedsightError('edit.mask maps source image SOP Instance UIDs to base64 PNGs: {"<uid>": "<png>"}')
 
 
-def submit_verdict(b: ReviewBackend, who: Principal, study: str, body: VerdictIn) -> dict[str, Any]:
-    """Write the reader's objects, store them, record the verdict, audit it and queue its exports."""
+def _write_reader_objects(
+    b: ReviewBackend, who: Principal, finding: AiFinding, body: VerdictIn, sources: list[Any], folder: Path
+) -> tuple[dict[str, Any] | None, dict[str, str], str, bool]:
+    """The reader's mask PNGs, SR and SEG in ``folder``: (the edit as recorded, files relative to the results
+    folder, the reader's label, whether it is positive)."""
     from medsight.review.reader_objects import ReaderBox, decode_mask, mask_png, write_reader_seg, write_reader_sr
-    from medsight.serving.worker import EXPORT
 
-    if b.store.study(study) is None:
-        raise LookupError(f"study {study} not found")
-    finding = next((f for f in read_findings(b.store, b.results_dir, study) if f.finding_id == body.finding_id), None)
-    if finding is None:
-        raise LookupError(f"finding {body.finding_id!r} not found in study {study}")
-    _check_edit(body.edit, body.decision)
-    instances = [b.store.instance(uid) for uid in finding.source_sop_uids]
-    sources = [pydicom.dcmread(i.path, stop_before_pixels=True) for i in instances if i is not None]
-    if not sources:
-        raise MedsightError("the finding's source images are no longer in the store")
     by_sop = {str(s.SOPInstanceUID): s for s in sources}
     ai_sr = pydicom.dcmread(b.results_dir / finding.ai_sr_file) if finding.ai_sr_file else None
-
-    folder = b.results_dir / study / f"review-{int(b.clock() * 1000)}-{secrets.token_hex(3)}"
-    folder.mkdir(parents=True)
     rel = lambda p: str(p.relative_to(b.results_dir))  # noqa: E731
     edit: dict[str, Any] | None = None if body.edit is None else dict(body.edit)
     masks = {}
@@ -408,6 +428,7 @@ def submit_verdict(b: ReviewBackend, who: Principal, study: str, body: VerdictIn
                 float(bx["x1"]),
                 float(bx["y1"]),
                 str(bx.get("label") or finding.label),
+                bx.get("frame"),
             )
             for bx in edit["boxes"]
         ]
@@ -430,6 +451,53 @@ def submit_verdict(b: ReviewBackend, who: Principal, study: str, body: VerdictIn
     if masks:
         seg_path = write_reader_seg(masks, sources, folder / "reader_seg.dcm", reader=who.user, label=finding.label)
         files["seg"] = rel(seg_path)
+    return edit, files, reader_label, reader_positive
+
+
+def submit_verdict(b: ReviewBackend, who: Principal, study: str, body: VerdictIn) -> dict[str, Any]:
+    """Write the reader's objects, store them, record the verdict, audit it and queue its exports.
+
+    Everything that can refuse the verdict is checked before the first object is written, and a failure while
+    writing removes the verdict's folder: a refused verdict leaves no reader SR in the store (where DICOMweb and the
+    PACS export would find it) and no files behind."""
+    from medsight.serving.worker import EXPORT
+
+    if b.store.study(study) is None:
+        raise LookupError(f"study {study} not found")
+    finding = next((f for f in read_findings(b.store, b.results_dir, study) if f.finding_id == body.finding_id), None)
+    if finding is None:
+        newer = superseded_by(b.results_dir, study, body.finding_id)
+        if newer is not None:
+            raise SupersededFinding(
+                f"finding {body.finding_id!r} is from an AI result that a re-run replaced ({newer}): "
+                "reload the study and judge the current finding"
+            )
+        raise LookupError(f"finding {body.finding_id!r} not found in study {study}")
+    _check_edit(body.edit, body.decision)
+    verdict_store.check_verdict(
+        study_uid=study,
+        finding_id=finding.finding_id,
+        model=finding.model,
+        reader=who.user,
+        decision=body.decision,
+        edit=body.edit,
+        comment=body.comment,
+        seconds_spent=body.seconds_spent,
+        probability=finding.probability,
+    )
+    instances = [b.store.instance(uid) for uid in finding.source_sop_uids]
+    sources = [pydicom.dcmread(i.path, stop_before_pixels=True) for i in instances if i is not None]
+    if not sources:
+        raise MedsightError("the finding's source images are no longer in the store")
+
+    folder = b.results_dir / study / f"review-{int(b.clock() * 1000)}-{secrets.token_hex(3)}"
+    folder.mkdir(parents=True)
+    try:
+        written = _write_reader_objects(b, who, finding, body, sources, folder)
+    except BaseException:
+        shutil.rmtree(folder, ignore_errors=True)
+        raise
+    edit, files, reader_label, reader_positive = written
     uids: dict[str, str] = {}
     for kind, name in files.items():
         ds = pydicom.dcmread(b.results_dir / name)

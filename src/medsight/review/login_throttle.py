@@ -19,6 +19,8 @@ from collections.abc import Callable
 DEFAULT_LIMIT = 5
 #: The window, in seconds.
 DEFAULT_WINDOW_S = 900.0
+#: Keys held before those without a failure in the window are swept out (and twice the survivors after each sweep).
+SWEEP_AT = 1000
 
 
 class LoginThrottle:
@@ -32,6 +34,7 @@ class LoginThrottle:
     ) -> None:
         self.limit, self.window_s, self.clock = limit, window_s, clock
         self._failures: dict[str, deque[float]] = {}
+        self._sweep_at = SWEEP_AT
         self._lock = threading.Lock()
 
     def _recent(self, key: str, now: float) -> deque[float]:
@@ -59,6 +62,15 @@ class LoginThrottle:
         with self._lock:
             for key in (f"user:{user}", f"peer:{peer}"):
                 self._failures.setdefault(key, deque()).append(now)
+            if len(self._failures) > self._sweep_at:
+                self._sweep(now)
+
+    def _sweep(self, now: float) -> None:
+        """Forget keys whose failures all left the window. Why: a key is otherwise only pruned when it is tried
+        again, so guesses at many user names (each tried once) grew the table without bound."""
+        for key in list(self._failures):
+            self._recent(key, now)
+        self._sweep_at = max(SWEEP_AT, 2 * len(self._failures))
 
     def succeeded(self, user: str) -> None:
         with self._lock:

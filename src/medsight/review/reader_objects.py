@@ -26,6 +26,7 @@ import io
 from collections.abc import Mapping, Sequence
 from dataclasses import dataclass
 from pathlib import Path
+from typing import Any
 
 import highdicom as hd
 import numpy as np
@@ -61,7 +62,8 @@ READER_SEG_SERIES = 9102
 
 @dataclass(frozen=True)
 class ReaderBox:
-    """A box the reader drew on one source image, in DICOM 2D image coordinates (x = column, y = row)."""
+    """A box the reader drew on one source image, in DICOM 2D image coordinates (x = column, y = row); ``frame``
+    (1-based) says which frame of a multi-frame image (a box without one would lie on every frame)."""
 
     sop_uid: str
     x0: float
@@ -69,10 +71,16 @@ class ReaderBox:
     x1: float
     y1: float
     label: str
+    frame: int | None = None
 
 
 def decode_mask(encoded: str, rows: int, columns: int) -> np.ndarray:
-    """A base64 PNG (nonzero = foreground) as a ``rows x columns`` bool array; a MedsightError otherwise."""
+    """A base64 PNG (nonzero = foreground) as a ``rows x columns`` bool array; a MedsightError otherwise.
+
+    "Nonzero" is the stored value: a palette PNG's index (a label map's palette may draw index 0 white, and its
+    brightness would invert the mask), a grey or colour PNG's samples (any channel, where the alpha, if any, is not
+    zero: a transparent pixel was not painted).
+    """
     from PIL import Image, UnidentifiedImageError
 
     try:
@@ -80,12 +88,26 @@ def decode_mask(encoded: str, rows: int, columns: int) -> np.ndarray:
         with Image.open(io.BytesIO(data)) as image:
             if image.format != "PNG":
                 raise MedsightError(f"a mask must be a PNG, not {image.format}")
-            array = np.asarray(image.convert("L"))
+            array = _foreground(image)
     except (binascii.Error, ValueError, UnidentifiedImageError, OSError):
         raise MedsightError("a mask is not a base64-encoded PNG") from None
     if array.shape != (rows, columns):
         raise MedsightError(f"a mask is {array.shape[1]}x{array.shape[0]} but its image is {columns}x{rows}")
-    return array > 0
+    return array
+
+
+def _foreground(image: Any) -> np.ndarray:
+    """The pixels of a PNG whose stored value is nonzero (see :func:`decode_mask`)."""
+    if image.mode in ("P", "PA"):
+        return np.asarray(image.getchannel(0)) > 0  # the palette index, never its colour
+    bands = image.getbands()
+    if "A" in bands:
+        alpha = np.asarray(image.getchannel("A")) > 0
+        colour = [b for b in bands if b != "A"]
+        return alpha & np.any(np.stack([np.asarray(image.getchannel(b)) > 0 for b in colour]), axis=0)
+    if len(bands) > 1:
+        return np.any(np.asarray(image) > 0, axis=-1)
+    return np.asarray(image) > 0
 
 
 def mask_png(mask: np.ndarray) -> bytes:
@@ -95,6 +117,33 @@ def mask_png(mask: np.ndarray) -> bytes:
     out = io.BytesIO()
     Image.fromarray(np.where(mask, 255, 0).astype(np.uint8), mode="L").save(out, format="PNG")
     return out.getvalue()
+
+
+#: Single-byte character sets whose Python codec is exactly the DICOM repertoire (ISO_IR 13 is not: pydicom
+#: writes it as Shift JIS, whose kanji a reader of JIS X 0201 cannot decode).
+_SINGLE_BYTE = frozenset(f"ISO_IR {n}" for n in (100, 101, 109, 110, 126, 127, 138, 144, 148, 166, 203))
+
+
+def text_character_set(source: Dataset, texts: Sequence[str]) -> str | list[str] | None:
+    """The character set of a reader's object: the source's (:func:`character_set`) when it holds the reader's own
+    text too (comment, labels, login), else UTF-8 (``ISO_IR 192``), which holds the source's names as well.
+
+    Why: highdicom writes the object in the set it is given, and pydicom replaced every character that set lacks
+    with ``?``: a comment in another script than the patient's name (or any non-ASCII comment on a study in the
+    default repertoire) reached the PACS as question marks."""
+    from pydicom.charset import convert_encodings
+
+    chosen = character_set(source)
+    text = "".join(texts)
+    if text.isascii() or chosen == "ISO_IR 192":
+        return chosen
+    if isinstance(chosen, str) and chosen in _SINGLE_BYTE:
+        try:
+            text.encode(convert_encodings([chosen])[0])
+            return chosen
+        except (UnicodeEncodeError, LookupError):
+            pass
+    return "ISO_IR 192"
 
 
 def person_name(login: str) -> str:
@@ -121,11 +170,18 @@ def _region(box: ReaderBox, source: Dataset) -> hd.sr.ImageRegion:
         raise MedsightError(
             f"a box ({box.x0}, {box.y0}, {box.x1}, {box.y1}) lies outside its {columns:g}x{rows:g} image"
         )
+    frames = int(source.get("NumberOfFrames", 1) or 1)
+    if frames > 1 and box.frame is None:
+        raise MedsightError(f"a box on a multi-frame image ({frames} frames) needs its frame (1-based)")
+    if box.frame is not None and not 1 <= box.frame <= frames:
+        raise MedsightError(f"a box is on frame {box.frame} of an image of {frames} frame(s)")
     data = np.array([[x0, y0], [x1, y0], [x1, y1], [x0, y1], [x0, y0]], dtype=np.float64)
     return hd.sr.ImageRegion(
         graphic_type=hd.sr.GraphicTypeValues.POLYLINE,
         graphic_data=data,
-        source_image=hd.sr.SourceImageForRegion.from_source_image(source),
+        source_image=hd.sr.SourceImageForRegion.from_source_image(
+            source, referenced_frame_numbers=[box.frame] if frames > 1 and box.frame is not None else None
+        ),
     )
 
 
@@ -208,7 +264,9 @@ def write_reader_sr(
             verifying_organization="medsight review",
             previous_versions=[ai_sr] if ai_sr is not None else None,
             series_description=f"medsight reader verdict: {decision}"[:64],
-            specific_character_set=character_set(sources[0]),
+            specific_character_set=text_character_set(
+                sources[0], [reader, ai_label, reader_label, comment, finding_id, *(b.label for b in boxes)]
+            ),
         )
     except (ValueError, TypeError, AttributeError) as exc:
         raise MedsightError(f"cannot build the reader's SR: {exc}", out_path) from exc
@@ -277,7 +335,7 @@ def write_reader_seg(
             series_description=f"medsight reader mask ({reader})"[:64],
             content_label="READER",
             content_creator_name=person_name(reader),
-            specific_character_set=character_set(by_sop[chosen[0]]),
+            specific_character_set=text_character_set(by_sop[chosen[0]], [reader, label]),
         )
     except (ValueError, TypeError, AttributeError) as exc:
         raise MedsightError(f"cannot build the reader's SEG: {exc}", out_path) from exc

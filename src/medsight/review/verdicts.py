@@ -156,6 +156,40 @@ class Verdict:
         }
 
 
+#: Longest time a verdict may say it took (a tab left open over a weekend is not reading time).
+MAX_SECONDS_SPENT = 86400 * 7
+
+
+def check_verdict(
+    *,
+    study_uid: str,
+    finding_id: str,
+    model: str,
+    reader: str,
+    decision: str,
+    edit: Mapping[str, Any] | None,
+    comment: str,
+    seconds_spent: float | None,
+    probability: float | None,
+) -> None:
+    """Refuse (MedsightError) what :func:`record_verdict` would refuse; the review API calls it before it writes the
+    reader's objects, so a refused verdict leaves no SR behind in the store or the PACS."""
+    if decision not in DECISIONS:
+        raise MedsightError(f"decision must be one of {', '.join(DECISIONS)}, not {decision!r}")
+    if decision == "edit" and not edit:
+        raise MedsightError("an 'edit' verdict needs the edit (a label, boxes or a mask)")
+    if decision != "edit" and edit:
+        raise MedsightError(f"a {decision!r} verdict carries no edit; use decision 'edit'")
+    if len(comment) > MAX_COMMENT:
+        raise MedsightError(f"the comment is {len(comment)} characters; at most {MAX_COMMENT} are kept")
+    if seconds_spent is not None and not (0 <= seconds_spent < MAX_SECONDS_SPENT):
+        raise MedsightError(f"seconds_spent must be 0 or more (and under a week), not {seconds_spent}")
+    if probability is not None and not 0.0 <= probability <= 1.0:
+        raise MedsightError(f"probability must lie in [0, 1], not {probability}")
+    if not study_uid or not finding_id or not model or not reader:
+        raise MedsightError("a verdict needs its study, finding, model and reader")
+
+
 def record_verdict(
     engine: Engine,
     *,
@@ -182,20 +216,17 @@ def record_verdict(
     submitted_at: float | None = None,
 ) -> Verdict:
     """Store one verdict (committed before returning) and return it with its id; bad values are a MedsightError."""
-    if decision not in DECISIONS:
-        raise MedsightError(f"decision must be one of {', '.join(DECISIONS)}, not {decision!r}")
-    if decision == "edit" and not edit:
-        raise MedsightError("an 'edit' verdict needs the edit (a label, boxes or a mask)")
-    if decision != "edit" and edit:
-        raise MedsightError(f"a {decision!r} verdict carries no edit; use decision 'edit'")
-    if len(comment) > MAX_COMMENT:
-        raise MedsightError(f"the comment is {len(comment)} characters; at most {MAX_COMMENT} are kept")
-    if seconds_spent is not None and not (0 <= seconds_spent < 86400 * 7):
-        raise MedsightError(f"seconds_spent must be 0 or more (and under a week), not {seconds_spent}")
-    if probability is not None and not 0.0 <= probability <= 1.0:
-        raise MedsightError(f"probability must lie in [0, 1], not {probability}")
-    if not study_uid or not finding_id or not model or not reader:
-        raise MedsightError("a verdict needs its study, finding, model and reader")
+    check_verdict(
+        study_uid=study_uid,
+        finding_id=finding_id,
+        model=model,
+        reader=reader,
+        decision=decision,
+        edit=edit,
+        comment=comment,
+        seconds_spent=seconds_spent,
+        probability=probability,
+    )
     ensure_schema(engine)
     values: dict[str, Any] = {
         "study_uid": study_uid,
@@ -245,6 +276,18 @@ def list_verdicts(
         query = query.where(v.finding_id == finding_id)
     with engine.connect() as conn:
         return [_verdict(r) for r in conn.execute(query)]
+
+
+def judged_findings(engine: Engine) -> dict[str, set[str]]:
+    """The findings with at least one verdict, per study (the worklist's ``reviewed`` flag compares them with the
+    study's current findings: a re-run's new result has none yet)."""
+    ensure_schema(engine)
+    v = verdicts_table.c
+    out: dict[str, set[str]] = {}
+    with engine.connect() as conn:
+        for study_uid, finding_id in conn.execute(select(v.study_uid, v.finding_id).distinct()):
+            out.setdefault(study_uid, set()).add(finding_id)
+    return out
 
 
 def reviewed_studies(engine: Engine) -> set[str]:

@@ -25,6 +25,8 @@ from __future__ import annotations
 
 import functools
 import json
+import logging
+import math
 import re
 from collections.abc import Iterable, Sequence
 from dataclasses import dataclass, field
@@ -42,6 +44,7 @@ if TYPE_CHECKING:
 #: Labels taken as "no finding" when a multi-class model has no operating point to say which class is positive.
 NEGATIVE_LABELS = frozenset({"normal", "negative", "healthy", "no finding", "none", "background", "benign"})
 AI_STATES = ("none", "queued", "running", "done", "failed")
+log = logging.getLogger("medsight.serve")
 _FOLDER = re.compile(r"^(?P<route>.+)-(?P<job>\d+)$")
 
 
@@ -189,6 +192,15 @@ def _sources(store: StudyStore, study_uid: str, name: str) -> tuple[str | None, 
     return (name, tuple(i.sop_uid for i in found)) if found else (None, ())
 
 
+def _finite(value: Any) -> float | None:
+    """A number from predictions.json, None when missing or not finite (NaN is valid JSON to Python, not to a
+    browser: one NaN probability made every worklist request fail)."""
+    if value is None or isinstance(value, bool):
+        return None
+    number = float(value)
+    return number if math.isfinite(number) else None
+
+
 def read_findings(store: StudyStore, results_dir: Path, study_uid: str) -> list[AiFinding]:
     """Every finding of the newest result folder of each route, in route then entry order."""
     out: list[AiFinding] = []
@@ -197,9 +209,35 @@ def read_findings(store: StudyStore, results_dir: Path, study_uid: str) -> list[
             doc = json.loads((folder / "predictions.json").read_text(encoding="utf-8"))
         except (OSError, ValueError):
             continue  # a folder being replaced; the next request sees it whole
-        for index, entry in enumerate(doc.get("predictions", [])):
-            out.extend(_entry_findings(store, results_dir, study_uid, route, folder, doc, index, entry))
+        entries = doc.get("predictions") if isinstance(doc, dict) else None
+        for index, entry in enumerate(entries if isinstance(entries, list) else []):
+            try:
+                out.extend(_entry_findings(store, results_dir, study_uid, route, folder, doc, index, entry))
+            except (TypeError, ValueError, KeyError, AttributeError, IndexError, MedsightError) as exc:
+                # one odd entry (a hand edit, an older writer) must not take the worklist down for every study
+                log.warning("result %s entry %d left out of the worklist: %s", folder.name, index, type(exc).__name__)
     return out
+
+
+def superseded_by(results_dir: Path, study_uid: str, finding_id: str) -> str | None:
+    """The result folder (``<route>-<job id>``) of the re-run that replaced the one ``finding_id`` came from, or None
+    when that folder is the current one or never existed."""
+    folder = finding_id.split("/", 1)[0]
+    m = _FOLDER.match(folder)
+    if not m or not (results_dir / study_uid / folder / "predictions.json").is_file():
+        return None
+    job, current = result_folders(results_dir, study_uid).get(m.group("route"), (None, None))
+    return current.name if current is not None and job != int(m.group("job")) else None
+
+
+def reviewed(findings: Sequence[AiFinding], judged: set[str]) -> bool:
+    """Whether every current AI result of a study (each route's newest result folder) has a verdict on one of its
+    findings. A re-run that replaced a judged result is not reviewed: its findings are new, and may differ."""
+    results: dict[str, bool] = {}
+    for f in findings:
+        folder = f.finding_id.split("/", 1)[0]
+        results[folder] = results.get(folder, False) or f.finding_id in judged
+    return bool(results) and all(results.values())
 
 
 def _entry_findings(
@@ -236,8 +274,10 @@ def _entry_findings(
     if "secondary_capture" in dicom and (folder / dicom["secondary_capture"]).is_file():
         sc_sop, sc_series = object_uids(folder / dicom["secondary_capture"])
         overlay = Overlay("heatmap", sc_series, sc_sop)
-    probabilities = {str(k): float(v) for k, v in (entry.get("probabilities") or {}).items()}
+    probabilities = {str(k): _finite(v) for k, v in (entry.get("probabilities") or {}).items()}
     names = tuple(probabilities)
+    if any(p is None for p in probabilities.values()):
+        base["defer"] = True  # a model that gave no number (NaN) decided nothing: the reader does
     if task in ("classification", "outcome"):
         decision = entry.get("decision")
         point = entry.get("operating_point")
@@ -258,8 +298,8 @@ def _entry_findings(
         label = str(decision)
         if isinstance(point, dict) and "on" in point and "threshold" in point:
             positive_label = str(point["on"]) if point["on"] in probabilities else (names[-1] if names else label)
-            p_positive = probabilities.get(positive_label, entry.get("probability"))
-            positive = p_positive is not None and float(p_positive) >= float(point["threshold"])
+            p_positive = probabilities.get(positive_label, _finite(entry.get("probability")))
+            positive = p_positive is not None and p_positive >= float(point["threshold"])
             point = {k: point[k] for k in ("threshold", "method", "on") if k in point}
             if positive_label != point.get("on"):
                 point["on"] = positive_label
@@ -289,16 +329,16 @@ def _entry_findings(
                 "x1": float(b["box"][2]),
                 "y1": float(b["box"][3]),
                 "label": str(b.get("label", "")),
-                "score": float(b.get("score", 0.0)),
+                "score": _finite(b.get("score", 0.0)),
             }
             for b in boxes
         )
-        top = max(boxes, key=lambda b: float(b.get("score", 0.0))) if boxes else None
+        top = max(boxes, key=lambda b: _finite(b.get("score", 0.0)) or 0.0) if boxes else None
         return [
             AiFinding(
                 finding_id=fid,
                 label=str(top["label"]) if top else "no finding",
-                probability=float(top["score"]) if top else None,
+                probability=_finite(top["score"]) if top else None,
                 operating_point={"threshold": entry["threshold"]} if "threshold" in entry else None,
                 positive=bool(boxes),
                 label_names=tuple(dict.fromkeys(str(b.get("label", "")) for b in boxes)),
@@ -317,7 +357,7 @@ def _entry_findings(
                 label=name,
                 probability=None,
                 operating_point=None,
-                positive=float(amounts.get(name, 0.0) or 0.0) > 0.0,
+                positive=(_finite(amounts.get(name, 0.0)) or 0.0) > 0.0,
                 label_names=tuple(labels),
                 overlay=Overlay("seg", seg_uids[1], seg_uids[0], k) if seg_uids else Overlay(),
                 **base,
