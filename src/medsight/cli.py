@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import argparse
+import errno
 import importlib
 import logging
 import os
@@ -11,6 +12,7 @@ import signal
 import sys
 import warnings
 from collections.abc import Sequence
+from pathlib import Path
 
 from medsight import __version__
 from medsight.errors import MedsightError
@@ -77,6 +79,8 @@ def main(argv: Sequence[str] | None = None) -> int:
         # the file and the problem in one line; --debug keeps the library's words
         warnings.filterwarnings("ignore", category=UserWarning, module="pydicom")
         logging.getLogger("pydicom").setLevel(logging.ERROR)  # it logs the same words as it warns
+    for warning in _setting_warnings():
+        log.warning("warning: %s", warning)
     try:
         status = args.func(args)
     except MedsightError as exc:
@@ -95,7 +99,70 @@ def main(argv: Sequence[str] | None = None) -> int:
         # still buffered nowhere so that the interpreter's last flush does not fail again
         os.dup2(os.open(os.devnull, os.O_WRONLY), sys.stdout.fileno())
         return 141  # 128 + SIGPIPE, what the shell reports for a tool stopped by a closed pipe
+    except (OSError, RuntimeError) as exc:
+        problem = _storage_problem(exc)
+        if problem is None or args.debug:
+            raise
+        print(f"medsight {args.command}: error: {problem}", file=sys.stderr)
+        return 2
     return int(status or 0)
+
+
+#: Errors of the disk or file system rather than of medsight: said in one line, like bad input.
+FULL = {errno.ENOSPC, errno.EDQUOT, errno.EFBIG, errno.EROFS}
+REFUSED = {errno.EACCES, errno.EPERM}
+#: What creating a folder under a cache that is a file, or in a read-only place, raises.
+UNUSABLE_CACHE = FULL | REFUSED | {errno.ENOTDIR, errno.EEXIST}
+KEPT = "nothing half-written was left and an earlier output there is unchanged"
+
+
+def _setting_warnings() -> list[str]:
+    from medsight.config import setting_warnings
+
+    return setting_warnings()
+
+
+def _storage_problem(exc: BaseException) -> str | None:
+    """The one line for a full disk, a read-only or forbidden folder or an unusable cache folder (outputs are written
+    in a temporary place and renamed, so an earlier output at the same place is intact), or None for any other error
+    (a bug: traceback). torch.save reports a full disk as a RuntimeError of its zip writer, without an errno."""
+    from medsight.config import CACHE_ENV, cache_root
+
+    if isinstance(exc, RuntimeError):
+        if not _from_torch_writer(exc):
+            return None
+        first = (str(exc).strip().splitlines() or [""])[0][:200]
+        return f"could not write a model file ({first}); is the disk full? {KEPT}"
+    if not isinstance(exc, OSError):
+        return None
+    where = str(exc.filename or "")
+    words = exc.strerror or str(exc)
+    if where and exc.errno in UNUSABLE_CACHE and _inside(Path(where), cache_root()):
+        return f"{CACHE_ENV}={cache_root()} cannot be used ({where}: {words}): set it to a folder this user can write"
+    if exc.errno in FULL:
+        return f"{where + ': ' if where else ''}{words}; {KEPT}"
+    if exc.errno in REFUSED:
+        return f"{where + ': ' if where else ''}{words}"
+    return None
+
+
+def _inside(path: Path, folder: Path) -> bool:
+    try:
+        path, folder = path.expanduser().absolute(), folder.expanduser().absolute()
+    except (OSError, RuntimeError):
+        return False
+    return path == folder or folder in path.parents
+
+
+def _from_torch_writer(exc: BaseException) -> bool:
+    """Whether ``exc`` was raised inside ``torch.save`` (not ``torch.load``: a damaged file is another problem)."""
+    tb = exc.__traceback__
+    while tb is not None:
+        code = tb.tb_frame.f_code
+        if code.co_name == "save" and code.co_filename.replace("\\", "/").endswith("torch/serialization.py"):
+            return True
+        tb = tb.tb_next
+    return False
 
 
 class Terminated(BaseException):

@@ -8,6 +8,7 @@ from pathlib import Path
 
 DATA_ENV = "MEDSIGHT_DATA"
 CACHE_ENV = "MEDSIGHT_CACHE"
+THREADS_ENV = "MEDSIGHT_THREADS"
 
 
 def data_root() -> Path:
@@ -48,5 +49,30 @@ def device() -> str:
 
 
 def num_threads() -> int:
-    """Threads for CPU work: ``$MEDSIGHT_THREADS`` or every core."""
-    return int(os.environ.get("MEDSIGHT_THREADS", str(os.cpu_count() or 1)))
+    """Threads for CPU work: ``$MEDSIGHT_THREADS`` or every core.
+
+    A value that is not a whole number from 1 to the number of cores is an error naming the setting: torch refuses 0
+    with a traceback deep in a run, and 1000 threads on a few cores run many times slower than one per core.
+    """
+    from medsight.errors import MedsightError
+
+    cores = os.cpu_count() or 1
+    value = os.environ.get(THREADS_ENV, "").strip()
+    if not value:
+        return cores
+    try:
+        threads = int(value)
+    except ValueError:
+        raise MedsightError(f"{THREADS_ENV} must be a whole number of threads (got {value!r})") from None
+    if not 1 <= threads <= cores:
+        raise MedsightError(f"{THREADS_ENV} must be from 1 to {cores}, the cores of this machine (got {threads})")
+    return threads
+
+
+def setting_warnings() -> list[str]:
+    """What is wrong with the settings without being an error yet: a ``$MEDSIGHT_DATA`` that is not a folder only
+    matters to the commands that look for data sets there, but then the files look missing rather than misplaced."""
+    value = os.environ.get(DATA_ENV)
+    if value and not Path(value).expanduser().is_dir():
+        return [f"{DATA_ENV}={value} is not a folder: data sets are looked for in the cache only ({cache_root()})"]
+    return []

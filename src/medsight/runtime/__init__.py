@@ -28,7 +28,24 @@ def load(bundle: str | Path | Bundle) -> Model:
     from medsight.training.bundle import Bundle, load_bundle
 
     opened = bundle if isinstance(bundle, Bundle) else load_bundle(bundle)
-    return tasks.get(opened.task).load(opened)
+    model = tasks.get(opened.task).load(opened)  # a damaged or missing file is named by the session first
+    check_model_files(opened)
+    return model
+
+
+def check_model_files(bundle: Bundle) -> None:
+    """The ONNX model must be the one this bundle was written with: its recorded checksums, and the input shape
+    ``bundle.json`` describes (so another model's file copied in, or an edited ``input``, is refused by name rather
+    than predicting with the wrong model or failing inside ONNX Runtime)."""
+    from medsight.runtime.onnx_export import check_files, check_input
+
+    onnx = bundle.meta.get("onnx")
+    if not isinstance(onnx, dict) or "error" in onnx or not bundle.onnx_path.is_file():
+        return  # PyTorch fallback, or a missing file the task names
+    check_files(bundle.path, onnx)
+    spec = bundle.input
+    spatial = spec.get("patch_size") if bundle.task == "segmentation" else spec.get("spatial_size")
+    check_input(bundle.onnx_path, int(spec["n_channels"]), list(spatial) if spatial else None)
 
 
 def predictions_document(model: Model, results: Sequence[Result]) -> dict[str, Any]:

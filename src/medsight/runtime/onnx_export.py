@@ -2,8 +2,8 @@
 
 from __future__ import annotations
 
+import hashlib
 import logging
-import os
 import warnings
 from pathlib import Path
 from typing import Any
@@ -12,6 +12,7 @@ import numpy as np
 import torch
 from torch import nn
 
+from medsight import config
 from medsight.errors import MedsightError
 
 log = logging.getLogger("medsight.onnx")
@@ -36,7 +37,13 @@ def export_onnx(model: nn.Module, example: torch.Tensor, path: Path, tolerance: 
             verbose=False,
         )
         assert program is not None
-        program.save(str(path), external_data=True)
+        try:
+            program.save(str(path), external_data=True)
+        except OSError as exc:  # NumPy's tofile says "N requested and M written" on a full disk, without an errno
+            raise MedsightError(
+                f"could not write the ONNX model ({exc.strerror or exc}); is the disk full? Nothing half-written "
+                "was left: the bundle is written in a temporary folder and an earlier bundle there is unchanged"
+            ) from exc
     with torch.no_grad():
         expected = model(example).numpy()
     got = OnnxPredictor(path).run(example.numpy())
@@ -44,7 +51,43 @@ def export_onnx(model: nn.Module, example: torch.Tensor, path: Path, tolerance: 
     if gap > tolerance:
         raise RuntimeError(f"ONNX output differs from PyTorch by {gap:.2e} (> {tolerance:g})")
     files = sorted(p.name for p in path.parent.glob(path.name + "*"))
-    return {"file": path.name, "files": files, "max_abs_diff_vs_torch": gap, "checked_batch": int(example.shape[0])}
+    return {
+        "file": path.name,
+        "files": files,
+        "sha256": checksums(path.parent, files),
+        "max_abs_diff_vs_torch": gap,
+        "checked_batch": int(example.shape[0]),
+    }
+
+
+def checksums(folder: Path, files: list[str]) -> dict[str, str]:
+    """The sha256 of each ONNX file, recorded in ``bundle.json`` so that loading can tell this bundle's model from
+    another's copied over it (same input and output shapes: nothing else would notice, every prediction wrong)."""
+    sums = {}
+    for name in files:
+        digest = hashlib.sha256()
+        with open(folder / name, "rb") as f:
+            for block in iter(lambda: f.read(1 << 20), b""):
+                digest.update(block)
+        sums[name] = digest.hexdigest()
+    return sums
+
+
+def check_files(folder: Path, onnx: dict[str, Any]) -> None:
+    """Refuse ONNX files that are not the ones ``bundle.json`` recorded (when it recorded their checksums: bundles
+    written before they were recorded are taken as they are). A missing file is left to the session to name."""
+    recorded = onnx.get("sha256")
+    if not isinstance(recorded, dict):
+        return
+    present = [name for name in recorded if (folder / str(name)).is_file()]
+    for name, got in checksums(folder, present).items():
+        if got != recorded[name]:
+            raise MedsightError(
+                "is not the ONNX file this bundle was written with (its sha256 differs from bundle.json's "
+                "onnx.sha256): another model's file was copied in, or it was damaged; copy the bundle again or "
+                "retrain",
+                folder / name,
+            )
 
 
 class quiet_onnx_logs:
@@ -71,7 +114,7 @@ class OnnxPredictor:
         import onnxruntime as ort
 
         options = ort.SessionOptions()
-        options.intra_op_num_threads = threads or int(os.environ.get("MEDSIGHT_THREADS", os.cpu_count() or 1))
+        options.intra_op_num_threads = threads or config.num_threads()
         options.log_severity_level = 3
         if not spinning:
             options.add_session_config_entry("session.intra_op.allow_spinning", "0")
@@ -93,3 +136,30 @@ class OnnxPredictor:
 
     def run(self, images: np.ndarray) -> np.ndarray:
         return np.asarray(self.session.run(None, {self.input_name: np.ascontiguousarray(images, np.float32)})[0])
+
+
+def check_input(path: Path, channels: int, spatial: list[int] | None) -> None:
+    """Refuse an ONNX model whose fixed input shape is not the ``(N, channels, *spatial)`` bundle.json describes:
+    another model's file under this bundle's name, caught for bundles without recorded checksums. Only the graph is
+    read (not the external weights); dimensions the graph leaves open are not compared."""
+    import onnx
+
+    try:
+        graph = onnx.load(str(path), load_external_data=False).graph
+    except Exception:  # a damaged or missing file: the session names it when the task loads the model
+        return
+    if not graph.input:
+        return
+    dims: list[int | None] = [
+        d.dim_value if d.HasField("dim_value") else None for d in graph.input[0].type.tensor_type.shape.dim
+    ]
+    sides: list[int | None] = list(spatial) if spatial else [None] * (len(dims) - 2)
+    expected: list[int | None] = [None, channels, *sides]
+    if len(dims) != len(expected) or any(g and e and g != e for g, e in zip(dims, expected, strict=True)):
+        shown = ["N" if d is None else str(d) for d in dims]
+        wanted = ["N" if e is None else str(e) for e in expected]
+        raise MedsightError(
+            f"takes input ({', '.join(shown)}) but bundle.json describes ({', '.join(wanted)}): the ONNX model is "
+            "not this bundle's (another model's file, or bundle.json edited); copy the bundle again or retrain",
+            path,
+        )

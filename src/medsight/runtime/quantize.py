@@ -25,6 +25,7 @@ from onnxruntime.quantization import CalibrationDataReader
 from medsight import config
 from medsight.errors import MedsightError
 from medsight.io.atomic import atomic_dir
+from medsight.runtime.onnx_export import checksums
 from medsight.training.bundle import BUNDLE_JSON, ONNX, Bundle, load_bundle, write_bundle_json
 
 log = logging.getLogger("medsight.quantize")
@@ -141,7 +142,8 @@ def quantize_bundle(bundle_path: Path, out: Path, n: int = N_CALIBRATION, data: 
             "max_abs_diff_vs_torch": onnx_info.get("max_abs_diff_vs_torch"),
         }
         meta = dict(bundle.meta)
-        meta["onnx"] = {**onnx_info, "file": ONNX, "files": [ONNX], "quantization": how}
+        sums = checksums(tmp, [ONNX])  # the int8 file's, not the float model's the bundle recorded
+        meta["onnx"] = {**onnx_info, "file": ONNX, "files": [ONNX], "sha256": sums, "quantization": how}
         write_bundle_json(tmp, meta)
     log.info("int8 bundle written to %s", out)
     return out

@@ -9,6 +9,7 @@ disagree about what a task takes or returns.
 from __future__ import annotations
 
 import dataclasses
+import math
 import types
 import typing
 from collections.abc import Mapping, Sequence
@@ -67,8 +68,8 @@ class TrainOptions:
                 raise MedsightError(f"{_flag(name)} must be at least 1 (got {value})")
         for name in ("time_budget_s", "lr"):
             value = getattr(self, name)
-            if value is not None and not value > 0:
-                raise MedsightError(f"{_flag(name)} must be positive (got {value})")
+            if value is not None and not (value > 0 and math.isfinite(value)):  # inf: NaN weights or epochs
+                raise MedsightError(f"{_flag(name)} must be a positive finite number (got {value})")
 
     @classmethod
     def from_mapping(cls: type[OptionsT], given: Mapping[str, Any], task: str) -> OptionsT:

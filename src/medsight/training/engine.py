@@ -26,6 +26,7 @@ from torch import nn
 from tqdm import tqdm
 
 from medsight.distributed import ddp
+from medsight.errors import MedsightError
 
 log = logging.getLogger("medsight.train")
 
@@ -135,7 +136,7 @@ class Engine:
                 s.epoch_started = time.monotonic()
                 s.entry = {"epoch": float(s.epoch + 1)}
                 sums: dict[str, float] = {}
-                count = 0
+                count = skipped = 0
                 self.model.train()
                 self.fire(Event.EPOCH_STARTED)
                 for whole in self.batches(s.epoch):
@@ -146,7 +147,12 @@ class Engine:
                     self.optimizer.zero_grad(set_to_none=True)
                     with torch.autocast(device_type=self.device.type, enabled=self.amp):
                         loss, logged = step(batch)
-                    scaler.scale(loss).backward()
+                    scaler.scale(loss).backward()  # every rank runs backward: DDP reduces the gradients there
+                    value = float(loss.detach())
+                    if not _finite_update(value, params, self.amp):  # a NaN step would make every weight NaN
+                        s.iteration += 1
+                        skipped += 1
+                        continue
                     if self.grad_clip is not None:
                         scaler.unscale_(self.optimizer)
                         nn.utils.clip_grad_norm_(params, self.grad_clip)
@@ -154,9 +160,12 @@ class Engine:
                     scaler.update()
                     s.iteration += 1
                     count += 1
-                    for k, v in {"train_loss": float(loss.detach()), **logged}.items():
-                        sums[k] = sums.get(k, 0.0) + float(v)
+                    for k, v in {"train_loss": value, **logged}.items():
+                        if math.isfinite(float(v)):
+                            sums[k] = sums.get(k, 0.0) + float(v)
                     self.fire(Event.ITERATION_COMPLETED)
+                if skipped:
+                    _check_skipped(s, count, skipped)
                 s.epoch += 1
                 s.entry.update({k: v / max(count, 1) for k, v in sums.items()})
                 s.entry["lr"] = float(self.optimizer.param_groups[0]["lr"])
@@ -167,7 +176,46 @@ class Engine:
                 s.history.append(dict(s.entry))
         finally:
             self.fire(Event.COMPLETED)
+        if not finite_weights(self.model):
+            raise MedsightError(f"training diverged: the weights hold NaN or infinite values; {NOT_WRITTEN}")
         return s
+
+
+#: What a run that cannot give a usable model says about what to check (the bundle is then not written).
+NOT_WRITTEN = (
+    "no bundle was written. Check that the images are not all alike (constant) and that the labels are right, or "
+    "lower --lr"
+)
+
+
+def _finite_update(loss: float, params: Sequence[torch.Tensor], amp: bool) -> bool:
+    """Whether this step may update the weights: its loss is finite. With several DDP ranks the decision must be
+    the same on every rank: every reduced gradient is finite (the same on all ranks), or, with AMP, the gradient
+    scaler's own check, which skips such steps alike on every rank and lowers its scale."""
+    if ddp.active():
+        return amp or all(bool(torch.isfinite(p.grad).all()) for p in params if p.grad is not None)
+    return math.isfinite(loss)
+
+
+def finite_weights(model: nn.Module) -> bool:
+    """Whether every floating-point weight and buffer of ``model`` is finite."""
+    return all(bool(torch.isfinite(t).all()) for t in model.state_dict().values() if t.is_floating_point())
+
+
+def _check_skipped(s: State, count: int, skipped: int) -> None:
+    """Steps of NaN or infinite loss are skipped; an epoch with no other step cannot train at all and stops the run."""
+    if not count:
+        raise MedsightError(
+            f"training diverged: every training loss of epoch {s.epoch + 1} was NaN or infinite "
+            f"({skipped} step(s)); {NOT_WRITTEN}"
+        )
+    message = (
+        f"epoch {s.epoch + 1}: {skipped} of {skipped + count} training steps had a NaN or infinite loss "
+        "and were skipped"
+    )
+    log.warning(message)
+    if not any(w.endswith("were skipped") for w in s.warnings):  # said once in the bundle, every epoch in the log
+        s.warnings.append(message)
 
 
 # ------------------------------------------------------------------------------------------------- handlers
@@ -225,9 +273,20 @@ class Validate:
             return
         if s.epoch % self.every and s.epoch < s.planned_epochs:
             return
+        if not finite_weights(engine.model):  # scoring NaN outputs fails deep in the metrics instead
+            raise MedsightError(
+                f"training diverged: the weights hold NaN or infinite values after epoch {s.epoch}; {NOT_WRITTEN}"
+            )
         engine.model.eval()
-        with torch.no_grad():
-            score, metrics = self.fn()
+        try:
+            with torch.no_grad():
+                score, metrics = self.fn()
+        except ValueError as exc:  # scikit-learn's "Input contains NaN/infinity": finite weights, overflowing outputs
+            if "nan" not in str(exc).lower() and "infinity" not in str(exc).lower():
+                raise
+            raise MedsightError(
+                f"training diverged: the validation outputs are NaN or infinite after epoch {s.epoch}; {NOT_WRITTEN}"
+            ) from exc
         engine.model.train()
         score = -math.inf if score is None or math.isnan(score) else float(score)
         s.score = score

@@ -48,14 +48,34 @@ class Parent:
 
 
 def open_parent(path: str | Path, task: str) -> Parent:
-    """Load ``path`` as the parent of a ``task`` run; another task, or a bundle that does not load, is an error."""
+    """Load ``path`` as the parent of a ``task`` run; another task, or a bundle that does not load, is an error.
+
+    The weights are read here too, before any data are read or any epoch is run, so damaged or NaN weights are
+    refused at once rather than after the data are prepared."""
     from medsight.serving.provenance import bundle_checksum  # the checksum the service's results carry
 
     bundle = load_bundle(path)
     parent = Parent(bundle, bundle_checksum(bundle.path))
     if bundle.task != task:
         raise parent.fail(f"it is a {bundle.task} bundle and this run trains a {task} model")
+    read_weights(parent)
     return parent
+
+
+def read_weights(parent: Parent) -> dict[str, torch.Tensor]:
+    """The parent's state dict; unreadable weights (any way torch.load fails on a damaged file: UnpicklingError,
+    KeyError, EOFError, RuntimeError...) or weights holding NaN or infinite values are refused naming the bundle."""
+    try:
+        state = torch.load(parent.path / WEIGHTS, map_location="cpu", weights_only=True)
+    except Exception as exc:
+        first = (str(exc).strip().splitlines() or [""])[0][:200]
+        raise parent.fail(f"cannot read its weights {WEIGHTS} ({type(exc).__name__}: {first})") from exc
+    if not isinstance(state, dict) or not all(isinstance(v, torch.Tensor) for v in state.values()):
+        raise parent.fail(f"its {WEIGHTS} is not a state dict of tensors")
+    bad = [k for k, v in state.items() if v.is_floating_point() and not bool(torch.isfinite(v).all())]
+    if bad:
+        raise parent.fail(f"its weights hold NaN or infinite values ({bad[0]}): it diverged, pick another bundle")
+    return state
 
 
 def check_labels(parent: Parent, label_names: list[str]) -> None:
@@ -81,10 +101,7 @@ def check_network(parent: Parent, name: str, kwargs: dict[str, Any]) -> None:
 
 def load_weights(parent: Parent, model: nn.Module) -> None:
     """Copy the parent's weights into ``model`` (strict: every tensor present and of the same shape)."""
-    try:
-        state = torch.load(parent.path / WEIGHTS, map_location="cpu", weights_only=True)
-    except (OSError, RuntimeError) as exc:
-        raise parent.fail(f"cannot read its weights ({exc})") from exc
+    state = read_weights(parent)
     try:
         model.load_state_dict(state)
     except RuntimeError as exc:
