@@ -8,6 +8,8 @@ import subprocess
 import sys
 from pathlib import Path
 
+import pytest
+
 from medsight.io.atomic import atomic_dir, remove_leftovers
 
 KILLED_MID_WRITE = """
@@ -38,3 +40,38 @@ def test_a_writer_killed_mid_write_leaves_a_temporary_folder_that_remove_leftove
     assert sorted(p.name for p in results.iterdir()) == ["done"]
     assert (results / "done" / "predictions.json").read_text() == "{}"
     assert remove_leftovers(tmp_path / "absent") == 0
+
+
+def test_a_stop_between_the_two_renames_puts_the_earlier_output_back(
+    tmp_path: Path, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    """Ctrl-C or SIGTERM after the earlier output was set aside (``.NAME.old``) and before the new one took its
+    place left nothing at ``--out``: the earlier result was lost to the user, against "nothing already written is
+    lost". It is now put back, and a run killed outright there gets it back on the next run."""
+    import medsight.io.atomic as atomic
+
+    out = tmp_path / "out"
+    with atomic_dir(out) as tmp:
+        (tmp / "report.json").write_text("first")
+    real_replace, calls = os.replace, []
+
+    def interrupted(src: object, dst: object) -> None:
+        calls.append(dst)
+        if len(calls) == 2:  # the new folder's rename: the stop arrives just before it
+            raise KeyboardInterrupt
+        real_replace(src, dst)  # type: ignore[arg-type]
+
+    monkeypatch.setattr(atomic.os, "replace", interrupted)
+    try:
+        with atomic_dir(out) as tmp:
+            (tmp / "report.json").write_text("second")
+    except KeyboardInterrupt:
+        pass
+    monkeypatch.setattr(atomic.os, "replace", real_replace)
+    assert (out / "report.json").read_text() == "first" and not (tmp_path / ".out.old").exists()
+    # killed outright between the renames (no finally ran): the next run finds the earlier output set aside
+    os.replace(out, tmp_path / ".out.old")
+    with atomic_dir(out, written=("report.json",)) as tmp:
+        assert (out / "report.json").read_text() == "first"  # back in place while the new one is written
+        (tmp / "report.json").write_text("third")
+    assert (out / "report.json").read_text() == "third" and not (tmp_path / ".out.old").exists()

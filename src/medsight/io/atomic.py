@@ -107,9 +107,13 @@ def refuse_inputs_inside(target: Path, inputs: Iterable[str | Path]) -> None:
 def atomic_dir(target: str | Path, overwrite: bool = True, written: tuple[str, ...] = ()) -> Iterator[Path]:
     """Yield a fresh temporary folder beside ``target``; it replaces ``target`` only if the block succeeds.
 
-    An existing ``target`` survives untouched when the block fails. ``written``: see :func:`check_replaceable_folder`.
+    An existing ``target`` survives untouched when the block fails, and when the process is stopped between the two
+    renames that swap the folders (the earlier output, set aside as ``.NAME.old``, is put back then, or by the next
+    run if the process was killed outright). ``written``: see :func:`check_replaceable_folder`.
     """
     target = Path(target).resolve()  # "." or "out/..": the temporary folder is named after the real one
+    old = target.with_name(f".{target.name}.old")
+    _put_back(old, target)  # a run killed between the renames left the earlier output aside: it comes back first
     check_replaceable_folder(target, written)
     target.parent.mkdir(parents=True, exist_ok=True)
     tmp = Path(tempfile.mkdtemp(prefix=f".{target.name}.", suffix=".tmp", dir=target.parent))
@@ -119,7 +123,6 @@ def atomic_dir(target: str | Path, overwrite: bool = True, written: tuple[str, .
         if target.exists():
             if not overwrite:
                 raise FileExistsError(str(target))
-            old = target.with_name(f".{target.name}.old")
             if old.exists():
                 shutil.rmtree(old)
             os.replace(target, old)
@@ -130,6 +133,13 @@ def atomic_dir(target: str | Path, overwrite: bool = True, written: tuple[str, .
     finally:
         if tmp.exists():
             shutil.rmtree(tmp, ignore_errors=True)
+        _put_back(old, target)  # stopped (Ctrl-C, SIGTERM) between the two renames
+
+
+def _put_back(old: Path, target: Path) -> None:
+    """``old`` (an earlier output set aside) back at ``target`` when nothing stands there."""
+    if old.is_dir() and not old.is_symlink() and not target.exists() and not target.is_symlink():
+        os.replace(old, target)
 
 
 def remove_leftovers(folder: Path) -> int:
