@@ -137,3 +137,31 @@ def test_an_unknown_model_is_an_error(site: dict, tmp_path: Path, capsys: pytest
     args = ["feedback", "export", "--model", "chest", "--out", str(tmp_path / "x"), "--config", str(site["config"])]
     assert main(args) == 2
     assert "no route 'chest' in the configuration (routes: breast)" in capsys.readouterr().err
+
+
+def test_a_reader_who_judged_a_study_and_its_rerun_is_one_case(site: dict, shared_data: Path, tmp_path: Path) -> None:
+    """A re-run gives the same image a new finding id; the reader who judged both results once gave two training
+    cases of one image (here with two labels), as the agreement once counted them twice. The export takes each
+    reader's newest verdict per image, as the agreement now does."""
+    config = site_toml(tmp_path, "breast", site["bundle"])
+    data_dir = tmp_path / "service"
+    key = data_dir / "feedback" / "breast" / "key"
+    key.parent.mkdir(parents=True)
+    key.write_text(KEY + "\n")
+    os.chmod(key, 0o600)
+    (image, *others) = store_cases(data_dir, shared_data, 0, 8, patients=8)
+    record(data_dir, others, "breast", "0" * 64, first=10)
+    engine = open_database(None, data_dir)
+    for run, label in (("breast-1", "normal, benign"), ("breast-2", "malignant")):  # the result, then its re-run
+        record_verdict(
+            engine, study_uid=image.study_uid, finding_id=f"{run}/0", model="breast", model_version="0.1",
+            bundle_checksum="0" * 64, label="malignant", probability=0.7, ai_positive=True, reader="dr_a",
+            role="radiologist", decision="agree" if label == "malignant" else "disagree", reader_label=label,
+            reader_positive=label == "malignant", edit=None, source_sop_uids=[image.sop_uid],
+        )  # fmt: skip
+    engine.dispose()
+    out = tmp_path / "export"
+    assert main(["-q", "feedback", "export", "--model", "breast", "--out", str(out), "--config", str(config)]) == 0
+    table = rows(out)
+    mine = [r for r in table if np.load(out / r["path"]).astype(np.uint8).tobytes() == image.pixels.tobytes()]
+    assert len(table) == 8 and [r["label"] for r in mine] == ["malignant"]  # one case, the newest verdict's label

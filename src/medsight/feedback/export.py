@@ -68,7 +68,8 @@ def feedback_folder(data_dir: Path, model: str) -> Path:
 
 def export(config_path: Path | None, model: str, out: Path, actor: str = "medsight feedback") -> dict[str, Any]:
     """Write ``out/manifest.csv`` (+ ``images/``, ``manifest.json``, ``export.json``) from ``model``'s verdicts."""
-    from medsight.review.verdicts import latest_per_finding, list_verdicts
+    from medsight.review.agreement import counted_verdicts
+    from medsight.review.verdicts import list_verdicts
     from medsight.serving.config import load_config
     from medsight.serving.database import open_database
     from medsight.serving.store import StudyStore
@@ -83,7 +84,9 @@ def export(config_path: Path | None, model: str, out: Path, actor: str = "medsig
     engine = open_database(config.database.sqlalchemy_url(), data_dir)
     try:
         store = StudyStore(engine, data_dir / "instances")
-        verdicts = latest_per_finding(list_verdicts(engine, model=model))
+        # each reader's newest verdict per image: a reader who judged a result and then its re-run (a new finding id
+        # on the same images) gives one case, not two, as the agreement counts them
+        verdicts = counted_verdicts(list_verdicts(engine, model=model))
         if not verdicts:
             raise MedsightError(f"no verdicts on model {model!r} yet: nothing to export")
         folder = feedback_folder(data_dir, model)
