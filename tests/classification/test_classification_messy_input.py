@@ -324,3 +324,26 @@ def test_a_listing_error_exits_2_with_one_line(tmp_path: Path, capsys: pytest.Ca
     assert err[-1].endswith("rows 5 and 26 name the same image (img/3.png): list each image once (several labels of "
                             "one image go in one cell, separated by '|')")  # fmt: skip
     assert not (tmp_path / "b").exists()
+
+
+def test_a_multi_page_tiff_or_animated_gif_says_only_its_first_page_is_read(
+    tmp_path: Path, caplog: pytest.LogCaptureFixture
+) -> None:
+    """A stack saved as one multi-page TIFF (or an animated GIF) was read as its first page without a word."""
+    from PIL import Image
+
+    from medsight.io.images import read_image
+
+    pages = [Image.fromarray(np.full((8, 8), 40 * k, np.uint8)) for k in range(3)]
+    for name in ("stack.tif", "loop.gif"):
+        pages[0].save(tmp_path / name, save_all=True, append_images=pages[1:])
+        caplog.clear()
+        with caplog.at_level("WARNING", logger="medsight"):
+            image = read_image(tmp_path / name)
+        assert image.shape == (1, 8, 8) and float(image.max()) == 0.0  # the first page
+        assert any("holds 3 pages or frames; only the first is read" in r.getMessage() for r in caplog.records)
+    caplog.clear()
+    pages[0].save(tmp_path / "one.tif")
+    with caplog.at_level("WARNING", logger="medsight"):
+        read_image(tmp_path / "one.tif")
+    assert not caplog.records

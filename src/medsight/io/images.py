@@ -7,6 +7,7 @@ error naming the file.
 
 from __future__ import annotations
 
+import logging
 import zipfile
 from pathlib import Path
 from typing import TYPE_CHECKING
@@ -14,6 +15,8 @@ from typing import TYPE_CHECKING
 import numpy as np
 
 from medsight.errors import MedsightError
+
+log = logging.getLogger("medsight")
 
 if TYPE_CHECKING:
     from medsight.io.dicom import Volume
@@ -116,6 +119,10 @@ def _read_raster(path: Path) -> np.ndarray:
         with Image.open(path) as img:
             if _is_16bit_colour_tiff(img):
                 return _read_16bit_colour_tiff(path)
+            pages = int(getattr(img, "n_frames", 1) or 1)
+            if pages > 1:  # a multi-page TIFF (a stack, or a thumbnail page) or an animated GIF: one image is read
+                log.warning("%s: holds %d pages or frames; only the first is read (save each as its own file)",
+                            path, pages)  # fmt: skip
             img.load()
             if img.mode in ("I;16", "I;16B", "I", "F"):
                 arr = np.asarray(img, dtype=np.float32)[None]
