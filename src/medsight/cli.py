@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import argparse
+import contextlib
 import errno
 import importlib
 import logging
@@ -11,8 +12,9 @@ import pkgutil
 import signal
 import sys
 import warnings
-from collections.abc import Sequence
+from collections.abc import Iterator, Sequence
 from pathlib import Path
+from typing import Any
 
 from medsight import __version__
 from medsight.errors import MedsightError
@@ -82,7 +84,8 @@ def main(argv: Sequence[str] | None = None) -> int:
     for warning in _setting_warnings():
         log.warning("warning: %s", warning)
     try:
-        status = args.func(args)
+        with _progress_bars_off() if args.quiet else contextlib.nullcontext():
+            status = args.func(args)
     except MedsightError as exc:
         if args.debug:
             raise
@@ -106,6 +109,26 @@ def main(argv: Sequence[str] | None = None) -> int:
         print(f"medsight {args.command}: error: {problem}", file=sys.stderr)
         return 2
     return int(status or 0)
+
+
+@contextlib.contextmanager
+def _progress_bars_off() -> Iterator[None]:
+    """``--quiet`` ("only print errors and results"): no progress bar, whatever a call site asked for. tqdm has no
+    switch that overrides an explicit ``disable=False`` once it is imported, so its constructor is wrapped for the
+    command's run and restored after (``main`` is also called in-process, by tests and notebooks)."""
+    from tqdm import std
+
+    original = std.tqdm.__init__
+
+    def quiet(self: Any, *args: Any, **kwargs: Any) -> None:
+        kwargs["disable"] = True
+        original(self, *args, **kwargs)
+
+    std.tqdm.__init__ = quiet  # type: ignore[method-assign]
+    try:
+        yield
+    finally:
+        std.tqdm.__init__ = original  # type: ignore[method-assign]
 
 
 #: Errors of the disk or file system rather than of medsight: said in one line, like bad input.
