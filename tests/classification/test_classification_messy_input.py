@@ -347,3 +347,23 @@ def test_a_multi_page_tiff_or_animated_gif_says_only_its_first_page_is_read(
     with caplog.at_level("WARNING", logger="medsight"):
         read_image(tmp_path / "one.tif")
     assert not caplog.records
+
+
+def test_evaluation_data_declaring_another_positive_class_is_said(
+    tmp_path: Path, caplog: pytest.LogCaptureFixture
+) -> None:
+    """The evaluation manifest's sidecar named another positive class than the model's; the metrics were for the
+    model's without a word, so a reader of them could take sensitivity for the other class's."""
+    table = _table(tmp_path / "set", n=40)
+    table.to_csv(tmp_path / "set" / "manifest.csv", index=False)
+    (tmp_path / "set" / "manifest.json").write_text(json.dumps({"positive": "lesion"}))
+    bundle = tmp_path / "bundle"
+    args = ["--epochs", "1", "--batch-size", "16", "--tta", "off", "--ensemble", "off"]
+    assert main([*TRAIN, str(tmp_path / "set" / "manifest.csv"), "--out", str(bundle), *args]) == 0
+    (tmp_path / "set" / "manifest.json").write_text(json.dumps({"positive": "clear"}))
+    evaluate = ["evaluate", str(bundle), str(tmp_path / "set"), "--split", "train", "--bootstrap", "10", "--no-shift"]
+    with caplog.at_level("WARNING", logger="medsight"):
+        assert main([*evaluate, "--out", str(tmp_path / "eval")]) == 0
+    said = [r.getMessage() for r in caplog.records if "declare 'clear' as the positive class" in r.getMessage()]
+    assert said and "the binary metrics are for 'lesion'" in said[0]
+    assert json.loads((tmp_path / "eval" / "metrics.json").read_text())["positive_class"] == "lesion"

@@ -7,6 +7,7 @@ Inference runs through the task's warm model (ONNX Runtime), the same path ``med
 
 from __future__ import annotations
 
+import logging
 from functools import partial
 from pathlib import Path
 from typing import Any
@@ -44,6 +45,8 @@ from medsight.tasks.classification.network import explain as gradcam_maps
 from medsight.tasks.classification.predict import ClassificationModel, decided_labels, positive_index
 from medsight.training.bundle import load_bundle
 
+log = logging.getLogger("medsight")
+
 
 def evaluate(
     bundle_path: Path, spec: str, split: str, out: Path, n_boot: int = N_BOOTSTRAP, positive: str | None = None
@@ -57,6 +60,12 @@ def evaluate(
     task_type, names = model.task_type, model.label_names
     positive = _positive(bundle.meta, task_type, names, model.operating, positive, bundle_path)
     data = load_like(bundle, spec, seed=recorded_split_seed(bundle.meta))
+    declared = getattr(data, "positive", None)
+    if declared is not None and positive is not None and declared != positive:  # one of the two is a mistake
+        log.warning(
+            "the data declare %r as the positive class, the model %r: the binary metrics are for %r (give "
+            "--positive %s to score the other)", declared, positive, positive, declared,
+        )  # fmt: skip
     part = data.split(split)
     leakage = check_leakage(
         bundle.meta["data"], case_hashes(part.images), split, spec, published=published_release(data)
