@@ -178,6 +178,25 @@ def test_ct_rescaled_to_hounsfield_units(samples: Path) -> None:
     assert volume.geometry is not None and volume.geometry.spacing[2] == 5.0  # single slice: header spacing
 
 
+@pytest.mark.parametrize("drop", ["RescaleIntercept", "RescaleSlope"])
+def test_half_a_rescale_is_applied_with_the_other_half_as_identity(
+    samples: Path, tmp_path: Path, drop: str, caplog: pytest.LogCaptureFixture
+) -> None:
+    """A Rescale Slope without its Intercept (or the reverse) was ignored whole (pydicom applies neither), so a slope
+    of 2 halved every value without a word; it is applied now, as SimpleITK reads it, and said once."""
+    ds = pydicom.dcmread(samples / "pydicom_test_files" / "CT_small.dcm")
+    raw = ds.pixel_array.astype(np.float64)
+    ds.RescaleSlope, ds.RescaleIntercept = 2, -1024
+    delattr(ds, drop)
+    ds.save_as(tmp_path / "half.dcm")
+    expected = raw * 2 if drop == "RescaleIntercept" else raw - 1024
+    with caplog.at_level("WARNING", logger="medsight"):
+        np.testing.assert_allclose(read_dicom_image(tmp_path / "half.dcm"), expected)
+        np.testing.assert_allclose(read_series(tmp_path / "half.dcm").array[0], expected)
+    said = [r.getMessage() for r in caplog.records if "without Rescale" in r.getMessage()]
+    assert len(said) == 1 and "half.dcm" in said[0]
+
+
 def test_enhanced_mr_without_functional_groups_has_no_geometry(samples: Path) -> None:
     path = samples / "pydicom_data" / "emri_small.dcm"
     volume = read_series(path)

@@ -949,12 +949,36 @@ def _modality(pixels: np.ndarray, ds: Dataset, frame: Frame | None) -> np.ndarra
     if frame is not None and frame.rescale is not None:
         slope, intercept = frame.rescale
         return np.asarray(pixels, dtype=np.float64) * slope + intercept
+    if ("RescaleSlope" in ds) != ("RescaleIntercept" in ds) and "ModalityLUTSequence" not in ds:
+        return _half_rescale(pixels, ds, frame)
     if "RescaleSlope" in ds and "RescaleIntercept" in ds:  # pydicom rescales with both; a non-number fails in numpy
         for keyword, name in (("RescaleSlope", "Rescale Slope"), ("RescaleIntercept", "Rescale Intercept")):
             if _number(ds.get(keyword)) is None:
                 where = frame.path if frame is not None else Path(str(getattr(ds, "filename", None) or "dataset"))
                 raise MedsightError(f"{name} is empty or not a number: its stored values cannot be rescaled", where)
     return np.asarray(apply_modality_lut(pixels, _word_sized_modality_lut(ds)), dtype=np.float64)
+
+
+#: Files already said to carry half a rescale (a series says it once, not once per slice).
+_HALF_RESCALE_SAID: set[str] = set()
+
+
+def _half_rescale(pixels: np.ndarray, ds: Dataset, frame: Frame | None) -> np.ndarray:
+    """A Rescale Slope without its Intercept, or the reverse (both are Type 1 together): pydicom then applies
+    neither, and a slope of 2 halves every value. The one given is applied with the other's identity value (slope
+    1, intercept 0), as SimpleITK/GDCM read it, and said once per file."""
+    where = frame.path if frame is not None else Path(str(getattr(ds, "filename", None) or "dataset"))
+    slope = _number(ds.get("RescaleSlope")) if "RescaleSlope" in ds else 1.0
+    intercept = _number(ds.get("RescaleIntercept")) if "RescaleIntercept" in ds else 0.0
+    if slope is None or intercept is None:
+        name = "Rescale Slope" if slope is None else "Rescale Intercept"
+        raise MedsightError(f"{name} is empty or not a number: its stored values cannot be rescaled", where)
+    if str(where) not in _HALF_RESCALE_SAID:
+        _HALF_RESCALE_SAID.add(str(where))
+        given, missing = ("Slope", "Intercept") if "RescaleSlope" in ds else ("Intercept", "Slope")
+        log.warning("%s: Rescale %s without Rescale %s (DICOM requires both); read with the %s as %s", where, given,
+                    missing, missing.lower(), "0" if missing == "Intercept" else "1")  # fmt: skip
+    return np.asarray(pixels, dtype=np.float64) * slope + intercept
 
 
 def _word_sized_modality_lut(ds: Dataset) -> Dataset:
