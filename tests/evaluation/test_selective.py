@@ -88,8 +88,11 @@ def test_risk_coverage_bookkeeping_by_hand() -> None:
     assert rc.risk == pytest.approx([0.0, 0.0, 1 / 3, 2 / 5])
     assert np.all(np.diff(rc.coverage) > 0) and rc.coverage[-1] == 1.0
     assert rc.risk[-1] == pytest.approx(1 - correct.mean())  # nothing deferred: the overall error
-    # AURC: mean over ranks of errors so far / rank, ranks ordered 0.9, 0.8, 0.7, 0.6 (stable), 0.6
-    assert rc.aurc == pytest.approx(np.mean([0, 0, 1 / 3, 2 / 4, 2 / 5]))
+    # AURC: mean over ranks of errors so far / rank; the two 0.6 cases (one wrong) have no order between them, so at
+    # rank 4 the errors so far are their expectation over both orders, 1 + 1/2 (it was 2, from the input order)
+    assert rc.aurc == pytest.approx(np.mean([0, 0, 1 / 3, 1.5 / 4, 2 / 5]))
+    swapped = risk_coverage(conf[[0, 3, 2, 1, 4]], correct[[0, 3, 2, 1, 4]])  # the tie given in the other order
+    assert swapped.aurc == pytest.approx(rc.aurc)
     assert risk_coverage_plot(rc, (0.6, 1 / 3)).startswith(b"\x89PNG")
 
 

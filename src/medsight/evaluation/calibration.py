@@ -3,7 +3,9 @@ curves; and temperature scaling fitted on validation.
 
 Equal-width bins leave most of the 15 bins of a small test split nearly empty, so the ECE of a few hundred cases is
 dominated by noise in sparse bins (Nixon et al. 2019, "Measuring calibration in deep learning"). The default is
-therefore equal-mass (adaptive) bins, as many as keep about 25 cases per bin (2 to 15).
+therefore equal-mass (adaptive) bins, as many as keep about 25 cases per bin (2 to 15). Cases of equal probability
+always share a bin (a tie is never cut between two bins, which would make the ECE depend on the order of the cases),
+so a bin can hold more than its share, and fewer bins are used when many cases tie.
 """
 
 from __future__ import annotations
@@ -11,8 +13,6 @@ from __future__ import annotations
 from typing import Any, Literal
 
 import numpy as np
-import torch
-from sklearn.calibration import calibration_curve
 
 from medsight.errors import MedsightError
 
@@ -28,8 +28,28 @@ KIND_MEANING = {
 }
 
 
+#: How far a probability may stray outside [0, 1] by rounding (float32 softmax) before it is refused.
+TOLERANCE = 1e-6
+
+
+def check_probabilities(p: np.ndarray, what: str = "probabilities") -> np.ndarray:
+    """``p`` as floats, or a :class:`MedsightError` when any is NaN, infinite or outside [0, 1]: a calibration
+    figure, a Brier score or a threshold computed from such values would be silently wrong."""
+    arr = np.asarray(p, dtype=float)
+    bad = ~np.isfinite(arr)
+    if bad.any():
+        raise MedsightError(f"{what} hold {int(bad.sum())} NaN or infinite value(s): the model's output is broken")
+    out = (arr < -TOLERANCE) | (arr > 1 + TOLERANCE)
+    if out.any():
+        raise MedsightError(
+            f"{what} hold {int(out.sum())} value(s) outside [0, 1] (from {arr.min():.4g} to {arr.max():.4g}): "
+            "these metrics need probabilities"
+        )
+    return arr
+
+
 def brier_score(y: np.ndarray, p: np.ndarray) -> float:
-    return float(np.mean((np.asarray(p, float) - np.asarray(y, float)) ** 2))
+    return float(np.mean((check_probabilities(p) - np.asarray(y, float)) ** 2))
 
 
 def default_bins(n: int) -> int:
@@ -46,19 +66,34 @@ def expected_calibration_error(
     cuts [0, 1] into equal intervals. ``n_bins`` defaults to :func:`default_bins`.
     """
     y = np.asarray(y, float).ravel()
-    p = np.asarray(p, float).ravel()
+    p = check_probabilities(p).ravel()
     if len(y) == 0:
         return float("nan")
-    bins = default_bins(len(y)) if n_bins is None else int(n_bins)
-    if strategy == "equal-mass":
-        groups = np.array_split(np.argsort(p, kind="stable"), min(bins, len(p)))
-    elif strategy == "equal-width":
-        which = np.minimum((p * bins).astype(int), bins - 1)
-        groups = [np.flatnonzero(which == b) for b in range(bins)]
-    else:
-        raise MedsightError(f"unknown ECE bin strategy {strategy!r} (use equal-mass or equal-width)")
-    total = sum(len(g) * abs(p[g].mean() - y[g].mean()) for g in groups if len(g))
+    groups = _bins(p, default_bins(len(y)) if n_bins is None else int(n_bins), strategy)
+    total = sum(len(g) * abs(p[g].mean() - y[g].mean()) for g in groups)
     return float(total / len(y))
+
+
+def _bins(p: np.ndarray, bins: int, strategy: Strategy = "equal-mass") -> list[np.ndarray]:
+    """The non-empty bins (case indices, by increasing probability) of the ECE and the reliability diagram.
+
+    ``equal-mass``: the cases sorted by ``p`` cut into ``bins`` runs of (almost) equal size, each tie kept whole in
+    the bin where it starts; ``equal-width``: [0, 1] cut into ``bins`` equal intervals."""
+    if strategy == "equal-mass":
+        order = np.argsort(p, kind="stable")
+        if len(order) == 0:
+            return []
+        cut = np.zeros(len(order), int)
+        for b, run in enumerate(np.array_split(np.arange(len(order)), min(bins, len(order)))):
+            cut[run] = b
+        sorted_p = p[order]
+        first = np.searchsorted(sorted_p, sorted_p, side="left")  # where each case's tie starts
+        which = cut[first]
+        return [order[which == b] for b in np.unique(which)]
+    if strategy == "equal-width":
+        which = np.clip((p * bins).astype(int), 0, bins - 1)
+        return [g for g in (np.flatnonzero(which == b) for b in range(bins)) if len(g)]
+    raise MedsightError(f"unknown ECE bin strategy {strategy!r} (use equal-mass or equal-width)")
 
 
 def calibration_target(
@@ -120,12 +155,12 @@ def calibration_report(
 
 
 def reliability(y: np.ndarray, p: np.ndarray, n_bins: int | None = None) -> tuple[np.ndarray, np.ndarray]:
-    """Observed frequency vs mean predicted probability per equal-mass bin (scikit-learn's calibration_curve), on
-    the same bins as the ECE."""
-    y, p = np.asarray(y, int), np.asarray(p, float)
-    bins = default_bins(len(y)) if n_bins is None else n_bins
-    frac, mean_pred = calibration_curve(y, p, n_bins=bins, strategy="quantile")
-    return mean_pred, frac
+    """(mean predicted probability, observed frequency) per equal-mass bin: the bins of the ECE exactly (ties kept
+    whole), so the diagram shows what the ECE measures. scikit-learn's ``calibration_curve(strategy="quantile")``
+    bins by interpolated percentiles, which differ from the ECE's at bin edges. Empty input: empty arrays."""
+    y, p = np.asarray(y, float).ravel(), check_probabilities(p).ravel()
+    groups = _bins(p, default_bins(len(y)) if n_bins is None else int(n_bins))
+    return np.asarray([p[g].mean() for g in groups]), np.asarray([y[g].mean() for g in groups])
 
 
 class TemperatureScaler:
@@ -139,6 +174,8 @@ class TemperatureScaler:
         self.max_iter = max_iter
 
     def fit(self, logits: np.ndarray, y: np.ndarray) -> TemperatureScaler:
+        import torch  # here, so that the metrics of this module (used by prediction) do not load torch
+
         z = torch.as_tensor(logits, dtype=torch.float64)
         target = torch.as_tensor(y)
         log_t = torch.zeros(1, dtype=torch.float64, requires_grad=True)

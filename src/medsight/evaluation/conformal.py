@@ -39,6 +39,7 @@ import numpy as np
 
 from medsight.defaults import DEFAULT_ALPHA as DEFAULT_ALPHA  # re-exported: its old home
 from medsight.errors import MedsightError
+from medsight.evaluation.calibration import check_probabilities
 
 Score = Literal["lac", "aps"]
 SCORES: tuple[Score, ...] = ("lac", "aps")
@@ -90,6 +91,9 @@ class SplitConformal:
         p, y = np.asarray(probs, float), np.asarray(labels).astype(int)
         if p.ndim != 2 or len(p) != len(y):
             raise MedsightError("conformal calibration needs (n, k) probabilities and n labels")
+        p = check_probabilities(p, "conformal calibration probabilities")
+        if len(y) and (y.min() < 0 or y.max() >= p.shape[1]):
+            raise MedsightError(f"conformal calibration labels must be class indices 0..{p.shape[1] - 1}")
         true_scores = scores_of(p, self.score)[np.arange(len(y)), y]
         if groups is not None:
             g = np.asarray(groups)
@@ -101,8 +105,12 @@ class SplitConformal:
         return self
 
     def predict_sets(self, probs: np.ndarray) -> np.ndarray:
-        """``(n, k)`` boolean membership of every label in every case's prediction set."""
-        return np.asarray(scores_of(np.asarray(probs, float), self.score) <= self.quantile_ + 1e-12)
+        """``(n, k)`` boolean membership of every label in every case's prediction set (every label when the
+        calibration set is too small for ``alpha``: an APS score of float32 probabilities can exceed 1 by rounding)."""
+        p = check_probabilities(probs, "probabilities")
+        if getattr(self, "whole_set_", False) and self.quantile_ >= 1.0:
+            return np.ones(p.shape, bool)
+        return np.asarray(scores_of(p, self.score) <= self.quantile_ + 1e-12)
 
     def to_json(self) -> dict[str, Any]:
         return {
@@ -174,6 +182,7 @@ class MultilabelConformal:
                 f"multi-label conformal calibration needs (n, L) probabilities and (n, L) labels "
                 f"(got {p.shape} and {y.shape})"
             )
+        p = check_probabilities(p, "conformal calibration probabilities")
         if not np.isin(y, (0, 1)).all():
             raise MedsightError("multi-label conformal calibration needs labels of 0 (absent) or 1 (present)")
         self.per_label_ = [

@@ -11,7 +11,10 @@ Conventions (boxes as ``[x1, y1, x2, y2]``, 2D; the box criterion and IoU work i
   radius). For lesions that are boxes by nature, ``criterion="centre"`` counts a hit when the detection's centre
   lies inside the box (edges included). A lesion is found at a threshold when any detection hitting it scores at
   or above it; several detections on one lesion are one true positive and no false positive (LUNA16); a detection
-  hitting no lesion is a false positive.
+  hitting no lesion is a false positive; a detection within the radius of two overlapping lesions finds both (as in
+  LUNA16's evaluation script, which only prints a warning). Scores must be finite and non-negative, and a lesion
+  needs a radius above 0 (a zero-size lesion could never be hit): either is an error, not a silent miss. A hit
+  scoring exactly 0 counts as a miss (0 is the score of a missed lesion in MONAI's curve).
 * **FROC curve and sensitivity at r FP per image**: MONAI's ``compute_froc_curve_data`` (a missed lesion scores
   0, CAMELYON's convention) and ``compute_froc_score`` (linear interpolation of sensitivity against FP per image,
   from (0, 0) above every score, flat beyond the last point). **CPM** is the mean at r = 1/8, 1/4, 1/2, 1, 2, 4, 8.
@@ -38,6 +41,8 @@ from monai.data.box_utils import box_iou
 from monai.metrics import compute_froc_curve_data, compute_froc_score
 from numpy.typing import ArrayLike
 from sklearn.metrics import roc_auc_score
+
+from medsight.errors import MedsightError
 
 FP_RATES = (0.125, 0.25, 0.5, 1.0, 2.0, 4.0, 8.0)
 AP_IOU = 0.5
@@ -110,9 +115,22 @@ def match_image(
     """Match one image's detections to its ground truth: FROC (class-agnostic, ``criterion``) and COCO (per class)."""
     det, gt = _boxes(det_boxes), _boxes(gt_boxes)
     scores = np.asarray(det_scores, np.float64).reshape(-1)
+    if len(scores) != len(det):
+        raise MedsightError(f"{len(det)} detection boxes but {len(scores)} scores")
+    if not np.all(np.isfinite(scores)) or np.any(scores < 0):
+        raise MedsightError(
+            "detection scores must be finite and non-negative (a missed lesion scores 0, MONAI's FROC convention; "
+            f"got {', '.join(f'{v:g}' for v in scores[~np.isfinite(scores) | (scores < 0)][:3])})"
+        )
     dl = np.zeros(len(scores), int) if det_labels is None else np.asarray(det_labels, int).reshape(-1)
     gl = np.zeros(len(gt), int) if gt_labels is None else np.asarray(gt_labels, int).reshape(-1)
     if criterion == "radius":
+        _, radius = lesion_circles(gt)
+        if np.any(~(radius > 0)):
+            raise MedsightError(
+                f"lesion {int(np.flatnonzero(~(radius > 0))[0])} of this image has no radius (a box of zero width or "
+                "height): no detection can lie strictly within it, so it would be counted as missed"
+            )
         hit = within_radius(det, gt)
     elif criterion == "centre":
         hit = centres_inside(det, gt)

@@ -2,22 +2,35 @@
 
 Binary metrics act on p(positive) at a threshold; multi-class and multi-label follow MedMNIST's
 definitions (macro one-vs-rest AUC; accuracy by arg-max, or the mean per-label accuracy at 0.5).
+
+Degenerate input is said, never averaged away: a probability that is NaN, infinite or outside [0, 1] is an error; the
+macro AUC is undefined (NaN) when a class or label has no positive or no negative case, as scikit-learn's
+``roc_auc_score(multi_class="ovr")`` and MedMNIST's ``getAUC`` define it (a mean over the classes that happen to be
+present would be another figure); :func:`bootstrap` says how many resamples left a metric undefined and withholds a
+CI that resampling cannot give.
 """
 
 from __future__ import annotations
 
+import logging
 from collections.abc import Callable
 
 import numpy as np
 from sklearn.metrics import cohen_kappa_score, roc_auc_score
 
 from medsight.defaults import N_BOOTSTRAP as N_BOOTSTRAP  # re-exported: its old home
-from medsight.evaluation.calibration import brier_score, expected_calibration_error
+from medsight.evaluation.calibration import brier_score, check_probabilities, expected_calibration_error
+
+#: A CI is given only when at least this share of the resamples define the metric: the percentiles of the rest
+#: would describe resamples unlike the evaluated split (e.g. only those that happen to hold a rare class).
+MIN_DEFINED_SHARE = 0.5
+log = logging.getLogger(__name__)
 
 
 def binary_metrics(y: np.ndarray, score: np.ndarray, threshold: float) -> dict[str, float]:
     """Threshold-free (AUC, Brier, ECE) and thresholded metrics for one binary problem."""
     y = np.asarray(y).astype(int)
+    score = check_probabilities(score, "scores")
     pred = (score >= threshold).astype(int)
     tp = float(np.sum((pred == 1) & (y == 1)))
     tn = float(np.sum((pred == 0) & (y == 0)))
@@ -41,11 +54,12 @@ def binary_metrics(y: np.ndarray, score: np.ndarray, threshold: float) -> dict[s
 def multiclass_metrics(y: np.ndarray, probs: np.ndarray) -> dict[str, float]:
     """Macro one-vs-rest AUC and arg-max accuracy (MedMNIST's definitions), plus multi-class Brier."""
     y = np.asarray(y).astype(int)
+    probs = check_probabilities(probs)
     k = probs.shape[1]
     onehot = np.eye(k)[y]
     aucs = [_auc(onehot[:, c], probs[:, c]) for c in range(k)]
     return {
-        "auc": float(np.nanmean(aucs)) if not np.all(np.isnan(aucs)) else float("nan"),
+        "auc": _macro(aucs),
         "accuracy": float(np.mean(probs.argmax(1) == y)),
         "brier": float(np.mean(np.sum((probs - onehot) ** 2, axis=1))),
         "ece": expected_calibration_error(probs.argmax(1) == y, probs.max(1)),
@@ -76,9 +90,10 @@ def ordinal_metrics(y: np.ndarray, probs: np.ndarray, pred: np.ndarray) -> dict[
 def multilabel_metrics(y: np.ndarray, probs: np.ndarray, thresholds: np.ndarray | None = None) -> dict[str, float]:
     """Macro AUC over labels and MedMNIST's multi-label accuracy (mean per-label accuracy at 0.5)."""
     t = 0.5 if thresholds is None else thresholds
+    probs = check_probabilities(probs)
     aucs = [_auc(y[:, c], probs[:, c]) for c in range(y.shape[1])]
     return {
-        "auc": float(np.nanmean(aucs)) if not np.all(np.isnan(aucs)) else float("nan"),
+        "auc": _macro(aucs),
         "accuracy": float(np.mean((probs >= t) == (y >= 0.5))),
         "brier": float(np.mean((probs - y) ** 2)),
         "ece": expected_calibration_error(y.ravel(), probs.ravel()),
@@ -94,22 +109,43 @@ def bootstrap(
 ) -> dict[str, dict[str, object]]:
     """Point estimate plus percentile 95% CI for every metric ``fn(indices)`` returns.
 
-    Resampling is stratified by ``strata`` (the label) so every replicate holds both classes.
+    Resampling is stratified by ``strata`` (the label) so every replicate holds both classes. A metric undefined
+    (NaN) in some resamples gets its CI from the others and says how many were not (``undefined_resamples``); when
+    fewer than :data:`MIN_DEFINED_SHARE` of them define it the CI is ``[None, None]`` and ``ci_undefined`` says
+    why. When a stratum holds a single case every resample repeats it, so its share of the uncertainty is never seen
+    (the sensitivity of one positive read as a CI of zero width): no CI is given then (``[None, None]``), with a
+    warning naming the stratum.
     """
     rng = np.random.default_rng(seed)
     point = fn(np.arange(n))
     samples: dict[str, list[float]] = {k: [] for k in point}
     groups = [np.flatnonzero(strata == s) for s in np.unique(strata)] if strata is not None else [np.arange(n)]
-    for _ in range(n_boot):
+    groups = [g for g in groups if len(g)]
+    singletons = [s for s in np.unique(strata) if np.sum(strata == s) == 1] if strata is not None else []
+    for _ in range(n_boot if groups else 0):
         idx = np.concatenate([rng.choice(g, size=len(g), replace=True) for g in groups])
         for k, v in fn(idx).items():
-            samples[k].append(v)
+            samples[k].append(np.nan if v is None else v)
     out: dict[str, dict[str, object]] = {}
     for k, v in point.items():
         arr = np.asarray(samples[k], dtype=float)
-        arr = arr[~np.isnan(arr)]
-        ci = [float(np.percentile(arr, 2.5)), float(np.percentile(arr, 97.5))] if arr.size else [None, None]
-        out[k] = {"value": _clean(v), "ci95": ci}
+        defined = arr[~np.isnan(arr)]
+        entry: dict[str, object] = {"value": _clean(v), "ci95": [None, None]}
+        if len(defined) < len(arr):
+            entry["undefined_resamples"] = int(len(arr) - len(defined))
+        if singletons:
+            pass  # said once below: resampling cannot vary a stratum of one case
+        elif defined.size and defined.size >= MIN_DEFINED_SHARE * len(arr):
+            entry["ci95"] = [float(np.percentile(defined, 2.5)), float(np.percentile(defined, 97.5))]
+        elif defined.size:
+            entry["ci_undefined"] = f"defined in only {defined.size} of {len(arr)} resamples"
+        out[k] = entry
+    if singletons and n_boot:
+        names = ", ".join(str(s) for s in singletons[:5]) + (" ..." if len(singletons) > 5 else "")
+        log.warning(
+            "no bootstrap CI: stratum %s holds a single case, which every resample repeats (the CI would not show "
+            "its share of the uncertainty)", names,
+        )  # fmt: skip
     return out
 
 
@@ -118,6 +154,11 @@ def _auc(y: np.ndarray, score: np.ndarray) -> float:
     if len(np.unique(y)) < 2:
         return float("nan")
     return float(roc_auc_score(y, score))
+
+
+def _macro(aucs: list[float]) -> float:
+    """The mean over every class or label, NaN when any one is undefined (scikit-learn's and MedMNIST's macro AUC)."""
+    return float(np.mean(aucs)) if aucs and not np.any(np.isnan(aucs)) else float("nan")
 
 
 def _div(a: float, b: float) -> float:

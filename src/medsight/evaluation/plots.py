@@ -65,7 +65,8 @@ def pr_plot(curves: Curves) -> bytes:
 
 
 def reliability_plot(y: np.ndarray, curves: dict[str, np.ndarray]) -> bytes:
-    """Reliability diagram: observed frequency vs predicted probability, before and after calibration."""
+    """Reliability diagram: observed frequency vs predicted probability, before and after calibration, on the ECE's
+    bins (an empty split draws only the diagonal)."""
     fig, ax = plt.subplots(figsize=(4.2, 4))
     ax.plot([0, 1], [0, 1], ":", color="grey", label="perfect")
     for name, p in curves.items():
@@ -77,7 +78,9 @@ def reliability_plot(y: np.ndarray, curves: dict[str, np.ndarray]) -> bytes:
 
 
 def confusion_plot(y: np.ndarray, pred: np.ndarray, labels: Sequence[str]) -> bytes:
-    cm = confusion_matrix(y, pred, labels=list(range(len(labels))))
+    """Counts of true (rows) against decided (columns) labels; all zeros when there is no case."""
+    k = len(labels)
+    cm = confusion_matrix(y, pred, labels=list(range(k))) if len(y) else np.zeros((k, k), int)
     fig, ax = plt.subplots(figsize=(1.4 + 0.7 * len(labels), 1.2 + 0.7 * len(labels)))
     ax.imshow(cm, cmap="Blues")
     for i in range(cm.shape[0]):

@@ -51,6 +51,8 @@ REASON_AMBIGUOUS = "prediction set holds more than one label"
 REASON_EMPTY = "prediction set is empty (no label probable enough)"
 REASON_DISAGREES = "prediction set's label differs from the decision at the operating point"
 REASON_LOW_CONFIDENCE = "confidence below the threshold chosen on validation"
+#: An unreachable rule defers every case, including one more confident than any validation case.
+REASON_UNREACHABLE = "no confidence threshold met the target error on validation"
 #: Multi-label reasons, each written after the label's name ("effusion: both absent and present plausible").
 REASON_LABEL_BOTH = "both absent and present plausible"
 REASON_LABEL_NEITHER = "neither absent nor present probable enough"
@@ -81,6 +83,8 @@ class DeferralRule:
             out.append(REASON_DISAGREES)
         if confidence < self.confidence_threshold:
             out.append(REASON_LOW_CONFIDENCE)
+        elif not self.reachable:  # the threshold lies just above every validation confidence; a test case may not
+            out.append(REASON_UNREACHABLE)
         return out
 
     def defer(self, sets: np.ndarray, decided: np.ndarray, confidence: np.ndarray) -> np.ndarray:
@@ -163,13 +167,19 @@ def risk_coverage(confidence: np.ndarray, correct: np.ndarray) -> RiskCoverage:
     n = len(conf)
     if n == 0:
         return RiskCoverage(np.zeros(0), np.zeros(0), np.zeros(0), float("nan"))
+    if np.isnan(conf).any():
+        raise MedsightError(f"{int(np.isnan(conf).sum())} confidence(s) are NaN: the cases cannot be ranked")
     order = np.argsort(-conf, kind="stable")
     errors = np.cumsum(~ok[order])
     ranks = np.arange(1, n + 1)
-    aurc = float(np.mean(errors / ranks))  # Geifman et al.: the mean kept-case error over every rank
-    # one point per distinct confidence: the last rank at which that confidence is still kept
     sorted_conf = conf[order]
+    # one point per distinct confidence: the last rank at which that confidence is still kept
     last = np.flatnonzero(np.r_[sorted_conf[1:] != sorted_conf[:-1], True])
+    # Geifman et al.: the mean kept-case error over every rank. Tied cases have no order among themselves, so within
+    # a tie the errors are their expectation over the tie's orderings (linear from one tie's end to the next), and
+    # the AURC does not depend on the order the cases were given in
+    expected = np.interp(ranks, np.r_[0, ranks[last]], np.r_[0, errors[last]])
+    aurc = float(np.mean(expected / ranks))
     return RiskCoverage(sorted_conf[last], ranks[last] / n, errors[last] / ranks[last], aurc)
 
 
