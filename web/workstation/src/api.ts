@@ -13,7 +13,13 @@ export interface Finding {
 
 export interface OperatingPoint { threshold: number; method?: string; on?: string }
 
-export interface Box { sop_uid: string; x0: number; y0: number; x1: number; y1: number; label?: string; score?: number }
+/** A box in DICOM 2D image coordinates of image ``sop_uid``; ``frame`` (1-based) is the frame of a multi-frame image it
+ * lies on. Without one it lies on every frame of its image (the review API refuses that in an edit on a multi-frame
+ * image, docs/review_api.md), which is the only meaning it can have on a single-frame image. */
+export interface Box {
+  sop_uid: string; x0: number; y0: number; x1: number; y1: number; label?: string; score?: number | null;
+  frame?: number | null;
+}
 
 export interface Overlay {
   kind: 'seg' | 'heatmap' | 'boxes' | 'none'; series_uid?: string | null; sop_uid?: string | null;

@@ -1,10 +1,28 @@
 // What the AI produced, drawn over the Cornerstone3D viewport in image-pixel coordinates (the viewport's own
 // world<->canvas transform places them, so they follow zoom, pan and scroll), and the reader's edits of it:
 // SEG masks (fill with opacity, or outline; brush paint/erase), the Grad-CAM Secondary Capture (heatmap), boxes
-// with scores (move, add, delete).
+// with scores (move, add, delete). A box with a ``frame`` is drawn, hit and moved on that frame of its image only;
+// one without lies on every frame (drawn dashed on a multi-frame image, and placed on the frame shown once moved).
 import type { Box } from './api';
 
 export type Vec2 = [number, number];
+
+/** The image shown: its SOP instance, which frame of it (1-based) and how many frames it has. */
+export interface Shown { sop: string; frame: number; frames: number }
+
+/** Whether box ``b`` lies on the image shown (on its frame when it names one, on every frame when not). */
+export function onShown(b: Box, shown: Shown): boolean {
+  return b.sop_uid === shown.sop && (b.frame == null || b.frame === shown.frame);
+}
+
+/** A box of an edit as the review API takes it: corners ordered, the finding's label when it has none, ``frame`` only
+ * when the box has one (nothing new for single-frame images). */
+export function boxForApi(b: Box, label: string): Record<string, unknown> {
+  return {
+    sop_uid: b.sop_uid, x0: Math.min(b.x0, b.x1), y0: Math.min(b.y0, b.y1), x1: Math.max(b.x0, b.x1),
+    y1: Math.max(b.y0, b.y1), label: b.label ?? label, ...(b.frame != null ? { frame: b.frame } : {}),
+  };
+}
 
 /** Maps image pixels (0,0 = the top-left corner of the first pixel) to canvas CSS pixels and back. */
 export interface Mapper {
@@ -43,7 +61,7 @@ export class OverlayLayer {
   constructor(
     readonly canvas: HTMLCanvasElement,
     private mapper: () => Mapper | null,
-    private currentSop: () => string | null,
+    private shown: () => Shown | null,
     private currentSize: () => Vec2 | null,
     target: HTMLElement = canvas,
   ) {
@@ -87,8 +105,9 @@ export class OverlayLayer {
     ctx.setTransform(1, 0, 0, 1, 0, 0);
     ctx.clearRect(0, 0, c.width, c.height);
     const m = this.mapper();
-    const sop = this.currentSop();
-    if (!m || !sop) return;
+    const shown = this.shown();
+    if (!m || !shown) return;
+    const sop = shown.sop;
     const o = m.toCanvas(0, 0), px = m.toCanvas(1, 0), py = m.toCanvas(0, 1);
     const imageTransform = (): void => ctx.setTransform(
       dpr * (px[0] - o[0]), dpr * (px[1] - o[1]), dpr * (py[0] - o[0]), dpr * (py[1] - o[1]), dpr * o[0], dpr * o[1]);
@@ -115,13 +134,15 @@ export class OverlayLayer {
       } else if (ov.kind === 'boxes' && ov.boxes) {
         ctx.setTransform(dpr, 0, 0, dpr, 0, 0);
         ov.boxes.forEach((b, i) => {
-          if (b.sop_uid !== sop) return;
+          if (!onShown(b, shown)) return;
           const a = m.toCanvas(Math.min(b.x0, b.x1), Math.min(b.y0, b.y1));
           const z = m.toCanvas(Math.max(b.x0, b.x1), Math.max(b.y0, b.y1));
           const editingThis = this.editing?.finding === finding && this.selectedBox === i;
           ctx.strokeStyle = editingThis ? '#ffffff' : `rgb(${ov.color.join(',')})`;
           ctx.lineWidth = editingThis ? 3 : 2;
+          ctx.setLineDash(b.frame == null && shown.frames > 1 ? [6, 4] : []); // on every frame: not placed yet
           ctx.strokeRect(a[0], a[1], z[0] - a[0], z[1] - a[1]);
+          ctx.setLineDash([]);
           ctx.fillStyle = ctx.strokeStyle;
           ctx.font = '13px system-ui';
           const score = b.score == null ? '' : ` ${b.score.toFixed(2)}`;
@@ -170,19 +191,21 @@ export class OverlayLayer {
     if (!ed || !p) return;
     e.preventDefault();
     const ov = this.overlays.get(ed.finding);
-    const sop = this.currentSop();
-    if (!ov || !sop) return;
+    const shown = this.shown();
+    if (!ov || !shown) return;
+    const sop = shown.sop;
     if ((ed.tool === 'paint' || ed.tool === 'erase') && ov.mask) {
       this.drag = { start: p };
       this.paint(ov.mask, sop, p, ed.tool === 'paint', ed.radius);
     } else if (ed.tool === 'box-move' && ov.boxes) {
-      const i = ov.boxes.findIndex((b) => b.sop_uid === sop && p[0] >= Math.min(b.x0, b.x1) &&
+      const i = ov.boxes.findIndex((b) => onShown(b, shown) && p[0] >= Math.min(b.x0, b.x1) &&
         p[0] <= Math.max(b.x0, b.x1) && p[1] >= Math.min(b.y0, b.y1) && p[1] <= Math.max(b.y0, b.y1));
       this.selectedBox = i >= 0 ? i : null;
       if (i >= 0) this.drag = { start: p, box: ov.boxes[i], orig: { ...ov.boxes[i] } };
     } else if (ed.tool === 'box-add' && ov.boxes) {
       const label = ov.boxes[0]?.label ?? '';
       const created: Box = { sop_uid: sop, x0: p[0], y0: p[1], x1: p[0], y1: p[1], label };
+      if (shown.frames > 1) created.frame = shown.frame; // the frame shown; none on a single-frame image
       ov.boxes.push(created);
       ov.boxesEdited = true;
       this.selectedBox = ov.boxes.length - 1;
@@ -196,13 +219,15 @@ export class OverlayLayer {
     if (!ed || !d) return;
     const p = this.at(e);
     const ov = this.overlays.get(ed.finding);
-    const sop = this.currentSop();
-    if (!p || !ov || !sop) return;
+    const shown = this.shown();
+    if (!p || !ov || !shown) return;
     if ((ed.tool === 'paint' || ed.tool === 'erase') && ov.mask) {
-      this.paint(ov.mask, sop, p, ed.tool === 'paint', ed.radius);
+      this.paint(ov.mask, shown.sop, p, ed.tool === 'paint', ed.radius);
     } else if (d.box && d.orig) {
       const dx = p[0] - d.start[0], dy = p[1] - d.start[1];
       Object.assign(d.box, { x0: d.orig.x0 + dx, x1: d.orig.x1 + dx, y0: d.orig.y0 + dy, y1: d.orig.y1 + dy });
+      // a box on every frame of a multi-frame image, moved by the reader, is on the frame the reader moved it on
+      if (d.box.frame == null && shown.frames > 1) d.box.frame = shown.frame;
       ov.boxesEdited = true;
     } else if (d.created) {
       d.created.x1 = p[0]; d.created.y1 = p[1];

@@ -12,7 +12,9 @@ import {
   agreementPage, authHeader, canJudge, dicomweb, frames, metadata, modelCard, rendered, review, session, submitVerdict,
   type Finding, type Review, type SeriesInfo,
 } from './api';
-import { OverlayLayer, maskPng, unpackFrame, type Mapper, type MaskSet, type Vec2 } from './overlays';
+import {
+  OverlayLayer, boxForApi, maskPng, unpackFrame, type Mapper, type MaskSet, type Shown, type Vec2,
+} from './overlays';
 import { openReport } from './report';
 import { esc } from './worklist';
 
@@ -67,7 +69,12 @@ function operatingPoint(op: Finding['operating_point']): string {
   return `${Number(op.threshold).toFixed(3)}${op.method ? ` (${op.method})` : ''}${op.on ? ` on ${op.on}` : ''}`;
 }
 
-export interface ViewerState { imageIds: string[]; sopOf: Map<string, string>; indexOfSop: Map<string, number> }
+/** The stack: image ids in display order (``.../instances/<sop>/frames/<n>``, one per frame), the SOP instance and
+ * frame (1-based) of each, where each instance starts, and each instance's NumberOfFrames. */
+export interface ViewerState {
+  imageIds: string[]; sopOf: Map<string, string>; frameOf: Map<string, number>; indexOfSop: Map<string, number>;
+  framesOf: Map<string, number>;
+}
 
 export async function showViewer(app: HTMLElement, studyUid: string): Promise<() => void> {
   const opened = performance.now();
@@ -115,9 +122,17 @@ export async function showViewer(app: HTMLElement, studyUid: string): Promise<()
   group.setToolActive(ZoomTool.toolName, { bindings: [{ mouseButton: B.Secondary }] });
   group.setToolActive(StackScrollTool.toolName, { bindings: [{ mouseButton: B.Wheel }] });
 
-  const state: ViewerState = { imageIds: [], sopOf: new Map(), indexOfSop: new Map() };
+  const state: ViewerState = {
+    imageIds: [], sopOf: new Map(), frameOf: new Map(), indexOfSop: new Map(), framesOf: new Map(),
+  };
   let firstImageMs: number | null = null;
   const currentSop = (): string | null => state.sopOf.get(viewport.getCurrentImageId() ?? '') ?? null;
+  /** The image shown: its instance, the frame of it and how many frames the instance has. */
+  const shown = (): Shown | null => {
+    const id = viewport.getCurrentImageId() ?? '';
+    const sop = state.sopOf.get(id);
+    return sop ? { sop, frame: state.frameOf.get(id) ?? 1, frames: state.framesOf.get(sop) ?? 1 } : null;
+  };
   const mapper = (): Mapper | null => {
     const data = viewport.getImageData?.() as any;
     if (!data || !viewport.getCurrentImageId()) return null;
@@ -141,15 +156,18 @@ export async function showViewer(app: HTMLElement, studyUid: string): Promise<()
     const dims = (viewport.getImageData?.() as any)?.dimensions;
     return dims ? [dims[0], dims[1]] : null;
   };
-  const layer = new OverlayLayer(canvas, mapper, currentSop, size, wrap);
+  const layer = new OverlayLayer(canvas, mapper, shown, size, wrap);
 
   const status = (): void => {
     const props = viewport.getProperties();
     const range = props.voiRange;
     const wl = range ? `W ${Math.round(range.upper - range.lower)} L ${Math.round((range.upper + range.lower) / 2)}` : '';
     const index = viewport.getCurrentImageIdIndex();
-    corner.textContent = `${index + 1}/${state.imageIds.length}  ${wl}  zoom ${viewport.getZoom().toFixed(2)}`;
+    const at = shown();
+    const frame = at && at.frames > 1 ? `  frame ${at.frame}/${at.frames}` : '';
+    corner.textContent = `${index + 1}/${state.imageIds.length}${frame}  ${wl}  zoom ${viewport.getZoom().toFixed(2)}`;
     wrap.dataset.index = String(index);
+    wrap.dataset.frame = String(at?.frame ?? '');
     wrap.dataset.count = String(state.imageIds.length);
     wrap.dataset.wl = wl;
     wrap.dataset.zoom = viewport.getZoom().toFixed(3);
@@ -208,16 +226,18 @@ export async function showViewer(app: HTMLElement, studyUid: string): Promise<()
   const loadSeries = async (series: string): Promise<void> => {
     const path = `/studies/${studyUid}/series/${series}`;
     const instances = order(await metadata(path));
-    state.imageIds = []; state.sopOf.clear(); state.indexOfSop.clear();
+    state.imageIds = []; state.sopOf.clear(); state.frameOf.clear(); state.indexOfSop.clear(); state.framesOf.clear();
     for (const inst of instances) {
       const sop = v(inst, '00080018');
       const n = Number(v(inst, '00280008') ?? 1) || 1;
       state.indexOfSop.set(sop, state.imageIds.length);
+      state.framesOf.set(sop, n);
       for (let f = 1; f <= n; f++) {
         const imageId = `wadors:${dicomweb()}${path}/instances/${sop}/frames/${f}`;
         wadors.metaDataManager.add(imageId, inst as any);
         state.imageIds.push(imageId);
         state.sopOf.set(imageId, sop);
+        state.frameOf.set(imageId, f);
       }
     }
     await viewport.setStack(state.imageIds, Math.floor(state.imageIds.length / 2));
@@ -291,9 +311,14 @@ export async function showViewer(app: HTMLElement, studyUid: string): Promise<()
   /** The first image (in display order) the finding's overlay marks. */
   const firstMarked = (f: Finding): number | null => {
     const ov = layer.overlays.get(f.finding_id);
-    const sops = ov?.mask ? [...ov.mask.bySop.entries()].filter(([, m]) => m.some((x) => x)).map(([s]) => s)
-      : ov?.boxes ? ov.boxes.map((b) => b.sop_uid) : ov?.heatmap?.sop ? [ov.heatmap.sop] : [];
-    const idx = sops.map((s) => state.indexOfSop.get(s)).filter((i): i is number => i !== undefined);
+    const marks: [string, number][] = ov?.mask
+      ? [...ov.mask.bySop.entries()].filter(([, m]) => m.some((x) => x)).map(([s]) => [s, 1])
+      : ov?.boxes ? ov.boxes.map((b) => [b.sop_uid, b.frame ?? 1])
+        : ov?.heatmap?.sop ? [[ov.heatmap.sop, 1]] : [];
+    const idx = marks.map(([s, frame]) => {
+      const start = state.indexOfSop.get(s);
+      return start === undefined ? undefined : start + Math.min(frame, state.framesOf.get(s) ?? 1) - 1;
+    }).filter((i): i is number => i !== undefined);
     return idx.length ? Math.min(...idx) : null;
   };
 
@@ -436,8 +461,14 @@ export async function showViewer(app: HTMLElement, studyUid: string): Promise<()
         const sops = [...m.bySop.keys()].filter((s) => m.edited.has(s) || m.bySop.get(s)!.some((x) => x));
         edit = { mask: Object.fromEntries(sops.map((s) => [s, maskPng(m.bySop.get(s)!, m.cols, m.rows)])) };
       } else if (ov?.boxes && ov.boxesEdited) {
-        edit = { boxes: ov.boxes.map(({ sop_uid, x0, y0, x1, y1, label: l }) => (
-          { sop_uid, x0: Math.min(x0, x1), y0: Math.min(y0, y1), x1: Math.max(x0, x1), y1: Math.max(y0, y1), label: l ?? label })) };
+        // a box on a multi-frame image needs its frame (the API refuses one that would lie on every frame)
+        const loose = ov.boxes.filter((b) => b.frame == null && (state.framesOf.get(b.sop_uid) ?? 1) > 1).length;
+        if (loose) {
+          say(`${loose} box(es) (dashed) lie on every frame of a multi-frame image: move each onto its frame, or ` +
+            'delete it, first.', true);
+          return;
+        }
+        edit = { boxes: ov.boxes.map((b) => boxForApi(b, label)) };
       } else if (label && label !== f.label) {
         edit = { label };
       }
@@ -448,7 +479,7 @@ export async function showViewer(app: HTMLElement, studyUid: string): Promise<()
   }
 
   (window as any).__medsight = {
-    viewport, layer, state, firstImageMs: () => firstImageMs,
+    viewport, layer, state, firstImageMs: () => firstImageMs, shown,
     index: () => viewport.getCurrentImageIdIndex(), voi: () => viewport.getProperties().voiRange,
   };
   app.dataset.viewerReady = '1';
