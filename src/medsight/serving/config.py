@@ -516,7 +516,24 @@ def _url_problem(value: str) -> str | None:
     parts = urlsplit(value)
     if parts.scheme not in ("http", "https") or not parts.netloc:
         return f'"{value}" is not an http:// or https:// URL'
+    if not parts.hostname:
+        return f'"{value}" names no host'
+    if _host_problem(parts.hostname):
+        return f'"{value}": "{parts.hostname}" is not an IP address or host name'
+    try:
+        port = parts.port
+    except ValueError:
+        return f'"{value}" has a port that is not 1-65535'
+    if port == 0:
+        return f'"{value}" has a port that is not 1-65535'
     return None
+
+
+def _url_host(value: str) -> str:
+    """The host of a URL that passed :func:`_url_problem` (brackets of an IPv6 address removed)."""
+    from urllib.parse import urlsplit
+
+    return urlsplit(value).hostname or ""
 
 
 _SOP_KEYWORDS: dict[str, str] | None = None
@@ -831,9 +848,7 @@ class _Checker:
                     problem = _url_problem(url)
                     if problem:
                         t.add("url", problem)
-                    elif url.startswith("http://") and not is_loopback(
-                        url.split("//", 1)[1].split("/")[0].split(":")[0]
-                    ):
+                    elif url.startswith("http://") and not is_loopback(_url_host(url)):
                         self.warnings.append(f"{where}.url: results and tokens travel unencrypted to {url}")
                 values["url"] = url
                 values["token_env"] = self.env_name(t, "token_env")

@@ -98,6 +98,22 @@ def oru_r01(
     return message
 
 
+def with_sender(message: str, application: str | None, facility: str | None) -> str:
+    """``message`` with MSH-3 (sending application) and MSH-4 (sending facility) set to a destination's
+    ``application`` and ``facility``; the rest (control id, time, findings) is unchanged, so every re-send to that
+    destination is the same message."""
+    segments = message.split("\r")
+    fields = segments[0].split("|")
+    if fields[0] != "MSH" or len(fields) < 5:
+        raise MedsightError("not an HL7 v2 message (no MSH segment first)")
+    if application is not None:
+        fields[2] = escape(application)
+    if facility is not None:
+        fields[3] = escape(facility)
+    segments[0] = "|".join(fields)
+    return "\r".join(segments)
+
+
 def send_mllp(host: str, port: int, message: str, timeout_s: float = 10.0) -> Ack:
     """Send one message with MLLP framing and wait for its ACK.
 

@@ -289,6 +289,11 @@ class JobQueue:
 
     def requeue_expired(self, now: float | None = None) -> int:
         """Running jobs past their lease (worker crashed or hung) become failed attempts; returns how many."""
+        return len(self.take_back_expired(now))
+
+    def take_back_expired(self, now: float | None = None) -> builtins.list[Job]:
+        """:meth:`requeue_expired`, returning the jobs it took back as they are now (failed, or dead when that was
+        their last attempt), so the service can count the failures and dead letters."""
         now = time.time() if now is None else now
         j = jobs_table.c
         with write_transaction(self.engine) as conn:
@@ -305,7 +310,7 @@ class JobQueue:
                     True,
                     now,
                 )
-        return len(rows)
+            return [self._get(conn, row.id) for row in rows]
 
     def requeue_running(self, worker: str | None = None, now: float | None = None) -> int:
         """Put running jobs (of ``worker``, or all) back in the queue without counting the attempt.

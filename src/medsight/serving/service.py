@@ -32,12 +32,17 @@ from typing import Any
 
 from medsight.errors import MedsightError
 from medsight.serving.config import SiteConfig
+from medsight.serving.jobs import MAX_ERROR_CHARS
 from medsight.serving.worker import EXPORT, INFERENCE, ModelCache, Retryable, WorkContext, run_export, run_inference
 
 log = logging.getLogger("medsight.serve")
 
 #: How often the scheduler looks for quiet studies and expired leases, and how often idle workers poll.
 TICK_S = 0.2
+#: How long a worker or the scheduler waits after a database error before trying again.
+DB_RETRY_S = 1.0
+#: How often the scheduler queues the jobs of studies left complete (a crash, a failed queueing).
+SWEEP_S = 5.0
 
 
 class Service:
@@ -252,7 +257,7 @@ class Service:
                 p.join(max(0.0, deadline - time.monotonic()))
             for p in self._processes:
                 if p.is_alive():  # past the grace period: stop it; its job goes back to the queue below
-                    p.terminate()
+                    p.kill()  # not terminate(): a worker process ignores SIGTERM (the service handles it)
                     p.join(5)
         requeued = sum(self.queue.requeue_running(w) for w in self.worker_ids)
         if requeued:
@@ -301,27 +306,60 @@ class Service:
         """The explicit completion call (API): mark complete and queue its jobs now."""
         if not self.store.mark_complete(study_uid):
             return False
-        self._queue_study(study_uid)
+        self.metrics.studies.inc()
+        try:
+            self._queue_study(study_uid)
+        except Exception as exc:  # the study is complete: the scheduler's next sweep queues its jobs
+            log.error("cannot queue the jobs of a completed study now (%s); the scheduler retries", type(exc).__name__)
         return True
 
     def _schedule(self) -> None:
+        """Each tick: complete the quiet studies and queue their jobs, and take back jobs whose lease expired.
+
+        Every ``SWEEP_S`` (and at start) it also queues the jobs of every study still ``complete``: those a crash
+        left between completion and queueing, and those whose queueing failed (a database error): one study's
+        failure never leaves the others of its tick unqueued until a restart. The dedupe keys make it idempotent.
+        """
         quiet = self.config.service.quiet_period_s
-        for uid in self.store.studies_in_state("complete"):
-            self._queue_study(uid)
-        while not self._stop.wait(TICK_S):
+        next_sweep = 0.0
+        while not self._stop.is_set():
             try:
-                for uid in self.store.complete_quiet_studies(quiet):
-                    self.metrics.studies.inc()
-                    self._queue_study(uid)
-                self.queue.requeue_expired()
+                if time.monotonic() >= next_sweep:
+                    next_sweep = time.monotonic() + SWEEP_S
+                    if not self._queue_studies(self.store.studies_in_state("complete")):
+                        next_sweep = time.monotonic() + DB_RETRY_S
+                completed = self.store.complete_quiet_studies(quiet)
+                if completed:
+                    self.metrics.studies.inc(len(completed))
+                    if not self._queue_studies(completed):
+                        next_sweep = time.monotonic() + DB_RETRY_S
+                for job in self.queue.take_back_expired():
+                    self._count_failure(job)
             except Exception:  # the scheduler must outlive a database hiccup
                 log.exception("scheduler tick failed")
+            self._stop.wait(TICK_S)
+
+    def _queue_studies(self, study_uids: list[str]) -> bool:
+        """Queue each study's jobs; False when some could not be (they stay complete, for the next sweep)."""
+        ok = True
+        for uid in study_uids:
+            if self._stop.is_set():
+                return ok
+            try:
+                self._queue_study(uid)
+            except Exception as exc:  # logged without the UID (a study is named by its position in the tick)
+                ok = False
+                log.error("cannot queue the jobs of a complete study (%s); retried shortly", type(exc).__name__)
+        return ok
 
     def _queue_study(self, study_uid: str) -> None:
         from medsight.serving.routing import SeriesInfo, plan_jobs
 
         study = self.store.study(study_uid)
-        if study is None:
+        if study is None or study.state != "complete":
+            # gone, already processed, or re-opened by a late instance since it was found complete: the re-run's
+            # completion queues it (jobs queued now would run on a study still receiving, and that completion would
+            # find them by their dedupe key instead of running on the whole study)
             return
         frames = self._frames_per_series(study_uid)
         infos = [
@@ -372,7 +410,12 @@ class Service:
     def _work(self, worker: str) -> None:
         pool = concurrent.futures.ThreadPoolExecutor(max_workers=1, thread_name_prefix=f"job-{worker}")
         while not self._stop.is_set():
-            job = self.queue.claim(worker)
+            try:
+                job = self.queue.claim(worker)
+            except Exception:  # a database hiccup must not end the worker: the queue is still there next tick
+                log.exception("worker %s cannot claim a job; trying again", worker)
+                self._stop.wait(DB_RETRY_S)
+                continue
             if job is None:
                 self._stop.wait(TICK_S)
                 continue
@@ -401,27 +444,55 @@ class Service:
                 log.exception("job %s (%s %s) failed", job.id, job.kind, job.target)
                 self._failed(job, f"{type(exc).__name__}: {exc}", retryable=True, worker=worker)
                 continue
-            self.queue.complete(job.id, result, worker=worker)
-            self.metrics.job_latency.labels(job.kind, job.target).observe(time.monotonic() - started)
-            if job.kind == EXPORT or not result.get("exports"):
-                study = self.store.study(job.study_uid)
-                model = job.payload.get("route", job.target)
-                if study and study.completed_at and (job.kind == INFERENCE or _all_exports_done(self, job)):
-                    self.metrics.study_latency.labels(model).observe(time.time() - study.completed_at)
-            log.info("job %s done: %s %s", job.id, job.kind, job.target)
+            try:
+                self._done(job, result, worker, started)
+            except Exception:  # the job stays running under its lease: it expires and the job runs again
+                log.exception("job %s (%s %s) ran but cannot be recorded as done", job.id, job.kind, job.target)
+                self._stop.wait(DB_RETRY_S)
         pool.shutdown(wait=False, cancel_futures=True)
 
+    def _done(self, job: Any, result: dict[str, Any], worker: str, started: float) -> None:
+        done = self.queue.complete(job.id, result, worker=worker)
+        if not _still_ours(done, job, worker, ("done",)):
+            # the lease expired and the job was taken back (or finished) meanwhile: this run is not the record
+            log.warning(
+                "job %s (%s %s) finished after it was taken back; its result is not recorded",
+                job.id,
+                job.kind,
+                job.target,
+            )
+            return
+        self.metrics.job_latency.labels(job.kind, job.target).observe(time.monotonic() - started)
+        if job.kind == EXPORT or not result.get("exports"):
+            study = self.store.study(job.study_uid)
+            model = job.payload.get("route", job.target)
+            if study and study.completed_at and (job.kind == INFERENCE or _all_exports_done(self, job)):
+                self.metrics.study_latency.labels(model).observe(time.time() - study.completed_at)
+        log.info("job %s done: %s %s", job.id, job.kind, job.target)
+
     def _failed(self, job: Any, error: str, *, retryable: bool, worker: str) -> None:
-        updated = self.queue.fail(job.id, error, retryable=retryable, worker=worker)
-        self.metrics.failures.labels(job.kind, job.target).inc()
+        try:
+            updated = self.queue.fail(job.id, error, retryable=retryable, worker=worker)
+        except Exception:  # the job stays running under its lease: it expires and counts as a failed attempt
+            log.exception("job %s (%s %s) failed and cannot be recorded as failed", job.id, job.kind, job.target)
+            self._stop.wait(DB_RETRY_S)
+            return
+        if not _still_ours(updated, job, worker, ("failed", "dead")) or updated.last_error != error[:MAX_ERROR_CHARS]:
+            return  # a stale report (the lease expired and the job was taken back): counted where that happened
+        self._count_failure(updated)
         state = getattr(updated.state, "value", updated.state)
         if state == "dead":
-            self.metrics.dead.labels(job.kind, job.target).inc()
             log.error(
                 "job %s (%s %s) is dead after %d attempt(s): %s", job.id, job.kind, job.target, updated.attempts, error
             )
         else:
             log.warning("job %s (%s %s) failed (attempt %d): %s", job.id, job.kind, job.target, updated.attempts, error)
+
+    def _count_failure(self, job: Any) -> None:
+        """A failed attempt (and a dead letter when it was the last) in the metrics, by kind and model/destination."""
+        self.metrics.failures.labels(job.kind, job.target).inc()
+        if getattr(job.state, "value", job.state) == "dead":
+            self.metrics.dead.labels(job.kind, job.target).inc()
 
 
 def run_worker_process(config: SiteConfig, worker: str, stop: Any, events: Any, grace_s: float) -> None:
@@ -473,6 +544,21 @@ def _test_hold(stop: threading.Event) -> None:
         time.sleep(0.05)
 
 
+def _still_ours(now: Any, claimed: Any, worker: str, states: tuple[str, ...]) -> bool:
+    """Whether the queue took this worker's report: the job (as the queue returned it) is in one of ``states``
+    under the same claim (worker and attempt) as when this worker took it."""
+    state = getattr(now.state, "value", now.state)
+    return bool(state in states and now.worker == worker and now.attempts == claimed.attempts)
+
+
 def _all_exports_done(service: Service, job: Any) -> bool:
-    siblings = service.queue.list(study_uid=job.study_uid)
-    return all(getattr(j.state, "value", j.state) == "done" for j in siblings if j.kind == EXPORT)
+    """Whether every export of the inference job ``job`` (an export) came from is done: that job's results have
+    reached all their destinations. Only its own exports count: those of another route (another model) or of an
+    earlier run of the study have their own latency, or none when they never arrive."""
+    source = job.payload.get("inference_job")
+    siblings = [
+        j
+        for j in service.queue.list(study_uid=job.study_uid)
+        if j.kind == EXPORT and (source is None or j.payload.get("inference_job") == source)
+    ]
+    return all(getattr(j.state, "value", j.state) == "done" for j in siblings)

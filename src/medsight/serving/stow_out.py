@@ -20,6 +20,9 @@ from pydicom.dataset import Dataset
 
 from medsight.errors import DestinationRejected, DestinationUnavailable, MedsightError
 
+#: 4xx answers that mean "not now" (request timeout, too early, too many requests): retried like a 5xx.
+RETRY_LATER = frozenset({408, 425, 429})
+
 #: PS3.18 Table 10.5.3-1 attribute tags in a STOW-RS response (JSON model).
 FAILED_SOP_SEQUENCE = "00081198"
 REFERENCED_SOP_SEQUENCE = "00081199"
@@ -51,8 +54,10 @@ def multipart_body(parts: Sequence[bytes], boundary: str) -> bytes:
 def post(
     url: str, body: bytes, headers: dict[str, str], *, what: str, timeout_s: float, client: httpx.Client | None
 ) -> httpx.Response:
-    """One POST to a result destination; connection errors, timeouts and 5xx raise :class:`DestinationUnavailable`
-    (the queue retries), any other answer is returned for the caller to read."""
+    """One POST to a result destination; connection errors, timeouts, 5xx, 408, 425 and 429 raise
+    :class:`DestinationUnavailable` (the queue retries); a redirect (not followed) or another answer that is not a
+    success nor an error raises :class:`DestinationRejected`, since nothing was stored; a 2xx or another 4xx is
+    returned for the caller to read."""
     try:
         if client is not None:
             response = client.post(url, content=body, headers=headers, timeout=timeout_s)
@@ -61,8 +66,14 @@ def post(
                 response = own.post(url, content=body, headers=headers)
     except httpx.HTTPError as exc:  # connect/read errors and timeouts
         raise DestinationUnavailable(f"{what} unreachable ({type(exc).__name__})", url) from exc
-    if response.status_code >= 500:
-        raise DestinationUnavailable(f"{what} failed with HTTP {response.status_code}", url)
+    code = response.status_code
+    if code >= 500 or code in RETRY_LATER:
+        raise DestinationUnavailable(f"{what} failed with HTTP {code}", url)
+    if not 200 <= code < 300:
+        if 300 <= code < 400:  # not followed: a redirect is a wrong URL or a login page, and nothing was stored
+            raise DestinationRejected(f"{what} answered HTTP {code} (a redirect): nothing was stored", url)
+        if code < 400:
+            raise DestinationRejected(f"{what} answered HTTP {code}, not a success: nothing was stored", url)
     return response
 
 
@@ -76,8 +87,10 @@ def stow(
 ) -> StowReport:
     """POST ``paths`` to the STOW-RS endpoint ``url`` (e.g. ``http://pacs/dicom-web/studies``) in one request.
 
-    Raises :class:`DestinationUnavailable` on connection errors, timeouts and 5xx, :class:`DestinationRejected`
-    on 4xx (409 included) or when any instance failed, naming the FailureReason codes (never patient data)."""
+    Raises :class:`DestinationUnavailable` on connection errors, timeouts, 5xx, 408, 425 and 429,
+    :class:`DestinationRejected` on another 4xx (409 included), on a redirect, when any instance failed (naming the
+    FailureReason codes, never patient data) or when the response lists stored instances and one sent is not among
+    them."""
     if not paths:
         raise MedsightError("STOW-RS: nothing to send")
     parts = []
@@ -86,6 +99,7 @@ def stow(
             parts.append(Path(p).read_bytes())
         except OSError as exc:
             raise MedsightError(f"cannot read result file ({exc.strerror})", p) from exc
+    sent = [_sop_instance_uid(part) for part in parts]
     boundary = f"medsight-{uuid.uuid4().hex}"
     headers = {
         "Content-Type": f'multipart/related; type="application/dicom"; boundary={boundary}',
@@ -103,7 +117,27 @@ def stow(
             f"failed (FailureReason {reasons})",
             url,
         )
+    if report.stored:  # the server said what it stored: each instance sent must be among them
+        missing = [uid for uid in sent if uid and uid not in report.stored]
+        if missing:
+            raise DestinationRejected(
+                f"STOW-RS answered HTTP {response.status_code} but lists {len(missing)} of {len(paths)} instance(s) "
+                "neither as stored nor as failed",
+                url,
+            )
     return report
+
+
+def _sop_instance_uid(part: bytes) -> str:
+    """The SOP Instance UID of a Part 10 file's bytes ("" when it cannot be read: the server will say why)."""
+    import io
+
+    from pydicom import dcmread
+
+    try:
+        return str(dcmread(io.BytesIO(part), stop_before_pixels=True, specific_tags=["SOPInstanceUID"]).SOPInstanceUID)
+    except Exception:  # pydicom raises several types for a damaged file
+        return ""
 
 
 def _report(response: httpx.Response) -> StowReport:
@@ -117,7 +151,10 @@ def _report(response: httpx.Response) -> StowReport:
         data = data[0] if data else {}
     if not isinstance(data, dict):
         return report
-    ds = Dataset.from_json(data)
+    try:
+        ds = Dataset.from_json(data)
+    except Exception:  # JSON that is not the DICOM JSON model (an error page's JSON): no per-instance report
+        return report
     for item in ds.get("ReferencedSOPSequence", []):
         report.stored.append(str(item.get("ReferencedSOPInstanceUID", "")))
         if "WarningReason" in item:

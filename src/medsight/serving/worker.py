@@ -226,10 +226,13 @@ def run_export(ctx: WorkContext, job: Job) -> dict[str, Any]:
             post_report(dest.url, fhir_report, token=dest.token())
             sent["messages"] = 1
         elif dest.kind == "hl7":
-            from medsight.serving.hl7_out import send_mllp
+            from medsight.serving.hl7_out import send_mllp, with_sender
 
             assert dest.host and dest.port
-            send_mllp(dest.host, dest.port, messages["hl7"].read_text())
+            # bytes, not read_text(): text mode turns the segment separator CR into LF (one long MSH segment)
+            text = messages["hl7"].read_bytes().decode("utf-8")
+            message = with_sender(text, dest.application, dest.facility)
+            send_mllp(dest.host, dest.port, message)
             sent["messages"] = 1
     except DestinationUnavailable as exc:
         raise Retryable(f"{dest.name}: {exc}") from exc
