@@ -178,3 +178,31 @@ def test_bad_destinations_are_clear_errors(inputs: list[Path]) -> None:
         RemoteNode("PACS", "127.0.0.1", 0)
     with pytest.raises(MedsightError, match="timeout must be positive"):
         send_instances(RemoteNode("PACS", "127.0.0.1", 104), inputs, timeout_s=0)
+
+
+def test_a_peers_error_comment_never_carries_the_patients_name_into_the_reason(
+    inputs: list[Path], tmp_path: Path, request: pytest.FixtureRequest
+) -> None:
+    """A PACS's ErrorComment is free text, and some name the patient in it ("no match for DOE^JANE"); it went into
+    the failure reason, which the job queue keeps and logs. The patient's values are now cut out of it."""
+    from pynetdicom import AE, evt
+    from pynetdicom.sop_class import CTImageStorage
+
+    sent = dcmread(inputs[0])
+    name, pid = str(sent.PatientName), str(sent.PatientID)
+
+    def refuse(event: object) -> Dataset:
+        status = Dataset()
+        status.Status = 0xA900
+        status.ErrorComment = f"no match {name.split('^')[0]} {pid}"[:64]
+        return status
+
+    ae = AE("PACS")
+    ae.add_supported_context(CTImageStorage)
+    port = free_port()
+    server = ae.start_server(("127.0.0.1", port), block=False, evt_handlers=[(evt.EVT_C_STORE, refuse)])
+    request.addfinalizer(server.shutdown)
+    report = send_instances(RemoteNode("PACS", "127.0.0.1", port), [inputs[0]])
+    ((_, reason),) = report.failed
+    assert reason.startswith("0xA900") and "no match" in reason
+    assert name.split("^")[0] not in reason and pid not in reason
