@@ -35,3 +35,8 @@ class StorageUnavailable(MedsightError):
 class DuplicateInstance(MedsightError):
     """An instance whose SOP Instance UID the store already holds in another study: the acknowledged instance is
     kept and the newcomer refused (C-STORE and STOW-RS 0x0111, Duplicate SOP Instance)."""
+
+
+class NonFiniteOutput(MedsightError):
+    """A model's output (scores, probabilities) holds NaN or infinite values: the metrics cannot be computed, and
+    during training it means the run diverged (the engine says so)."""

@@ -14,7 +14,7 @@ from typing import Any, Literal
 
 import numpy as np
 
-from medsight.errors import MedsightError
+from medsight.errors import MedsightError, NonFiniteOutput
 
 Strategy = Literal["equal-mass", "equal-width"]
 EceKind = Literal["positive-class", "top-label", "per-label pooled"]
@@ -38,7 +38,7 @@ def check_probabilities(p: np.ndarray, what: str = "probabilities") -> np.ndarra
     arr = np.asarray(p, dtype=float)
     bad = ~np.isfinite(arr)
     if bad.any():
-        raise MedsightError(f"{what} hold {int(bad.sum())} NaN or infinite value(s): the model's output is broken")
+        raise NonFiniteOutput(f"{what} hold {int(bad.sum())} NaN or infinite value(s): the model's output is broken")
     out = (arr < -TOLERANCE) | (arr > 1 + TOLERANCE)
     if out.any():
         raise MedsightError(

@@ -26,7 +26,7 @@ from torch import nn
 from tqdm import tqdm
 
 from medsight.distributed import ddp
-from medsight.errors import MedsightError
+from medsight.errors import MedsightError, NonFiniteOutput
 
 log = logging.getLogger("medsight.train")
 
@@ -281,8 +281,12 @@ class Validate:
         try:
             with torch.no_grad():
                 score, metrics = self.fn()
-        except ValueError as exc:  # scikit-learn's "Input contains NaN/infinity": finite weights, overflowing outputs
-            if "nan" not in str(exc).lower() and "infinity" not in str(exc).lower():
+        except (ValueError, NonFiniteOutput) as exc:  # finite weights, overflowing outputs: ours, or scikit-learn's
+            if (
+                not isinstance(exc, NonFiniteOutput)
+                and "nan" not in str(exc).lower()
+                and "infinity" not in str(exc).lower()
+            ):
                 raise
             raise MedsightError(
                 f"training diverged: the validation outputs are NaN or infinite after epoch {s.epoch}; {NOT_WRITTEN}"
