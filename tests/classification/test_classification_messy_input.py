@@ -275,7 +275,7 @@ def test_odd_array_files(tmp_path: Path) -> None:
 
 def test_16_bit_colour_tiff_keeps_its_values(tmp_path: Path) -> None:
     """Pillow reads a 16-bit RGB TIFF as 8-bit by keeping the high byte: values under 256 became a black image."""
-    tifffile = pytest.importorskip("tifffile")
+    import tifffile  # pinned in requirements.txt: make test installs it, so a missing one fails here
     grey = (np.arange(20 * 24).reshape(20, 24) % 200).astype(np.uint16)
     tifffile.imwrite(tmp_path / "rgb16.tif", np.stack([grey, grey // 2, grey], axis=-1))
     image = read_image(tmp_path / "rgb16.tif")

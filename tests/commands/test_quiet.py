@@ -5,26 +5,10 @@ from __future__ import annotations
 
 from pathlib import Path
 
-import numpy as np
-import pandas as pd
 import pytest
-from PIL import Image
 
 from medsight.cli import main
-
-
-def _manifest(root: Path) -> Path:
-    rng = np.random.default_rng(0)
-    (root / "img").mkdir(parents=True)
-    rows = []
-    for i in range(40):
-        img = rng.normal(60, 10, (16, 16))
-        if i % 2:
-            img[4:10, 4:10] += 120
-        Image.fromarray(img.clip(0, 255).astype(np.uint8)).save(root / "img" / f"{i}.png")
-        rows.append({"path": f"img/{i}.png", "label": "square" if i % 2 else "clear", "patient_id": f"P{i}"})
-    pd.DataFrame(rows).to_csv(root / "manifest.csv", index=False)
-    return root / "manifest.csv"
+from tiny_bundle import write_tiny_manifest
 
 
 def test_quiet_draws_no_progress_bar_and_bars_come_back_after(
@@ -32,7 +16,7 @@ def test_quiet_draws_no_progress_bar_and_bars_come_back_after(
 ) -> None:
     from tqdm import tqdm
 
-    manifest = _manifest(tmp_path / "set")
+    manifest = write_tiny_manifest(tmp_path / "set")
     capsys.readouterr()
     assert main(["-q", "train", str(manifest), "--out", str(tmp_path / "b"), "--epochs", "1"]) == 0
     quiet = capsys.readouterr()

@@ -7,7 +7,6 @@ assembled honestly is now refused in one line naming the file and the problem.""
 
 from __future__ import annotations
 
-import json
 import types
 from collections.abc import Callable
 from pathlib import Path
@@ -24,6 +23,7 @@ from medsight.cli import main
 from medsight.errors import MedsightError
 from medsight.io.dicom import read_series
 from medsight.tasks.segmentation.predict import SegmentationModel
+from tiny_bundle import train_tiny_hippocampus
 
 SERIES = ("udacity_brain_mr_dicom", "Study3", "11-T1post-18670")
 PATIENT = ("Albus", "Dumbledore")  # the name in the sample's header: never in an error
@@ -277,28 +277,7 @@ def test_a_2d_image_given_to_a_3d_model_names_the_input(shared_data: Path) -> No
 @pytest.fixture(scope="module")
 def bundle_3d(shared_data: Path, tmp_path_factory: pytest.TempPathFactory) -> Path:
     """A 3D segmentation bundle of one epoch of 2 iterations on 4 Hippocampus cases (seconds)."""
-    from medsight.tasks import segmentation
-    from medsight.tasks.segmentation import SegmentationOptions
-
-    tmp = tmp_path_factory.mktemp("seg3d")
-    plan = tmp / "plan.json"
-    plan.write_text(
-        json.dumps(
-            {
-                "target_spacing": [2.0, 2.0, 2.0],
-                "patch_size": [32, 32, 32],
-                "batch_size": 2,
-                "iterations_per_epoch": 2,
-                "optimizer": {"warmup_iterations": 1},
-                "validate_every": 0,
-                "test_time_flips": False,
-                "network": {"filters": [8, 16, 32, 64]},
-            }
-        )
-    )
-    options = SegmentationOptions(epochs=1, lr=1e-2, plan=plan, max_cases=4)
-    segmentation.TASK.train(str(shared_data / "msd_hippocampus"), tmp / "bundle", options)
-    return tmp / "bundle"
+    return train_tiny_hippocampus(shared_data, tmp_path_factory.mktemp("seg3d"), spacing=2.0)
 
 
 def test_predict_refuses_a_series_with_a_shifted_slice_in_one_line(

@@ -28,6 +28,7 @@ from pydicom.uid import CTImageStorage, ExplicitVRLittleEndian
 from medsight.io.dicom import read_datasets, read_series
 from medsight.serving.dicom_objects import Finding, write_secondary_capture, write_seg, write_sr
 from medsight.serving.provenance import bundle_checksum
+from tiny_bundle import train_tiny_hippocampus
 
 REMOVED = ("PatientBirthDate", "PatientSex")
 EMPTIED = ("SeriesNumber", "StudyID", "AccessionNumber", "ReferringPhysicianName", "StudyDate", "StudyTime")
@@ -194,30 +195,7 @@ def test_stripped_sources_give_valid_objects(stripped: dict[str, list[Dataset]],
 @pytest.fixture(scope="module")
 def tiny_bundle(shared_data: Path, tmp_path_factory: pytest.TempPathFactory) -> Path:
     """A segmentation bundle trained for one short epoch on real Hippocampus data (seconds)."""
-    from medsight.tasks import segmentation
-    from medsight.tasks.segmentation import SegmentationOptions
-
-    tmp = tmp_path_factory.mktemp("type2_bundle")
-    plan = tmp / "plan.json"
-    plan.write_text(
-        json.dumps(
-            {
-                "target_spacing": [4.0, 4.0, 4.0],
-                "patch_size": [32, 32, 32],
-                "batch_size": 2,
-                "iterations_per_epoch": 2,
-                "optimizer": {"warmup_iterations": 1},
-                "validate_every": 0,
-                "test_time_flips": False,
-                "network": {"filters": [8, 16, 32, 64]},
-            }
-        )
-    )
-    out = tmp / "bundle"
-    segmentation.TASK.train(
-        str(shared_data / "msd_hippocampus"), out, SegmentationOptions(epochs=1, lr=1e-2, plan=plan, max_cases=4)
-    )
-    return out
+    return train_tiny_hippocampus(shared_data, tmp_path_factory.mktemp("type2_bundle"), spacing=4.0)
 
 
 def test_medsight_predict_on_a_stripped_series_writes_a_valid_seg(

@@ -817,7 +817,7 @@ def read_series(
         if int(ds.get("NumberOfFrames", 1) or 1) == 1:
             pixels = pixels[np.newaxis]
         for k, frame in wanted:
-            out[k] = _values(pixels[frame.index], ds, frame)
+            out[k] = displayed_values(pixels[frame.index], ds, frame)
     return Volume(
         array=out,
         geometry=layout.geometry,
@@ -1000,8 +1000,9 @@ def _word_sized_modality_lut(ds: Dataset) -> Dataset:
     return view
 
 
-def _values(pixels: np.ndarray, ds: Dataset, frame: Frame | None) -> np.ndarray:
-    """One frame as float32: colour as RGB, greyscale after the Modality LUT with MONOCHROME1 inverted."""
+def displayed_values(pixels: np.ndarray, ds: Dataset, frame: Frame | None = None) -> np.ndarray:
+    """One decoded frame as float32, as it is shown: colour as RGB (a palette through its table), greyscale after
+    the Modality LUT with MONOCHROME1 inverted (the readers here, and ``medsight stream`` frame by frame)."""
     photometric = str(ds.get("PhotometricInterpretation", "")).strip()
     if photometric == "PALETTE COLOR":
         rgb = np.asarray(apply_color_lut(pixels, ds), dtype=np.float32)
@@ -1046,7 +1047,7 @@ def read_dicom_image(
         pixels, meta = pixels[frame], instance.frames[frame]
     else:
         meta = instance.frames[0]
-    values = _values(pixels, ds, meta)
+    values = displayed_values(pixels, ds, meta)
     if voi is False or values.ndim == 3:
         return values
     return _apply_voi(pixels, ds, meta, voi, path)

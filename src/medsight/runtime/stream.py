@@ -194,10 +194,9 @@ def _dicom_frames(path: Path) -> Iterator[Frame]:
     if "Rows" not in header:
         raise MedsightError("the DICOM object holds no image", path)
     times = _frame_times(header)
-    photometric = str(header.get("PhotometricInterpretation", "")).strip().upper()
     try:
         for k, pixels in enumerate(iter_pixels(path)):  # one frame decoded at a time, YBR converted to RGB
-            yield Frame(k, _as_shown(np.asarray(pixels), header, photometric), times(k))
+            yield Frame(k, _as_shown(np.asarray(pixels), header), times(k))
     except (ValueError, RuntimeError, NotImplementedError, KeyError, IndexError) as exc:
         raise MedsightError(f"cannot decode the frames ({type(exc).__name__}: {exc})", path) from None
 
@@ -217,19 +216,16 @@ def _frame_times(header: Any) -> Any:
     return lambda k: None
 
 
-def _as_shown(pixels: np.ndarray, header: Any, photometric: str) -> np.ndarray:
-    """A decoded frame as it is displayed: a palette colour frame (common in ultrasound) through its colour table,
-    MONOCHROME1 inverted so that high is bright; the model never sees palette indices."""
-    if photometric == "PALETTE COLOR":
-        from pydicom.pixels import apply_color_lut
+def _as_shown(pixels: np.ndarray, header: Any) -> np.ndarray:
+    """A decoded frame as it is displayed (:func:`medsight.io.dicom.displayed_values`: a palette through its colour
+    table, MONOCHROME1 inverted, the Modality LUT), so the model never sees palette indices; 8-bit frames whose shown
+    values still fit 8 bits stay ``uint8``, as the overlay draws them unchanged."""
+    from medsight.io.dicom import displayed_values
 
-        rgb = apply_color_lut(pixels, header).astype(np.float32)
-        bits = int(header.get("RedPaletteColorLookupTableDescriptor", [0, 0, 16])[2] or 16)
-        return (rgb / (257.0 if bits == 16 else 1.0)).round().clip(0, 255).astype(np.uint8)
-    if photometric == "MONOCHROME1":
-        top = pixels.max() if pixels.size else 0
-        return (top - pixels) if np.issubdtype(pixels.dtype, np.floating) else (int(top) - pixels.astype(np.int64))
-    return pixels
+    shown = displayed_values(pixels, header)
+    if pixels.dtype == np.uint8 and shown.size and shown.min() >= 0 and shown.max() <= 255:
+        return np.rint(shown).astype(np.uint8)
+    return shown
 
 
 def as_channels(pixels: np.ndarray, channels: int) -> np.ndarray:

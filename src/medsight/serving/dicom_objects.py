@@ -233,6 +233,10 @@ def scrub_source_values(text: str, sources: Sequence[Dataset]) -> str:
             values.update(str(v).strip() for v in items if v not in (None, ""))
     for value in sorted((v for v in values if len(v) >= 2), key=len, reverse=True):
         text = text.replace(value, "<removed>")
+    # the name also by its parts, as whole words in any case: a message may give the family name alone
+    parts = {p for ds in sources for p in re.split(r"[\^=\s]+", str(ds.get("PatientName", "") or "")) if len(p) >= 2}
+    for part in sorted(parts, key=len, reverse=True):
+        text = re.sub(rf"(?<!\w){re.escape(part)}(?!\w)", "<removed>", text, flags=re.IGNORECASE)
     return text
 
 

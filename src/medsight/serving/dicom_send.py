@@ -9,7 +9,6 @@ it unchanged would fail the same way and block the queue.
 from __future__ import annotations
 
 import logging
-import re
 import socket
 from collections.abc import Sequence
 from dataclasses import dataclass, field
@@ -178,25 +177,20 @@ def _prepare(instance: _Instance, accepted: set[str]) -> Dataset | str:
     return f"destination did not accept {UID(instance.sop_class).name} in {syntax.name}"
 
 
+def _scrubbed(text: str, sent: Dataset) -> str:
+    from medsight.serving.dicom_objects import scrub_source_values  # highdicom: not at the CLI's start-up
+
+    return scrub_source_values(text, [sent])
+
+
 def _describe(status: Dataset, sent: Dataset) -> str:
     """The peer's status for the reason a job records: its code, category and ErrorComment. The comment is the
-    peer's free text, and some PACS name the patient in it: the sent instance's patient values are cut out."""
+    peer's free text, and some PACS name the patient in it: the sent instance's patient values are cut out
+    (:func:`medsight.serving.dicom_objects.scrub_source_values`)."""
     code = int(status.Status)
-    comment = _without_patient(str(status.get("ErrorComment", "") or "").strip(), sent)
+    comment = _scrubbed(str(status.get("ErrorComment", "") or "").strip(), sent)
     text = f"0x{code:04X} {code_to_category(code)}"
     return f"{text}: {comment}" if comment else text
-
-
-def _without_patient(text: str, sent: Dataset) -> str:
-    """``text`` without the patient values of ``sent``, the name also by its parts (a comment may give the family
-    name alone, or the parts in another order)."""
-    from medsight.serving.dicom_objects import scrub_source_values
-
-    text = scrub_source_values(text, [sent])
-    name = str(sent.get("PatientName", "") or "")
-    for part in sorted({p.strip() for p in re.split(r"[\^=\s]+", name) if len(p.strip()) >= 2}, key=len, reverse=True):
-        text = re.sub(rf"(?<!\w){re.escape(part)}(?!\w)", "<removed>", text, flags=re.IGNORECASE)
-    return text
 
 
 def _send_group(
@@ -221,7 +215,7 @@ def _send_group(
             try:
                 status = assoc.send_c_store(prepared, msg_id=number % 65536 or 1)
             except (ValueError, AttributeError) as exc:  # no usable context, or the data set cannot be encoded
-                report.failed.append((instance.path.name, _without_patient(f"cannot send: {exc}", prepared)[:300]))
+                report.failed.append((instance.path.name, _scrubbed(f"cannot send: {exc}", prepared)[:300]))
                 continue
             if not status or "Status" not in status:
                 raise DestinationUnavailable(
